@@ -1,0 +1,139 @@
+//! One audit record per decision: who delegated, which agent, which tool, what, and the verdict. The token
+//! itself never appears, only its SHA-256; arguments appear hashed, in full or not at all, per policy.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The rate-limit part of an audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitAudit {
+    /// `agent`, `sub` or `tool`.
+    pub key: &'static str,
+    pub limit: u32,
+    pub period_seconds: u64,
+    pub burst: u32,
+    pub remaining: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
+
+/// One decision, as logged by every host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub status: u16,
+    /// A dry-run rule would have refused this call with this reason; the call went through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run_reason: Option<&'static str>,
+    /// Human-readable detail of a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The actor chain, current actor first, ending with whoever delegated first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub req_wl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    pub method: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_id: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<Value>,
+    /// The effective scope after delegation narrowing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitAudit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// Whether the signature check was skipped because a verified copy was cached.
+    pub cached: bool,
+}
+
+impl AuditRecord {
+    pub(crate) fn new(now_ms: u64, method: &str, path: &str) -> Self {
+        Self {
+            time: rfc3339(now_ms),
+            verdict: "deny",
+            reason: "",
+            status: 0,
+            dry_run_reason: None,
+            detail: None,
+            rule: None,
+            txn: None,
+            sub: None,
+            agent: None,
+            actors: Vec::new(),
+            req_wl: None,
+            peer: None,
+            issuer: None,
+            method: method.to_string(),
+            path: path.to_string(),
+            rpc_method: None,
+            rpc_id: None,
+            tool: None,
+            arguments_sha256: None,
+            arguments: None,
+            scope: None,
+            limit: None,
+            token_sha256: None,
+            cached: false,
+        }
+    }
+
+    /// One line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"verdict\":\"deny\",\"reason\":\"audit.serialize\"}"))
+    }
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, no clock library).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_796_083_200_000), "2026-12-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,289 @@
+//! Delegation: who is acting. The `act` claim (RFC 8693) nests actors outermost-first; the outermost `act.sub`
+//! is the agent making this call, the inner ones delegated to it. Every actor must be a known agent, and the
+//! call may do only what the token grants and every actor's ceiling allows: permissions only narrow.
+
+use core::fmt;
+
+use crate::policy::{PeerBinding, Policy};
+use crate::scope::ScopeSet;
+
+/// A SPIFFE ID pattern: `*` matches within one path segment, `**` across segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPattern {
+    source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Segment,
+    Any,
+}
+
+impl AgentPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("agent pattern must not be empty".into());
+        }
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '*' {
+                literal.push(c);
+                continue;
+            }
+            if !literal.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut literal)));
+            }
+            if chars.peek() == Some(&'*') {
+                chars.next();
+                if chars.peek() == Some(&'*') {
+                    return Err("'***' is not a valid pattern; use '*' or '**'".into());
+                }
+                parts.push(Part::Any);
+            } else {
+                parts.push(Part::Segment);
+            }
+            if matches!(parts.as_slice(), [.., Part::Segment | Part::Any, Part::Segment | Part::Any]) {
+                return Err("two wildcards in a row".into());
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Ok(Self { source: text.to_string(), parts })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Literal characters: more means more specific.
+    pub fn specificity(&self) -> usize {
+        self.parts.iter().map(|p| if let Part::Literal(l) = p { l.len() } else { 0 }).sum()
+    }
+
+    pub fn matches(&self, id: &str) -> bool {
+        match_parts(&self.parts, id)
+    }
+}
+
+fn match_parts(parts: &[Part], input: &str) -> bool {
+    match parts.split_first() {
+        None => input.is_empty(),
+        Some((Part::Literal(l), rest)) => input.strip_prefix(l.as_str()).is_some_and(|tail| match_parts(rest, tail)),
+        Some((wild, rest)) => {
+            // Patterns come from the policy and have few wildcards; inputs are bounded by the token size cap.
+            // A wildcard stands for at least one character.
+            let stop_at_slash = matches!(wild, Part::Segment);
+            let mut end = 0;
+            loop {
+                let Some(c) = input.get(end..).and_then(|t| t.chars().next()) else { return false };
+                if stop_at_slash && c == '/' {
+                    return false;
+                }
+                end += c.len_utf8();
+                if input.get(end..).is_some_and(|tail| match_parts(rest, tail)) {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Why a delegation chain was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DelegationError {
+    TooDeep { depth: usize, max: usize },
+    /// An actor that matches no `agents` entry.
+    UnknownAgent { agent: String },
+    /// `peer_binding: require` and the host knows no peer identity (no mTLS).
+    PeerMissing,
+    /// The mTLS peer is not the acting agent: one workload presenting another's token.
+    PeerMismatch { peer: String, agent: String },
+}
+
+impl DelegationError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooDeep { .. } => "delegation.depth",
+            Self::UnknownAgent { .. } => "delegation.unknown_agent",
+            Self::PeerMissing => "delegation.peer_missing",
+            Self::PeerMismatch { .. } => "delegation.peer_mismatch",
+        }
+    }
+}
+
+impl fmt::Display for DelegationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooDeep { depth, max } => write!(f, "delegation chain has {depth} actors, at most {max} allowed"),
+            Self::UnknownAgent { agent } => write!(f, "actor {agent:?} matches no agent in the policy"),
+            Self::PeerMissing => f.write_str("peer binding is required but the connection has no verified peer identity (mTLS)"),
+            Self::PeerMismatch { peer, agent } => write!(f, "peer {peer:?} is not the acting agent {agent:?}"),
+        }
+    }
+}
+
+impl std::error::Error for DelegationError {}
+
+/// Who acts, on whose behalf, with what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delegation {
+    /// The agent making this call: the outermost `act.sub`, else `req_wl`.
+    pub agent: String,
+    /// Every actor, outermost (current) first; `[req_wl]` when there is no `act`.
+    pub actors: Vec<String>,
+    /// `act` nesting depth (0 without delegation).
+    pub depth: usize,
+    /// Token scope narrowed by every actor's ceiling.
+    pub effective_scope: ScopeSet,
+}
+
+/// Evaluates a verified token's chain against the policy and the host's view of the peer.
+pub fn evaluate(
+    policy: &Policy,
+    token_scope: &ScopeSet,
+    act_chain: &[String],
+    req_wl: &str,
+    peer: Option<&str>,
+) -> Result<Delegation, DelegationError> {
+    let depth = act_chain.len();
+    if depth > policy.max_delegation_depth {
+        return Err(DelegationError::TooDeep { depth, max: policy.max_delegation_depth });
+    }
+    let actors: Vec<String> = if act_chain.is_empty() { vec![req_wl.to_string()] } else { act_chain.to_vec() };
+    let mut effective = token_scope.clone();
+    for actor in &actors {
+        let ceiling = policy.agents.ceiling(actor).ok_or_else(|| DelegationError::UnknownAgent { agent: actor.clone() })?;
+        effective = effective.intersect(ceiling);
+    }
+    let agent = actors.first().cloned().unwrap_or_default();
+    match (policy.peer_binding, peer) {
+        (PeerBinding::Off, _) | (PeerBinding::WhenPresent, None) => {}
+        (PeerBinding::Require, None) => return Err(DelegationError::PeerMissing),
+        (PeerBinding::Require | PeerBinding::WhenPresent, Some(peer)) => {
+            if peer != agent {
+                return Err(DelegationError::PeerMismatch { peer: peer.to_string(), agent });
+            }
+        }
+    }
+    Ok(Delegation { agent, actors, depth, effective_scope: effective })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn policy(binding: &str) -> Policy {
+        let v = json!({
+            "trust_domain": "t",
+            "issuers": [{"name": "i", "jwks_uri": "https://i/jwks"}],
+            "agents": {
+                "spiffe://t/orchestrator": {"max_scopes": ["*"]},
+                "spiffe://t/agent/*": {"max_scopes": ["calendar:*", "email:send"]},
+                "spiffe://t/agent/mailer": {"max_scopes": ["email:*"]},
+                "spiffe://t/gw": {"max_scopes": ["*"]}
+            },
+            "delegation": {"max_depth": 2},
+            "peer_binding": binding
+        });
+        Policy::from_json(&serde_json::to_vec(&v).unwrap()).unwrap()
+    }
+
+    fn scopes(s: &str) -> ScopeSet {
+        ScopeSet::parse_claim(s).unwrap()
+    }
+
+    #[test]
+    fn glob_segments() {
+        let p = AgentPattern::parse("spiffe://t/agent/*").unwrap();
+        assert!(p.matches("spiffe://t/agent/a"));
+        assert!(!p.matches("spiffe://t/agent/a/b"));
+        assert!(!p.matches("spiffe://t/agent/"));
+        let p = AgentPattern::parse("spiffe://t/**").unwrap();
+        assert!(p.matches("spiffe://t/agent/a/b"));
+        let p = AgentPattern::parse("spiffe://*/agent/*-bot").unwrap();
+        assert!(p.matches("spiffe://x/agent/mail-bot"));
+        assert!(!p.matches("spiffe://x/agent/mail"));
+        assert!(AgentPattern::parse("a***").is_err());
+    }
+
+    #[test]
+    fn without_act_the_requesting_workload_acts() {
+        let d = evaluate(&policy("off"), &scopes("email:send"), &[], "spiffe://t/gw", None).unwrap();
+        assert_eq!(d.agent, "spiffe://t/gw");
+        assert_eq!(d.depth, 0);
+    }
+
+    #[test]
+    fn chain_narrows_to_every_actor() {
+        let chain = vec!["spiffe://t/agent/research".to_string(), "spiffe://t/orchestrator".to_string()];
+        let d = evaluate(&policy("off"), &scopes("calendar:read email:send email:read admin"), &chain, "spiffe://t/gw", None).unwrap();
+        assert_eq!(d.agent, "spiffe://t/agent/research");
+        assert_eq!(d.effective_scope.to_claim(), "calendar:read email:send");
+    }
+
+    #[test]
+    fn exact_agent_entry_wins_over_pattern() {
+        let chain = vec!["spiffe://t/agent/mailer".to_string()];
+        let d = evaluate(&policy("off"), &scopes("email:read"), &chain, "spiffe://t/gw", None).unwrap();
+        assert!(d.effective_scope.allows("email:read"));
+    }
+
+    #[test]
+    fn unknown_actor_anywhere_in_chain_is_refused() {
+        let chain = vec!["spiffe://t/agent/a".to_string(), "spiffe://evil/x".to_string()];
+        let e = evaluate(&policy("off"), &scopes("a"), &chain, "spiffe://t/gw", None).unwrap_err();
+        assert_eq!(e, DelegationError::UnknownAgent { agent: "spiffe://evil/x".into() });
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let chain: Vec<String> = (0..3).map(|i| format!("spiffe://t/agent/{i}")).collect();
+        let e = evaluate(&policy("off"), &scopes("a"), &chain, "spiffe://t/gw", None).unwrap_err();
+        assert_eq!(e.reason(), "delegation.depth");
+    }
+
+    #[test]
+    fn peer_binding() {
+        let chain = vec!["spiffe://t/agent/a".to_string()];
+        let p = policy("require");
+        assert_eq!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", None).unwrap_err(), DelegationError::PeerMissing);
+        assert_eq!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", Some("spiffe://t/agent/b")).unwrap_err().reason(), "delegation.peer_mismatch");
+        assert!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", Some("spiffe://t/agent/a")).is_ok());
+        let p = policy("when_present");
+        assert!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", None).is_ok());
+        assert!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", Some("spiffe://t/x")).is_err());
+    }
+
+    proptest! {
+        /// Adding an actor to a chain never widens what the call may do.
+        #[test]
+        fn adding_an_actor_only_narrows(scope in "(calendar:read|email:send|email:read|admin)( (calendar:read|email:send|email:read|admin)){0,3}",
+                                        extra in prop::sample::select(vec!["spiffe://t/agent/x", "spiffe://t/agent/mailer", "spiffe://t/orchestrator"])) {
+            let p = policy("off");
+            let base = vec!["spiffe://t/orchestrator".to_string()];
+            let mut longer = vec![extra.to_string()];
+            longer.extend(base.clone());
+            let a = evaluate(&p, &scopes(&scope), &base, "spiffe://t/gw", None).unwrap();
+            let b = evaluate(&p, &scopes(&scope), &longer, "spiffe://t/gw", None).unwrap();
+            for s in ["calendar:read", "email:send", "email:read", "admin"] {
+                prop_assert!(!b.effective_scope.allows(s) || a.effective_scope.allows(s));
+            }
+        }
+
+        #[test]
+        fn glob_matching_never_panics(pattern in "[a*/]{1,8}", id in "[a/é]{0,12}") {
+            if let Ok(p) = AgentPattern::parse(&pattern) {
+                let _ = p.matches(&id);
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! base64url as JWS uses it: no padding, no whitespace, no non-alphabet bytes, and canonical (the unused low
+//! bits of the last character must be zero), so one token has exactly one spelling.
+
+use base64::alphabet::URL_SAFE;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+const STRICT: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(false),
+);
+
+/// Decodes strict base64url; `None` for anything non-canonical.
+pub fn decode_b64url(text: &str) -> Option<Vec<u8>> {
+    STRICT.decode(text).ok()
+}
+
+/// Encodes base64url without padding.
+pub fn encode_b64url(bytes: &[u8]) -> String {
+    STRICT.encode(bytes)
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex_lower(&Sha256::digest(bytes))
+}
+
+/// Raw SHA-256.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn refuses_padding_whitespace_and_standard_alphabet() {
+        assert_eq!(decode_b64url("YQ").unwrap(), b"a");
+        assert!(decode_b64url("YQ==").is_none());
+        assert!(decode_b64url("Y Q").is_none());
+        assert!(decode_b64url("+/8").is_none());
+        assert!(decode_b64url("-_8").is_some());
+    }
+
+    #[test]
+    fn refuses_non_canonical_trailing_bits() {
+        // "YQ" is canonical for "a"; "YR" decodes to the same byte with a non-zero unused bit.
+        assert!(decode_b64url("YR").is_none());
+    }
+
+    #[test]
+    fn sha256_matches_known_vector() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+            prop_assert_eq!(decode_b64url(&encode_b64url(&bytes)).unwrap(), bytes);
+        }
+
+        #[test]
+        fn decoding_is_canonical(text in "[A-Za-z0-9_=+/ -]{0,16}") {
+            if let Some(bytes) = decode_b64url(&text) {
+                prop_assert_eq!(encode_b64url(&bytes), text);
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! MCP on the wire: JSON-RPC 2.0 bodies of Streamable HTTP requests, the `Mcp-Method`/`Mcp-Name` headers that
+//! must agree with them, and the `tools/list` responses a caller should only see its own tools in.
+//!
+//! Batches (JSON arrays, MCP 2025-03-26 only) are refused with 400: every later revision dropped them, and
+//! authorizing some calls of a batch but not others has no faithful rendering as one HTTP answer.
+
+use core::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::json::{parse_strict, JsonError};
+
+/// Why an MCP request body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum McpError {
+    /// A POST to the MCP endpoint without a body (or the host could not read it).
+    BodyMissing,
+    TooLarge { max: usize },
+    Json { detail: String },
+    DuplicateKey { path: String, key: String },
+    TooDeep { max: usize },
+    /// Valid JSON but not a JSON-RPC 2.0 message.
+    Invalid { detail: &'static str },
+    Batch,
+    /// `tools/call` without a usable `params.name`, or a name outside the MCP tool-name alphabet.
+    ToolName { detail: &'static str },
+    /// `params.arguments` present but not an object.
+    Arguments,
+    /// An `Mcp-Method` or `Mcp-Name` header that disagrees with the body.
+    HeaderMismatch { header: &'static str, header_value: String, body_value: String },
+}
+
+impl McpError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BodyMissing => "mcp.body_missing",
+            Self::TooLarge { .. } => "mcp.body_too_large",
+            Self::Json { .. } => "mcp.parse",
+            Self::DuplicateKey { .. } => "mcp.duplicate_key",
+            Self::TooDeep { .. } => "mcp.depth",
+            Self::Invalid { .. } => "mcp.invalid",
+            Self::Batch => "mcp.batch",
+            Self::ToolName { .. } => "mcp.tool_name",
+            Self::Arguments => "mcp.arguments",
+            Self::HeaderMismatch { .. } => "mcp.header_mismatch",
+        }
+    }
+
+    /// The JSON-RPC error code a client sees.
+    pub fn rpc_code(&self) -> i64 {
+        match self {
+            Self::Json { .. } | Self::DuplicateKey { .. } | Self::TooDeep { .. } => -32700,
+            Self::ToolName { .. } | Self::Arguments => -32602,
+            Self::HeaderMismatch { .. } => -32020,
+            Self::BodyMissing | Self::TooLarge { .. } | Self::Invalid { .. } | Self::Batch => -32600,
+        }
+    }
+}
+
+impl fmt::Display for McpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BodyMissing => f.write_str("MCP POST without a body"),
+            Self::TooLarge { max } => write!(f, "MCP body larger than {max} bytes"),
+            Self::Json { detail } => write!(f, "MCP body is not JSON: {detail}"),
+            Self::DuplicateKey { path, key } => {
+                let at = if path.is_empty() { "/" } else { path };
+                write!(f, "MCP body has duplicate key {key:?} at {at}")
+            }
+            Self::TooDeep { max } => write!(f, "MCP body nested deeper than {max} levels"),
+            Self::Invalid { detail } => write!(f, "not a JSON-RPC 2.0 message: {detail}"),
+            Self::Batch => f.write_str("JSON-RPC batches are not accepted; send one message per request"),
+            Self::ToolName { detail } => write!(f, "tools/call: {detail}"),
+            Self::Arguments => f.write_str("tools/call: params.arguments must be an object"),
+            Self::HeaderMismatch { header, header_value, body_value } => {
+                write!(f, "{header} header {header_value:?} does not match the body's {body_value:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for McpError {}
+
+/// A `tools/call` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// One JSON-RPC message from an MCP client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpMessage {
+    /// The request id (string or number); None for notifications and responses.
+    pub id: Option<Value>,
+    /// None for a response to a server-initiated request.
+    pub method: Option<String>,
+    pub tool_call: Option<ToolCall>,
+}
+
+impl McpMessage {
+    pub fn is_tools_list(&self) -> bool {
+        self.method.as_deref() == Some("tools/list")
+    }
+}
+
+/// MCP tool names: 1-128 of `A-Z a-z 0-9 _ - . /`. Names outside (spaces, Unicode look-alikes) are refused
+/// rather than matched loosely, so no spelling can slip past a rule.
+pub fn is_valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+}
+
+/// Parses one MCP client message.
+pub fn parse_message(body: &[u8], max_bytes: usize, max_depth: usize) -> Result<McpMessage, McpError> {
+    if body.len() > max_bytes {
+        return Err(McpError::TooLarge { max: max_bytes });
+    }
+    let value = parse_strict(body, max_depth).map_err(|e| match e {
+        JsonError::DuplicateKey { path, key } => McpError::DuplicateKey { path, key },
+        JsonError::TooDeep { max_depth } => McpError::TooDeep { max: max_depth },
+        other => McpError::Json { detail: other.to_string() },
+    })?;
+    let object = match value {
+        Value::Object(o) => o,
+        Value::Array(_) => return Err(McpError::Batch),
+        _ => return Err(McpError::Invalid { detail: "expected a JSON object" }),
+    };
+    if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(McpError::Invalid { detail: "\"jsonrpc\" must be \"2.0\"" });
+    }
+    let id = match object.get("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(_) => return Err(McpError::Invalid { detail: "\"id\" must be a string or a number" }),
+    };
+    let method = match object.get("method") {
+        None => None,
+        Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
+        Some(_) => return Err(McpError::Invalid { detail: "\"method\" must be a non-empty string" }),
+    };
+    if method.is_none() && !(object.contains_key("result") || object.contains_key("error")) {
+        return Err(McpError::Invalid { detail: "neither a request (method) nor a response (result/error)" });
+    }
+    let params = match object.get("params") {
+        None => None,
+        Some(Value::Object(p)) => Some(p),
+        Some(_) => return Err(McpError::Invalid { detail: "\"params\" must be an object" }),
+    };
+    let tool_call = if method.as_deref() == Some("tools/call") {
+        Some(read_tool_call(params)?)
+    } else {
+        None
+    };
+    Ok(McpMessage { id, method, tool_call })
+}
+
+fn read_tool_call(params: Option<&Map<String, Value>>) -> Result<ToolCall, McpError> {
+    let params = params.ok_or(McpError::ToolName { detail: "params.name is missing" })?;
+    let name = match params.get("name") {
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(McpError::ToolName { detail: "params.name must be a string" }),
+        None => return Err(McpError::ToolName { detail: "params.name is missing" }),
+    };
+    if !is_valid_tool_name(name) {
+        return Err(McpError::ToolName { detail: "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /" });
+    }
+    let arguments = match params.get("arguments") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err(McpError::Arguments),
+    };
+    Ok(ToolCall { name: name.clone(), arguments })
+}
+
+/// MCP 2026-07-28: `Mcp-Method` must equal the body's method and, for `tools/call`, `Mcp-Name` its tool.
+pub fn check_headers(message: &McpMessage, mcp_method: Option<&str>, mcp_name: Option<&str>) -> Result<(), McpError> {
+    if let Some(header) = mcp_method {
+        let body = message.method.as_deref().unwrap_or("");
+        if header != body {
+            return Err(McpError::HeaderMismatch { header: "Mcp-Method", header_value: header.to_string(), body_value: body.to_string() });
+        }
+    }
+    if let Some(header) = mcp_name {
+        let body = message.tool_call.as_ref().map_or("", |c| c.name.as_str());
+        if header != body {
+            return Err(McpError::HeaderMismatch { header: "Mcp-Name", header_value: header.to_string(), body_value: body.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// A JSON-RPC error response body.
+pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> String {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": {"code": code, "message": message, "data": data},
+    });
+    body.to_string()
+}
+
+/// Removes from a `tools/list` result the tools `visible` rejects. Bodies that are not a tools/list result
+/// (errors, other responses) come back unchanged. `content_type` selects JSON or SSE.
+pub fn filter_tools_list(content_type: &str, body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, McpError> {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("text/event-stream") {
+        filter_sse(body, visible)
+    } else {
+        filter_json(body, visible)
+    }
+}
+
+fn filter_json(body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, McpError> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| McpError::Json { detail: e.to_string() })?;
+    if filter_value(&mut value, visible) {
+        serde_json::to_vec(&value).map_err(|e| McpError::Json { detail: e.to_string() })
+    } else {
+        Ok(body.to_vec())
+    }
+}
+
+/// True when `value` was a tools/list result (and was filtered).
+fn filter_value(value: &mut Value, visible: &dyn Fn(&str) -> bool) -> bool {
+    let Some(tools) = value.get_mut("result").and_then(|r| r.get_mut("tools")).and_then(Value::as_array_mut) else {
+        return false;
+    };
+    tools.retain(|tool| tool.get("name").and_then(Value::as_str).is_some_and(visible));
+    true
+}
+
+fn filter_sse(body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, McpError> {
+    let text = core::str::from_utf8(body).map_err(|_| McpError::Json { detail: "SSE stream is not UTF-8".into() })?;
+    let normalized = text.replace("\r\n", "\n");
+    let mut out = String::with_capacity(normalized.len());
+    for (i, event) in normalized.split("\n\n").enumerate() {
+        if i > 0 {
+            out.push_str("\n\n");
+        }
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
+            .collect();
+        let mut parsed = if data.is_empty() { None } else { serde_json::from_str::<Value>(&data.join("\n")).ok() };
+        let filtered = parsed.as_mut().is_some_and(|value| filter_value(value, visible));
+        match parsed {
+            Some(value) if filtered => {
+                let mut wrote_data = false;
+                for line in event.lines() {
+                    if line.starts_with("data:") {
+                        if !wrote_data {
+                            out.push_str("data: ");
+                            out.push_str(&value.to_string());
+                            out.push('\n');
+                            wrote_data = true;
+                        }
+                    } else {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+                if out.ends_with('\n') {
+                    out.pop();
+                }
+            }
+            _ => out.push_str(event),
+        }
+    }
+    Ok(out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn parse(body: &str) -> Result<McpMessage, McpError> {
+        parse_message(body.as_bytes(), 65536, 32)
+    }
+
+    #[test]
+    fn tool_call_is_read() {
+        let m = parse(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"send_email","arguments":{"to":"a@b"}}}"#).unwrap();
+        assert_eq!(m.id, Some(json!(7)));
+        let call = m.tool_call.unwrap();
+        assert_eq!(call.name, "send_email");
+        assert_eq!(call.arguments, json!({"to":"a@b"}));
+    }
+
+    #[test]
+    fn other_messages() {
+        assert!(parse(r#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#).unwrap().is_tools_list());
+        assert!(parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap().id.is_none());
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap().method.is_none());
+    }
+
+    #[test]
+    fn refusals_with_reasons() {
+        for (body, reason) in [
+            (r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#, "mcp.batch"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}"#, "mcp.duplicate_key"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#, "mcp.duplicate_key"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1,"x":2}}}"#, "mcp.duplicate_key"),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#, "mcp.invalid"),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#, "mcp.invalid"),
+            (r#"{"jsonrpc":"2.0","id":1}"#, "mcp.invalid"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#, "mcp.tool_name"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_email "}}"#, "mcp.tool_name"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_еmail"}}"#, "mcp.tool_name"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#, "mcp.tool_name"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#, "mcp.arguments"),
+            ("{", "mcp.parse"),
+        ] {
+            assert_eq!(parse(body).unwrap_err().reason(), reason, "{body}");
+        }
+        let deep = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{}}}}}"#, "[".repeat(40) + &"]".repeat(40));
+        assert_eq!(parse(&deep).unwrap_err().reason(), "mcp.depth");
+        assert_eq!(parse_message(&[b' '; 10], 5, 8).unwrap_err(), McpError::TooLarge { max: 5 });
+    }
+
+    #[test]
+    fn headers_must_match_body() {
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#).unwrap();
+        assert!(check_headers(&m, Some("tools/call"), Some("a")).is_ok());
+        assert!(check_headers(&m, None, None).is_ok());
+        assert_eq!(check_headers(&m, Some("tools/list"), None).unwrap_err().reason(), "mcp.header_mismatch");
+        assert_eq!(check_headers(&m, None, Some("b")).unwrap_err().rpc_code(), -32020);
+    }
+
+    #[test]
+    fn tools_list_json_and_sse_are_filtered() {
+        let visible = |n: &str| n != "delete_repo";
+        let body = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"send_email"},{"name":"delete_repo"}]}}).to_string();
+        let out: Value = serde_json::from_slice(&filter_tools_list("application/json", body.as_bytes(), &visible).unwrap()).unwrap();
+        assert_eq!(out["result"]["tools"], json!([{"name":"send_email"}]));
+
+        let sse = format!("event: message\r\nid: 5\r\ndata: {body}\r\n\r\n");
+        let out = String::from_utf8(filter_tools_list("text/event-stream; charset=utf-8", sse.as_bytes(), &visible).unwrap()).unwrap();
+        assert!(out.starts_with("event: message\nid: 5\ndata: {"), "{out}");
+        assert!(!out.contains("delete_repo"));
+        assert!(out.ends_with("\n\n"), "{out:?}");
+
+        let error = json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}).to_string();
+        assert_eq!(filter_tools_list("application/json", error.as_bytes(), &visible).unwrap(), error.as_bytes());
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(body in prop::collection::vec(any::<u8>(), 0..128)) {
+            let _ = parse_message(&body, 1024, 16);
+        }
+
+        #[test]
+        fn sse_filter_never_panics(body in "(data: |event: |\n|\r|[{}\"a:,])*") {
+            let _ = filter_tools_list("text/event-stream", body.as_bytes(), &|_| true);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! OAuth scopes with trailing-wildcard patterns (`calendar:*`), and the intersection that makes delegation
+//! narrow: a scope survives a chain only if the token grants it and every actor's ceiling allows it.
+
+use core::fmt;
+
+/// One scope or scope pattern: `email:send` matches itself; `calendar:*` matches every scope starting with
+/// `calendar:`; `*` matches everything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ScopePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl ScopePattern {
+    /// Reads one space-free scope token. A `*` is only meaningful as the last character.
+    pub fn parse(text: &str) -> Result<Self, ScopeSyntaxError> {
+        if text.is_empty() {
+            return Err(ScopeSyntaxError { scope: text.to_string(), problem: "empty scope" });
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ScopeSyntaxError { scope: text.to_string(), problem: "whitespace or control character" });
+        }
+        match text.strip_suffix('*') {
+            Some(prefix) if prefix.contains('*') => {
+                Err(ScopeSyntaxError { scope: text.to_string(), problem: "'*' is only allowed at the end" })
+            }
+            Some(prefix) => Ok(Self::Prefix(prefix.to_string())),
+            None if text.contains('*') => {
+                Err(ScopeSyntaxError { scope: text.to_string(), problem: "'*' is only allowed at the end" })
+            }
+            None => Ok(Self::Exact(text.to_string())),
+        }
+    }
+
+    pub fn matches(&self, scope: &str) -> bool {
+        match self {
+            Self::Exact(s) => s == scope,
+            Self::Prefix(p) => scope.starts_with(p.as_str()),
+        }
+    }
+
+    /// The pattern matching exactly the scopes both match, if any.
+    pub fn intersect(&self, other: &Self) -> Option<Self> {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) => (a == b).then(|| self.clone()),
+            (Self::Exact(a), Self::Prefix(p)) | (Self::Prefix(p), Self::Exact(a)) => {
+                a.starts_with(p.as_str()).then(|| Self::Exact(a.clone()))
+            }
+            (Self::Prefix(a), Self::Prefix(b)) => {
+                if a.starts_with(b.as_str()) {
+                    Some(self.clone())
+                } else if b.starts_with(a.as_str()) {
+                    Some(other.clone())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// True when every scope this pattern matches, `other` matches too.
+    fn covered_by(&self, other: &Self) -> bool {
+        match (self, other) {
+            (_, Self::Prefix(p)) => match self {
+                Self::Exact(a) | Self::Prefix(a) => a.starts_with(p.as_str()),
+            },
+            (Self::Exact(a), Self::Exact(b)) => a == b,
+            (Self::Prefix(_), Self::Exact(_)) => false,
+        }
+    }
+}
+
+impl fmt::Display for ScopePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(s) => f.write_str(s),
+            Self::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// A scope string that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeSyntaxError {
+    pub scope: String,
+    pub problem: &'static str,
+}
+
+impl fmt::Display for ScopeSyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "scope {:?}: {}", self.scope, self.problem)
+    }
+}
+
+/// A set of scope patterns, kept minimal (no pattern covered by another) and sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScopeSet {
+    patterns: Vec<ScopePattern>,
+}
+
+impl ScopeSet {
+    /// Reads an OAuth `scope` claim: space-delimited (RFC 6749 §3.3).
+    pub fn parse_claim(text: &str) -> Result<Self, ScopeSyntaxError> {
+        let patterns = text.split(' ').filter(|s| !s.is_empty()).map(ScopePattern::parse);
+        Ok(Self::from_patterns(patterns.collect::<Result<Vec<_>, _>>()?))
+    }
+
+    pub fn from_patterns(patterns: Vec<ScopePattern>) -> Self {
+        let mut set = Self { patterns };
+        set.normalize();
+        set
+    }
+
+    /// Everything: the identity for intersection.
+    pub fn everything() -> Self {
+        Self { patterns: vec![ScopePattern::Prefix(String::new())] }
+    }
+
+    fn normalize(&mut self) {
+        self.patterns.sort_by_cached_key(ToString::to_string);
+        self.patterns.dedup();
+        let all = self.patterns.clone();
+        self.patterns.retain(|p| !all.iter().any(|q| q != p && p.covered_by(q)));
+    }
+
+    pub fn allows(&self, scope: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(scope))
+    }
+
+    pub fn intersect(&self, other: &Self) -> Self {
+        let mut patterns = Vec::new();
+        for a in &self.patterns {
+            for b in &other.patterns {
+                if let Some(c) = a.intersect(b) {
+                    patterns.push(c);
+                }
+            }
+        }
+        Self::from_patterns(patterns)
+    }
+
+    pub fn patterns(&self) -> &[ScopePattern] {
+        &self.patterns
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// The space-delimited form, as a `scope` claim would carry it.
+    pub fn to_claim(&self) -> String {
+        let parts: Vec<String> = self.patterns.iter().map(ToString::to_string).collect();
+        parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn set(text: &str) -> ScopeSet {
+        ScopeSet::parse_claim(text).unwrap()
+    }
+
+    #[test]
+    fn patterns_match_by_prefix() {
+        let s = set("calendar:* email:send");
+        assert!(s.allows("calendar:read"));
+        assert!(s.allows("email:send"));
+        assert!(!s.allows("email:read"));
+        assert!(!s.allows("calendar"));
+    }
+
+    #[test]
+    fn intersection_narrows() {
+        let token = set("calendar:* email:send email:read");
+        let ceiling = set("calendar:read email:*");
+        let eff = token.intersect(&ceiling);
+        assert_eq!(eff.to_claim(), "calendar:read email:read email:send");
+        assert!(token.intersect(&ScopeSet::everything()) == token);
+    }
+
+    #[test]
+    fn refuses_inner_wildcards_and_controls() {
+        assert!(ScopePattern::parse("a*b").is_err());
+        assert!(ScopePattern::parse("a**").is_err());
+        assert!(ScopePattern::parse("a\tb").is_err());
+        assert!(ScopeSet::parse_claim("a  b").is_ok());
+    }
+
+    #[test]
+    fn normalization_drops_covered_patterns() {
+        assert_eq!(set("a:b a:* a:c x").to_claim(), "a:* x");
+    }
+
+    fn arb_pattern() -> impl Strategy<Value = ScopePattern> {
+        prop_oneof![
+            "[ab:]{0,4}".prop_filter("non-empty", |s| !s.is_empty()).prop_map(ScopePattern::Exact),
+            "[ab:]{0,3}".prop_map(ScopePattern::Prefix),
+        ]
+    }
+
+    fn arb_set() -> impl Strategy<Value = ScopeSet> {
+        prop::collection::vec(arb_pattern(), 0..5).prop_map(ScopeSet::from_patterns)
+    }
+
+    proptest! {
+        /// A scope is in A ∩ B exactly when both A and B allow it: delegation never widens.
+        #[test]
+        fn intersection_is_exact(a in arb_set(), b in arb_set(), scope in "[ab:]{1,5}") {
+            let both = a.intersect(&b);
+            prop_assert_eq!(both.allows(&scope), a.allows(&scope) && b.allows(&scope));
+        }
+
+        #[test]
+        fn intersection_is_commutative_and_idempotent(a in arb_set(), b in arb_set()) {
+            prop_assert_eq!(a.intersect(&b), b.intersect(&a));
+            prop_assert_eq!(a.intersect(&a), a);
+        }
+
+        #[test]
+        fn normalization_keeps_meaning(ps in prop::collection::vec(arb_pattern(), 0..6), scope in "[ab:]{1,5}") {
+            let raw = ps.iter().any(|p| p.matches(&scope));
+            prop_assert_eq!(ScopeSet::from_patterns(ps).allows(&scope), raw);
+        }
+
+        #[test]
+        fn claim_round_trips(a in arb_set()) {
+            prop_assume!(!a.is_empty());
+            prop_assert_eq!(ScopeSet::parse_claim(&a.to_claim()).unwrap(), a);
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! Transaction Tokens, untrusted → verified. `UntrustedToken::parse` checks everything that needs no key (size
+//! first, before any decoding; strict base64url; header rules of RFC 8725 and the draft's `typ`); the caller
+//! selects the key from its own configuration and checks the signature; `VerifiedToken::from_payload` then
+//! reads the claims. Only a `VerifiedToken` carries identity onward.
+
+use core::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::encoding::{decode_b64url, sha256};
+use crate::json::parse_strict;
+use crate::keys::Algorithm;
+use crate::policy::TokenRules;
+use crate::scope::ScopeSet;
+
+/// Why a token was refused. Each variant has a stable reason code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    Missing { header: String },
+    Multiple { header: String },
+    TooLarge { bytes: usize, max: usize },
+    /// Not three dot-separated segments, or an empty one.
+    Malformed { detail: &'static str },
+    /// Five segments: a JWE. Only signed tokens are accepted.
+    Encrypted,
+    Base64 { segment: &'static str },
+    Header { detail: String },
+    /// `typ` missing or not `txntoken+jwt`: an access or ID token must never pass as a Transaction Token.
+    Type { found: Option<String> },
+    AlgNone,
+    /// `alg` not supported or not allowed for the key's issuer.
+    Algorithm { found: String },
+    /// `alg` names an algorithm other than the one the selected key is bound to.
+    AlgorithmMismatch { token: String, key: Algorithm },
+    Critical { names: Vec<String> },
+    /// `jku`, `jwk`, `x5u` or `x5c`: keys are never taken from the token.
+    EmbeddedKey { member: String },
+    /// `cty` (nested JWT) or `b64` (unencoded payload).
+    Nested { member: String },
+    KidRequired,
+    UnknownKid { kid: String },
+    AmbiguousKid { kid: String },
+    /// The issuer's keys are not available (never fetched, or stale past the bound): fail closed.
+    KeysUnavailable { issuer: String },
+    Signature,
+    Claims { detail: String },
+    ClaimType { claim: &'static str, expected: &'static str },
+    MissingClaim { claim: &'static str },
+    Issuer { found: Option<String>, expected: String },
+    Audience { trust_domain: String },
+    Expired { exp: i64, now: i64 },
+    NotYetValid { nbf: i64, now: i64 },
+    IssuedInFuture { iat: i64, now: i64 },
+    Lifetime { seconds: i128, max: i128 },
+}
+
+impl TokenError {
+    /// The stable reason code (audit records, metrics, response bodies).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing { .. } => "token.missing",
+            Self::Multiple { .. } => "token.multiple",
+            Self::TooLarge { .. } => "token.too_large",
+            Self::Malformed { .. } => "token.malformed",
+            Self::Encrypted => "token.encrypted",
+            Self::Base64 { .. } => "token.base64",
+            Self::Header { .. } => "token.header",
+            Self::Type { .. } => "token.typ",
+            Self::AlgNone => "token.alg_none",
+            Self::Algorithm { .. } => "token.alg",
+            Self::AlgorithmMismatch { .. } => "token.alg_mismatch",
+            Self::Critical { .. } => "token.crit",
+            Self::EmbeddedKey { .. } => "token.embedded_key",
+            Self::Nested { .. } => "token.nested",
+            Self::KidRequired => "token.kid_required",
+            Self::UnknownKid { .. } => "token.kid_unknown",
+            Self::AmbiguousKid { .. } => "token.kid_ambiguous",
+            Self::KeysUnavailable { .. } => "keys.unavailable",
+            Self::Signature => "token.signature",
+            Self::Claims { .. } => "token.claims",
+            Self::ClaimType { .. } => "token.claim_type",
+            Self::MissingClaim { .. } => "token.claim_missing",
+            Self::Issuer { .. } => "token.issuer",
+            Self::Audience { .. } => "token.audience",
+            Self::Expired { .. } => "token.expired",
+            Self::NotYetValid { .. } => "token.not_yet_valid",
+            Self::IssuedInFuture { .. } => "token.issued_in_future",
+            Self::Lifetime { .. } => "token.lifetime",
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { header } => write!(f, "no {header} header: a Transaction Token is required"),
+            Self::Multiple { header } => write!(f, "more than one {header} header: send exactly one token"),
+            Self::TooLarge { bytes, max } => write!(f, "token is {bytes} bytes, at most {max} accepted"),
+            Self::Malformed { detail } => write!(f, "token is not a compact JWS: {detail}"),
+            Self::Encrypted => f.write_str("token is a JWE; Transaction Tokens must be signed (JWS) tokens"),
+            Self::Base64 { segment } => write!(f, "token {segment} is not canonical unpadded base64url"),
+            Self::Header { detail } => write!(f, "token header: {detail}"),
+            Self::Type { found: Some(t) } => write!(f, "token typ is {t:?}, expected \"txntoken+jwt\""),
+            Self::Type { found: None } => f.write_str("token has no typ, expected \"txntoken+jwt\""),
+            Self::AlgNone => f.write_str("unsigned tokens (alg none) are never accepted"),
+            Self::Algorithm { found } => write!(f, "algorithm {found:?} is not accepted for this issuer"),
+            Self::AlgorithmMismatch { token, key } => write!(f, "token says alg {token:?} but its key is bound to {key}"),
+            Self::Critical { names } => write!(f, "unsupported critical header parameters: {}", names.join(", ")),
+            Self::EmbeddedKey { member } => write!(f, "header {member:?} is refused: keys come only from configuration"),
+            Self::Nested { member } => write!(f, "header {member:?} is refused: nested or unencoded tokens are not accepted"),
+            Self::KidRequired => f.write_str("token has no kid and several keys are configured"),
+            Self::UnknownKid { kid } => write!(f, "no configured key has kid {kid:?}"),
+            Self::AmbiguousKid { kid } => write!(f, "kid {kid:?} is used by more than one issuer"),
+            Self::KeysUnavailable { issuer } => write!(f, "keys of issuer {issuer:?} are unavailable (not fetched or stale)"),
+            Self::Signature => f.write_str("signature does not verify"),
+            Self::Claims { detail } => write!(f, "token claims: {detail}"),
+            Self::ClaimType { claim, expected } => write!(f, "claim {claim:?} must be {expected}"),
+            Self::MissingClaim { claim } => write!(f, "required claim {claim:?} is missing"),
+            Self::Issuer { found, expected } => write!(f, "iss is {found:?}, expected {expected:?}"),
+            Self::Audience { trust_domain } => write!(f, "aud does not name this trust domain ({trust_domain:?})"),
+            Self::Expired { exp, now } => write!(f, "token expired at {exp} (now {now})"),
+            Self::NotYetValid { nbf, now } => write!(f, "token not valid before {nbf} (now {now})"),
+            Self::IssuedInFuture { iat, now } => write!(f, "token issued in the future at {iat} (now {now})"),
+            Self::Lifetime { seconds, max } => write!(f, "token lifetime exp - iat is {seconds} s, at most {max} s accepted"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// Header parameters txngate understands; anything else is ignored unless listed in `crit`.
+const EMBEDDED_KEY_MEMBERS: [&str; 4] = ["jku", "jwk", "x5u", "x5c"];
+
+/// A token whose shape and header passed, not yet its signature.
+#[derive(Debug)]
+pub struct UntrustedToken<'a> {
+    raw: &'a str,
+    signing_input: &'a str,
+    payload_b64: &'a str,
+    signature: Vec<u8>,
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+impl<'a> UntrustedToken<'a> {
+    pub fn parse(raw: &'a str, max_bytes: usize) -> Result<Self, TokenError> {
+        if raw.len() > max_bytes {
+            return Err(TokenError::TooLarge { bytes: raw.len(), max: max_bytes });
+        }
+        let dots = raw.bytes().filter(|b| *b == b'.').count();
+        match dots {
+            2 => {}
+            4 => return Err(TokenError::Encrypted),
+            _ => return Err(TokenError::Malformed { detail: "expected three dot-separated segments" }),
+        }
+        let mut parts = raw.splitn(3, '.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed { detail: "expected three dot-separated segments" });
+        };
+        if header_b64.is_empty() || payload_b64.is_empty() {
+            return Err(TokenError::Malformed { detail: "empty header or payload" });
+        }
+        if signature_b64.is_empty() {
+            return Err(TokenError::AlgNone);
+        }
+        let header_bytes = decode_b64url(header_b64).ok_or(TokenError::Base64 { segment: "header" })?;
+        let signature = decode_b64url(signature_b64).ok_or(TokenError::Base64 { segment: "signature" })?;
+        // The payload is decoded only after the signature verifies; its alphabet is checked now.
+        if !payload_b64.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(TokenError::Base64 { segment: "payload" });
+        }
+        let header = parse_strict(&header_bytes, 8).map_err(|e| TokenError::Header { detail: e.to_string() })?;
+        let Value::Object(header) = header else {
+            return Err(TokenError::Header { detail: "not a JSON object".into() });
+        };
+        let (alg, kid) = check_header(&header)?;
+        let signing_input = raw.get(..header_b64.len() + 1 + payload_b64.len()).unwrap_or_default();
+        Ok(Self { raw, signing_input, payload_b64, signature, alg, kid })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// `BASE64URL(header) || '.' || BASE64URL(payload)`: exactly the bytes that were signed.
+    pub fn signing_input(&self) -> &'a str {
+        self.signing_input
+    }
+
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+
+    /// The payload bytes: to be read only once the signature has verified.
+    pub fn payload(&self) -> Result<Vec<u8>, TokenError> {
+        decode_b64url(self.payload_b64).ok_or(TokenError::Base64 { segment: "payload" })
+    }
+}
+
+fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String>), TokenError> {
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => alg,
+        Some(_) => return Err(TokenError::Header { detail: "alg must be a string".into() }),
+        None => return Err(TokenError::Header { detail: "alg is missing".into() }),
+    };
+    if alg.eq_ignore_ascii_case("none") {
+        return Err(TokenError::AlgNone);
+    }
+    if header.contains_key("enc") {
+        return Err(TokenError::Encrypted);
+    }
+    match header.get("typ") {
+        Some(Value::String(typ)) if is_txn_token_type(typ) => {}
+        Some(Value::String(typ)) => return Err(TokenError::Type { found: Some(typ.clone()) }),
+        Some(_) => return Err(TokenError::Type { found: Some("(not a string)".into()) }),
+        None => return Err(TokenError::Type { found: None }),
+    }
+    if let Some(member) = EMBEDDED_KEY_MEMBERS.into_iter().find(|m| header.contains_key(*m)) {
+        return Err(TokenError::EmbeddedKey { member: member.to_string() });
+    }
+    if let Some(member) = ["cty", "b64"].into_iter().find(|m| header.contains_key(*m)) {
+        return Err(TokenError::Nested { member: member.to_string() });
+    }
+    if let Some(crit) = header.get("crit") {
+        // txngate implements no extension, so any critical parameter is one it does not understand.
+        let names = match crit {
+            Value::Array(items) => items.iter().map(|i| i.as_str().unwrap_or("(not a string)").to_string()).collect(),
+            _ => vec!["(crit is not an array)".to_string()],
+        };
+        return Err(TokenError::Critical { names });
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(TokenError::Header { detail: "kid must be a string".into() }),
+    };
+    let alg = Algorithm::from_name(alg).ok_or_else(|| TokenError::Algorithm { found: alg.clone() })?;
+    Ok((alg, kid))
+}
+
+/// `txntoken+jwt`, optionally with the `application/` prefix (RFC 7515 §4.1.9), compared case-insensitively.
+fn is_txn_token_type(typ: &str) -> bool {
+    let t = typ.get(..12).filter(|p| p.eq_ignore_ascii_case("application/")).map_or(typ, |_| typ.get(12..).unwrap_or(""));
+    t.eq_ignore_ascii_case("txntoken+jwt")
+}
+
+/// Claims of a token whose signature verified and whose claims are well-formed. Time is checked separately
+/// ([`VerifiedToken::check_time`]) because a cached token is re-checked on every use.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub claims: Map<String, Value>,
+    pub sub: String,
+    pub txn: String,
+    pub scope: ScopeSet,
+    pub req_wl: String,
+    pub iss: Option<String>,
+    pub iat: i64,
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    /// `act.sub` values, outermost (current actor) first.
+    pub act_chain: Vec<String>,
+    /// Index of the issuer whose key verified it.
+    pub issuer: usize,
+    pub kid: Option<String>,
+    pub sha256: [u8; 32],
+}
+
+/// What a claim check needs to know about the verifying issuer.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuerContext<'a> {
+    pub index: usize,
+    pub expected_iss: Option<&'a str>,
+}
+
+impl VerifiedToken {
+    /// Reads and checks the claims of a token whose signature verified. `now_ms` is checked as well.
+    pub fn from_payload(
+        payload: &[u8],
+        token: &UntrustedToken<'_>,
+        issuer: IssuerContext<'_>,
+        trust_domain: &str,
+        rules: &TokenRules,
+        now_ms: u64,
+    ) -> Result<Self, TokenError> {
+        let claims = match parse_strict(payload, 64) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(TokenError::Claims { detail: "not a JSON object".into() }),
+            Err(e) => return Err(TokenError::Claims { detail: e.to_string() }),
+        };
+        let iat = numeric_date(&claims, "iat")?.ok_or(TokenError::MissingClaim { claim: "iat" })?;
+        let exp = numeric_date(&claims, "exp")?.ok_or(TokenError::MissingClaim { claim: "exp" })?;
+        let nbf = numeric_date(&claims, "nbf")?;
+        let sub = required_string(&claims, "sub")?;
+        let txn = required_string(&claims, "txn")?;
+        let req_wl = required_string(&claims, "req_wl")?;
+        let scope_text = match claims.get("scope") {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(TokenError::ClaimType { claim: "scope", expected: "a space-delimited string" }),
+            None => return Err(TokenError::MissingClaim { claim: "scope" }),
+        };
+        let scope = ScopeSet::parse_claim(scope_text).map_err(|_| TokenError::ClaimType { claim: "scope", expected: "a space-delimited string of scopes" })?;
+        let iss = match claims.get("iss") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(TokenError::ClaimType { claim: "iss", expected: "a string" }),
+        };
+        if let Some(expected) = issuer.expected_iss {
+            if iss.as_deref() != Some(expected) {
+                return Err(TokenError::Issuer { found: iss, expected: expected.to_string() });
+            }
+        }
+        check_audience(&claims, trust_domain)?;
+        for context in ["tctx", "rctx"] {
+            if claims.get(context).is_some_and(|v| !v.is_object()) {
+                let claim = if context == "tctx" { "tctx" } else { "rctx" };
+                return Err(TokenError::ClaimType { claim, expected: "an object" });
+            }
+        }
+        let act_chain = read_act_chain(&claims)?;
+        let lifetime = i128::from(exp) - i128::from(iat);
+        if lifetime < 0 || lifetime > rules.max_lifetime_s {
+            return Err(TokenError::Lifetime { seconds: lifetime, max: rules.max_lifetime_s });
+        }
+        let verified = Self {
+            claims,
+            sub,
+            txn,
+            scope,
+            req_wl,
+            iss,
+            iat,
+            exp,
+            nbf,
+            act_chain,
+            issuer: issuer.index,
+            kid: token.kid().map(str::to_string),
+            sha256: sha256(token.raw().as_bytes()),
+        };
+        verified.check_time(rules, now_ms)?;
+        Ok(verified)
+    }
+
+    /// `exp`, `nbf` and `iat` against `now` with the policy's leeway.
+    pub fn check_time(&self, rules: &TokenRules, now_ms: u64) -> Result<(), TokenError> {
+        let now = i128::from(now_ms);
+        let now_s = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        if now >= i128::from(self.exp) * 1000 + rules.leeway_ms {
+            return Err(TokenError::Expired { exp: self.exp, now: now_s });
+        }
+        if let Some(nbf) = self.nbf {
+            if now + rules.leeway_ms < i128::from(nbf) * 1000 {
+                return Err(TokenError::NotYetValid { nbf, now: now_s });
+            }
+        }
+        if now + rules.leeway_ms < i128::from(self.iat) * 1000 {
+            return Err(TokenError::IssuedInFuture { iat: self.iat, now: now_s });
+        }
+        Ok(())
+    }
+
+    /// `exp` in milliseconds plus leeway: when a cached copy must be dropped.
+    pub fn valid_until_ms(&self, rules: &TokenRules) -> i128 {
+        i128::from(self.exp) * 1000 + rules.leeway_ms
+    }
+
+    pub fn sha256_hex(&self) -> String {
+        crate::encoding::hex_lower(&self.sha256)
+    }
+}
+
+/// NumericDate (RFC 7519 §2): a JSON number of seconds; fractions are floored. Strings are refused.
+fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<i64>, TokenError> {
+    const EXPECTED: &str = "a number of seconds since the epoch (NumericDate)";
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Some(i));
+            }
+            match n.as_f64() {
+                Some(f) if f.is_finite() && f >= -9.2e18 && f <= 9.2e18 => {
+                    #[allow(clippy::cast_possible_truncation)]
+                    let floored = f.floor() as i64;
+                    Ok(Some(floored))
+                }
+                _ => Err(TokenError::ClaimType { claim, expected: EXPECTED }),
+            }
+        }
+        Some(_) => Err(TokenError::ClaimType { claim, expected: EXPECTED }),
+    }
+}
+
+fn required_string(claims: &Map<String, Value>, claim: &'static str) -> Result<String, TokenError> {
+    match claims.get(claim) {
+        Some(Value::String(s)) if is_identity(s) => Ok(s.clone()),
+        Some(Value::String(_)) => Err(TokenError::ClaimType { claim, expected: "a non-empty string without control characters" }),
+        Some(_) => Err(TokenError::ClaimType { claim, expected: "a string" }),
+        None => Err(TokenError::MissingClaim { claim }),
+    }
+}
+
+fn check_audience(claims: &Map<String, Value>, trust_domain: &str) -> Result<(), TokenError> {
+    let refused = || TokenError::Audience { trust_domain: trust_domain.to_string() };
+    match claims.get("aud") {
+        None => Err(TokenError::MissingClaim { claim: "aud" }),
+        Some(Value::String(aud)) => (aud == trust_domain).then_some(()).ok_or_else(refused),
+        Some(Value::Array(items)) => {
+            if items.iter().any(|i| !i.is_string()) {
+                return Err(TokenError::ClaimType { claim: "aud", expected: "a string or an array of strings" });
+            }
+            items.iter().any(|i| i.as_str() == Some(trust_domain)).then_some(()).ok_or_else(refused)
+        }
+        Some(_) => Err(TokenError::ClaimType { claim: "aud", expected: "a string or an array of strings" }),
+    }
+}
+
+/// Identity claims end up in upstream headers and logs: no empty values, no control characters (CR/LF
+/// would split a header), bounded length.
+fn is_identity(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 1024 && !s.chars().any(char::is_control)
+}
+
+/// `act` nests outermost-first: `{"sub": current, "act": {"sub": previous, ...}}` (RFC 8693 §4.1).
+fn read_act_chain(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError> {
+    let mut chain = Vec::new();
+    let mut next = claims.get("act");
+    while let Some(act) = next {
+        let Value::Object(act) = act else {
+            return Err(TokenError::ClaimType { claim: "act", expected: "an object with a string sub" });
+        };
+        match act.get("sub") {
+            Some(Value::String(sub)) if is_identity(sub) => chain.push(sub.clone()),
+            _ => return Err(TokenError::ClaimType { claim: "act.sub", expected: "a non-empty string without control characters" }),
+        }
+        next = act.get("act");
+    }
+    Ok(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    use super::*;
+    use crate::encoding::encode_b64url;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn token_with_header(header: &Value) -> String {
+        format!("{}.{}.{}", encode_b64url(&serde_json::to_vec(header).unwrap()), encode_b64url(b"{}"), encode_b64url(&[7u8; 64]))
+    }
+
+    fn parse_header(header: Value) -> Result<(), TokenError> {
+        let t = token_with_header(&header);
+        UntrustedToken::parse(&t, 8192).map(|_| ())
+    }
+
+    #[test]
+    fn size_is_checked_before_anything() {
+        let huge = ".".repeat(1_000_000);
+        assert_eq!(UntrustedToken::parse(&huge, 8192).unwrap_err(), TokenError::TooLarge { bytes: 1_000_000, max: 8192 });
+    }
+
+    #[test]
+    fn segments() {
+        assert_eq!(UntrustedToken::parse("a.b", 100).unwrap_err().reason(), "token.malformed");
+        assert_eq!(UntrustedToken::parse("a.b.c.d.e", 100).unwrap_err(), TokenError::Encrypted);
+        assert_eq!(UntrustedToken::parse("..", 100).unwrap_err().reason(), "token.malformed");
+        let t = token_with_header(&json!({"alg":"EdDSA","typ":"txntoken+jwt"}));
+        let unsigned = format!("{}.", t.rsplit_once('.').unwrap().0);
+        assert_eq!(UntrustedToken::parse(&unsigned, 8192).unwrap_err(), TokenError::AlgNone);
+        let padded = format!("{t}==");
+        assert_eq!(UntrustedToken::parse(&padded, 8192).unwrap_err().reason(), "token.base64");
+        let spaced = t.replacen('.', " .", 1);
+        assert_eq!(UntrustedToken::parse(&spaced, 8192).unwrap_err().reason(), "token.base64");
+    }
+
+    #[test]
+    fn header_rules() {
+        let ok = json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":"k"});
+        assert!(parse_header(ok).is_ok());
+        assert!(parse_header(json!({"alg":"EdDSA","typ":"application/TxnToken+JWT"})).is_ok());
+        for (header, reason) in [
+            (json!({"alg":"none","typ":"txntoken+jwt"}), "token.alg_none"),
+            (json!({"alg":"NoNe","typ":"txntoken+jwt"}), "token.alg_none"),
+            (json!({"alg":"HS256","typ":"txntoken+jwt"}), "token.alg"),
+            (json!({"alg":"es256","typ":"txntoken+jwt"}), "token.alg"),
+            (json!({"typ":"txntoken+jwt"}), "token.header"),
+            (json!({"alg":"EdDSA"}), "token.typ"),
+            (json!({"alg":"EdDSA","typ":"JWT"}), "token.typ"),
+            (json!({"alg":"EdDSA","typ":"at+jwt"}), "token.typ"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","crit":["exp"]}), "token.crit"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","jku":"https://evil"}), "token.embedded_key"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","jwk":{}}), "token.embedded_key"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","x5u":"https://evil"}), "token.embedded_key"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","x5c":["AA"]}), "token.embedded_key"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","cty":"JWT"}), "token.nested"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","enc":"A256GCM"}), "token.encrypted"),
+            (json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":7}), "token.header"),
+            (json!(["alg"]), "token.header"),
+        ] {
+            assert_eq!(parse_header(header.clone()).unwrap_err().reason(), reason, "{header}");
+        }
+    }
+
+    #[test]
+    fn duplicate_header_members_are_refused() {
+        let header = br#"{"alg":"EdDSA","typ":"txntoken+jwt","alg":"none"}"#;
+        let t = format!("{}.{}.{}", encode_b64url(header), encode_b64url(b"{}"), encode_b64url(&[1; 64]));
+        assert_eq!(UntrustedToken::parse(&t, 8192).unwrap_err().reason(), "token.header");
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(raw in "[A-Za-z0-9_.=+/ -]{0,200}") {
+            let _ = UntrustedToken::parse(&raw, 8192);
+        }
+
+        #[test]
+        fn parse_never_panics_on_any_header(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let t = format!("{}.e30.{}", encode_b64url(&bytes), encode_b64url(&[0; 64]));
+            let _ = UntrustedToken::parse(&t, 8192);
+        }
+    }
+}

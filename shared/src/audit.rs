@@ -104,7 +104,9 @@ impl AuditRecord {
 
     /// One line of JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"verdict\":\"deny\",\"reason\":\"audit.serialize\"}"))
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            String::from("{\"verdict\":\"deny\",\"reason\":\"audit.serialize\"}")
+        })
     }
 }
 
@@ -123,7 +125,10 @@ pub fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+        ms % 1000
+    )
 }
 
 #[cfg(test)]

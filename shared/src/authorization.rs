@@ -20,7 +20,12 @@ pub enum ToolError {
     /// The effective scope lacks these required scopes.
     Scope { tool: String, missing: Vec<String> },
     /// An argument does not match its claim.
-    Constraint { tool: String, argument: String, claim: String, problem: &'static str },
+    Constraint {
+        tool: String,
+        argument: String,
+        claim: String,
+        problem: &'static str,
+    },
 }
 
 impl ToolError {
@@ -39,9 +44,19 @@ impl fmt::Display for ToolError {
         match self {
             Self::NoRule { tool } => write!(f, "no rule allows tool {tool:?}"),
             Self::Denied { tool, rule } => write!(f, "tool {tool:?} is denied by rule {rule:?}"),
-            Self::Scope { tool, missing } => write!(f, "tool {tool:?} needs scope {}", missing.join(" ")),
-            Self::Constraint { tool, argument, claim, problem } => {
-                write!(f, "tool {tool:?}: argument {argument} {problem} claim {claim}")
+            Self::Scope { tool, missing } => {
+                write!(f, "tool {tool:?} needs scope {}", missing.join(" "))
+            }
+            Self::Constraint {
+                tool,
+                argument,
+                claim,
+                problem,
+            } => {
+                write!(
+                    f,
+                    "tool {tool:?}: argument {argument} {problem} claim {claim}"
+                )
             }
         }
     }
@@ -50,19 +65,45 @@ impl fmt::Display for ToolError {
 impl std::error::Error for ToolError {}
 
 /// Checks a call against its rule. `claims` are the verified token's claims.
-pub fn authorize(rule: &ToolRule, call: &ToolCall, effective: &ScopeSet, claims: &Map<String, Value>) -> Result<(), ToolError> {
+pub fn authorize(
+    rule: &ToolRule,
+    call: &ToolCall,
+    effective: &ScopeSet,
+    claims: &Map<String, Value>,
+) -> Result<(), ToolError> {
     if rule.effect == Effect::Deny {
-        return Err(ToolError::Denied { tool: call.name.clone(), rule: rule.name.clone() });
+        return Err(ToolError::Denied {
+            tool: call.name.clone(),
+            rule: rule.name.clone(),
+        });
     }
-    let missing: Vec<String> = rule.scopes.iter().filter(|s| !effective.allows(s)).cloned().collect();
+    let missing: Vec<String> = rule
+        .scopes
+        .iter()
+        .filter(|s| !effective.allows(s))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
-        return Err(ToolError::Scope { tool: call.name.clone(), missing });
+        return Err(ToolError::Scope {
+            tool: call.name.clone(),
+            missing,
+        });
     }
     let claims = Value::Object(claims.clone());
     for c in &rule.constraints {
-        let fail = |problem| ToolError::Constraint { tool: call.name.clone(), argument: c.argument.clone(), claim: c.claim.clone(), problem };
-        let argument = call.arguments.pointer(&c.argument).ok_or_else(|| fail("is missing; required by"))?;
-        let claim = claims.pointer(&c.claim).ok_or_else(|| fail("cannot be checked: token has no"))?;
+        let fail = |problem| ToolError::Constraint {
+            tool: call.name.clone(),
+            argument: c.argument.clone(),
+            claim: c.claim.clone(),
+            problem,
+        };
+        let argument = call
+            .arguments
+            .pointer(&c.argument)
+            .ok_or_else(|| fail("is missing; required by"))?;
+        let claim = claims
+            .pointer(&c.claim)
+            .ok_or_else(|| fail("cannot be checked: token has no"))?;
         let ok = match claim {
             Value::Array(items) => items.contains(argument),
             other => other == argument,
@@ -81,6 +122,8 @@ pub fn is_visible(policy: &Policy, effective: &ScopeSet, tool: &str) -> bool {
     match policy.tool_rule(tool) {
         None => false,
         Some(rule) if rule.mode == crate::policy::Mode::DryRun => true,
-        Some(rule) => rule.effect == Effect::Allow && rule.scopes.iter().all(|s| effective.allows(s)),
+        Some(rule) => {
+            rule.effect == Effect::Allow && rule.scopes.iter().all(|s| effective.allows(s))
+        }
     }
 }

@@ -23,11 +23,20 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, entries: HashMap::with_capacity(capacity.min(4096)), order: VecDeque::new() }
+        Self {
+            capacity,
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            order: VecDeque::new(),
+        }
     }
 
     /// The cached token if still valid at `now_ms` and verified under the current key generation.
-    pub fn get(&mut self, hash: &[u8; 32], now_ms: u64, key_generation: u64) -> Option<Arc<VerifiedToken>> {
+    pub fn get(
+        &mut self,
+        hash: &[u8; 32],
+        now_ms: u64,
+        key_generation: u64,
+    ) -> Option<Arc<VerifiedToken>> {
         let entry = self.entries.get(hash)?;
         if entry.valid_until_ms <= i128::from(now_ms) || entry.key_generation != key_generation {
             self.entries.remove(hash);
@@ -49,7 +58,14 @@ impl TokenCache {
             }
         }
         let hash = token.sha256;
-        self.entries.insert(hash, Entry { token, valid_until_ms, key_generation });
+        self.entries.insert(
+            hash,
+            Entry {
+                token,
+                valid_until_ms,
+                key_generation,
+            },
+        );
         self.order.push_back(hash);
         if self.order.len() > self.capacity.saturating_mul(2) {
             let entries = &self.entries;

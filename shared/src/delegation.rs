@@ -46,14 +46,20 @@ impl AgentPattern {
             } else {
                 parts.push(Part::Segment);
             }
-            if matches!(parts.as_slice(), [.., Part::Segment | Part::Any, Part::Segment | Part::Any]) {
+            if matches!(
+                parts.as_slice(),
+                [.., Part::Segment | Part::Any, Part::Segment | Part::Any]
+            ) {
                 return Err("two wildcards in a row".into());
             }
         }
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
-        Ok(Self { source: text.to_string(), parts })
+        Ok(Self {
+            source: text.to_string(),
+            parts,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -62,7 +68,10 @@ impl AgentPattern {
 
     /// Literal characters: more means more specific.
     pub fn specificity(&self) -> usize {
-        self.parts.iter().map(|p| if let Part::Literal(l) = p { l.len() } else { 0 }).sum()
+        self.parts
+            .iter()
+            .map(|p| if let Part::Literal(l) = p { l.len() } else { 0 })
+            .sum()
     }
 
     pub fn matches(&self, id: &str) -> bool {
@@ -73,14 +82,18 @@ impl AgentPattern {
 fn match_parts(parts: &[Part], input: &str) -> bool {
     match parts.split_first() {
         None => input.is_empty(),
-        Some((Part::Literal(l), rest)) => input.strip_prefix(l.as_str()).is_some_and(|tail| match_parts(rest, tail)),
+        Some((Part::Literal(l), rest)) => input
+            .strip_prefix(l.as_str())
+            .is_some_and(|tail| match_parts(rest, tail)),
         Some((wild, rest)) => {
             // Patterns come from the policy and have few wildcards; inputs are bounded by the token size cap.
             // A wildcard stands for at least one character.
             let stop_at_slash = matches!(wild, Part::Segment);
             let mut end = 0;
             loop {
-                let Some(c) = input.get(end..).and_then(|t| t.chars().next()) else { return false };
+                let Some(c) = input.get(end..).and_then(|t| t.chars().next()) else {
+                    return false;
+                };
                 if stop_at_slash && c == '/' {
                     return false;
                 }
@@ -97,13 +110,21 @@ fn match_parts(parts: &[Part], input: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DelegationError {
-    TooDeep { depth: usize, max: usize },
+    TooDeep {
+        depth: usize,
+        max: usize,
+    },
     /// An actor that matches no `agents` entry.
-    UnknownAgent { agent: String },
+    UnknownAgent {
+        agent: String,
+    },
     /// `peer_binding: require` and the host knows no peer identity (no mTLS).
     PeerMissing,
     /// The mTLS peer is not the acting agent: one workload presenting another's token.
-    PeerMismatch { peer: String, agent: String },
+    PeerMismatch {
+        peer: String,
+        agent: String,
+    },
 }
 
 impl DelegationError {
@@ -120,10 +141,19 @@ impl DelegationError {
 impl fmt::Display for DelegationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooDeep { depth, max } => write!(f, "delegation chain has {depth} actors, at most {max} allowed"),
-            Self::UnknownAgent { agent } => write!(f, "actor {agent:?} matches no agent in the policy"),
-            Self::PeerMissing => f.write_str("peer binding is required but the connection has no verified peer identity (mTLS)"),
-            Self::PeerMismatch { peer, agent } => write!(f, "peer {peer:?} is not the acting agent {agent:?}"),
+            Self::TooDeep { depth, max } => write!(
+                f,
+                "delegation chain has {depth} actors, at most {max} allowed"
+            ),
+            Self::UnknownAgent { agent } => {
+                write!(f, "actor {agent:?} matches no agent in the policy")
+            }
+            Self::PeerMissing => f.write_str(
+                "peer binding is required but the connection has no verified peer identity (mTLS)",
+            ),
+            Self::PeerMismatch { peer, agent } => {
+                write!(f, "peer {peer:?} is not the acting agent {agent:?}")
+            }
         }
     }
 }
@@ -153,12 +183,25 @@ pub fn evaluate(
 ) -> Result<Delegation, DelegationError> {
     let depth = act_chain.len();
     if depth > policy.max_delegation_depth {
-        return Err(DelegationError::TooDeep { depth, max: policy.max_delegation_depth });
+        return Err(DelegationError::TooDeep {
+            depth,
+            max: policy.max_delegation_depth,
+        });
     }
-    let actors: Vec<String> = if act_chain.is_empty() { vec![req_wl.to_string()] } else { act_chain.to_vec() };
+    let actors: Vec<String> = if act_chain.is_empty() {
+        vec![req_wl.to_string()]
+    } else {
+        act_chain.to_vec()
+    };
     let mut effective = token_scope.clone();
     for actor in &actors {
-        let ceiling = policy.agents.ceiling(actor).ok_or_else(|| DelegationError::UnknownAgent { agent: actor.clone() })?;
+        let ceiling =
+            policy
+                .agents
+                .ceiling(actor)
+                .ok_or_else(|| DelegationError::UnknownAgent {
+                    agent: actor.clone(),
+                })?;
         effective = effective.intersect(ceiling);
     }
     let agent = actors.first().cloned().unwrap_or_default();
@@ -167,16 +210,29 @@ pub fn evaluate(
         (PeerBinding::Require, None) => return Err(DelegationError::PeerMissing),
         (PeerBinding::Require | PeerBinding::WhenPresent, Some(peer)) => {
             if peer != agent {
-                return Err(DelegationError::PeerMismatch { peer: peer.to_string(), agent });
+                return Err(DelegationError::PeerMismatch {
+                    peer: peer.to_string(),
+                    agent,
+                });
             }
         }
     }
-    Ok(Delegation { agent, actors, depth, effective_scope: effective })
+    Ok(Delegation {
+        agent,
+        actors,
+        depth,
+        effective_scope: effective,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -217,15 +273,32 @@ mod tests {
 
     #[test]
     fn without_act_the_requesting_workload_acts() {
-        let d = evaluate(&policy("off"), &scopes("email:send"), &[], "spiffe://t/gw", None).unwrap();
+        let d = evaluate(
+            &policy("off"),
+            &scopes("email:send"),
+            &[],
+            "spiffe://t/gw",
+            None,
+        )
+        .unwrap();
         assert_eq!(d.agent, "spiffe://t/gw");
         assert_eq!(d.depth, 0);
     }
 
     #[test]
     fn chain_narrows_to_every_actor() {
-        let chain = vec!["spiffe://t/agent/research".to_string(), "spiffe://t/orchestrator".to_string()];
-        let d = evaluate(&policy("off"), &scopes("calendar:read email:send email:read admin"), &chain, "spiffe://t/gw", None).unwrap();
+        let chain = vec![
+            "spiffe://t/agent/research".to_string(),
+            "spiffe://t/orchestrator".to_string(),
+        ];
+        let d = evaluate(
+            &policy("off"),
+            &scopes("calendar:read email:send email:read admin"),
+            &chain,
+            "spiffe://t/gw",
+            None,
+        )
+        .unwrap();
         assert_eq!(d.agent, "spiffe://t/agent/research");
         assert_eq!(d.effective_scope.to_claim(), "calendar:read email:send");
     }
@@ -233,15 +306,30 @@ mod tests {
     #[test]
     fn exact_agent_entry_wins_over_pattern() {
         let chain = vec!["spiffe://t/agent/mailer".to_string()];
-        let d = evaluate(&policy("off"), &scopes("email:read"), &chain, "spiffe://t/gw", None).unwrap();
+        let d = evaluate(
+            &policy("off"),
+            &scopes("email:read"),
+            &chain,
+            "spiffe://t/gw",
+            None,
+        )
+        .unwrap();
         assert!(d.effective_scope.allows("email:read"));
     }
 
     #[test]
     fn unknown_actor_anywhere_in_chain_is_refused() {
-        let chain = vec!["spiffe://t/agent/a".to_string(), "spiffe://evil/x".to_string()];
+        let chain = vec![
+            "spiffe://t/agent/a".to_string(),
+            "spiffe://evil/x".to_string(),
+        ];
         let e = evaluate(&policy("off"), &scopes("a"), &chain, "spiffe://t/gw", None).unwrap_err();
-        assert_eq!(e, DelegationError::UnknownAgent { agent: "spiffe://evil/x".into() });
+        assert_eq!(
+            e,
+            DelegationError::UnknownAgent {
+                agent: "spiffe://evil/x".into()
+            }
+        );
     }
 
     #[test]
@@ -255,12 +343,40 @@ mod tests {
     fn peer_binding() {
         let chain = vec!["spiffe://t/agent/a".to_string()];
         let p = policy("require");
-        assert_eq!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", None).unwrap_err(), DelegationError::PeerMissing);
-        assert_eq!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", Some("spiffe://t/agent/b")).unwrap_err().reason(), "delegation.peer_mismatch");
-        assert!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", Some("spiffe://t/agent/a")).is_ok());
+        assert_eq!(
+            evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", None).unwrap_err(),
+            DelegationError::PeerMissing
+        );
+        assert_eq!(
+            evaluate(
+                &p,
+                &scopes("a"),
+                &chain,
+                "spiffe://t/gw",
+                Some("spiffe://t/agent/b")
+            )
+            .unwrap_err()
+            .reason(),
+            "delegation.peer_mismatch"
+        );
+        assert!(evaluate(
+            &p,
+            &scopes("a"),
+            &chain,
+            "spiffe://t/gw",
+            Some("spiffe://t/agent/a")
+        )
+        .is_ok());
         let p = policy("when_present");
         assert!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", None).is_ok());
-        assert!(evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", Some("spiffe://t/x")).is_err());
+        assert!(evaluate(
+            &p,
+            &scopes("a"),
+            &chain,
+            "spiffe://t/gw",
+            Some("spiffe://t/x")
+        )
+        .is_err());
     }
 
     proptest! {

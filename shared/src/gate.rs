@@ -77,7 +77,8 @@ impl Decision {
 
 /// True for request headers a host must remove before forwarding.
 pub fn is_identity_header(name: &str) -> bool {
-    name.get(..IDENTITY_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_HEADER_PREFIX))
+    name.get(..IDENTITY_HEADER_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_HEADER_PREFIX))
 }
 
 /// Filters a `tools/list` response down to what the caller may call.
@@ -135,7 +136,10 @@ impl PendingSignature {
 
     /// The exact signed bytes.
     pub fn signing_input(&self) -> &[u8] {
-        self.raw.as_bytes().get(..self.signing_input_len).unwrap_or_default()
+        self.raw
+            .as_bytes()
+            .get(..self.signing_input_len)
+            .unwrap_or_default()
     }
 
     /// The signature as JWS carries it (raw r‖s for ES256, which is also WebCrypto's format).
@@ -187,17 +191,32 @@ impl PendingLimit {
 
 /// A synchronous limiter backend.
 pub trait Limiter {
-    fn consume(&mut self, key: &str, rule: &LimitRule, now_ms: u64) -> Result<LimitState, StoreError>;
+    fn consume(
+        &mut self,
+        key: &str,
+        rule: &LimitRule,
+        now_ms: u64,
+    ) -> Result<LimitState, StoreError>;
 }
 
 impl<S: RateLimitStore> Limiter for S {
-    fn consume(&mut self, key: &str, rule: &LimitRule, now_ms: u64) -> Result<LimitState, StoreError> {
+    fn consume(
+        &mut self,
+        key: &str,
+        rule: &LimitRule,
+        now_ms: u64,
+    ) -> Result<LimitState, StoreError> {
         ratelimit::consume(self, key, rule, now_ms)
     }
 }
 
 impl<S: RateLimitStore + ?Sized> Limiter for SlotTable<'_, S> {
-    fn consume(&mut self, key: &str, rule: &LimitRule, now_ms: u64) -> Result<LimitState, StoreError> {
+    fn consume(
+        &mut self,
+        key: &str,
+        rule: &LimitRule,
+        now_ms: u64,
+    ) -> Result<LimitState, StoreError> {
         SlotTable::consume(self, key, rule, now_ms)
     }
 }
@@ -215,6 +234,8 @@ struct Context {
     mcp_name_header: Option<String>,
     audit: AuditRecord,
     refetch: Option<usize>,
+    /// The JSON-RPC error code of an MCP refusal, when it is not the status's default.
+    rpc_code: Option<i64>,
 }
 
 /// The compiled policy, the key ring and the verified-token cache of one host instance (one Envoy VM, one
@@ -230,7 +251,11 @@ impl Gate {
     pub fn new(policy: Policy) -> Self {
         let keys = policy.key_ring.clone();
         let cache = TokenCache::new(policy.token.cache_entries);
-        Self { policy: Arc::new(policy), keys, cache }
+        Self {
+            policy: Arc::new(policy),
+            keys,
+            cache,
+        }
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, PolicyError> {
@@ -247,7 +272,12 @@ impl Gate {
 
     /// Installs a fetched JWKS for issuer `index` (see [`KeyRing::install`]); tokens cached under the old
     /// set are verified again.
-    pub fn install_jwks(&mut self, issuer: usize, jwks: &[u8], now_ms: u64) -> Result<Vec<SkippedKey>, KeyError> {
+    pub fn install_jwks(
+        &mut self,
+        issuer: usize,
+        jwks: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<SkippedKey>, KeyError> {
         let skipped = self.keys.install(issuer, jwks, now_ms)?;
         self.cache.clear();
         Ok(skipped)
@@ -271,7 +301,11 @@ impl Gate {
     pub fn is_mcp_path(&self, path: &str) -> bool {
         let path = path.split(['?', '#']).next().unwrap_or("");
         let prefix = self.policy.mcp.path_prefix.as_str();
-        prefix == "/" || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+        prefix == "/"
+            || path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// Whether the host must read the body before deciding: POSTs to the MCP endpoint.
@@ -284,7 +318,12 @@ impl Gate {
     }
 
     /// Decides synchronously: signatures with the core's crypto, limits on `limiter`.
-    pub fn decide(&mut self, request: &Request<'_>, now_ms: u64, limiter: &mut dyn Limiter) -> Outcome {
+    pub fn decide(
+        &mut self,
+        request: &Request<'_>,
+        now_ms: u64,
+        limiter: &mut dyn Limiter,
+    ) -> Outcome {
         let mut step = self.evaluate(request, now_ms);
         loop {
             step = match step {
@@ -321,7 +360,9 @@ impl Gate {
         let (issuer, key) = match self.keys.lookup(untrusted.kid(), now_ms) {
             KeyLookup::Found { issuer, key } => (issuer, key.clone()),
             KeyLookup::UnknownKid { refetch } => {
-                ctx.refetch = refetch.into_iter().find(|i| self.keys.claim_refetch(*i, now_ms));
+                ctx.refetch = refetch
+                    .into_iter()
+                    .find(|i| self.keys.claim_refetch(*i, now_ms));
                 let kid = untrusted.kid().unwrap_or_default().to_string();
                 return self.deny_token(ctx, &TokenError::UnknownKid { kid });
             }
@@ -334,12 +375,19 @@ impl Gate {
                 if self.keys.claim_refetch(issuer, now_ms) {
                     ctx.refetch = Some(issuer);
                 }
-                let name = self.keys.issuer(issuer).map(|i| i.name.clone()).unwrap_or_default();
+                let name = self
+                    .keys
+                    .issuer(issuer)
+                    .map(|i| i.name.clone())
+                    .unwrap_or_default();
                 return self.deny_token(ctx, &TokenError::KeysUnavailable { issuer: name });
             }
         };
         if untrusted.algorithm() != key.algorithm() {
-            let e = TokenError::AlgorithmMismatch { token: untrusted.algorithm().name().into(), key: key.algorithm() };
+            let e = TokenError::AlgorithmMismatch {
+                token: untrusted.algorithm().name().into(),
+                key: key.algorithm(),
+            };
             return self.deny_token(ctx, &e);
         }
         ctx.audit.issuer = self.keys.issuer(issuer).map(|i| i.name.clone());
@@ -355,7 +403,9 @@ impl Gate {
 
     /// Continues after the host checked a signature.
     pub fn resume_signature(&mut self, pending: PendingSignature, valid: bool) -> Step {
-        let PendingSignature { ctx, raw, issuer, .. } = pending;
+        let PendingSignature {
+            ctx, raw, issuer, ..
+        } = pending;
         if !valid {
             return self.deny_token(ctx, &TokenError::Signature);
         }
@@ -363,14 +413,25 @@ impl Gate {
         let verified = UntrustedToken::parse(&raw, max).and_then(|untrusted| {
             let payload = untrusted.payload()?;
             let expected_iss = self.keys.issuer(issuer).and_then(|i| i.iss.as_deref());
-            let issuer_ctx = IssuerContext { index: issuer, expected_iss };
-            VerifiedToken::from_payload(&payload, &untrusted, issuer_ctx, &self.policy.trust_domain, &self.policy.token, ctx.now_ms)
+            let issuer_ctx = IssuerContext {
+                index: issuer,
+                expected_iss,
+            };
+            VerifiedToken::from_payload(
+                &payload,
+                &untrusted,
+                issuer_ctx,
+                &self.policy.trust_domain,
+                &self.policy.token,
+                ctx.now_ms,
+            )
         });
         match verified {
             Ok(token) => {
                 let token = Arc::new(token);
                 let until = token.valid_until_ms(&self.policy.token);
-                self.cache.insert(Arc::clone(&token), until, self.keys.generation());
+                self.cache
+                    .insert(Arc::clone(&token), until, self.keys.generation());
                 self.authorize(ctx, token)
             }
             Err(e) => self.deny_token(ctx, &e),
@@ -378,27 +439,47 @@ impl Gate {
     }
 
     /// Finishes after the host consulted its limiter.
-    pub fn resume_limit(&mut self, pending: PendingLimit, result: Result<LimitState, StoreError>) -> Outcome {
-        let PendingLimit { mut ctx, token, delegation, limit, tool, visible_filter, .. } = pending;
+    pub fn resume_limit(
+        &mut self,
+        pending: PendingLimit,
+        result: Result<LimitState, StoreError>,
+    ) -> Outcome {
+        let PendingLimit {
+            mut ctx,
+            token,
+            delegation,
+            limit,
+            tool,
+            visible_filter,
+            ..
+        } = pending;
         let audit_limit = |state: &LimitState| LimitAudit {
             key: limit.key.name(),
             limit: state.limit,
             period_seconds: state.period_seconds,
             burst: state.burst,
             remaining: state.remaining,
-            retry_after_seconds: (!state.allowed).then(|| state.retry_after_ms.div_ceil(1000).max(1)),
+            retry_after_seconds: (!state.allowed)
+                .then(|| state.retry_after_ms.div_ceil(1000).max(1)),
         };
         match result {
             Ok(state) => {
                 ctx.audit.limit = Some(audit_limit(&state));
                 let headers = rate_limit_headers(&tool, &state);
-                if state.allowed || ctx.audit.dry_run_reason.is_some() || self.rule_is_dry_run(&tool) {
+                if state.allowed
+                    || ctx.audit.dry_run_reason.is_some()
+                    || self.rule_is_dry_run(&tool)
+                {
                     if !state.allowed {
-                        ctx.audit.dry_run_reason = ctx.audit.dry_run_reason.or(Some("ratelimit.exceeded"));
+                        ctx.audit.dry_run_reason =
+                            ctx.audit.dry_run_reason.or(Some("ratelimit.exceeded"));
                     }
                     return self.allow(ctx, &token, &delegation, headers, visible_filter);
                 }
-                let message = format!("rate limit for tool {tool:?} exceeded; retry in {} s", state.retry_after_ms.div_ceil(1000).max(1));
+                let message = format!(
+                    "rate limit for tool {tool:?} exceeded; retry in {} s",
+                    state.retry_after_ms.div_ceil(1000).max(1)
+                );
                 self.deny(ctx, 429, "ratelimit.exceeded", &message, headers)
             }
             Err(e) => {
@@ -407,13 +488,21 @@ impl Gate {
                     return self.allow(ctx, &token, &delegation, Vec::new(), visible_filter);
                 }
                 let message = format!("rate limit for tool {tool:?} cannot be checked: {e}");
-                self.deny(ctx, 503, e.reason(), &message, vec![("retry-after".into(), "1".into())])
+                self.deny(
+                    ctx,
+                    503,
+                    e.reason(),
+                    &message,
+                    vec![("retry-after".into(), "1".into())],
+                )
             }
         }
     }
 
     fn rule_is_dry_run(&self, tool: &str) -> bool {
-        self.policy.tool_rule(tool).is_some_and(|r| r.mode == Mode::DryRun)
+        self.policy
+            .tool_rule(tool)
+            .is_some_and(|r| r.mode == Mode::DryRun)
     }
 
     fn gather(&self, request: &Request<'_>, now_ms: u64) -> Context {
@@ -426,14 +515,23 @@ impl Gate {
             Some(match request.body {
                 Body::Absent => Err(McpError::BodyMissing),
                 Body::TooLarge => Err(McpError::TooLarge { max }),
-                Body::Complete(bytes) => mcp::parse_message(bytes, max, self.policy.mcp.max_json_depth),
+                Body::Complete(bytes) => {
+                    mcp::parse_message(bytes, max, self.policy.mcp.max_json_depth)
+                }
             })
         } else {
             None
         };
-        let rpc_id = message.as_ref().and_then(|m| m.as_ref().ok()).and_then(|m| m.id.clone());
+        let rpc_id = message
+            .as_ref()
+            .and_then(|m| m.as_ref().ok())
+            .and_then(|m| m.id.clone());
         let header = |name: &str| {
-            request.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+            request
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
         };
         Context {
             now_ms,
@@ -445,15 +543,23 @@ impl Gate {
             message,
             audit,
             refetch: None,
+            rpc_code: None,
         }
     }
 
     fn token_header<'r>(&self, request: &Request<'r>) -> Result<&'r str, TokenError> {
         let name = self.policy.token.header.as_str();
-        let mut found = request.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
-        let first = found.next().ok_or_else(|| TokenError::Missing { header: name.to_string() })?;
+        let mut found = request
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name));
+        let first = found.next().ok_or_else(|| TokenError::Missing {
+            header: name.to_string(),
+        })?;
         if found.next().is_some() {
-            return Err(TokenError::Multiple { header: name.to_string() });
+            return Err(TokenError::Multiple {
+                header: name.to_string(),
+            });
         }
         Ok(first.1.trim_matches([' ', '\t']))
     }
@@ -465,7 +571,13 @@ impl Gate {
         if ctx.audit.issuer.is_none() {
             ctx.audit.issuer = self.keys.issuer(token.issuer).map(|i| i.name.clone());
         }
-        let delegation = match delegation::evaluate(&self.policy, &token.scope, &token.act_chain, &token.req_wl, ctx.peer.as_deref()) {
+        let delegation = match delegation::evaluate(
+            &self.policy,
+            &token.scope,
+            &token.act_chain,
+            &token.req_wl,
+            ctx.peer.as_deref(),
+        ) {
             Ok(d) => d,
             Err(e) => return Step::Done(Box::new(self.deny_delegation(ctx, &e))),
         };
@@ -474,31 +586,55 @@ impl Gate {
         ctx.audit.scope = Some(delegation.effective_scope.to_claim());
 
         let message = match ctx.message.take() {
-            None => return Step::Done(Box::new(self.allow(ctx, &token, &delegation, Vec::new(), false))),
+            None => {
+                return Step::Done(Box::new(self.allow(
+                    ctx,
+                    &token,
+                    &delegation,
+                    Vec::new(),
+                    false,
+                )))
+            }
             Some(Err(e)) => return Step::Done(Box::new(self.deny_mcp(ctx, &e))),
             Some(Ok(m)) => m,
         };
         ctx.audit.rpc_method = message.method.clone();
         ctx.audit.rpc_id = message.id.clone();
-        if let Err(e) = mcp::check_headers(&message, ctx.mcp_method_header.as_deref(), ctx.mcp_name_header.as_deref()) {
+        if let Err(e) = mcp::check_headers(
+            &message,
+            ctx.mcp_method_header.as_deref(),
+            ctx.mcp_name_header.as_deref(),
+        ) {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
         let Some(call) = message.tool_call else {
             let filter = message.method.as_deref() == Some("tools/list");
-            return Step::Done(Box::new(self.allow(ctx, &token, &delegation, Vec::new(), filter)));
+            return Step::Done(Box::new(self.allow(
+                ctx,
+                &token,
+                &delegation,
+                Vec::new(),
+                filter,
+            )));
         };
         ctx.audit.tool = Some(call.name.clone());
         match self.policy.arguments_audit {
-            ArgumentsAudit::Hash => ctx.audit.arguments_sha256 = Some(sha256_hex(&canonical(&call.arguments))),
+            ArgumentsAudit::Hash => {
+                ctx.audit.arguments_sha256 = Some(sha256_hex(&canonical(&call.arguments)))
+            }
             ArgumentsAudit::Full => ctx.audit.arguments = Some(call.arguments.clone()),
             ArgumentsAudit::None => {}
         }
         let Some(rule) = self.policy.tool_rule(&call.name).cloned() else {
-            let e = ToolError::NoRule { tool: call.name.clone() };
+            let e = ToolError::NoRule {
+                tool: call.name.clone(),
+            };
             return Step::Done(Box::new(self.deny_tool(ctx, &e)));
         };
         ctx.audit.rule = Some(rule.name.clone());
-        if let Err(e) = authorization::authorize(&rule, &call, &delegation.effective_scope, &token.claims) {
+        if let Err(e) =
+            authorization::authorize(&rule, &call, &delegation.effective_scope, &token.claims)
+        {
             if rule.mode == Mode::DryRun {
                 ctx.audit.dry_run_reason = Some(e.reason());
                 ctx.audit.detail = Some(e.to_string());
@@ -507,7 +643,13 @@ impl Gate {
             }
         }
         let Some(limit) = rule.limit.clone() else {
-            return Step::Done(Box::new(self.allow(ctx, &token, &delegation, Vec::new(), false)));
+            return Step::Done(Box::new(self.allow(
+                ctx,
+                &token,
+                &delegation,
+                Vec::new(),
+                false,
+            )));
         };
         let tool = call.name.to_ascii_lowercase();
         let id = match limit.key {
@@ -516,11 +658,30 @@ impl Gate {
             crate::policy::LimitKey::Tool => "",
         };
         let key = ratelimit::bucket_key(&tool, limit.key.name(), id, &limit.rule);
-        Step::ConsultLimiter(Box::new(PendingLimit { ctx, token, delegation, key, limit, tool, visible_filter: false }))
+        Step::ConsultLimiter(Box::new(PendingLimit {
+            ctx,
+            token,
+            delegation,
+            key,
+            limit,
+            tool,
+            visible_filter: false,
+        }))
     }
 
-    fn allow(&self, mut ctx: Context, token: &VerifiedToken, delegation: &Delegation, response_headers: Vec<(String, String)>, tools_list: bool) -> Outcome {
-        let reason = if ctx.audit.dry_run_reason.is_some() { "allow.dry_run" } else { "allow" };
+    fn allow(
+        &self,
+        mut ctx: Context,
+        token: &VerifiedToken,
+        delegation: &Delegation,
+        response_headers: Vec<(String, String)>,
+        tools_list: bool,
+    ) -> Outcome {
+        let reason = if ctx.audit.dry_run_reason.is_some() {
+            "allow.dry_run"
+        } else {
+            "allow"
+        };
         ctx.audit.verdict = "allow";
         ctx.audit.reason = reason;
         ctx.audit.status = 200;
@@ -529,9 +690,20 @@ impl Gate {
             ("x-txngate-sub".to_string(), token.sub.clone()),
             ("x-txngate-txn".to_string(), token.txn.clone()),
         ];
-        let tools_list = tools_list.then(|| ToolsListFilter { policy: Arc::clone(&self.policy), effective: delegation.effective_scope.clone() });
+        let tools_list = tools_list.then(|| ToolsListFilter {
+            policy: Arc::clone(&self.policy),
+            effective: delegation.effective_scope.clone(),
+        });
         Outcome {
-            decision: Decision { verdict: Verdict::Allow, status: 200, reason, response_headers, body: None, upstream_headers, tools_list },
+            decision: Decision {
+                verdict: Verdict::Allow,
+                status: 200,
+                reason,
+                response_headers,
+                body: None,
+                upstream_headers,
+                tools_list,
+            },
             audit: ctx.audit,
             refetch_issuer: ctx.refetch,
         }
@@ -545,7 +717,10 @@ impl Gate {
         };
         let mut headers = Vec::new();
         if status == 401 {
-            let mut challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", e.reason());
+            let mut challenge = format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                e.reason()
+            );
             if let Some(url) = &self.policy.mcp.resource_metadata {
                 challenge.push_str(&format!(", resource_metadata=\"{url}\""));
             }
@@ -553,7 +728,13 @@ impl Gate {
         } else if status == 503 {
             headers.push(("retry-after".to_string(), "5".to_string()));
         }
-        Step::Done(Box::new(self.deny(ctx, status, e.reason(), &e.to_string(), headers)))
+        Step::Done(Box::new(self.deny(
+            ctx,
+            status,
+            e.reason(),
+            &e.to_string(),
+            headers,
+        )))
     }
 
     fn deny_delegation(&self, ctx: Context, e: &DelegationError) -> Outcome {
@@ -561,19 +742,38 @@ impl Gate {
     }
 
     fn deny_mcp(&self, ctx: Context, e: &McpError) -> Outcome {
-        let status = if matches!(e, McpError::TooLarge { .. }) { 413 } else { 400 };
+        let status = if matches!(e, McpError::TooLarge { .. }) {
+            413
+        } else {
+            400
+        };
+        let mut ctx = ctx;
+        ctx.rpc_code = Some(e.rpc_code());
         self.deny(ctx, status, e.reason(), &e.to_string(), Vec::new())
     }
 
     fn deny_tool(&self, ctx: Context, e: &ToolError) -> Outcome {
         let mut headers = Vec::new();
         if let ToolError::Scope { missing, .. } = e {
-            headers.push(("www-authenticate".to_string(), format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", missing.join(" "))));
+            headers.push((
+                "www-authenticate".to_string(),
+                format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    missing.join(" ")
+                ),
+            ));
         }
         self.deny(ctx, 403, e.reason(), &e.to_string(), headers)
     }
 
-    fn deny(&self, mut ctx: Context, status: u16, reason: &'static str, message: &str, mut headers: Vec<(String, String)>) -> Outcome {
+    fn deny(
+        &self,
+        mut ctx: Context,
+        status: u16,
+        reason: &'static str,
+        message: &str,
+        mut headers: Vec<(String, String)>,
+    ) -> Outcome {
         let message = truncate(message, 512);
         ctx.audit.verdict = "deny";
         ctx.audit.reason = reason;
@@ -582,17 +782,20 @@ impl Gate {
         headers.push(("content-type".to_string(), "application/json".to_string()));
         headers.push(("cache-control".to_string(), "no-store".to_string()));
         let body = if ctx.is_mcp {
-            let code = match (status, &ctx.message) {
-                (400 | 413, Some(Err(e))) => e.rpc_code(),
-                (400, _) if reason == "mcp.header_mismatch" => -32020,
-                (400 | 413, _) => -32600,
-                (401, _) => -32001,
-                (403, _) => -32003,
-                (429, _) => -32029,
+            let code = ctx.rpc_code.unwrap_or(match status {
+                400 | 413 => -32600,
+                401 => -32001,
+                403 => -32003,
+                429 => -32029,
                 _ => -32603,
-            };
+            });
             let id = ctx.rpc_id.as_ref();
-            mcp::error_body(id, code, &format!("txngate: {message}"), json!({"reason": reason, "status": status}))
+            mcp::error_body(
+                id,
+                code,
+                &format!("txngate: {message}"),
+                json!({"reason": reason, "status": status}),
+            )
         } else {
             let error = match status {
                 401 => "invalid_token",
@@ -622,11 +825,24 @@ impl Gate {
 /// IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers) plus `Retry-After`.
 fn rate_limit_headers(tool: &str, state: &LimitState) -> Vec<(String, String)> {
     let mut headers = vec![
-        ("ratelimit-policy".to_string(), format!("\"{tool}\";q={};w={}", state.limit, state.period_seconds)),
-        ("ratelimit".to_string(), format!("\"{tool}\";r={};t={}", state.remaining, state.reset_ms.div_ceil(1000))),
+        (
+            "ratelimit-policy".to_string(),
+            format!("\"{tool}\";q={};w={}", state.limit, state.period_seconds),
+        ),
+        (
+            "ratelimit".to_string(),
+            format!(
+                "\"{tool}\";r={};t={}",
+                state.remaining,
+                state.reset_ms.div_ceil(1000)
+            ),
+        ),
     ];
     if !state.allowed {
-        headers.push(("retry-after".to_string(), state.retry_after_ms.div_ceil(1000).max(1).to_string()));
+        headers.push((
+            "retry-after".to_string(),
+            state.retry_after_ms.div_ceil(1000).max(1).to_string(),
+        ));
     }
     headers
 }

@@ -12,7 +12,11 @@ use serde_json::{Map, Value};
 #[non_exhaustive]
 pub enum JsonError {
     /// Not JSON, or trailing bytes after the value.
-    Syntax { line: usize, column: usize, message: String },
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     /// The same key twice in one object; `path` is the JSON pointer of that object.
     DuplicateKey { path: String, key: String },
     /// Nested deeper than the configured bound.
@@ -22,11 +26,19 @@ pub enum JsonError {
 impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Syntax { line, column, message } => {
+            Self::Syntax {
+                line,
+                column,
+                message,
+            } => {
                 write!(f, "invalid JSON at line {line} column {column}: {message}")
             }
             Self::DuplicateKey { path, key } => {
-                write!(f, "duplicate key {key:?} in the object at {}", display_pointer(path))
+                write!(
+                    f,
+                    "duplicate key {key:?} in the object at {}",
+                    display_pointer(path)
+                )
             }
             Self::TooDeep { max_depth } => write!(f, "JSON nested deeper than {max_depth} levels"),
         }
@@ -47,9 +59,14 @@ fn display_pointer(path: &str) -> &str {
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
     let mut failure: Option<JsonError> = None;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let result = StrictSeed { depth: 0, max_depth, path: String::new(), failure: &mut failure }
-        .deserialize(&mut de)
-        .and_then(|value| de.end().map(|()| value));
+    let result = StrictSeed {
+        depth: 0,
+        max_depth,
+        path: String::new(),
+        failure: &mut failure,
+    }
+    .deserialize(&mut de)
+    .and_then(|value| de.end().map(|()| value));
     match result {
         Ok(value) => Ok(value),
         Err(err) => Err(failure.take().unwrap_or_else(|| JsonError::Syntax {
@@ -89,7 +106,9 @@ impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
 impl StrictSeed<'_> {
     fn child(&mut self, segment: &str) -> Result<StrictSeed<'_>, JsonError> {
         if self.depth + 1 > self.max_depth {
-            return Err(JsonError::TooDeep { max_depth: self.max_depth });
+            return Err(JsonError::TooDeep {
+                max_depth: self.max_depth,
+            });
         }
         Ok(StrictSeed {
             depth: self.depth + 1,
@@ -153,7 +172,10 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if object.contains_key(&key) {
-                let err = JsonError::DuplicateKey { path: self.path.clone(), key };
+                let err = JsonError::DuplicateKey {
+                    path: self.path.clone(),
+                    key,
+                };
                 return Err(fail(self.failure, err));
             }
             let child = match self.child(&key) {
@@ -222,7 +244,12 @@ fn write_scalar(value: &Value, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use proptest::prelude::*;
 
@@ -235,7 +262,13 @@ mod tests {
     #[test]
     fn refuses_duplicate_keys_with_their_path() {
         let err = parse_strict(br#"{"a":{"b":1,"b":2}}"#, 8).unwrap_err();
-        assert_eq!(err, JsonError::DuplicateKey { path: "/a".into(), key: "b".into() });
+        assert_eq!(
+            err,
+            JsonError::DuplicateKey {
+                path: "/a".into(),
+                key: "b".into()
+            }
+        );
         let err = parse_strict(br#"{"x":1,"x":1}"#, 8).unwrap_err();
         assert!(matches!(err, JsonError::DuplicateKey { ref path, .. } if path.is_empty()));
     }
@@ -243,7 +276,10 @@ mod tests {
     #[test]
     fn refuses_deep_nesting() {
         let deep = "[".repeat(40) + &"]".repeat(40);
-        assert_eq!(parse_strict(deep.as_bytes(), 32).unwrap_err(), JsonError::TooDeep { max_depth: 32 });
+        assert_eq!(
+            parse_strict(deep.as_bytes(), 32).unwrap_err(),
+            JsonError::TooDeep { max_depth: 32 }
+        );
         assert!(parse_strict(deep.as_bytes(), 64).is_ok());
         let very_deep = "[".repeat(100_000);
         assert!(parse_strict(very_deep.as_bytes(), 32).is_err());
@@ -251,15 +287,27 @@ mod tests {
 
     #[test]
     fn refuses_trailing_bytes_bom_and_garbage() {
-        assert!(matches!(parse_strict(b"{} x", 8), Err(JsonError::Syntax { .. })));
-        assert!(matches!(parse_strict(b"\xef\xbb\xbf{}", 8), Err(JsonError::Syntax { .. })));
-        assert!(matches!(parse_strict(b"", 8), Err(JsonError::Syntax { .. })));
+        assert!(matches!(
+            parse_strict(b"{} x", 8),
+            Err(JsonError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse_strict(b"\xef\xbb\xbf{}", 8),
+            Err(JsonError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse_strict(b"", 8),
+            Err(JsonError::Syntax { .. })
+        ));
     }
 
     #[test]
     fn canonical_sorts_keys_and_drops_whitespace() {
         let a = parse_strict(br#"{ "b": 1, "a": {"y": [1, 2], "x": "s"} }"#, 8).unwrap();
-        assert_eq!(canonical(&a), br#"{"a":{"x":"s","y":[1,2]},"b":1}"#.to_vec());
+        assert_eq!(
+            canonical(&a),
+            br#"{"a":{"x":"s","y":[1,2]},"b":1}"#.to_vec()
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

@@ -53,30 +53,76 @@ pub enum KeyError {
     /// The document is not `{"keys": [...]}`.
     NotAKeySet,
     /// Key `index` is not a JSON object.
-    NotAnObject { index: usize },
-    MissingMember { index: usize, member: &'static str },
-    WrongType { index: usize, member: &'static str, expected: &'static str },
-    BadBase64 { index: usize, member: &'static str },
-    UnsupportedKeyType { index: usize, kty: String, crv: Option<String> },
-    UnsupportedAlgorithm { index: usize, alg: String },
+    NotAnObject {
+        index: usize,
+    },
+    MissingMember {
+        index: usize,
+        member: &'static str,
+    },
+    WrongType {
+        index: usize,
+        member: &'static str,
+        expected: &'static str,
+    },
+    BadBase64 {
+        index: usize,
+        member: &'static str,
+    },
+    UnsupportedKeyType {
+        index: usize,
+        kty: String,
+        crv: Option<String>,
+    },
+    UnsupportedAlgorithm {
+        index: usize,
+        alg: String,
+    },
     /// The key's `alg` does not fit its type, or is not in the issuer's allow-list.
-    AlgorithmNotAllowed { index: usize, alg: Algorithm, allowed: Vec<Algorithm> },
+    AlgorithmNotAllowed {
+        index: usize,
+        alg: Algorithm,
+        allowed: Vec<Algorithm>,
+    },
     /// An RSA key without `alg` while both RS256 and PS256 are allowed: one algorithm per key.
-    AmbiguousAlgorithm { index: usize },
+    AmbiguousAlgorithm {
+        index: usize,
+    },
     /// `use` other than `sig`, or `key_ops` without `verify`.
-    NotForSignatures { index: usize },
+    NotForSignatures {
+        index: usize,
+    },
     /// A private member (`d`, `p`, ...) in a verification key set.
-    PrivateMaterial { index: usize, member: &'static str },
-    WeakRsa { index: usize, bits: usize },
-    RsaTooLarge { index: usize, bits: usize },
-    BadRsaExponent { index: usize },
+    PrivateMaterial {
+        index: usize,
+        member: &'static str,
+    },
+    WeakRsa {
+        index: usize,
+        bits: usize,
+    },
+    RsaTooLarge {
+        index: usize,
+        bits: usize,
+    },
+    BadRsaExponent {
+        index: usize,
+    },
     /// Not a point on the curve, wrong length, or the identity.
-    InvalidPoint { index: usize },
+    InvalidPoint {
+        index: usize,
+    },
     /// An Ed25519 key of small order: it would accept forged signatures.
-    SmallOrder { index: usize },
-    DuplicateKid { kid: String },
+    SmallOrder {
+        index: usize,
+    },
+    DuplicateKid {
+        kid: String,
+    },
     /// Several keys and one without `kid`: it could never be selected unambiguously.
-    MissingKid { index: usize },
+    MissingKid {
+        index: usize,
+    },
     EmptySet,
 }
 
@@ -180,6 +226,11 @@ impl PublicKey {
     /// Verifies a JWS signature over `signing_input` with jwt-compact's implementation of this key's one
     /// algorithm. Malformed signatures (wrong length, r or s out of range) are simply invalid.
     pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
+        // jwt-compact's fixed-size signature constructors copy without checking the length (a panic on a
+        // short signature), so the length is checked here first.
+        if matches!(self.alg, Algorithm::EdDSA | Algorithm::ES256) && signature.len() != 64 {
+            return false;
+        }
         match (&self.material, self.alg) {
             (Material::Ed25519(key), Algorithm::EdDSA) => {
                 match <Ed25519 as jwt_compact::Algorithm>::Signature::try_from_slice(signature) {
@@ -198,8 +249,14 @@ impl PublicKey {
                 if signature.len() != expected_len {
                     return false;
                 }
-                let Ok(sig) = RsaSignature::try_from_slice(signature) else { return false };
-                let alg = if self.alg == Algorithm::RS256 { Rsa::rs256() } else { Rsa::ps256() };
+                let Ok(sig) = RsaSignature::try_from_slice(signature) else {
+                    return false;
+                };
+                let alg = if self.alg == Algorithm::RS256 {
+                    Rsa::rs256()
+                } else {
+                    Rsa::ps256()
+                };
                 StrongAlg(alg).verify_signature(&sig, key, signing_input)
             }
             _ => false,
@@ -215,7 +272,10 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
     if let Some(member) = PRIVATE_MEMBERS.into_iter().find(|m| obj.contains_key(*m)) {
         return Err(KeyError::PrivateMaterial { index, member });
     }
-    let kty = string_member(obj, index, "kty")?.ok_or(KeyError::MissingMember { index, member: "kty" })?;
+    let kty = string_member(obj, index, "kty")?.ok_or(KeyError::MissingMember {
+        index,
+        member: "kty",
+    })?;
     let crv = string_member(obj, index, "crv")?;
     if let Some(usage) = string_member(obj, index, "use")? {
         if usage != "sig" {
@@ -223,83 +283,128 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
         }
     }
     if let Some(ops) = obj.get("key_ops") {
-        let ops = ops.as_array().ok_or(KeyError::WrongType { index, member: "key_ops", expected: "an array" })?;
+        let ops = ops.as_array().ok_or(KeyError::WrongType {
+            index,
+            member: "key_ops",
+            expected: "an array",
+        })?;
         if !ops.iter().any(|op| op.as_str() == Some("verify")) {
             return Err(KeyError::NotForSignatures { index });
         }
     }
     let kid = string_member(obj, index, "kid")?.map(str::to_string);
     let declared = match string_member(obj, index, "alg")? {
-        Some(name) => Some(
-            Algorithm::from_name(name).ok_or_else(|| KeyError::UnsupportedAlgorithm { index, alg: name.to_string() })?,
-        ),
+        Some(name) => {
+            Some(
+                Algorithm::from_name(name).ok_or_else(|| KeyError::UnsupportedAlgorithm {
+                    index,
+                    alg: name.to_string(),
+                })?,
+            )
+        }
         None => None,
     };
 
-    let (material, fits, mut public): (Material, Vec<Algorithm>, Map<String, Value>) = match (kty, crv) {
-        ("OKP", Some("Ed25519")) => {
-            let x = bytes_member(obj, index, "x")?;
-            let key = ed25519_compact::PublicKey::from_slice(&x).map_err(|_| KeyError::InvalidPoint { index })?;
-            match key.validate() {
-                Ok(()) => {}
-                Err(ed25519_compact::Error::WeakPublicKey) => return Err(KeyError::SmallOrder { index }),
-                Err(_) => return Err(KeyError::InvalidPoint { index }),
+    let (material, fits, mut public): (Material, Vec<Algorithm>, Map<String, Value>) =
+        match (kty, crv) {
+            ("OKP", Some("Ed25519")) => {
+                let x = bytes_member(obj, index, "x")?;
+                let key = ed25519_compact::PublicKey::from_slice(&x)
+                    .map_err(|_| KeyError::InvalidPoint { index })?;
+                match key.validate() {
+                    Ok(()) => {}
+                    Err(ed25519_compact::Error::WeakPublicKey) => {
+                        return Err(KeyError::SmallOrder { index })
+                    }
+                    Err(_) => return Err(KeyError::InvalidPoint { index }),
+                }
+                (
+                    Material::Ed25519(key),
+                    vec![Algorithm::EdDSA],
+                    public_members(obj, &["kty", "crv", "x"]),
+                )
             }
-            (Material::Ed25519(key), vec![Algorithm::EdDSA], public_members(obj, &["kty", "crv", "x"]))
-        }
-        ("EC", Some("P-256")) => {
-            let x = bytes_member(obj, index, "x")?;
-            let y = bytes_member(obj, index, "y")?;
-            if x.len() != 32 || y.len() != 32 {
-                return Err(KeyError::InvalidPoint { index });
+            ("EC", Some("P-256")) => {
+                let x = bytes_member(obj, index, "x")?;
+                let y = bytes_member(obj, index, "y")?;
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(KeyError::InvalidPoint { index });
+                }
+                let mut sec1 = Vec::with_capacity(65);
+                sec1.push(0x04);
+                sec1.extend_from_slice(&x);
+                sec1.extend_from_slice(&y);
+                let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                    .map_err(|_| KeyError::InvalidPoint { index })?;
+                (
+                    Material::P256(key),
+                    vec![Algorithm::ES256],
+                    public_members(obj, &["kty", "crv", "x", "y"]),
+                )
             }
-            let mut sec1 = Vec::with_capacity(65);
-            sec1.push(0x04);
-            sec1.extend_from_slice(&x);
-            sec1.extend_from_slice(&y);
-            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| KeyError::InvalidPoint { index })?;
-            (Material::P256(key), vec![Algorithm::ES256], public_members(obj, &["kty", "crv", "x", "y"]))
-        }
-        ("RSA", _) => {
-            let n = bytes_member(obj, index, "n")?;
-            let e = bytes_member(obj, index, "e")?;
-            let n_big = rsa::BigUint::from_bytes_be(&n);
-            let e_big = rsa::BigUint::from_bytes_be(&e);
-            let bits = n_big.bits();
-            if bits < 2048 {
-                return Err(KeyError::WeakRsa { index, bits });
+            ("RSA", _) => {
+                let n = bytes_member(obj, index, "n")?;
+                let e = bytes_member(obj, index, "e")?;
+                let n_big = rsa::BigUint::from_bytes_be(&n);
+                let e_big = rsa::BigUint::from_bytes_be(&e);
+                let bits = n_big.bits();
+                if bits < 2048 {
+                    return Err(KeyError::WeakRsa { index, bits });
+                }
+                if bits > 4096 {
+                    return Err(KeyError::RsaTooLarge { index, bits });
+                }
+                let three = rsa::BigUint::from(3u8);
+                let odd = e.last().is_some_and(|b| b & 1 == 1);
+                if e_big < three || !odd || e.len() > 8 {
+                    return Err(KeyError::BadRsaExponent { index });
+                }
+                if n.last().is_none_or(|b| b & 1 == 0) {
+                    return Err(KeyError::InvalidPoint { index });
+                }
+                let key = rsa::RsaPublicKey::new_with_max_size(n_big, e_big, 4096)
+                    .map_err(|_| KeyError::BadRsaExponent { index })?;
+                let key =
+                    StrongKey::try_from(key).map_err(|_| KeyError::WeakRsa { index, bits })?;
+                (
+                    Material::Rsa(key),
+                    vec![Algorithm::RS256, Algorithm::PS256],
+                    public_members(obj, &["kty", "n", "e"]),
+                )
             }
-            if bits > 4096 {
-                return Err(KeyError::RsaTooLarge { index, bits });
+            (kty, crv) => {
+                return Err(KeyError::UnsupportedKeyType {
+                    index,
+                    kty: kty.to_string(),
+                    crv: crv.map(str::to_string),
+                })
             }
-            let three = rsa::BigUint::from(3u8);
-            let odd = e.last().is_some_and(|b| b & 1 == 1);
-            if e_big < three || !odd || e.len() > 8 {
-                return Err(KeyError::BadRsaExponent { index });
-            }
-            if n.last().is_none_or(|b| b & 1 == 0) {
-                return Err(KeyError::InvalidPoint { index });
-            }
-            let key = rsa::RsaPublicKey::new_with_max_size(n_big, e_big, 4096)
-                .map_err(|_| KeyError::BadRsaExponent { index })?;
-            let key = StrongKey::try_from(key).map_err(|_| KeyError::WeakRsa { index, bits })?;
-            (Material::Rsa(key), vec![Algorithm::RS256, Algorithm::PS256], public_members(obj, &["kty", "n", "e"]))
-        }
-        (kty, crv) => {
-            return Err(KeyError::UnsupportedKeyType { index, kty: kty.to_string(), crv: crv.map(str::to_string) })
-        }
-    };
+        };
 
     let alg = match declared {
         Some(alg) if fits.contains(&alg) && allowed.contains(&alg) => alg,
-        Some(alg) => return Err(KeyError::AlgorithmNotAllowed { index, alg, allowed: allowed.to_vec() }),
+        Some(alg) => {
+            return Err(KeyError::AlgorithmNotAllowed {
+                index,
+                alg,
+                allowed: allowed.to_vec(),
+            })
+        }
         None => {
-            let candidates: Vec<Algorithm> = fits.iter().copied().filter(|a| allowed.contains(a)).collect();
+            let candidates: Vec<Algorithm> = fits
+                .iter()
+                .copied()
+                .filter(|a| allowed.contains(a))
+                .collect();
             match candidates.as_slice() {
                 [one] => *one,
                 [] => {
                     let first = fits.first().copied().unwrap_or(Algorithm::RS256);
-                    return Err(KeyError::AlgorithmNotAllowed { index, alg: first, allowed: allowed.to_vec() });
+                    return Err(KeyError::AlgorithmNotAllowed {
+                        index,
+                        alg: first,
+                        allowed: allowed.to_vec(),
+                    });
                 }
                 _ => return Err(KeyError::AmbiguousAlgorithm { index }),
             }
@@ -312,23 +417,45 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
     }
     let jwk = Value::Object(public);
     let fingerprint = sha256_hex(&crate::json::canonical(&jwk));
-    Ok(PublicKey { kid, alg, material, jwk, fingerprint })
+    Ok(PublicKey {
+        kid,
+        alg,
+        material,
+        jwk,
+        fingerprint,
+    })
 }
 
 fn public_members(obj: &Map<String, Value>, names: &[&str]) -> Map<String, Value> {
-    names.iter().filter_map(|n| obj.get(*n).map(|v| ((*n).to_string(), v.clone()))).collect()
+    names
+        .iter()
+        .filter_map(|n| obj.get(*n).map(|v| ((*n).to_string(), v.clone())))
+        .collect()
 }
 
-fn string_member<'a>(obj: &'a Map<String, Value>, index: usize, member: &'static str) -> Result<Option<&'a str>, KeyError> {
+fn string_member<'a>(
+    obj: &'a Map<String, Value>,
+    index: usize,
+    member: &'static str,
+) -> Result<Option<&'a str>, KeyError> {
     match obj.get(member) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(KeyError::WrongType { index, member, expected: "a string" }),
+        Some(_) => Err(KeyError::WrongType {
+            index,
+            member,
+            expected: "a string",
+        }),
     }
 }
 
-fn bytes_member(obj: &Map<String, Value>, index: usize, member: &'static str) -> Result<Vec<u8>, KeyError> {
-    let text = string_member(obj, index, member)?.ok_or(KeyError::MissingMember { index, member })?;
+fn bytes_member(
+    obj: &Map<String, Value>,
+    index: usize,
+    member: &'static str,
+) -> Result<Vec<u8>, KeyError> {
+    let text =
+        string_member(obj, index, member)?.ok_or(KeyError::MissingMember { index, member })?;
     decode_b64url(text).ok_or(KeyError::BadBase64 { index, member })
 }
 
@@ -355,13 +482,24 @@ pub enum Strictness {
 }
 
 impl KeySet {
-    pub fn parse(bytes: &[u8], allowed: &[Algorithm], strictness: Strictness) -> Result<(Self, Vec<SkippedKey>), KeyError> {
+    pub fn parse(
+        bytes: &[u8],
+        allowed: &[Algorithm],
+        strictness: Strictness,
+    ) -> Result<(Self, Vec<SkippedKey>), KeyError> {
         let doc = parse_strict(bytes, 16).map_err(KeyError::Json)?;
         Self::from_value(&doc, allowed, strictness)
     }
 
-    pub fn from_value(doc: &Value, allowed: &[Algorithm], strictness: Strictness) -> Result<(Self, Vec<SkippedKey>), KeyError> {
-        let list = doc.get("keys").and_then(Value::as_array).ok_or(KeyError::NotAKeySet)?;
+    pub fn from_value(
+        doc: &Value,
+        allowed: &[Algorithm],
+        strictness: Strictness,
+    ) -> Result<(Self, Vec<SkippedKey>), KeyError> {
+        let list = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(KeyError::NotAKeySet)?;
         let mut keys: Vec<PublicKey> = Vec::with_capacity(list.len());
         let mut skipped = Vec::new();
         for (index, jwk) in list.iter().enumerate() {
@@ -374,7 +512,11 @@ impl KeySet {
                     | KeyError::NotForSignatures { .. }),
                 ) if strictness == Strictness::Fetched => {
                     let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_string);
-                    skipped.push(SkippedKey { index, kid, reason: err.to_string() });
+                    skipped.push(SkippedKey {
+                        index,
+                        kid,
+                        reason: err.to_string(),
+                    });
                 }
                 Err(err) => return Err(err),
             }
@@ -390,13 +532,21 @@ impl KeySet {
     fn check_kids(&self, list: &[Value]) -> Result<(), KeyError> {
         for (i, key) in self.keys.iter().enumerate() {
             match &key.kid {
-                Some(kid) => {
-                    if self.keys.iter().skip(i + 1).any(|k| k.kid.as_deref() == Some(kid)) {
-                        return Err(KeyError::DuplicateKid { kid: kid.clone() });
-                    }
+                Some(kid)
+                    if self
+                        .keys
+                        .iter()
+                        .skip(i + 1)
+                        .any(|k| k.kid.as_deref() == Some(kid)) =>
+                {
+                    return Err(KeyError::DuplicateKid { kid: kid.clone() });
                 }
+                Some(_) => {}
                 None if self.keys.len() > 1 => {
-                    let index = list.iter().position(|v| v.get("kid").is_none()).unwrap_or(i);
+                    let index = list
+                        .iter()
+                        .position(|v| v.get("kid").is_none())
+                        .unwrap_or(i);
                     return Err(KeyError::MissingKid { index });
                 }
                 None => {}
@@ -427,7 +577,13 @@ impl KeySet {
 pub enum KeySource {
     Inline,
     /// Fetched by the host from `uri` (through Envoy `cluster` where set).
-    Remote { uri: String, cluster: Option<String>, refresh_ms: u64, max_stale_ms: u64, min_refetch_ms: u64 },
+    Remote {
+        uri: String,
+        cluster: Option<String>,
+        refresh_ms: u64,
+        max_stale_ms: u64,
+        min_refetch_ms: u64,
+    },
 }
 
 /// One issuer's current keys and fetch bookkeeping. Replaced atomically: a request sees the old set or the
@@ -458,15 +614,22 @@ impl IssuerKeys {
 /// What the key ring says about a key lookup.
 #[derive(Debug)]
 pub enum KeyLookup<'a> {
-    Found { issuer: usize, key: &'a PublicKey },
+    Found {
+        issuer: usize,
+        key: &'a PublicKey,
+    },
     /// No configured key has this `kid`; `refetch` lists remote issuers a host could refetch.
-    UnknownKid { refetch: Vec<usize> },
+    UnknownKid {
+        refetch: Vec<usize>,
+    },
     /// No `kid` and more than one candidate key.
     KidRequired,
     /// The same `kid` in two issuers' sets.
     AmbiguousKid,
     /// Remote keys never fetched, or older than their staleness bound.
-    Unavailable { issuer: usize },
+    Unavailable {
+        issuer: usize,
+    },
 }
 
 /// All issuers' keys.
@@ -480,9 +643,25 @@ impl KeyRing {
         Self::default()
     }
 
-    pub fn add_issuer(&mut self, name: String, iss: Option<String>, algorithms: Vec<Algorithm>, source: KeySource, inline: Option<KeySet>) {
+    pub fn add_issuer(
+        &mut self,
+        name: String,
+        iss: Option<String>,
+        algorithms: Vec<Algorithm>,
+        source: KeySource,
+        inline: Option<KeySet>,
+    ) {
         let keys = inline.map(Arc::new);
-        self.issuers.push(IssuerKeys { name, iss, algorithms, source, keys, fetched_at_ms: None, last_refetch_ms: None, generation: 0 });
+        self.issuers.push(IssuerKeys {
+            name,
+            iss,
+            algorithms,
+            source,
+            keys,
+            fetched_at_ms: None,
+            last_refetch_ms: None,
+            generation: 0,
+        });
     }
 
     pub fn issuers(&self) -> &[IssuerKeys] {
@@ -503,8 +682,15 @@ impl KeyRing {
     }
 
     /// Installs a fetched JWKS for issuer `index`, replacing the old set whole. On error the old set stays.
-    pub fn install(&mut self, index: usize, jwks: &[u8], now_ms: u64) -> Result<Vec<SkippedKey>, KeyError> {
-        let Some(issuer) = self.issuers.get_mut(index) else { return Err(KeyError::NotAKeySet) };
+    pub fn install(
+        &mut self,
+        index: usize,
+        jwks: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<SkippedKey>, KeyError> {
+        let Some(issuer) = self.issuers.get_mut(index) else {
+            return Err(KeyError::NotAKeySet);
+        };
         let (set, skipped) = KeySet::parse(jwks, &issuer.algorithms, Strictness::Fetched)?;
         issuer.keys = Some(Arc::new(set));
         issuer.fetched_at_ms = Some(now_ms);
@@ -528,7 +714,9 @@ impl KeyRing {
             .enumerate()
             .filter(|(_, i)| match (&i.source, i.fetched_at_ms) {
                 (KeySource::Remote { .. }, None) => true,
-                (KeySource::Remote { refresh_ms, .. }, Some(at)) => now_ms.saturating_sub(at) >= *refresh_ms,
+                (KeySource::Remote { refresh_ms, .. }, Some(at)) => {
+                    now_ms.saturating_sub(at) >= *refresh_ms
+                }
                 (KeySource::Inline, _) => false,
             })
             .map(|(n, _)| n)
@@ -537,9 +725,16 @@ impl KeyRing {
 
     /// Debounced refetch on an unknown `kid`: true at most once per `min_refetch` window per issuer.
     pub fn claim_refetch(&mut self, index: usize, now_ms: u64) -> bool {
-        let Some(issuer) = self.issuers.get_mut(index) else { return false };
-        let KeySource::Remote { min_refetch_ms, .. } = issuer.source else { return false };
-        if issuer.last_refetch_ms.is_some_and(|last| now_ms.saturating_sub(last) < min_refetch_ms) {
+        let Some(issuer) = self.issuers.get_mut(index) else {
+            return false;
+        };
+        let KeySource::Remote { min_refetch_ms, .. } = issuer.source else {
+            return false;
+        };
+        if issuer
+            .last_refetch_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) < min_refetch_ms)
+        {
             return false;
         }
         issuer.last_refetch_ms = Some(now_ms);
@@ -549,7 +744,11 @@ impl KeyRing {
     fn usable(issuer: &IssuerKeys, now_ms: u64) -> Option<&Arc<KeySet>> {
         match (&issuer.source, issuer.fetched_at_ms) {
             (KeySource::Inline, _) => issuer.keys.as_ref(),
-            (KeySource::Remote { max_stale_ms, .. }, Some(at)) if now_ms.saturating_sub(at) <= *max_stale_ms => issuer.keys.as_ref(),
+            (KeySource::Remote { max_stale_ms, .. }, Some(at))
+                if now_ms.saturating_sub(at) <= *max_stale_ms =>
+            {
+                issuer.keys.as_ref()
+            }
             (KeySource::Remote { .. }, _) => None,
         }
     }
@@ -610,7 +809,12 @@ impl KeyRing {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use serde_json::json;
 
@@ -618,7 +822,12 @@ mod tests {
 
     #[test]
     fn ed25519_key_loads_with_its_one_algorithm() {
-        let key = parse_jwk(0, &json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"}), &Algorithm::ALL).unwrap();
+        let key = parse_jwk(
+            0,
+            &json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"}),
+            &Algorithm::ALL,
+        )
+        .unwrap();
         assert_eq!(key.algorithm(), Algorithm::EdDSA);
         assert_eq!(key.kid(), Some("a"));
         assert_eq!(key.jwk()["alg"], "EdDSA");
@@ -630,42 +839,93 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         let x = crate::encoding::encode_b64url(&identity);
-        let err = parse_jwk(0, &json!({"kty":"OKP","crv":"Ed25519","x":x}), &Algorithm::ALL).unwrap_err();
+        let err = parse_jwk(
+            0,
+            &json!({"kty":"OKP","crv":"Ed25519","x":x}),
+            &Algorithm::ALL,
+        )
+        .unwrap_err();
         assert_eq!(err, KeyError::SmallOrder { index: 0 });
     }
 
     #[test]
     fn private_keys_are_refused() {
-        let err = parse_jwk(0, &json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"d":ED_X}), &Algorithm::ALL).unwrap_err();
-        assert_eq!(err, KeyError::PrivateMaterial { index: 0, member: "d" });
+        let err = parse_jwk(
+            0,
+            &json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"d":ED_X}),
+            &Algorithm::ALL,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::PrivateMaterial {
+                index: 0,
+                member: "d"
+            }
+        );
     }
 
     #[test]
     fn alg_must_fit_key_and_allow_list() {
         let jwk = json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"alg":"ES256"});
-        assert!(matches!(parse_jwk(0, &jwk, &Algorithm::ALL), Err(KeyError::AlgorithmNotAllowed { .. })));
+        assert!(matches!(
+            parse_jwk(0, &jwk, &Algorithm::ALL),
+            Err(KeyError::AlgorithmNotAllowed { .. })
+        ));
         let jwk = json!({"kty":"OKP","crv":"Ed25519","x":ED_X});
-        assert!(matches!(parse_jwk(0, &jwk, &[Algorithm::ES256]), Err(KeyError::AlgorithmNotAllowed { .. })));
+        assert!(matches!(
+            parse_jwk(0, &jwk, &[Algorithm::ES256]),
+            Err(KeyError::AlgorithmNotAllowed { .. })
+        ));
         let jwk = json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"alg":"HS256"});
-        assert!(matches!(parse_jwk(0, &jwk, &Algorithm::ALL), Err(KeyError::UnsupportedAlgorithm { .. })));
+        assert!(matches!(
+            parse_jwk(0, &jwk, &Algorithm::ALL),
+            Err(KeyError::UnsupportedAlgorithm { .. })
+        ));
     }
 
     #[test]
     fn weak_rsa_and_bad_exponent_are_refused() {
         let n1024 = crate::encoding::encode_b64url(&[0xffu8; 128]);
-        let err = parse_jwk(0, &json!({"kty":"RSA","n":n1024,"e":"AQAB","alg":"RS256"}), &Algorithm::ALL).unwrap_err();
-        assert_eq!(err, KeyError::WeakRsa { index: 0, bits: 1024 });
+        let err = parse_jwk(
+            0,
+            &json!({"kty":"RSA","n":n1024,"e":"AQAB","alg":"RS256"}),
+            &Algorithm::ALL,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::WeakRsa {
+                index: 0,
+                bits: 1024
+            }
+        );
         let n2048 = crate::encoding::encode_b64url(&[0xffu8; 256]);
-        let err = parse_jwk(0, &json!({"kty":"RSA","n":n2048,"e":"AQ","alg":"RS256"}), &Algorithm::ALL).unwrap_err();
+        let err = parse_jwk(
+            0,
+            &json!({"kty":"RSA","n":n2048,"e":"AQ","alg":"RS256"}),
+            &Algorithm::ALL,
+        )
+        .unwrap_err();
         assert_eq!(err, KeyError::BadRsaExponent { index: 0 });
-        let err = parse_jwk(0, &json!({"kty":"RSA","n":n2048,"e":"AQAB"}), &Algorithm::ALL).unwrap_err();
+        let err = parse_jwk(
+            0,
+            &json!({"kty":"RSA","n":n2048,"e":"AQAB"}),
+            &Algorithm::ALL,
+        )
+        .unwrap_err();
         assert_eq!(err, KeyError::AmbiguousAlgorithm { index: 0 });
     }
 
     #[test]
     fn off_curve_p256_point_is_refused() {
         let x = crate::encoding::encode_b64url(&[1u8; 32]);
-        let err = parse_jwk(0, &json!({"kty":"EC","crv":"P-256","x":x,"y":x}), &Algorithm::ALL).unwrap_err();
+        let err = parse_jwk(
+            0,
+            &json!({"kty":"EC","crv":"P-256","x":x,"y":x}),
+            &Algorithm::ALL,
+        )
+        .unwrap_err();
         assert_eq!(err, KeyError::InvalidPoint { index: 0 });
     }
 
@@ -675,13 +935,17 @@ mod tests {
         let err = KeySet::from_value(&set, &Algorithm::ALL, Strictness::Inline).unwrap_err();
         assert_eq!(err, KeyError::DuplicateKid { kid: "a".into() });
         let set = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"},{"kty":"OKP","crv":"Ed25519","x":ED_X}]});
-        assert!(matches!(KeySet::from_value(&set, &Algorithm::ALL, Strictness::Inline), Err(KeyError::MissingKid { .. })));
+        assert!(matches!(
+            KeySet::from_value(&set, &Algorithm::ALL, Strictness::Inline),
+            Err(KeyError::MissingKid { .. })
+        ));
     }
 
     #[test]
     fn fetched_sets_skip_foreign_algorithms_but_not_weak_keys() {
         let set = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"},{"kty":"EC","crv":"P-384","x":"AA","y":"AA","kid":"b"}]});
-        let (keys, skipped) = KeySet::from_value(&set, &[Algorithm::EdDSA], Strictness::Fetched).unwrap();
+        let (keys, skipped) =
+            KeySet::from_value(&set, &[Algorithm::EdDSA], Strictness::Fetched).unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(skipped.len(), 1);
         assert!(KeySet::from_value(&set, &[Algorithm::EdDSA], Strictness::Inline).is_err());
@@ -690,23 +954,46 @@ mod tests {
     #[test]
     fn ring_tracks_staleness_and_debounces_refetch() {
         let mut ring = KeyRing::new();
-        let source = KeySource::Remote { uri: "http://k".into(), cluster: None, refresh_ms: 1000, max_stale_ms: 5000, min_refetch_ms: 500 };
+        let source = KeySource::Remote {
+            uri: "http://k".into(),
+            cluster: None,
+            refresh_ms: 1000,
+            max_stale_ms: 5000,
+            min_refetch_ms: 500,
+        };
         ring.add_issuer("r".into(), None, vec![Algorithm::EdDSA], source, None);
-        assert!(matches!(ring.lookup(Some("a"), 0), KeyLookup::Unavailable { issuer: 0 }));
+        assert!(matches!(
+            ring.lookup(Some("a"), 0),
+            KeyLookup::Unavailable { issuer: 0 }
+        ));
         assert_eq!(ring.refresh_due(0), vec![0]);
-        let jwks = serde_json::to_vec(&json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"}]})).unwrap();
+        let jwks =
+            serde_json::to_vec(&json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"}]}))
+                .unwrap();
         ring.install(0, &jwks, 100).unwrap();
-        assert!(matches!(ring.lookup(Some("a"), 200), KeyLookup::Found { issuer: 0, .. }));
-        assert!(matches!(ring.lookup(Some("zz"), 200), KeyLookup::UnknownKid { .. }));
+        assert!(matches!(
+            ring.lookup(Some("a"), 200),
+            KeyLookup::Found { issuer: 0, .. }
+        ));
+        assert!(matches!(
+            ring.lookup(Some("zz"), 200),
+            KeyLookup::UnknownKid { .. }
+        ));
         assert!(ring.refresh_due(600).is_empty());
         assert_eq!(ring.refresh_due(1100), vec![0]);
         assert!(ring.claim_refetch(0, 1000));
         assert!(!ring.claim_refetch(0, 1400));
         assert!(ring.claim_refetch(0, 1500));
         // Past the staleness bound the last good set is no longer used: fail closed.
-        assert!(matches!(ring.lookup(Some("a"), 5101), KeyLookup::Unavailable { .. }));
+        assert!(matches!(
+            ring.lookup(Some("a"), 5101),
+            KeyLookup::Unavailable { .. }
+        ));
         // A bad fetch keeps the old set.
         assert!(ring.install(0, b"{}", 200).is_err());
-        assert!(matches!(ring.lookup(Some("a"), 300), KeyLookup::Found { .. }));
+        assert!(matches!(
+            ring.lookup(Some("a"), 300),
+            KeyLookup::Found { .. }
+        ));
     }
 }

@@ -20,6 +20,9 @@ pub mod scope;
 pub mod token;
 
 pub use audit::AuditRecord;
-pub use gate::{is_identity_header, Body, Decision, Gate, Limiter, Outcome, PendingLimit, PendingSignature, Request, Step, ToolsListFilter, Verdict};
+pub use gate::{
+    is_identity_header, Body, Decision, Gate, Limiter, Outcome, PendingLimit, PendingSignature,
+    Request, Step, ToolsListFilter, Verdict,
+};
 pub use keys::Algorithm;
 pub use policy::{Policy, PolicyError};

@@ -16,19 +16,36 @@ use crate::json::{parse_strict, JsonError};
 pub enum McpError {
     /// A POST to the MCP endpoint without a body (or the host could not read it).
     BodyMissing,
-    TooLarge { max: usize },
-    Json { detail: String },
-    DuplicateKey { path: String, key: String },
-    TooDeep { max: usize },
+    TooLarge {
+        max: usize,
+    },
+    Json {
+        detail: String,
+    },
+    DuplicateKey {
+        path: String,
+        key: String,
+    },
+    TooDeep {
+        max: usize,
+    },
     /// Valid JSON but not a JSON-RPC 2.0 message.
-    Invalid { detail: &'static str },
+    Invalid {
+        detail: &'static str,
+    },
     Batch,
     /// `tools/call` without a usable `params.name`, or a name outside the MCP tool-name alphabet.
-    ToolName { detail: &'static str },
+    ToolName {
+        detail: &'static str,
+    },
     /// `params.arguments` present but not an object.
     Arguments,
     /// An `Mcp-Method` or `Mcp-Name` header that disagrees with the body.
-    HeaderMismatch { header: &'static str, header_value: String, body_value: String },
+    HeaderMismatch {
+        header: &'static str,
+        header_value: String,
+        body_value: String,
+    },
 }
 
 impl McpError {
@@ -53,7 +70,9 @@ impl McpError {
             Self::Json { .. } | Self::DuplicateKey { .. } | Self::TooDeep { .. } => -32700,
             Self::ToolName { .. } | Self::Arguments => -32602,
             Self::HeaderMismatch { .. } => -32020,
-            Self::BodyMissing | Self::TooLarge { .. } | Self::Invalid { .. } | Self::Batch => -32600,
+            Self::BodyMissing | Self::TooLarge { .. } | Self::Invalid { .. } | Self::Batch => {
+                -32600
+            }
         }
     }
 }
@@ -70,11 +89,20 @@ impl fmt::Display for McpError {
             }
             Self::TooDeep { max } => write!(f, "MCP body nested deeper than {max} levels"),
             Self::Invalid { detail } => write!(f, "not a JSON-RPC 2.0 message: {detail}"),
-            Self::Batch => f.write_str("JSON-RPC batches are not accepted; send one message per request"),
+            Self::Batch => {
+                f.write_str("JSON-RPC batches are not accepted; send one message per request")
+            }
             Self::ToolName { detail } => write!(f, "tools/call: {detail}"),
             Self::Arguments => f.write_str("tools/call: params.arguments must be an object"),
-            Self::HeaderMismatch { header, header_value, body_value } => {
-                write!(f, "{header} header {header_value:?} does not match the body's {body_value:?}")
+            Self::HeaderMismatch {
+                header,
+                header_value,
+                body_value,
+            } => {
+                write!(
+                    f,
+                    "{header} header {header_value:?} does not match the body's {body_value:?}"
+                )
             }
         }
     }
@@ -108,83 +136,143 @@ impl McpMessage {
 /// MCP tool names: 1-128 of `A-Z a-z 0-9 _ - . /`. Names outside (spaces, Unicode look-alikes) are refused
 /// rather than matched loosely, so no spelling can slip past a rule.
 pub fn is_valid_tool_name(name: &str) -> bool {
-    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
 }
 
 /// Parses one MCP client message.
-pub fn parse_message(body: &[u8], max_bytes: usize, max_depth: usize) -> Result<McpMessage, McpError> {
+pub fn parse_message(
+    body: &[u8],
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<McpMessage, McpError> {
     if body.len() > max_bytes {
         return Err(McpError::TooLarge { max: max_bytes });
     }
     let value = parse_strict(body, max_depth).map_err(|e| match e {
         JsonError::DuplicateKey { path, key } => McpError::DuplicateKey { path, key },
         JsonError::TooDeep { max_depth } => McpError::TooDeep { max: max_depth },
-        other => McpError::Json { detail: other.to_string() },
+        other => McpError::Json {
+            detail: other.to_string(),
+        },
     })?;
     let object = match value {
         Value::Object(o) => o,
         Value::Array(_) => return Err(McpError::Batch),
-        _ => return Err(McpError::Invalid { detail: "expected a JSON object" }),
+        _ => {
+            return Err(McpError::Invalid {
+                detail: "expected a JSON object",
+            })
+        }
     };
     if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(McpError::Invalid { detail: "\"jsonrpc\" must be \"2.0\"" });
+        return Err(McpError::Invalid {
+            detail: "\"jsonrpc\" must be \"2.0\"",
+        });
     }
     let id = match object.get("id") {
         None => None,
         Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
-        Some(_) => return Err(McpError::Invalid { detail: "\"id\" must be a string or a number" }),
+        Some(_) => {
+            return Err(McpError::Invalid {
+                detail: "\"id\" must be a string or a number",
+            })
+        }
     };
     let method = match object.get("method") {
         None => None,
         Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
-        Some(_) => return Err(McpError::Invalid { detail: "\"method\" must be a non-empty string" }),
+        Some(_) => {
+            return Err(McpError::Invalid {
+                detail: "\"method\" must be a non-empty string",
+            })
+        }
     };
     if method.is_none() && !(object.contains_key("result") || object.contains_key("error")) {
-        return Err(McpError::Invalid { detail: "neither a request (method) nor a response (result/error)" });
+        return Err(McpError::Invalid {
+            detail: "neither a request (method) nor a response (result/error)",
+        });
     }
     let params = match object.get("params") {
         None => None,
         Some(Value::Object(p)) => Some(p),
-        Some(_) => return Err(McpError::Invalid { detail: "\"params\" must be an object" }),
+        Some(_) => {
+            return Err(McpError::Invalid {
+                detail: "\"params\" must be an object",
+            })
+        }
     };
     let tool_call = if method.as_deref() == Some("tools/call") {
         Some(read_tool_call(params)?)
     } else {
         None
     };
-    Ok(McpMessage { id, method, tool_call })
+    Ok(McpMessage {
+        id,
+        method,
+        tool_call,
+    })
 }
 
 fn read_tool_call(params: Option<&Map<String, Value>>) -> Result<ToolCall, McpError> {
-    let params = params.ok_or(McpError::ToolName { detail: "params.name is missing" })?;
+    let params = params.ok_or(McpError::ToolName {
+        detail: "params.name is missing",
+    })?;
     let name = match params.get("name") {
         Some(Value::String(name)) => name,
-        Some(_) => return Err(McpError::ToolName { detail: "params.name must be a string" }),
-        None => return Err(McpError::ToolName { detail: "params.name is missing" }),
+        Some(_) => {
+            return Err(McpError::ToolName {
+                detail: "params.name must be a string",
+            })
+        }
+        None => {
+            return Err(McpError::ToolName {
+                detail: "params.name is missing",
+            })
+        }
     };
     if !is_valid_tool_name(name) {
-        return Err(McpError::ToolName { detail: "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /" });
+        return Err(McpError::ToolName {
+            detail: "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /",
+        });
     }
     let arguments = match params.get("arguments") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v.clone(),
         Some(_) => return Err(McpError::Arguments),
     };
-    Ok(ToolCall { name: name.clone(), arguments })
+    Ok(ToolCall {
+        name: name.clone(),
+        arguments,
+    })
 }
 
 /// MCP 2026-07-28: `Mcp-Method` must equal the body's method and, for `tools/call`, `Mcp-Name` its tool.
-pub fn check_headers(message: &McpMessage, mcp_method: Option<&str>, mcp_name: Option<&str>) -> Result<(), McpError> {
+pub fn check_headers(
+    message: &McpMessage,
+    mcp_method: Option<&str>,
+    mcp_name: Option<&str>,
+) -> Result<(), McpError> {
     if let Some(header) = mcp_method {
         let body = message.method.as_deref().unwrap_or("");
         if header != body {
-            return Err(McpError::HeaderMismatch { header: "Mcp-Method", header_value: header.to_string(), body_value: body.to_string() });
+            return Err(McpError::HeaderMismatch {
+                header: "Mcp-Method",
+                header_value: header.to_string(),
+                body_value: body.to_string(),
+            });
         }
     }
     if let Some(header) = mcp_name {
         let body = message.tool_call.as_ref().map_or("", |c| c.name.as_str());
         if header != body {
-            return Err(McpError::HeaderMismatch { header: "Mcp-Name", header_value: header.to_string(), body_value: body.to_string() });
+            return Err(McpError::HeaderMismatch {
+                header: "Mcp-Name",
+                header_value: header.to_string(),
+                body_value: body.to_string(),
+            });
         }
     }
     Ok(())
@@ -202,7 +290,11 @@ pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> 
 
 /// Removes from a `tools/list` result the tools `visible` rejects. Bodies that are not a tools/list result
 /// (errors, other responses) come back unchanged. `content_type` selects JSON or SSE.
-pub fn filter_tools_list(content_type: &str, body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, McpError> {
+pub fn filter_tools_list(
+    content_type: &str,
+    body: &[u8],
+    visible: &dyn Fn(&str) -> bool,
+) -> Result<Vec<u8>, McpError> {
     let media = content_type.split(';').next().unwrap_or("").trim();
     if media.eq_ignore_ascii_case("text/event-stream") {
         filter_sse(body, visible)
@@ -212,9 +304,13 @@ pub fn filter_tools_list(content_type: &str, body: &[u8], visible: &dyn Fn(&str)
 }
 
 fn filter_json(body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, McpError> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| McpError::Json { detail: e.to_string() })?;
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| McpError::Json {
+        detail: e.to_string(),
+    })?;
     if filter_value(&mut value, visible) {
-        serde_json::to_vec(&value).map_err(|e| McpError::Json { detail: e.to_string() })
+        serde_json::to_vec(&value).map_err(|e| McpError::Json {
+            detail: e.to_string(),
+        })
     } else {
         Ok(body.to_vec())
     }
@@ -222,15 +318,25 @@ fn filter_json(body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, M
 
 /// True when `value` was a tools/list result (and was filtered).
 fn filter_value(value: &mut Value, visible: &dyn Fn(&str) -> bool) -> bool {
-    let Some(tools) = value.get_mut("result").and_then(|r| r.get_mut("tools")).and_then(Value::as_array_mut) else {
+    let Some(tools) = value
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
+        .and_then(Value::as_array_mut)
+    else {
         return false;
     };
-    tools.retain(|tool| tool.get("name").and_then(Value::as_str).is_some_and(visible));
+    tools.retain(|tool| {
+        tool.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(visible)
+    });
     true
 }
 
 fn filter_sse(body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, McpError> {
-    let text = core::str::from_utf8(body).map_err(|_| McpError::Json { detail: "SSE stream is not UTF-8".into() })?;
+    let text = core::str::from_utf8(body).map_err(|_| McpError::Json {
+        detail: "SSE stream is not UTF-8".into(),
+    })?;
     let normalized = text.replace("\r\n", "\n");
     let mut out = String::with_capacity(normalized.len());
     for (i, event) in normalized.split("\n\n").enumerate() {
@@ -239,10 +345,19 @@ fn filter_sse(body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, Mc
         }
         let data: Vec<&str> = event
             .lines()
-            .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
+            .filter_map(|l| {
+                l.strip_prefix("data:")
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            })
             .collect();
-        let mut parsed = if data.is_empty() { None } else { serde_json::from_str::<Value>(&data.join("\n")).ok() };
-        let filtered = parsed.as_mut().is_some_and(|value| filter_value(value, visible));
+        let mut parsed = if data.is_empty() {
+            None
+        } else {
+            serde_json::from_str::<Value>(&data.join("\n")).ok()
+        };
+        let filtered = parsed
+            .as_mut()
+            .is_some_and(|value| filter_value(value, visible));
         match parsed {
             Some(value) if filtered => {
                 let mut wrote_data = false;
@@ -271,7 +386,12 @@ fn filter_sse(body: &[u8], visible: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, Mc
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -291,59 +411,121 @@ mod tests {
 
     #[test]
     fn other_messages() {
-        assert!(parse(r#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#).unwrap().is_tools_list());
-        assert!(parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap().id.is_none());
-        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap().method.is_none());
+        assert!(parse(r#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#)
+            .unwrap()
+            .is_tools_list());
+        assert!(
+            parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .unwrap()
+                .id
+                .is_none()
+        );
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)
+            .unwrap()
+            .method
+            .is_none());
     }
 
     #[test]
     fn refusals_with_reasons() {
         for (body, reason) in [
-            (r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#, "mcp.batch"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}"#, "mcp.duplicate_key"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#, "mcp.duplicate_key"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1,"x":2}}}"#, "mcp.duplicate_key"),
+            (
+                r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#,
+                "mcp.batch",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}"#,
+                "mcp.duplicate_key",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+                "mcp.duplicate_key",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1,"x":2}}}"#,
+                "mcp.duplicate_key",
+            ),
             (r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#, "mcp.invalid"),
             (r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#, "mcp.invalid"),
             (r#"{"jsonrpc":"2.0","id":1}"#, "mcp.invalid"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#, "mcp.tool_name"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_email "}}"#, "mcp.tool_name"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_еmail"}}"#, "mcp.tool_name"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#, "mcp.tool_name"),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#, "mcp.arguments"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_email "}}"#,
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_еmail"}}"#,
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#,
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#,
+                "mcp.arguments",
+            ),
             ("{", "mcp.parse"),
         ] {
             assert_eq!(parse(body).unwrap_err().reason(), reason, "{body}");
         }
-        let deep = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{}}}}}"#, "[".repeat(40) + &"]".repeat(40));
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{}}}}}"#,
+            "[".repeat(40) + &"]".repeat(40)
+        );
         assert_eq!(parse(&deep).unwrap_err().reason(), "mcp.depth");
-        assert_eq!(parse_message(&[b' '; 10], 5, 8).unwrap_err(), McpError::TooLarge { max: 5 });
+        assert_eq!(
+            parse_message(&[b' '; 10], 5, 8).unwrap_err(),
+            McpError::TooLarge { max: 5 }
+        );
     }
 
     #[test]
     fn headers_must_match_body() {
-        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#).unwrap();
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#)
+            .unwrap();
         assert!(check_headers(&m, Some("tools/call"), Some("a")).is_ok());
         assert!(check_headers(&m, None, None).is_ok());
-        assert_eq!(check_headers(&m, Some("tools/list"), None).unwrap_err().reason(), "mcp.header_mismatch");
-        assert_eq!(check_headers(&m, None, Some("b")).unwrap_err().rpc_code(), -32020);
+        assert_eq!(
+            check_headers(&m, Some("tools/list"), None)
+                .unwrap_err()
+                .reason(),
+            "mcp.header_mismatch"
+        );
+        assert_eq!(
+            check_headers(&m, None, Some("b")).unwrap_err().rpc_code(),
+            -32020
+        );
     }
 
     #[test]
     fn tools_list_json_and_sse_are_filtered() {
         let visible = |n: &str| n != "delete_repo";
         let body = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"send_email"},{"name":"delete_repo"}]}}).to_string();
-        let out: Value = serde_json::from_slice(&filter_tools_list("application/json", body.as_bytes(), &visible).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(
+            &filter_tools_list("application/json", body.as_bytes(), &visible).unwrap(),
+        )
+        .unwrap();
         assert_eq!(out["result"]["tools"], json!([{"name":"send_email"}]));
 
         let sse = format!("event: message\r\nid: 5\r\ndata: {body}\r\n\r\n");
-        let out = String::from_utf8(filter_tools_list("text/event-stream; charset=utf-8", sse.as_bytes(), &visible).unwrap()).unwrap();
+        let out = String::from_utf8(
+            filter_tools_list("text/event-stream; charset=utf-8", sse.as_bytes(), &visible)
+                .unwrap(),
+        )
+        .unwrap();
         assert!(out.starts_with("event: message\nid: 5\ndata: {"), "{out}");
         assert!(!out.contains("delete_repo"));
         assert!(out.ends_with("\n\n"), "{out:?}");
 
         let error = json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}).to_string();
-        assert_eq!(filter_tools_list("application/json", error.as_bytes(), &visible).unwrap(), error.as_bytes());
+        assert_eq!(
+            filter_tools_list("application/json", error.as_bytes(), &visible).unwrap(),
+            error.as_bytes()
+        );
     }
 
     proptest! {

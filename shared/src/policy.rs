@@ -41,13 +41,22 @@ impl PolicyError {
     }
 
     fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid { path: path.into(), message: message.into() }
+        Self::Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = |p: &str| if p.is_empty() { "/".to_string() } else { p.to_string() };
+        let at = |p: &str| {
+            if p.is_empty() {
+                "/".to_string()
+            } else {
+                p.to_string()
+            }
+        };
         match self {
             Self::Json(e) => write!(f, "policy: {e}"),
             Self::Shape { path, message } | Self::Invalid { path, message } => {
@@ -199,7 +208,9 @@ pub struct DelegationSpec {
 
 impl Default for DelegationSpec {
     fn default() -> Self {
-        Self { max_depth: defaults::max_depth() }
+        Self {
+            max_depth: defaults::max_depth(),
+        }
     }
 }
 
@@ -360,7 +371,9 @@ pub struct LimitsSpec {
 
 impl Default for LimitsSpec {
     fn default() -> Self {
-        Self { max_keys: defaults::max_keys() }
+        Self {
+            max_keys: defaults::max_keys(),
+        }
     }
 }
 
@@ -376,7 +389,12 @@ mod defaults {
         30
     }
     pub fn algorithms() -> Vec<AlgorithmName> {
-        vec![AlgorithmName::EdDSA, AlgorithmName::ES256, AlgorithmName::RS256, AlgorithmName::PS256]
+        vec![
+            AlgorithmName::EdDSA,
+            AlgorithmName::ES256,
+            AlgorithmName::RS256,
+            AlgorithmName::PS256,
+        ]
     }
     pub fn header() -> String {
         "txn-token".into()
@@ -460,7 +478,10 @@ impl Agents {
         if let Some(set) = self.exact.get(agent) {
             return Some(set);
         }
-        self.patterns.iter().find(|(p, _)| p.matches(agent)).map(|(_, s)| s)
+        self.patterns
+            .iter()
+            .find(|(p, _)| p.matches(agent))
+            .map(|(_, s)| s)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -511,7 +532,10 @@ impl Policy {
         let doc = parse_strict(bytes, 64).map_err(PolicyError::Json)?;
         let spec: PolicySpec = serde_path_to_error::deserialize(&doc).map_err(|err| {
             let path = pointer_from_path(err.path());
-            PolicyError::Shape { path, message: err.into_inner().to_string() }
+            PolicyError::Shape {
+                path,
+                message: err.into_inner().to_string(),
+            }
         })?;
         Self::compile(spec)
     }
@@ -528,7 +552,10 @@ impl Policy {
 
     /// Tools with a rate limit (hosts with a remote limiter only call it for these).
     pub fn has_rate_limits(&self) -> bool {
-        self.tools.values().chain(self.default_tool.iter()).any(|r| r.limit.is_some())
+        self.tools
+            .values()
+            .chain(self.default_tool.iter())
+            .any(|r| r.limit.is_some())
     }
 
     /// The document this policy was compiled from.
@@ -546,7 +573,10 @@ impl Policy {
         let mcp = compile_mcp(&spec.mcp)?;
         let (tools, default_tool) = compile_tools(&spec.tools)?;
         if spec.limits.max_keys == 0 {
-            return Err(PolicyError::invalid("/limits/max_keys", "must be at least 1"));
+            return Err(PolicyError::invalid(
+                "/limits/max_keys",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             trust_domain: spec.trust_domain.clone(),
@@ -590,7 +620,10 @@ fn to_usize(v: u32) -> usize {
 
 fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
     if issuers.is_empty() {
-        return Err(PolicyError::invalid("/issuers", "at least one issuer is required"));
+        return Err(PolicyError::invalid(
+            "/issuers",
+            "at least one issuer is required",
+        ));
     }
     let mut ring = KeyRing::new();
     for (i, issuer) in issuers.iter().enumerate() {
@@ -598,51 +631,84 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
         if issuer.name.trim().is_empty() {
             return Err(PolicyError::invalid(at("name"), "must not be empty"));
         }
-        if issuers.iter().take(i).any(|other| other.name == issuer.name) {
-            return Err(PolicyError::invalid(at("name"), format!("issuer name {:?} is used twice", issuer.name)));
+        if issuers
+            .iter()
+            .take(i)
+            .any(|other| other.name == issuer.name)
+        {
+            return Err(PolicyError::invalid(
+                at("name"),
+                format!("issuer name {:?} is used twice", issuer.name),
+            ));
         }
         if issuer.algorithms.is_empty() {
-            return Err(PolicyError::invalid(at("algorithms"), "at least one algorithm is required"));
+            return Err(PolicyError::invalid(
+                at("algorithms"),
+                "at least one algorithm is required",
+            ));
         }
-        let algorithms: Vec<Algorithm> = issuer.algorithms.iter().map(|a| Algorithm::from(*a)).collect();
+        let algorithms: Vec<Algorithm> = issuer
+            .algorithms
+            .iter()
+            .map(|a| Algorithm::from(*a))
+            .collect();
         let (source, inline) = match (&issuer.jwks, &issuer.jwks_uri) {
             (Some(jwks), None) => {
-                let (set, _) = KeySet::from_value(jwks, &algorithms, Strictness::Inline).map_err(|source| {
-                    let path = match &source {
-                        KeyError::NotAKeySet | KeyError::Json(_) | KeyError::EmptySet | KeyError::DuplicateKid { .. } => at("jwks"),
-                        KeyError::NotAnObject { index }
-                        | KeyError::MissingMember { index, .. }
-                        | KeyError::WrongType { index, .. }
-                        | KeyError::BadBase64 { index, .. }
-                        | KeyError::UnsupportedKeyType { index, .. }
-                        | KeyError::UnsupportedAlgorithm { index, .. }
-                        | KeyError::AlgorithmNotAllowed { index, .. }
-                        | KeyError::AmbiguousAlgorithm { index }
-                        | KeyError::NotForSignatures { index }
-                        | KeyError::PrivateMaterial { index, .. }
-                        | KeyError::WeakRsa { index, .. }
-                        | KeyError::RsaTooLarge { index, .. }
-                        | KeyError::BadRsaExponent { index }
-                        | KeyError::InvalidPoint { index }
-                        | KeyError::SmallOrder { index }
-                        | KeyError::MissingKid { index } => format!("/issuers/{i}/jwks/keys/{index}"),
-                    };
-                    PolicyError::Key { path, source }
-                })?;
+                let (set, _) = KeySet::from_value(jwks, &algorithms, Strictness::Inline).map_err(
+                    |source| {
+                        let path = match &source {
+                            KeyError::NotAKeySet
+                            | KeyError::Json(_)
+                            | KeyError::EmptySet
+                            | KeyError::DuplicateKid { .. } => at("jwks"),
+                            KeyError::NotAnObject { index }
+                            | KeyError::MissingMember { index, .. }
+                            | KeyError::WrongType { index, .. }
+                            | KeyError::BadBase64 { index, .. }
+                            | KeyError::UnsupportedKeyType { index, .. }
+                            | KeyError::UnsupportedAlgorithm { index, .. }
+                            | KeyError::AlgorithmNotAllowed { index, .. }
+                            | KeyError::AmbiguousAlgorithm { index }
+                            | KeyError::NotForSignatures { index }
+                            | KeyError::PrivateMaterial { index, .. }
+                            | KeyError::WeakRsa { index, .. }
+                            | KeyError::RsaTooLarge { index, .. }
+                            | KeyError::BadRsaExponent { index }
+                            | KeyError::InvalidPoint { index }
+                            | KeyError::SmallOrder { index }
+                            | KeyError::MissingKid { index } => {
+                                format!("/issuers/{i}/jwks/keys/{index}")
+                            }
+                        };
+                        PolicyError::Key { path, source }
+                    },
+                )?;
                 if set.is_empty() {
-                    return Err(PolicyError::invalid(at("jwks/keys"), "at least one key is required"));
+                    return Err(PolicyError::invalid(
+                        at("jwks/keys"),
+                        "at least one key is required",
+                    ));
                 }
                 (KeySource::Inline, Some(set))
             }
             (None, Some(uri)) => {
                 if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-                    return Err(PolicyError::invalid(at("jwks_uri"), "must be an http(s) URL"));
+                    return Err(PolicyError::invalid(
+                        at("jwks_uri"),
+                        "must be an http(s) URL",
+                    ));
                 }
                 if issuer.refresh_seconds == 0 {
-                    return Err(PolicyError::invalid(at("refresh_seconds"), "must be at least 1"));
+                    return Err(PolicyError::invalid(
+                        at("refresh_seconds"),
+                        "must be at least 1",
+                    ));
                 }
                 if issuer.max_stale_seconds < issuer.refresh_seconds {
-                    return Err(PolicyError::invalid(at("max_stale_seconds"), "must be at least refresh_seconds"));
+                    return Err(PolicyError::invalid(
+                        at("max_stale_seconds"),
+                        "must be at least refresh_seconds",
+                    ));
                 }
                 let source = KeySource::Remote {
                     uri: uri.clone(),
@@ -653,10 +719,26 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
                 };
                 (source, None)
             }
-            (Some(_), Some(_)) => return Err(PolicyError::invalid(at("jwks_uri"), "give either jwks or jwks_uri, not both")),
-            (None, None) => return Err(PolicyError::invalid(format!("/issuers/{i}"), "one of jwks or jwks_uri is required")),
+            (Some(_), Some(_)) => {
+                return Err(PolicyError::invalid(
+                    at("jwks_uri"),
+                    "give either jwks or jwks_uri, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(PolicyError::invalid(
+                    format!("/issuers/{i}"),
+                    "one of jwks or jwks_uri is required",
+                ))
+            }
         };
-        ring.add_issuer(issuer.name.clone(), issuer.iss.clone(), algorithms, source, inline);
+        ring.add_issuer(
+            issuer.name.clone(),
+            issuer.iss.clone(),
+            algorithms,
+            source,
+            inline,
+        );
     }
     // A kid must select one key across all inline sets.
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -665,7 +747,10 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
             if let Some(kid) = key.kid() {
                 if let Some(first) = seen.insert(kid.to_string(), i) {
                     let other = ring.issuer(first).map_or("", |x| x.name.as_str());
-                    return Err(PolicyError::invalid(format!("/issuers/{i}/jwks"), format!("kid {kid:?} is also used by issuer {other:?}")));
+                    return Err(PolicyError::invalid(
+                        format!("/issuers/{i}/jwks"),
+                        format!("kid {kid:?} is also used by issuer {other:?}"),
+                    ));
                 }
             }
         }
@@ -675,17 +760,33 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
 
 fn compile_token(spec: &TokenSpec) -> Result<TokenRules, PolicyError> {
     let header = spec.header.to_ascii_lowercase();
-    if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(PolicyError::invalid("/token/header", "must be an HTTP header name"));
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(PolicyError::invalid(
+            "/token/header",
+            "must be an HTTP header name",
+        ));
     }
     if header == "authorization" {
-        return Err(PolicyError::invalid("/token/header", "a Transaction Token is never carried in Authorization"));
+        return Err(PolicyError::invalid(
+            "/token/header",
+            "a Transaction Token is never carried in Authorization",
+        ));
     }
     if spec.max_lifetime_seconds == 0 {
-        return Err(PolicyError::invalid("/token/max_lifetime_seconds", "must be at least 1"));
+        return Err(PolicyError::invalid(
+            "/token/max_lifetime_seconds",
+            "must be at least 1",
+        ));
     }
     if spec.max_bytes < 64 {
-        return Err(PolicyError::invalid("/token/max_bytes", "must be at least 64"));
+        return Err(PolicyError::invalid(
+            "/token/max_bytes",
+            "must be at least 64",
+        ));
     }
     Ok(TokenRules {
         header,
@@ -702,12 +803,14 @@ fn compile_agents(agents: &BTreeMap<String, AgentSpec>) -> Result<Agents, Policy
         let at = format!("/agents/{}", escape_pointer_token(id));
         let mut patterns = Vec::with_capacity(spec.max_scopes.len());
         for (j, scope) in spec.max_scopes.iter().enumerate() {
-            let p = ScopePattern::parse(scope).map_err(|e| PolicyError::invalid(format!("{at}/max_scopes/{j}"), e.to_string()))?;
+            let p = ScopePattern::parse(scope)
+                .map_err(|e| PolicyError::invalid(format!("{at}/max_scopes/{j}"), e.to_string()))?;
             patterns.push(p);
         }
         let ceiling = ScopeSet::from_patterns(patterns);
         if id.contains('*') {
-            let pattern = AgentPattern::parse(id).map_err(|m| PolicyError::invalid(at.clone(), m))?;
+            let pattern =
+                AgentPattern::parse(id).map_err(|m| PolicyError::invalid(at.clone(), m))?;
             out.patterns.push((pattern, ceiling));
         } else {
             if id.is_empty() {
@@ -716,47 +819,75 @@ fn compile_agents(agents: &BTreeMap<String, AgentSpec>) -> Result<Agents, Policy
             out.exact.insert(id.clone(), ceiling);
         }
     }
-    out.patterns.sort_by(|(a, _), (b, _)| b.specificity().cmp(&a.specificity()).then_with(|| a.source().cmp(b.source())));
+    out.patterns.sort_by(|(a, _), (b, _)| {
+        b.specificity()
+            .cmp(&a.specificity())
+            .then_with(|| a.source().cmp(b.source()))
+    });
     Ok(out)
 }
 
 fn compile_mcp(spec: &McpSpec) -> Result<McpRules, PolicyError> {
     if !spec.path_prefix.starts_with('/') {
-        return Err(PolicyError::invalid("/mcp/path_prefix", "must start with '/'"));
+        return Err(PolicyError::invalid(
+            "/mcp/path_prefix",
+            "must start with '/'",
+        ));
     }
     if spec.max_body_bytes == 0 {
-        return Err(PolicyError::invalid("/mcp/max_body_bytes", "must be at least 1"));
+        return Err(PolicyError::invalid(
+            "/mcp/max_body_bytes",
+            "must be at least 1",
+        ));
     }
     if !(2..=128).contains(&spec.max_json_depth) {
-        return Err(PolicyError::invalid("/mcp/max_json_depth", "must be between 2 and 128"));
+        return Err(PolicyError::invalid(
+            "/mcp/max_json_depth",
+            "must be between 2 and 128",
+        ));
     }
     if let Some(url) = &spec.resource_metadata {
         if url.contains('"') || url.contains('\\') || !url.starts_with("http") {
-            return Err(PolicyError::invalid("/mcp/resource_metadata", "must be an http(s) URL without quotes"));
+            return Err(PolicyError::invalid(
+                "/mcp/resource_metadata",
+                "must be an http(s) URL without quotes",
+            ));
         }
     }
     let prefix = spec.path_prefix.trim_end_matches('/');
     Ok(McpRules {
-        path_prefix: if prefix.is_empty() { "/".into() } else { prefix.to_string() },
+        path_prefix: if prefix.is_empty() {
+            "/".into()
+        } else {
+            prefix.to_string()
+        },
         max_body_bytes: to_usize(spec.max_body_bytes),
         max_json_depth: to_usize(spec.max_json_depth),
         resource_metadata: spec.resource_metadata.clone(),
     })
 }
 
-fn compile_tools(tools: &BTreeMap<String, ToolSpec>) -> Result<(HashMap<String, ToolRule>, Option<ToolRule>), PolicyError> {
+fn compile_tools(
+    tools: &BTreeMap<String, ToolSpec>,
+) -> Result<(HashMap<String, ToolRule>, Option<ToolRule>), PolicyError> {
     let mut map: HashMap<String, ToolRule> = HashMap::new();
     let mut default = None;
     for (name, spec) in tools {
         let at = format!("/tools/{}", escape_pointer_token(name));
         if name != "*" && !crate::mcp::is_valid_tool_name(name) {
-            return Err(PolicyError::invalid(at, "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /"));
+            return Err(PolicyError::invalid(
+                at,
+                "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /",
+            ));
         }
         let rule = compile_tool(name, spec, &at)?;
         if name == "*" {
             default = Some(rule);
         } else if map.insert(name.to_ascii_lowercase(), rule).is_some() {
-            return Err(PolicyError::invalid(at, "another tool rule differs from this one only by case"));
+            return Err(PolicyError::invalid(
+                at,
+                "another tool rule differs from this one only by case",
+            ));
         }
     }
     Ok((map, default))
@@ -767,9 +898,17 @@ fn compile_tool(name: &str, spec: &ToolSpec, at: &str) -> Result<ToolRule, Polic
         match ScopePattern::parse(scope) {
             Ok(ScopePattern::Exact(_)) => {}
             Ok(ScopePattern::Prefix(_)) => {
-                return Err(PolicyError::invalid(format!("{at}/scopes/{j}"), "required scopes are exact names, not patterns"))
+                return Err(PolicyError::invalid(
+                    format!("{at}/scopes/{j}"),
+                    "required scopes are exact names, not patterns",
+                ))
             }
-            Err(e) => return Err(PolicyError::invalid(format!("{at}/scopes/{j}"), e.to_string())),
+            Err(e) => {
+                return Err(PolicyError::invalid(
+                    format!("{at}/scopes/{j}"),
+                    e.to_string(),
+                ))
+            }
         }
     }
     let mut constraints = Vec::with_capacity(spec.constraints.len());
@@ -782,15 +921,24 @@ fn compile_tool(name: &str, spec: &ToolSpec, at: &str) -> Result<ToolRule, Polic
                 ));
             }
         }
-        constraints.push(Constraint { argument: c.argument.clone(), claim: c.claim.clone() });
+        constraints.push(Constraint {
+            argument: c.argument.clone(),
+            claim: c.claim.clone(),
+        });
     }
     let limit = match &spec.rate_limit {
         None => None,
         Some(rl) => {
             let burst = rl.burst.unwrap_or(rl.limit);
-            let rule = LimitRule::new(rl.limit, rl.period_seconds, burst)
-                .map_err(|(field, m)| PolicyError::invalid(format!("{at}/rate_limit/{field}"), m))?;
-            Some(ToolLimit { key: rl.key, rule, on_store_error: rl.on_store_error })
+            let rule =
+                LimitRule::new(rl.limit, rl.period_seconds, burst).map_err(|(field, m)| {
+                    PolicyError::invalid(format!("{at}/rate_limit/{field}"), m)
+                })?;
+            Some(ToolLimit {
+                key: rl.key,
+                rule,
+                on_store_error: rl.on_store_error,
+            })
         }
     };
     Ok(ToolRule {
@@ -811,12 +959,20 @@ fn is_json_pointer(p: &str) -> bool {
         return false;
     }
     let bytes = p.as_bytes();
-    bytes.iter().enumerate().all(|(i, b)| *b != b'~' || matches!(bytes.get(i + 1), Some(b'0' | b'1')))
+    bytes
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b != b'~' || matches!(bytes.get(i + 1), Some(b'0' | b'1')))
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use serde_json::json;
 
@@ -850,7 +1006,10 @@ mod tests {
         assert_eq!(p.tool_rule("SEND_EMAIL").unwrap().name, "send_email");
         assert_eq!(p.tool_rule("other").unwrap().effect, Effect::Deny);
         assert!(p.agents.ceiling("spiffe://trust.example/agent/a").is_some());
-        assert!(p.agents.ceiling("spiffe://trust.example/agent/a/b").is_none());
+        assert!(p
+            .agents
+            .ceiling("spiffe://trust.example/agent/a/b")
+            .is_none());
     }
 
     #[test]
@@ -863,15 +1022,24 @@ mod tests {
 
         let mut v = example();
         v["tools"]["send_email"]["rate_limit"]["limit"] = json!("ten");
-        assert_eq!(load(&v).unwrap_err().path(), "/tools/send_email/rate_limit/limit");
+        assert_eq!(
+            load(&v).unwrap_err().path(),
+            "/tools/send_email/rate_limit/limit"
+        );
 
         let mut v = example();
         v["tools"]["send_email"]["rate_limit"]["period_seconds"] = json!(0);
-        assert_eq!(load(&v).unwrap_err().path(), "/tools/send_email/rate_limit/period_seconds");
+        assert_eq!(
+            load(&v).unwrap_err().path(),
+            "/tools/send_email/rate_limit/period_seconds"
+        );
 
         let mut v = example();
         v["tools"]["send_email"]["constraints"][0]["claim"] = json!("tctx.recipient");
-        assert_eq!(load(&v).unwrap_err().path(), "/tools/send_email/constraints/0/claim");
+        assert_eq!(
+            load(&v).unwrap_err().path(),
+            "/tools/send_email/constraints/0/claim"
+        );
 
         let mut v = example();
         v["mcp"]["extra"] = json!(1);
@@ -881,13 +1049,17 @@ mod tests {
 
         let mut v = example();
         v["agents"]["spiffe://x/*"] = json!({"max_scopes": ["a*b"]});
-        assert_eq!(load(&v).unwrap_err().path(), "/agents/spiffe:~1~1x~1*/max_scopes/0");
+        assert_eq!(
+            load(&v).unwrap_err().path(),
+            "/agents/spiffe:~1~1x~1*/max_scopes/0"
+        );
     }
 
     #[test]
     fn weak_inline_keys_are_refused_with_their_path() {
         let mut v = example();
-        v["issuers"][0]["jwks"]["keys"][0]["x"] = json!("AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        v["issuers"][0]["jwks"]["keys"][0]["x"] =
+            json!("AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
         let e = load(&v).unwrap_err();
         assert_eq!(e.path(), "/issuers/0/jwks/keys/0");
         assert!(e.to_string().contains("small order"), "{e}");
@@ -895,8 +1067,12 @@ mod tests {
 
     #[test]
     fn duplicate_keys_in_the_document_are_refused() {
-        let e = Policy::from_json(br#"{"trust_domain":"a","trust_domain":"b","issuers":[]}"#).unwrap_err();
-        assert!(matches!(e, PolicyError::Json(JsonError::DuplicateKey { .. })));
+        let e = Policy::from_json(br#"{"trust_domain":"a","trust_domain":"b","issuers":[]}"#)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            PolicyError::Json(JsonError::DuplicateKey { .. })
+        ));
     }
 
     #[test]
@@ -927,7 +1103,10 @@ mod tests {
 
     #[test]
     fn minimal_policy_takes_defaults() {
-        let p = Policy::from_json(br#"{"trust_domain":"t","issuers":[{"name":"i","jwks_uri":"https://i/jwks"}]}"#).unwrap();
+        let p = Policy::from_json(
+            br#"{"trust_domain":"t","issuers":[{"name":"i","jwks_uri":"https://i/jwks"}]}"#,
+        )
+        .unwrap();
         assert_eq!(p.token.header, "txn-token");
         assert_eq!(p.mcp.path_prefix, "/mcp");
         assert!(p.tool_rule("anything").is_none());

@@ -17,7 +17,11 @@ pub struct LimitRule {
 
 impl LimitRule {
     /// Errors name the field at fault.
-    pub fn new(limit: u32, period_seconds: u32, burst: u32) -> Result<Self, (&'static str, &'static str)> {
+    pub fn new(
+        limit: u32,
+        period_seconds: u32,
+        burst: u32,
+    ) -> Result<Self, (&'static str, &'static str)> {
         if limit == 0 {
             return Err(("limit", "must be at least 1"));
         }
@@ -30,7 +34,11 @@ impl LimitRule {
         if burst == 0 {
             return Err(("burst", "must be at least 1"));
         }
-        Ok(Self { limit, period_ms: u64::from(period_seconds) * 1000, burst })
+        Ok(Self {
+            limit,
+            period_ms: u64::from(period_seconds) * 1000,
+            burst,
+        })
     }
 
     pub fn limit(&self) -> u32 {
@@ -93,11 +101,20 @@ pub fn gcra(rule: &LimitRule, stored: Option<Tat>, now_ms: u64) -> (Option<Tat>,
     };
     if next - now > tau {
         let retry = next - now - tau;
-        let state = LimitState { retry_after_ms: to_ms_ceil(retry), reset_ms: to_ms_ceil(tat - now), ..base };
+        let state = LimitState {
+            retry_after_ms: to_ms_ceil(retry),
+            reset_ms: to_ms_ceil(tat - now),
+            ..base
+        };
         (None, state)
     } else {
         let remaining = u32::try_from((tau - (next - now)) / interval).unwrap_or(u32::MAX);
-        let state = LimitState { allowed: true, remaining, reset_ms: to_ms_ceil(next - now), ..base };
+        let state = LimitState {
+            allowed: true,
+            remaining,
+            reset_ms: to_ms_ceil(next - now),
+            ..base
+        };
         (Some(next), state)
     }
 }
@@ -130,9 +147,16 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Backend { detail } => write!(f, "rate-limit store failed: {detail}"),
-            Self::Contention { attempts } => write!(f, "rate-limit store: compare-and-swap lost {attempts} times in a row"),
-            Self::Corrupt { key } => write!(f, "rate-limit store: value at {key:?} is not a bucket"),
-            Self::Full => f.write_str("rate-limit store is full: every slot for this key holds a live bucket"),
+            Self::Contention { attempts } => write!(
+                f,
+                "rate-limit store: compare-and-swap lost {attempts} times in a row"
+            ),
+            Self::Corrupt { key } => {
+                write!(f, "rate-limit store: value at {key:?} is not a bucket")
+            }
+            Self::Full => {
+                f.write_str("rate-limit store is full: every slot for this key holds a live bucket")
+            }
         }
     }
 }
@@ -145,7 +169,12 @@ pub trait RateLimitStore {
     fn load(&mut self, key: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError>;
     /// Writes `value` if `key` is still at version `expected` (None: only if absent). Ok(false) on a lost
     /// race; the caller reloads and retries.
-    fn compare_and_swap(&mut self, key: &str, expected: Option<u64>, value: &[u8]) -> Result<bool, StoreError>;
+    fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<bool, StoreError>;
 }
 
 /// Bounded retries: contention beyond this is reported, never spun on.
@@ -154,7 +183,10 @@ pub const MAX_CAS_ATTEMPTS: u32 = 16;
 /// The store key of the bucket for `rule_name`, `dimension` and `id`. The rule's numbers are part of it
 /// because the stored TAT is in units that depend on `limit`.
 pub fn bucket_key(tool: &str, dimension: &str, id: &str, rule: &LimitRule) -> String {
-    format!("txngate:rl:{}:{}:{}:{}:{}:{}", rule.limit, rule.period_ms, rule.burst, dimension, tool, id)
+    format!(
+        "txngate:rl:{}:{}:{}:{}:{}:{}",
+        rule.limit, rule.period_ms, rule.burst, dimension, tool, id
+    )
 }
 
 fn decode_tat(bytes: &[u8]) -> Option<Tat> {
@@ -163,11 +195,21 @@ fn decode_tat(bytes: &[u8]) -> Option<Tat> {
 }
 
 /// Runs one call against bucket `key` in `store`: load, step, compare-and-swap, retrying lost races.
-pub fn consume(store: &mut dyn RateLimitStore, key: &str, rule: &LimitRule, now_ms: u64) -> Result<LimitState, StoreError> {
+pub fn consume(
+    store: &mut dyn RateLimitStore,
+    key: &str,
+    rule: &LimitRule,
+    now_ms: u64,
+) -> Result<LimitState, StoreError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let current = store.load(key)?;
         let (stored, version) = match &current {
-            Some((bytes, version)) => (Some(decode_tat(bytes).ok_or_else(|| StoreError::Corrupt { key: key.to_string() })?), Some(*version)),
+            Some((bytes, version)) => (
+                Some(decode_tat(bytes).ok_or_else(|| StoreError::Corrupt {
+                    key: key.to_string(),
+                })?),
+                Some(*version),
+            ),
             None => (None, None),
         };
         let (next, state) = gcra(rule, stored, now_ms);
@@ -176,7 +218,9 @@ pub fn consume(store: &mut dyn RateLimitStore, key: &str, rule: &LimitRule, now_
             return Ok(state);
         }
     }
-    Err(StoreError::Contention { attempts: MAX_CAS_ATTEMPTS })
+    Err(StoreError::Contention {
+        attempts: MAX_CAS_ATTEMPTS,
+    })
 }
 
 /// A plain in-memory store (tests, the CLI, a Durable Object's in-memory mirror).
@@ -205,13 +249,19 @@ impl RateLimitStore for MemoryStore {
         Ok(self.entries.get(key).cloned())
     }
 
-    fn compare_and_swap(&mut self, key: &str, expected: Option<u64>, value: &[u8]) -> Result<bool, StoreError> {
+    fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
         let current = self.entries.get(key).map(|(_, v)| *v);
         if current != expected {
             return Ok(false);
         }
         self.next_version += 1;
-        self.entries.insert(key.to_string(), (value.to_vec(), self.next_version));
+        self.entries
+            .insert(key.to_string(), (value.to_vec(), self.next_version));
         Ok(true)
     }
 }
@@ -231,7 +281,10 @@ pub const PROBES: u32 = 8;
 
 impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
     pub fn new(store: &'s mut S, slots: u32) -> Self {
-        Self { store, slots: slots.max(1) }
+        Self {
+            store,
+            slots: slots.max(1),
+        }
     }
 
     /// The store key of slot `index`.
@@ -240,7 +293,12 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
     }
 
     /// Like [`consume`], with `key` living in one of its candidate slots.
-    pub fn consume(&mut self, key: &str, rule: &LimitRule, now_ms: u64) -> Result<LimitState, StoreError> {
+    pub fn consume(
+        &mut self,
+        key: &str,
+        rule: &LimitRule,
+        now_ms: u64,
+    ) -> Result<LimitState, StoreError> {
         let digest = crate::encoding::sha256(key.as_bytes());
         let mut fingerprint = [0u8; 16];
         fingerprint.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
@@ -254,7 +312,8 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
                 let slot = Self::slot_key(index);
                 match self.store.load(&slot)? {
                     Some((bytes, version)) => {
-                        let (owner, tat) = decode_slot(&bytes).ok_or_else(|| StoreError::Corrupt { key: slot.clone() })?;
+                        let (owner, tat) = decode_slot(&bytes)
+                            .ok_or_else(|| StoreError::Corrupt { key: slot.clone() })?;
                         if owner == fingerprint {
                             chosen = Some((slot, Some(version), Some(tat)));
                             break;
@@ -270,14 +329,21 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
                     }
                 }
             }
-            let Some((slot, version, stored)) = chosen else { return Err(StoreError::Full) };
+            let Some((slot, version, stored)) = chosen else {
+                return Err(StoreError::Full);
+            };
             let (next, state) = gcra(rule, stored, now_ms);
             let Some(next) = next else { return Ok(state) };
-            if self.store.compare_and_swap(&slot, version, &encode_slot(&fingerprint, next))? {
+            if self
+                .store
+                .compare_and_swap(&slot, version, &encode_slot(&fingerprint, next))?
+            {
                 return Ok(state);
             }
         }
-        Err(StoreError::Contention { attempts: MAX_CAS_ATTEMPTS })
+        Err(StoreError::Contention {
+            attempts: MAX_CAS_ATTEMPTS,
+        })
     }
 }
 
@@ -296,7 +362,12 @@ fn decode_slot(bytes: &[u8]) -> Option<([u8; 16], Tat)> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use proptest::prelude::*;
 
@@ -324,7 +395,9 @@ mod tests {
     fn burst_is_smaller_than_limit() {
         let r = rule(10, 60, 3);
         let mut store = MemoryStore::new();
-        let allowed = (0..5).filter(|_| consume(&mut store, "k", &r, 0).unwrap().allowed).count();
+        let allowed = (0..5)
+            .filter(|_| consume(&mut store, "k", &r, 0).unwrap().allowed)
+            .count();
         assert_eq!(allowed, 3);
     }
 
@@ -332,7 +405,10 @@ mod tests {
     fn corrupt_values_are_errors_not_passes() {
         let mut store = MemoryStore::new();
         store.compare_and_swap("k", None, b"junk").unwrap();
-        assert!(matches!(consume(&mut store, "k", &rule(1, 1, 1), 0), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            consume(&mut store, "k", &rule(1, 1, 1), 0),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     struct Fighting(MemoryStore);
@@ -340,7 +416,12 @@ mod tests {
         fn load(&mut self, key: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
             self.0.load(key)
         }
-        fn compare_and_swap(&mut self, _: &str, _: Option<u64>, _: &[u8]) -> Result<bool, StoreError> {
+        fn compare_and_swap(
+            &mut self,
+            _: &str,
+            _: Option<u64>,
+            _: &[u8],
+        ) -> Result<bool, StoreError> {
             Ok(false)
         }
     }
@@ -348,7 +429,12 @@ mod tests {
     #[test]
     fn endless_contention_is_reported() {
         let mut store = Fighting(MemoryStore::new());
-        assert_eq!(consume(&mut store, "k", &rule(1, 1, 1), 0), Err(StoreError::Contention { attempts: MAX_CAS_ATTEMPTS }));
+        assert_eq!(
+            consume(&mut store, "k", &rule(1, 1, 1), 0),
+            Err(StoreError::Contention {
+                attempts: MAX_CAS_ATTEMPTS
+            })
+        );
     }
 
     #[test]

@@ -15,19 +15,27 @@ impl ScopePattern {
     /// Reads one space-free scope token. A `*` is only meaningful as the last character.
     pub fn parse(text: &str) -> Result<Self, ScopeSyntaxError> {
         if text.is_empty() {
-            return Err(ScopeSyntaxError { scope: text.to_string(), problem: "empty scope" });
+            return Err(ScopeSyntaxError {
+                scope: text.to_string(),
+                problem: "empty scope",
+            });
         }
         if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ScopeSyntaxError { scope: text.to_string(), problem: "whitespace or control character" });
+            return Err(ScopeSyntaxError {
+                scope: text.to_string(),
+                problem: "whitespace or control character",
+            });
         }
         match text.strip_suffix('*') {
-            Some(prefix) if prefix.contains('*') => {
-                Err(ScopeSyntaxError { scope: text.to_string(), problem: "'*' is only allowed at the end" })
-            }
+            Some(prefix) if prefix.contains('*') => Err(ScopeSyntaxError {
+                scope: text.to_string(),
+                problem: "'*' is only allowed at the end",
+            }),
             Some(prefix) => Ok(Self::Prefix(prefix.to_string())),
-            None if text.contains('*') => {
-                Err(ScopeSyntaxError { scope: text.to_string(), problem: "'*' is only allowed at the end" })
-            }
+            None if text.contains('*') => Err(ScopeSyntaxError {
+                scope: text.to_string(),
+                problem: "'*' is only allowed at the end",
+            }),
             None => Ok(Self::Exact(text.to_string())),
         }
     }
@@ -101,8 +109,13 @@ pub struct ScopeSet {
 impl ScopeSet {
     /// Reads an OAuth `scope` claim: space-delimited (RFC 6749 §3.3).
     pub fn parse_claim(text: &str) -> Result<Self, ScopeSyntaxError> {
-        let patterns = text.split(' ').filter(|s| !s.is_empty()).map(ScopePattern::parse);
-        Ok(Self::from_patterns(patterns.collect::<Result<Vec<_>, _>>()?))
+        let patterns = text
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(ScopePattern::parse);
+        Ok(Self::from_patterns(
+            patterns.collect::<Result<Vec<_>, _>>()?,
+        ))
     }
 
     pub fn from_patterns(patterns: Vec<ScopePattern>) -> Self {
@@ -113,14 +126,17 @@ impl ScopeSet {
 
     /// Everything: the identity for intersection.
     pub fn everything() -> Self {
-        Self { patterns: vec![ScopePattern::Prefix(String::new())] }
+        Self {
+            patterns: vec![ScopePattern::Prefix(String::new())],
+        }
     }
 
     fn normalize(&mut self) {
         self.patterns.sort_by_cached_key(ToString::to_string);
         self.patterns.dedup();
         let all = self.patterns.clone();
-        self.patterns.retain(|p| !all.iter().any(|q| q != p && p.covered_by(q)));
+        self.patterns
+            .retain(|p| !all.iter().any(|q| q != p && p.covered_by(q)));
     }
 
     pub fn allows(&self, scope: &str) -> bool {
@@ -156,7 +172,12 @@ impl ScopeSet {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use proptest::prelude::*;
 
@@ -197,7 +218,9 @@ mod tests {
 
     fn arb_pattern() -> impl Strategy<Value = ScopePattern> {
         prop_oneof![
-            "[ab:]{0,4}".prop_filter("non-empty", |s| !s.is_empty()).prop_map(ScopePattern::Exact),
+            "[ab:]{0,4}"
+                .prop_filter("non-empty", |s| !s.is_empty())
+                .prop_map(ScopePattern::Exact),
             "[ab:]{0,3}".prop_map(ScopePattern::Prefix),
         ]
     }

@@ -17,42 +17,98 @@ use crate::scope::ScopeSet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenError {
-    Missing { header: String },
-    Multiple { header: String },
-    TooLarge { bytes: usize, max: usize },
+    Missing {
+        header: String,
+    },
+    Multiple {
+        header: String,
+    },
+    TooLarge {
+        bytes: usize,
+        max: usize,
+    },
     /// Not three dot-separated segments, or an empty one.
-    Malformed { detail: &'static str },
+    Malformed {
+        detail: &'static str,
+    },
     /// Five segments: a JWE. Only signed tokens are accepted.
     Encrypted,
-    Base64 { segment: &'static str },
-    Header { detail: String },
+    Base64 {
+        segment: &'static str,
+    },
+    Header {
+        detail: String,
+    },
     /// `typ` missing or not `txntoken+jwt`: an access or ID token must never pass as a Transaction Token.
-    Type { found: Option<String> },
+    Type {
+        found: Option<String>,
+    },
     AlgNone,
     /// `alg` not supported or not allowed for the key's issuer.
-    Algorithm { found: String },
+    Algorithm {
+        found: String,
+    },
     /// `alg` names an algorithm other than the one the selected key is bound to.
-    AlgorithmMismatch { token: String, key: Algorithm },
-    Critical { names: Vec<String> },
+    AlgorithmMismatch {
+        token: String,
+        key: Algorithm,
+    },
+    Critical {
+        names: Vec<String>,
+    },
     /// `jku`, `jwk`, `x5u` or `x5c`: keys are never taken from the token.
-    EmbeddedKey { member: String },
+    EmbeddedKey {
+        member: String,
+    },
     /// `cty` (nested JWT) or `b64` (unencoded payload).
-    Nested { member: String },
+    Nested {
+        member: String,
+    },
     KidRequired,
-    UnknownKid { kid: String },
-    AmbiguousKid { kid: String },
+    UnknownKid {
+        kid: String,
+    },
+    AmbiguousKid {
+        kid: String,
+    },
     /// The issuer's keys are not available (never fetched, or stale past the bound): fail closed.
-    KeysUnavailable { issuer: String },
+    KeysUnavailable {
+        issuer: String,
+    },
     Signature,
-    Claims { detail: String },
-    ClaimType { claim: &'static str, expected: &'static str },
-    MissingClaim { claim: &'static str },
-    Issuer { found: Option<String>, expected: String },
-    Audience { trust_domain: String },
-    Expired { exp: i64, now: i64 },
-    NotYetValid { nbf: i64, now: i64 },
-    IssuedInFuture { iat: i64, now: i64 },
-    Lifetime { seconds: i128, max: i128 },
+    Claims {
+        detail: String,
+    },
+    ClaimType {
+        claim: &'static str,
+        expected: &'static str,
+    },
+    MissingClaim {
+        claim: &'static str,
+    },
+    Issuer {
+        found: Option<String>,
+        expected: String,
+    },
+    Audience {
+        trust_domain: String,
+    },
+    Expired {
+        exp: i64,
+        now: i64,
+    },
+    NotYetValid {
+        nbf: i64,
+        now: i64,
+    },
+    IssuedInFuture {
+        iat: i64,
+        now: i64,
+    },
+    Lifetime {
+        seconds: i128,
+        max: i128,
+    },
 }
 
 impl TokenError {
@@ -94,35 +150,75 @@ impl TokenError {
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Missing { header } => write!(f, "no {header} header: a Transaction Token is required"),
-            Self::Multiple { header } => write!(f, "more than one {header} header: send exactly one token"),
-            Self::TooLarge { bytes, max } => write!(f, "token is {bytes} bytes, at most {max} accepted"),
+            Self::Missing { header } => {
+                write!(f, "no {header} header: a Transaction Token is required")
+            }
+            Self::Multiple { header } => {
+                write!(f, "more than one {header} header: send exactly one token")
+            }
+            Self::TooLarge { bytes, max } => {
+                write!(f, "token is {bytes} bytes, at most {max} accepted")
+            }
             Self::Malformed { detail } => write!(f, "token is not a compact JWS: {detail}"),
-            Self::Encrypted => f.write_str("token is a JWE; Transaction Tokens must be signed (JWS) tokens"),
-            Self::Base64 { segment } => write!(f, "token {segment} is not canonical unpadded base64url"),
+            Self::Encrypted => {
+                f.write_str("token is a JWE; Transaction Tokens must be signed (JWS) tokens")
+            }
+            Self::Base64 { segment } => {
+                write!(f, "token {segment} is not canonical unpadded base64url")
+            }
             Self::Header { detail } => write!(f, "token header: {detail}"),
-            Self::Type { found: Some(t) } => write!(f, "token typ is {t:?}, expected \"txntoken+jwt\""),
-            Self::Type { found: None } => f.write_str("token has no typ, expected \"txntoken+jwt\""),
+            Self::Type { found: Some(t) } => {
+                write!(f, "token typ is {t:?}, expected \"txntoken+jwt\"")
+            }
+            Self::Type { found: None } => {
+                f.write_str("token has no typ, expected \"txntoken+jwt\"")
+            }
             Self::AlgNone => f.write_str("unsigned tokens (alg none) are never accepted"),
-            Self::Algorithm { found } => write!(f, "algorithm {found:?} is not accepted for this issuer"),
-            Self::AlgorithmMismatch { token, key } => write!(f, "token says alg {token:?} but its key is bound to {key}"),
-            Self::Critical { names } => write!(f, "unsupported critical header parameters: {}", names.join(", ")),
-            Self::EmbeddedKey { member } => write!(f, "header {member:?} is refused: keys come only from configuration"),
-            Self::Nested { member } => write!(f, "header {member:?} is refused: nested or unencoded tokens are not accepted"),
+            Self::Algorithm { found } => {
+                write!(f, "algorithm {found:?} is not accepted for this issuer")
+            }
+            Self::AlgorithmMismatch { token, key } => {
+                write!(f, "token says alg {token:?} but its key is bound to {key}")
+            }
+            Self::Critical { names } => write!(
+                f,
+                "unsupported critical header parameters: {}",
+                names.join(", ")
+            ),
+            Self::EmbeddedKey { member } => write!(
+                f,
+                "header {member:?} is refused: keys come only from configuration"
+            ),
+            Self::Nested { member } => write!(
+                f,
+                "header {member:?} is refused: nested or unencoded tokens are not accepted"
+            ),
             Self::KidRequired => f.write_str("token has no kid and several keys are configured"),
             Self::UnknownKid { kid } => write!(f, "no configured key has kid {kid:?}"),
             Self::AmbiguousKid { kid } => write!(f, "kid {kid:?} is used by more than one issuer"),
-            Self::KeysUnavailable { issuer } => write!(f, "keys of issuer {issuer:?} are unavailable (not fetched or stale)"),
+            Self::KeysUnavailable { issuer } => write!(
+                f,
+                "keys of issuer {issuer:?} are unavailable (not fetched or stale)"
+            ),
             Self::Signature => f.write_str("signature does not verify"),
             Self::Claims { detail } => write!(f, "token claims: {detail}"),
             Self::ClaimType { claim, expected } => write!(f, "claim {claim:?} must be {expected}"),
             Self::MissingClaim { claim } => write!(f, "required claim {claim:?} is missing"),
-            Self::Issuer { found, expected } => write!(f, "iss is {found:?}, expected {expected:?}"),
-            Self::Audience { trust_domain } => write!(f, "aud does not name this trust domain ({trust_domain:?})"),
+            Self::Issuer { found, expected } => {
+                write!(f, "iss is {found:?}, expected {expected:?}")
+            }
+            Self::Audience { trust_domain } => {
+                write!(f, "aud does not name this trust domain ({trust_domain:?})")
+            }
             Self::Expired { exp, now } => write!(f, "token expired at {exp} (now {now})"),
             Self::NotYetValid { nbf, now } => write!(f, "token not valid before {nbf} (now {now})"),
-            Self::IssuedInFuture { iat, now } => write!(f, "token issued in the future at {iat} (now {now})"),
-            Self::Lifetime { seconds, max } => write!(f, "token lifetime exp - iat is {seconds} s, at most {max} s accepted"),
+            Self::IssuedInFuture { iat, now } => {
+                write!(f, "token issued in the future at {iat} (now {now})")
+            }
+            Self::Lifetime { seconds, max } => write!(
+                f,
+                "token lifetime exp - iat is {seconds} s, at most {max} s accepted"
+            ),
         }
     }
 }
@@ -146,37 +242,69 @@ pub struct UntrustedToken<'a> {
 impl<'a> UntrustedToken<'a> {
     pub fn parse(raw: &'a str, max_bytes: usize) -> Result<Self, TokenError> {
         if raw.len() > max_bytes {
-            return Err(TokenError::TooLarge { bytes: raw.len(), max: max_bytes });
+            return Err(TokenError::TooLarge {
+                bytes: raw.len(),
+                max: max_bytes,
+            });
         }
         let dots = raw.bytes().filter(|b| *b == b'.').count();
         match dots {
             2 => {}
             4 => return Err(TokenError::Encrypted),
-            _ => return Err(TokenError::Malformed { detail: "expected three dot-separated segments" }),
+            _ => {
+                return Err(TokenError::Malformed {
+                    detail: "expected three dot-separated segments",
+                })
+            }
         }
         let mut parts = raw.splitn(3, '.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(TokenError::Malformed { detail: "expected three dot-separated segments" });
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed {
+                detail: "expected three dot-separated segments",
+            });
         };
         if header_b64.is_empty() || payload_b64.is_empty() {
-            return Err(TokenError::Malformed { detail: "empty header or payload" });
+            return Err(TokenError::Malformed {
+                detail: "empty header or payload",
+            });
         }
         if signature_b64.is_empty() {
             return Err(TokenError::AlgNone);
         }
-        let header_bytes = decode_b64url(header_b64).ok_or(TokenError::Base64 { segment: "header" })?;
-        let signature = decode_b64url(signature_b64).ok_or(TokenError::Base64 { segment: "signature" })?;
+        let header_bytes =
+            decode_b64url(header_b64).ok_or(TokenError::Base64 { segment: "header" })?;
+        let signature = decode_b64url(signature_b64).ok_or(TokenError::Base64 {
+            segment: "signature",
+        })?;
         // The payload is decoded only after the signature verifies; its alphabet is checked now.
-        if !payload_b64.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !payload_b64
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(TokenError::Base64 { segment: "payload" });
         }
-        let header = parse_strict(&header_bytes, 8).map_err(|e| TokenError::Header { detail: e.to_string() })?;
+        let header = parse_strict(&header_bytes, 8).map_err(|e| TokenError::Header {
+            detail: e.to_string(),
+        })?;
         let Value::Object(header) = header else {
-            return Err(TokenError::Header { detail: "not a JSON object".into() });
+            return Err(TokenError::Header {
+                detail: "not a JSON object".into(),
+            });
         };
         let (alg, kid) = check_header(&header)?;
-        let signing_input = raw.get(..header_b64.len() + 1 + payload_b64.len()).unwrap_or_default();
-        Ok(Self { raw, signing_input, payload_b64, signature, alg, kid })
+        let signing_input = raw
+            .get(..header_b64.len() + 1 + payload_b64.len())
+            .unwrap_or_default();
+        Ok(Self {
+            raw,
+            signing_input,
+            payload_b64,
+            signature,
+            alg,
+            kid,
+        })
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -209,8 +337,16 @@ impl<'a> UntrustedToken<'a> {
 fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String>), TokenError> {
     let alg = match header.get("alg") {
         Some(Value::String(alg)) => alg,
-        Some(_) => return Err(TokenError::Header { detail: "alg must be a string".into() }),
-        None => return Err(TokenError::Header { detail: "alg is missing".into() }),
+        Some(_) => {
+            return Err(TokenError::Header {
+                detail: "alg must be a string".into(),
+            })
+        }
+        None => {
+            return Err(TokenError::Header {
+                detail: "alg is missing".into(),
+            })
+        }
     };
     if alg.eq_ignore_ascii_case("none") {
         return Err(TokenError::AlgNone);
@@ -220,20 +356,38 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String
     }
     match header.get("typ") {
         Some(Value::String(typ)) if is_txn_token_type(typ) => {}
-        Some(Value::String(typ)) => return Err(TokenError::Type { found: Some(typ.clone()) }),
-        Some(_) => return Err(TokenError::Type { found: Some("(not a string)".into()) }),
+        Some(Value::String(typ)) => {
+            return Err(TokenError::Type {
+                found: Some(typ.clone()),
+            })
+        }
+        Some(_) => {
+            return Err(TokenError::Type {
+                found: Some("(not a string)".into()),
+            })
+        }
         None => return Err(TokenError::Type { found: None }),
     }
-    if let Some(member) = EMBEDDED_KEY_MEMBERS.into_iter().find(|m| header.contains_key(*m)) {
-        return Err(TokenError::EmbeddedKey { member: member.to_string() });
+    if let Some(member) = EMBEDDED_KEY_MEMBERS
+        .into_iter()
+        .find(|m| header.contains_key(*m))
+    {
+        return Err(TokenError::EmbeddedKey {
+            member: member.to_string(),
+        });
     }
     if let Some(member) = ["cty", "b64"].into_iter().find(|m| header.contains_key(*m)) {
-        return Err(TokenError::Nested { member: member.to_string() });
+        return Err(TokenError::Nested {
+            member: member.to_string(),
+        });
     }
     if let Some(crit) = header.get("crit") {
         // txngate implements no extension, so any critical parameter is one it does not understand.
         let names = match crit {
-            Value::Array(items) => items.iter().map(|i| i.as_str().unwrap_or("(not a string)").to_string()).collect(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().unwrap_or("(not a string)").to_string())
+                .collect(),
             _ => vec!["(crit is not an array)".to_string()],
         };
         return Err(TokenError::Critical { names });
@@ -241,15 +395,23 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(kid)) => Some(kid.clone()),
-        Some(_) => return Err(TokenError::Header { detail: "kid must be a string".into() }),
+        Some(_) => {
+            return Err(TokenError::Header {
+                detail: "kid must be a string".into(),
+            })
+        }
     };
-    let alg = Algorithm::from_name(alg).ok_or_else(|| TokenError::Algorithm { found: alg.clone() })?;
+    let alg =
+        Algorithm::from_name(alg).ok_or_else(|| TokenError::Algorithm { found: alg.clone() })?;
     Ok((alg, kid))
 }
 
 /// `txntoken+jwt`, optionally with the `application/` prefix (RFC 7515 §4.1.9), compared case-insensitively.
 fn is_txn_token_type(typ: &str) -> bool {
-    let t = typ.get(..12).filter(|p| p.eq_ignore_ascii_case("application/")).map_or(typ, |_| typ.get(12..).unwrap_or(""));
+    let t = typ
+        .get(..12)
+        .filter(|p| p.eq_ignore_ascii_case("application/"))
+        .map_or(typ, |_| typ.get(12..).unwrap_or(""));
     t.eq_ignore_ascii_case("txntoken+jwt")
 }
 
@@ -293,8 +455,16 @@ impl VerifiedToken {
     ) -> Result<Self, TokenError> {
         let claims = match parse_strict(payload, 64) {
             Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(TokenError::Claims { detail: "not a JSON object".into() }),
-            Err(e) => return Err(TokenError::Claims { detail: e.to_string() }),
+            Ok(_) => {
+                return Err(TokenError::Claims {
+                    detail: "not a JSON object".into(),
+                })
+            }
+            Err(e) => {
+                return Err(TokenError::Claims {
+                    detail: e.to_string(),
+                })
+            }
         };
         let iat = numeric_date(&claims, "iat")?.ok_or(TokenError::MissingClaim { claim: "iat" })?;
         let exp = numeric_date(&claims, "exp")?.ok_or(TokenError::MissingClaim { claim: "exp" })?;
@@ -304,31 +474,53 @@ impl VerifiedToken {
         let req_wl = required_string(&claims, "req_wl")?;
         let scope_text = match claims.get("scope") {
             Some(Value::String(s)) => s,
-            Some(_) => return Err(TokenError::ClaimType { claim: "scope", expected: "a space-delimited string" }),
+            Some(_) => {
+                return Err(TokenError::ClaimType {
+                    claim: "scope",
+                    expected: "a space-delimited string",
+                })
+            }
             None => return Err(TokenError::MissingClaim { claim: "scope" }),
         };
-        let scope = ScopeSet::parse_claim(scope_text).map_err(|_| TokenError::ClaimType { claim: "scope", expected: "a space-delimited string of scopes" })?;
+        let scope = ScopeSet::parse_claim(scope_text).map_err(|_| TokenError::ClaimType {
+            claim: "scope",
+            expected: "a space-delimited string of scopes",
+        })?;
         let iss = match claims.get("iss") {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(TokenError::ClaimType { claim: "iss", expected: "a string" }),
+            Some(_) => {
+                return Err(TokenError::ClaimType {
+                    claim: "iss",
+                    expected: "a string",
+                })
+            }
         };
         if let Some(expected) = issuer.expected_iss {
             if iss.as_deref() != Some(expected) {
-                return Err(TokenError::Issuer { found: iss, expected: expected.to_string() });
+                return Err(TokenError::Issuer {
+                    found: iss,
+                    expected: expected.to_string(),
+                });
             }
         }
         check_audience(&claims, trust_domain)?;
         for context in ["tctx", "rctx"] {
             if claims.get(context).is_some_and(|v| !v.is_object()) {
                 let claim = if context == "tctx" { "tctx" } else { "rctx" };
-                return Err(TokenError::ClaimType { claim, expected: "an object" });
+                return Err(TokenError::ClaimType {
+                    claim,
+                    expected: "an object",
+                });
             }
         }
         let act_chain = read_act_chain(&claims)?;
         let lifetime = i128::from(exp) - i128::from(iat);
         if lifetime < 0 || lifetime > rules.max_lifetime_s {
-            return Err(TokenError::Lifetime { seconds: lifetime, max: rules.max_lifetime_s });
+            return Err(TokenError::Lifetime {
+                seconds: lifetime,
+                max: rules.max_lifetime_s,
+            });
         }
         let verified = Self {
             claims,
@@ -354,7 +546,10 @@ impl VerifiedToken {
         let now = i128::from(now_ms);
         let now_s = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         if now >= i128::from(self.exp) * 1000 + rules.leeway_ms {
-            return Err(TokenError::Expired { exp: self.exp, now: now_s });
+            return Err(TokenError::Expired {
+                exp: self.exp,
+                now: now_s,
+            });
         }
         if let Some(nbf) = self.nbf {
             if now + rules.leeway_ms < i128::from(nbf) * 1000 {
@@ -362,7 +557,10 @@ impl VerifiedToken {
             }
         }
         if now + rules.leeway_ms < i128::from(self.iat) * 1000 {
-            return Err(TokenError::IssuedInFuture { iat: self.iat, now: now_s });
+            return Err(TokenError::IssuedInFuture {
+                iat: self.iat,
+                now: now_s,
+            });
         }
         Ok(())
     }
@@ -378,7 +576,10 @@ impl VerifiedToken {
 }
 
 /// NumericDate (RFC 7519 §2): a JSON number of seconds; fractions are floored. Strings are refused.
-fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<i64>, TokenError> {
+fn numeric_date(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<i64>, TokenError> {
     const EXPECTED: &str = "a number of seconds since the epoch (NumericDate)";
     match claims.get(claim) {
         None => Ok(None),
@@ -387,39 +588,63 @@ fn numeric_date(claims: &Map<String, Value>, claim: &'static str) -> Result<Opti
                 return Ok(Some(i));
             }
             match n.as_f64() {
-                Some(f) if f.is_finite() && f >= -9.2e18 && f <= 9.2e18 => {
+                Some(f) if f.is_finite() && (-9.2e18..=9.2e18).contains(&f) => {
                     #[allow(clippy::cast_possible_truncation)]
                     let floored = f.floor() as i64;
                     Ok(Some(floored))
                 }
-                _ => Err(TokenError::ClaimType { claim, expected: EXPECTED }),
+                _ => Err(TokenError::ClaimType {
+                    claim,
+                    expected: EXPECTED,
+                }),
             }
         }
-        Some(_) => Err(TokenError::ClaimType { claim, expected: EXPECTED }),
+        Some(_) => Err(TokenError::ClaimType {
+            claim,
+            expected: EXPECTED,
+        }),
     }
 }
 
 fn required_string(claims: &Map<String, Value>, claim: &'static str) -> Result<String, TokenError> {
     match claims.get(claim) {
         Some(Value::String(s)) if is_identity(s) => Ok(s.clone()),
-        Some(Value::String(_)) => Err(TokenError::ClaimType { claim, expected: "a non-empty string without control characters" }),
-        Some(_) => Err(TokenError::ClaimType { claim, expected: "a string" }),
+        Some(Value::String(_)) => Err(TokenError::ClaimType {
+            claim,
+            expected: "a non-empty string without control characters",
+        }),
+        Some(_) => Err(TokenError::ClaimType {
+            claim,
+            expected: "a string",
+        }),
         None => Err(TokenError::MissingClaim { claim }),
     }
 }
 
 fn check_audience(claims: &Map<String, Value>, trust_domain: &str) -> Result<(), TokenError> {
-    let refused = || TokenError::Audience { trust_domain: trust_domain.to_string() };
+    let refused = || TokenError::Audience {
+        trust_domain: trust_domain.to_string(),
+    };
     match claims.get("aud") {
         None => Err(TokenError::MissingClaim { claim: "aud" }),
         Some(Value::String(aud)) => (aud == trust_domain).then_some(()).ok_or_else(refused),
         Some(Value::Array(items)) => {
             if items.iter().any(|i| !i.is_string()) {
-                return Err(TokenError::ClaimType { claim: "aud", expected: "a string or an array of strings" });
+                return Err(TokenError::ClaimType {
+                    claim: "aud",
+                    expected: "a string or an array of strings",
+                });
             }
-            items.iter().any(|i| i.as_str() == Some(trust_domain)).then_some(()).ok_or_else(refused)
+            items
+                .iter()
+                .any(|i| i.as_str() == Some(trust_domain))
+                .then_some(())
+                .ok_or_else(refused)
         }
-        Some(_) => Err(TokenError::ClaimType { claim: "aud", expected: "a string or an array of strings" }),
+        Some(_) => Err(TokenError::ClaimType {
+            claim: "aud",
+            expected: "a string or an array of strings",
+        }),
     }
 }
 
@@ -435,11 +660,19 @@ fn read_act_chain(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError
     let mut next = claims.get("act");
     while let Some(act) = next {
         let Value::Object(act) = act else {
-            return Err(TokenError::ClaimType { claim: "act", expected: "an object with a string sub" });
+            return Err(TokenError::ClaimType {
+                claim: "act",
+                expected: "an object with a string sub",
+            });
         };
         match act.get("sub") {
             Some(Value::String(sub)) if is_identity(sub) => chain.push(sub.clone()),
-            _ => return Err(TokenError::ClaimType { claim: "act.sub", expected: "a non-empty string without control characters" }),
+            _ => {
+                return Err(TokenError::ClaimType {
+                    claim: "act.sub",
+                    expected: "a non-empty string without control characters",
+                })
+            }
         }
         next = act.get("act");
     }
@@ -448,14 +681,24 @@ fn read_act_chain(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use crate::encoding::encode_b64url;
     use proptest::prelude::*;
     use serde_json::json;
 
     fn token_with_header(header: &Value) -> String {
-        format!("{}.{}.{}", encode_b64url(&serde_json::to_vec(header).unwrap()), encode_b64url(b"{}"), encode_b64url(&[7u8; 64]))
+        format!(
+            "{}.{}.{}",
+            encode_b64url(&serde_json::to_vec(header).unwrap()),
+            encode_b64url(b"{}"),
+            encode_b64url(&[7u8; 64])
+        )
     }
 
     fn parse_header(header: Value) -> Result<(), TokenError> {
@@ -466,21 +709,45 @@ mod tests {
     #[test]
     fn size_is_checked_before_anything() {
         let huge = ".".repeat(1_000_000);
-        assert_eq!(UntrustedToken::parse(&huge, 8192).unwrap_err(), TokenError::TooLarge { bytes: 1_000_000, max: 8192 });
+        assert_eq!(
+            UntrustedToken::parse(&huge, 8192).unwrap_err(),
+            TokenError::TooLarge {
+                bytes: 1_000_000,
+                max: 8192
+            }
+        );
     }
 
     #[test]
     fn segments() {
-        assert_eq!(UntrustedToken::parse("a.b", 100).unwrap_err().reason(), "token.malformed");
-        assert_eq!(UntrustedToken::parse("a.b.c.d.e", 100).unwrap_err(), TokenError::Encrypted);
-        assert_eq!(UntrustedToken::parse("..", 100).unwrap_err().reason(), "token.malformed");
+        assert_eq!(
+            UntrustedToken::parse("a.b", 100).unwrap_err().reason(),
+            "token.malformed"
+        );
+        assert_eq!(
+            UntrustedToken::parse("a.b.c.d.e", 100).unwrap_err(),
+            TokenError::Encrypted
+        );
+        assert_eq!(
+            UntrustedToken::parse("..", 100).unwrap_err().reason(),
+            "token.malformed"
+        );
         let t = token_with_header(&json!({"alg":"EdDSA","typ":"txntoken+jwt"}));
         let unsigned = format!("{}.", t.rsplit_once('.').unwrap().0);
-        assert_eq!(UntrustedToken::parse(&unsigned, 8192).unwrap_err(), TokenError::AlgNone);
+        assert_eq!(
+            UntrustedToken::parse(&unsigned, 8192).unwrap_err(),
+            TokenError::AlgNone
+        );
         let padded = format!("{t}==");
-        assert_eq!(UntrustedToken::parse(&padded, 8192).unwrap_err().reason(), "token.base64");
+        assert_eq!(
+            UntrustedToken::parse(&padded, 8192).unwrap_err().reason(),
+            "token.base64"
+        );
         let spaced = t.replacen('.', " .", 1);
-        assert_eq!(UntrustedToken::parse(&spaced, 8192).unwrap_err().reason(), "token.base64");
+        assert_eq!(
+            UntrustedToken::parse(&spaced, 8192).unwrap_err().reason(),
+            "token.base64"
+        );
     }
 
     #[test]
@@ -497,25 +764,61 @@ mod tests {
             (json!({"alg":"EdDSA"}), "token.typ"),
             (json!({"alg":"EdDSA","typ":"JWT"}), "token.typ"),
             (json!({"alg":"EdDSA","typ":"at+jwt"}), "token.typ"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","crit":["exp"]}), "token.crit"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","jku":"https://evil"}), "token.embedded_key"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","jwk":{}}), "token.embedded_key"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","x5u":"https://evil"}), "token.embedded_key"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","x5c":["AA"]}), "token.embedded_key"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","cty":"JWT"}), "token.nested"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","enc":"A256GCM"}), "token.encrypted"),
-            (json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":7}), "token.header"),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","crit":["exp"]}),
+                "token.crit",
+            ),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","jku":"https://evil"}),
+                "token.embedded_key",
+            ),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","jwk":{}}),
+                "token.embedded_key",
+            ),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","x5u":"https://evil"}),
+                "token.embedded_key",
+            ),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","x5c":["AA"]}),
+                "token.embedded_key",
+            ),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","cty":"JWT"}),
+                "token.nested",
+            ),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","enc":"A256GCM"}),
+                "token.encrypted",
+            ),
+            (
+                json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":7}),
+                "token.header",
+            ),
             (json!(["alg"]), "token.header"),
         ] {
-            assert_eq!(parse_header(header.clone()).unwrap_err().reason(), reason, "{header}");
+            assert_eq!(
+                parse_header(header.clone()).unwrap_err().reason(),
+                reason,
+                "{header}"
+            );
         }
     }
 
     #[test]
     fn duplicate_header_members_are_refused() {
         let header = br#"{"alg":"EdDSA","typ":"txntoken+jwt","alg":"none"}"#;
-        let t = format!("{}.{}.{}", encode_b64url(header), encode_b64url(b"{}"), encode_b64url(&[1; 64]));
-        assert_eq!(UntrustedToken::parse(&t, 8192).unwrap_err().reason(), "token.header");
+        let t = format!(
+            "{}.{}.{}",
+            encode_b64url(header),
+            encode_b64url(b"{}"),
+            encode_b64url(&[1; 64])
+        );
+        assert_eq!(
+            UntrustedToken::parse(&t, 8192).unwrap_err().reason(),
+            "token.header"
+        );
     }
 
     proptest! {

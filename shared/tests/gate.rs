@@ -1,0 +1,828 @@
+//! The whole decision, one rule at a time: every test breaks exactly one rule and checks its status, reason
+//! and rendering.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
+use serde_json::{json, Value};
+use txngate_core::encoding::encode_b64url;
+use txngate_core::ratelimit::{LimitRule, LimitState, MemoryStore, RateLimitStore, StoreError};
+use txngate_core::{is_identity_header, Body, Gate, Limiter, Outcome, Request, Step};
+
+const NOW: u64 = 1_800_000_000;
+const TD: &str = "trust.example";
+
+fn ed_pair() -> ed25519_compact::KeyPair {
+    ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7u8; 32]))
+}
+
+fn p256_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap()
+}
+
+fn jwks() -> Value {
+    let ed = ed_pair();
+    let point = p256_key().verifying_key().to_encoded_point(false);
+    json!({"keys": [
+        {"kty":"OKP","crv":"Ed25519","x": encode_b64url(ed.pk.as_ref()),"kid":"ed"},
+        {"kty":"EC","crv":"P-256","x": encode_b64url(point.x().unwrap()),"y": encode_b64url(point.y().unwrap()),"kid":"ec"}
+    ]})
+}
+
+fn policy() -> Value {
+    json!({
+        "trust_domain": TD,
+        "issuers": [{"name": "tts", "jwks": jwks(), "algorithms": ["EdDSA", "ES256"]}],
+        "agents": {
+            "spiffe://trust.example/gw": {"max_scopes": ["*"]},
+            "spiffe://trust.example/orchestrator": {"max_scopes": ["calendar:*", "email:*"]},
+            "spiffe://trust.example/agent/*": {"max_scopes": ["calendar:read", "email:send"]}
+        },
+        "delegation": {"max_depth": 2},
+        "tools": {
+            "send_email": {"scopes": ["email:send"], "constraints": [{"argument": "/to", "claim": "/tctx/recipient"}],
+                           "rate_limit": {"key": "agent", "limit": 10, "period_seconds": 60}},
+            "calendar_read": {"scopes": ["calendar:read"]},
+            "calendar_write": {"scopes": ["calendar:write"]},
+            "audit_me": {"scopes": ["admin"], "mode": "dry_run"},
+            "delete_repo": {"effect": "deny"}
+        }
+    })
+}
+
+fn gate_with(p: &Value) -> Gate {
+    Gate::from_json(&serde_json::to_vec(p).unwrap()).unwrap()
+}
+
+fn claims() -> Value {
+    json!({
+        "iat": NOW, "exp": NOW + 60, "aud": TD, "txn": "txn-1", "sub": "user:alice",
+        "scope": "email:send calendar:read calendar:write", "req_wl": "spiffe://trust.example/gw",
+        "tctx": {"recipient": ["bob@example.com", "carol@example.com"]},
+        "act": {"sub": "spiffe://trust.example/agent/mailer", "act": {"sub": "spiffe://trust.example/orchestrator"}}
+    })
+}
+
+fn header(kid: &str) -> Value {
+    let alg = if kid == "ec" { "ES256" } else { "EdDSA" };
+    json!({"alg": alg, "typ": "txntoken+jwt", "kid": kid})
+}
+
+fn sign_raw(header: &Value, payload: &[u8], kid_key: &str) -> String {
+    let input = format!(
+        "{}.{}",
+        encode_b64url(&serde_json::to_vec(header).unwrap()),
+        encode_b64url(payload)
+    );
+    let sig = if kid_key == "ec" {
+        jwt_compact::alg::Es256
+            .sign(&p256_key(), input.as_bytes())
+            .as_bytes()
+            .into_owned()
+    } else {
+        jwt_compact::alg::Ed25519
+            .sign(&ed_pair().sk, input.as_bytes())
+            .as_bytes()
+            .into_owned()
+    };
+    format!("{input}.{}", encode_b64url(&sig))
+}
+
+fn token(claims: &Value) -> String {
+    sign_raw(&header("ed"), &serde_json::to_vec(claims).unwrap(), "ed")
+}
+
+fn with(mut v: Value, patch: Value) -> Value {
+    for (k, val) in patch.as_object().unwrap() {
+        if val.is_null() {
+            v.as_object_mut().unwrap().remove(k);
+        } else {
+            v[k] = val.clone();
+        }
+    }
+    v
+}
+
+fn call(tool: &str, args: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":tool,"arguments":args}})).unwrap()
+}
+
+fn send_email() -> Vec<u8> {
+    call("send_email", json!({"to":"bob@example.com","subject":"hi"}))
+}
+
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    peer: Option<&'static str>,
+}
+
+impl Req {
+    fn mcp(tok: &str, body: Vec<u8>) -> Self {
+        Self {
+            method: "POST",
+            path: "/mcp",
+            headers: vec![("Txn-Token".into(), tok.into())],
+            body: Some(body),
+            peer: None,
+        }
+    }
+    fn request(&self) -> Request<'_> {
+        Request {
+            method: self.method,
+            path: self.path,
+            headers: &self.headers,
+            body: self.body.as_deref().map_or(Body::Absent, Body::Complete),
+            peer: self.peer,
+        }
+    }
+}
+
+fn decide(gate: &mut Gate, req: &Req) -> Outcome {
+    gate.decide(&req.request(), NOW * 1000, &mut MemoryStore::new())
+}
+
+fn reason_of(gate: &mut Gate, req: &Req) -> (u16, &'static str) {
+    let o = decide(gate, req);
+    (o.decision.status, o.decision.reason)
+}
+
+#[test]
+fn delegated_tool_call_is_allowed_with_identity_headers_and_audit() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let o = decide(&mut gate, &Req::mcp(&tok, send_email()));
+    assert_eq!(o.decision.reason, "allow", "{:?}", o.audit);
+    let up: std::collections::HashMap<_, _> = o.decision.upstream_headers.iter().cloned().collect();
+    assert_eq!(up["x-txngate-agent"], "spiffe://trust.example/agent/mailer");
+    assert_eq!(up["x-txngate-sub"], "user:alice");
+    assert_eq!(up["x-txngate-txn"], "txn-1");
+    let a = &o.audit;
+    assert_eq!(
+        a.actors,
+        vec![
+            "spiffe://trust.example/agent/mailer",
+            "spiffe://trust.example/orchestrator"
+        ]
+    );
+    assert_eq!(a.tool.as_deref(), Some("send_email"));
+    assert_eq!(a.scope.as_deref(), Some("calendar:read email:send"));
+    assert_eq!(a.limit.as_ref().unwrap().remaining, 9);
+    assert!(a.arguments_sha256.is_some());
+    let line = a.to_json();
+    assert!(!line.contains(&tok), "the token must never be logged");
+    assert!(line.contains(&txngate_core::encoding::sha256_hex(tok.as_bytes())));
+}
+
+#[test]
+fn es256_tokens_verify_and_repeat_calls_hit_the_cache() {
+    let mut gate = gate_with(&policy());
+    let tok = sign_raw(&header("ec"), &serde_json::to_vec(&claims()).unwrap(), "ec");
+    let req = Req::mcp(&tok, call("calendar_read", json!({"day":"mon"})));
+    let first = decide(&mut gate, &req);
+    assert_eq!(first.decision.reason, "allow");
+    assert!(!first.audit.cached);
+    let second = decide(&mut gate, &req);
+    assert!(second.audit.cached);
+    assert_eq!(gate.cached_tokens(), 1);
+}
+
+#[test]
+fn each_token_rule_has_its_reason() {
+    let mut gate = gate_with(&policy());
+    let body = send_email();
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("a.b".into(), 401, "token.malformed"),
+        ("a.b.c.d.e".into(), 401, "token.encrypted"),
+        ("x".repeat(9000), 401, "token.too_large"),
+        (format!("{}=", token(&claims())), 401, "token.base64"),
+        (
+            sign_raw(
+                &json!({"alg":"EdDSA","typ":"JWT","kid":"ed"}),
+                &serde_json::to_vec(&claims()).unwrap(),
+                "ed",
+            ),
+            401,
+            "token.typ",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"EdDSA","kid":"ed"}),
+                &serde_json::to_vec(&claims()).unwrap(),
+                "ed",
+            ),
+            401,
+            "token.typ",
+        ),
+        (
+            sign_raw(&json!({"alg":"none","typ":"txntoken+jwt"}), b"{}", "ed"),
+            401,
+            "token.alg_none",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"HS256","typ":"txntoken+jwt","kid":"ed"}),
+                b"{}",
+                "ed",
+            ),
+            401,
+            "token.alg",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"ES256","typ":"txntoken+jwt","kid":"ed"}),
+                &serde_json::to_vec(&claims()).unwrap(),
+                "ed",
+            ),
+            401,
+            "token.alg_mismatch",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":"ed","crit":["x"],"x":1}),
+                b"{}",
+                "ed",
+            ),
+            401,
+            "token.crit",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":"ed","jku":"https://evil/jwks"}),
+                b"{}",
+                "ed",
+            ),
+            401,
+            "token.embedded_key",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":"ed","cty":"JWT"}),
+                b"{}",
+                "ed",
+            ),
+            401,
+            "token.nested",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"EdDSA","typ":"txntoken+jwt"}),
+                &serde_json::to_vec(&claims()).unwrap(),
+                "ed",
+            ),
+            401,
+            "token.kid_required",
+        ),
+        (
+            sign_raw(
+                &json!({"alg":"EdDSA","typ":"txntoken+jwt","kid":"../../etc/passwd"}),
+                b"{}",
+                "ed",
+            ),
+            401,
+            "token.kid_unknown",
+        ),
+        (
+            sign_raw(&header("ed"), br#"{"sub":"a","sub":"b"}"#, "ed"),
+            401,
+            "token.claims",
+        ),
+        (
+            token(&with(claims(), json!({"exp": (NOW + 60).to_string()}))),
+            401,
+            "token.claim_type",
+        ),
+        (
+            token(&with(claims(), json!({"aud": 5}))),
+            401,
+            "token.claim_type",
+        ),
+        (
+            token(&with(claims(), json!({"txn": null}))),
+            401,
+            "token.claim_missing",
+        ),
+        (
+            token(&with(claims(), json!({"req_wl": null}))),
+            401,
+            "token.claim_missing",
+        ),
+        (
+            token(&with(claims(), json!({"scope": ["email:send"]}))),
+            401,
+            "token.claim_type",
+        ),
+        (
+            token(&with(
+                claims(),
+                json!({"sub": "alice\r\nx-txngate-agent: evil"}),
+            )),
+            401,
+            "token.claim_type",
+        ),
+        (
+            token(&with(claims(), json!({"tctx": "flat"}))),
+            401,
+            "token.claim_type",
+        ),
+        (
+            token(&with(claims(), json!({"act": {"sub": 7}}))),
+            401,
+            "token.claim_type",
+        ),
+        (
+            token(&with(claims(), json!({"aud": "other.example"}))),
+            401,
+            "token.audience",
+        ),
+        (
+            token(&with(claims(), json!({"aud": []}))),
+            401,
+            "token.audience",
+        ),
+        (
+            token(&with(claims(), json!({"exp": NOW - 31, "iat": NOW - 90}))),
+            401,
+            "token.expired",
+        ),
+        (
+            token(&with(claims(), json!({"nbf": NOW + 31}))),
+            401,
+            "token.not_yet_valid",
+        ),
+        (
+            token(&with(claims(), json!({"iat": NOW + 31, "exp": NOW + 60}))),
+            401,
+            "token.issued_in_future",
+        ),
+        (
+            token(&with(claims(), json!({"exp": NOW + 301, "iat": NOW}))),
+            401,
+            "token.lifetime",
+        ),
+        (
+            token(&with(claims(), json!({"exp": i64::MAX}))),
+            401,
+            "token.lifetime",
+        ),
+    ];
+    for (tok, status, reason) in cases {
+        let got = reason_of(&mut gate, &Req::mcp(&tok, body.clone()));
+        assert_eq!(got, (status, reason), "token {}", &tok[..tok.len().min(80)]);
+    }
+}
+
+#[test]
+fn leeway_accepts_small_skew() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&with(claims(), json!({"exp": NOW - 29, "iat": NOW - 89})));
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, send_email())).1,
+        "allow"
+    );
+}
+
+#[test]
+fn tampered_payload_fails_the_signature() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let mut parts: Vec<&str> = tok.split('.').collect();
+    let forged = encode_b64url(
+        &serde_json::to_vec(&with(claims(), json!({"scope": "admin email:send"}))).unwrap(),
+    );
+    parts[1] = &forged;
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&parts.join("."), send_email())),
+        (401, "token.signature")
+    );
+    // A signature of the wrong length is invalid, never a panic.
+    let short = format!(
+        "{}.{}.{}",
+        parts[0],
+        encode_b64url(b"{}"),
+        encode_b64url(&[1u8; 10])
+    );
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&short, send_email())),
+        (401, "token.signature")
+    );
+}
+
+#[test]
+fn missing_and_repeated_headers() {
+    let mut gate = gate_with(&policy());
+    let mut req = Req::mcp("", send_email());
+    req.headers.clear();
+    let o = decide(&mut gate, &req);
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (401, "token.missing")
+    );
+    let www = o
+        .decision
+        .response_headers
+        .iter()
+        .find(|(k, _)| k == "www-authenticate")
+        .unwrap();
+    assert!(www.1.starts_with("Bearer error=\"invalid_token\""));
+    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["id"], 42);
+    assert_eq!(body["error"]["code"], -32001);
+    let tok = token(&claims());
+    let mut req = Req::mcp(&tok, send_email());
+    req.headers.push(("txn-token".into(), tok.clone()));
+    assert_eq!(reason_of(&mut gate, &req), (400, "token.multiple"));
+    // Only Txn-Token counts: Authorization is ignored.
+    let mut req = Req::mcp(&tok, send_email());
+    req.headers = vec![("authorization".into(), format!("Bearer {tok}"))];
+    assert_eq!(reason_of(&mut gate, &req).1, "token.missing");
+}
+
+#[test]
+fn delegation_rules() {
+    let mut gate = gate_with(&policy());
+    let body = send_email();
+    let deep = json!({"sub": "spiffe://trust.example/agent/a", "act": {"sub": "spiffe://trust.example/agent/b", "act": {"sub": "spiffe://trust.example/orchestrator"}}});
+    assert_eq!(
+        reason_of(
+            &mut gate,
+            &Req::mcp(&token(&with(claims(), json!({"act": deep}))), body.clone())
+        ),
+        (403, "delegation.depth")
+    );
+    let stranger = json!({"sub": "spiffe://evil.example/agent"});
+    assert_eq!(
+        reason_of(
+            &mut gate,
+            &Req::mcp(
+                &token(&with(claims(), json!({"act": stranger}))),
+                body.clone()
+            )
+        ),
+        (403, "delegation.unknown_agent")
+    );
+    let mut p = policy();
+    p["peer_binding"] = json!("require");
+    let mut gate = gate_with(&p);
+    let tok = token(&claims());
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, body.clone())),
+        (403, "delegation.peer_missing")
+    );
+    let mut req = Req::mcp(&tok, body.clone());
+    req.peer = Some("spiffe://trust.example/agent/other");
+    assert_eq!(
+        reason_of(&mut gate, &req),
+        (403, "delegation.peer_mismatch")
+    );
+    req.peer = Some("spiffe://trust.example/agent/mailer");
+    assert_eq!(reason_of(&mut gate, &req).1, "allow");
+}
+
+#[test]
+fn mcp_body_rules() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    for (body, status, reason, code) in [
+        (b"{".to_vec(), 400, "mcp.parse", -32700),
+        (br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#.to_vec(), 400, "mcp.batch", -32600),
+        (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"calendar_read","name":"send_email"}}"#.to_vec(), 400, "mcp.duplicate_key", -32700),
+        (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send email"}}"#.to_vec(), 400, "mcp.tool_name", -32602),
+    ] {
+        let o = decide(&mut gate, &Req::mcp(&tok, body));
+        assert_eq!((o.decision.status, o.decision.reason), (status, reason));
+        let b: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+        assert_eq!(b["error"]["code"], code, "{reason}");
+    }
+    let mut req = Req::mcp(&tok, send_email());
+    req.body = None;
+    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.body_missing"));
+    let req = Req::mcp(&tok, send_email());
+    let too_large = Request {
+        body: Body::TooLarge,
+        ..req.request()
+    };
+    let o = gate.decide(&too_large, NOW * 1000, &mut MemoryStore::new());
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (413, "mcp.body_too_large")
+    );
+    let mut req = Req::mcp(&tok, send_email());
+    req.headers.push(("Mcp-Method".into(), "tools/call".into()));
+    req.headers
+        .push(("Mcp-Name".into(), "calendar_read".into()));
+    let o = decide(&mut gate, &req);
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (400, "mcp.header_mismatch")
+    );
+    let b: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    assert_eq!(b["error"]["code"], -32020);
+}
+
+#[test]
+fn tool_rules() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    // The mailer's ceiling has no calendar:write even though the token grants it: delegation narrows.
+    let o = decide(
+        &mut gate,
+        &Req::mcp(&tok, call("calendar_write", json!({}))),
+    );
+    assert_eq!((o.decision.status, o.decision.reason), (403, "tool.scope"));
+    let www = o
+        .decision
+        .response_headers
+        .iter()
+        .find(|(k, _)| k == "www-authenticate")
+        .unwrap();
+    assert_eq!(
+        www.1,
+        "Bearer error=\"insufficient_scope\", scope=\"calendar:write\""
+    );
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, call("delete_repo", json!({})))),
+        (403, "tool.denied")
+    );
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, call("unknown_tool", json!({})))),
+        (403, "tool.no_rule")
+    );
+    assert_eq!(
+        reason_of(
+            &mut gate,
+            &Req::mcp(&tok, call("send_email", json!({"to":"eve@example.com"})))
+        ),
+        (403, "tool.constraint")
+    );
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, call("send_email", json!({})))),
+        (403, "tool.constraint")
+    );
+    assert_eq!(
+        reason_of(
+            &mut gate,
+            &Req::mcp(&tok, call("send_email", json!({"to":"carol@example.com"})))
+        )
+        .1,
+        "allow"
+    );
+    // Case variants share the rule (and its bucket), never bypass it.
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, call("DELETE_REPO", json!({})))),
+        (403, "tool.denied")
+    );
+    let o = decide(&mut gate, &Req::mcp(&tok, call("audit_me", json!({}))));
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (200, "allow.dry_run")
+    );
+    assert_eq!(o.audit.dry_run_reason, Some("tool.scope"));
+}
+
+#[test]
+fn other_mcp_methods_and_paths_need_only_a_valid_token() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#.to_vec();
+    assert_eq!(reason_of(&mut gate, &Req::mcp(&tok, init)).1, "allow");
+    let mut req = Req::mcp(&tok, vec![]);
+    req.method = "GET";
+    req.body = None;
+    assert_eq!(reason_of(&mut gate, &req).1, "allow");
+    let mut req = Req::mcp(&tok, vec![]);
+    req.path = "/healthz";
+    req.body = None;
+    assert_eq!(reason_of(&mut gate, &req).1, "allow");
+    let o = decide(
+        &mut gate,
+        &Req {
+            headers: vec![],
+            ..Req::mcp("", vec![])
+        }
+        .tap_path("/api"),
+    );
+    let b: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        b["error"], "invalid_token",
+        "non-MCP paths get an OAuth error body"
+    );
+}
+
+trait TapPath {
+    fn tap_path(self, path: &'static str) -> Self;
+}
+impl TapPath for Req {
+    fn tap_path(mut self, path: &'static str) -> Self {
+        self.path = path;
+        self.body = None;
+        self
+    }
+}
+
+#[test]
+fn tools_list_is_filtered_for_the_caller() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let o = decide(
+        &mut gate,
+        &Req::mcp(
+            &tok,
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#.to_vec(),
+        ),
+    );
+    let filter = o
+        .decision
+        .tools_list
+        .expect("tools/list responses are filtered");
+    let list = json!({"jsonrpc":"2.0","id":3,"result":{"tools":[
+        {"name":"send_email"},{"name":"calendar_read"},{"name":"calendar_write"},{"name":"delete_repo"},{"name":"other"},{"name":"audit_me"}]}});
+    let out: Value = serde_json::from_slice(
+        &filter
+            .apply("application/json", list.to_string().as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = out["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["send_email", "calendar_read", "audit_me"]);
+}
+
+#[test]
+fn eleventh_call_gets_429_with_retry_after() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let req = Req::mcp(&tok, send_email());
+    let mut store = MemoryStore::new();
+    for i in 0..10 {
+        let o = gate.decide(&req.request(), NOW * 1000 + i, &mut store);
+        assert_eq!(o.decision.reason, "allow", "call {i}");
+    }
+    let o = gate.decide(&req.request(), NOW * 1000 + 10, &mut store);
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (429, "ratelimit.exceeded")
+    );
+    let h: std::collections::HashMap<_, _> = o.decision.response_headers.iter().cloned().collect();
+    assert_eq!(h["retry-after"], "6");
+    assert_eq!(h["ratelimit-policy"], "\"send_email\";q=10;w=60");
+    assert!(h["ratelimit"].starts_with("\"send_email\";r=0;"));
+    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], -32029);
+    // Another agent of the same user has its own bucket.
+    let other = token(&with(
+        claims(),
+        json!({"act": {"sub": "spiffe://trust.example/agent/other", "act": {"sub": "spiffe://trust.example/orchestrator"}}}),
+    ));
+    let o = gate.decide(
+        &Req::mcp(&other, send_email()).request(),
+        NOW * 1000 + 11,
+        &mut store,
+    );
+    assert_eq!(o.decision.reason, "allow");
+}
+
+struct Broken;
+impl Limiter for Broken {
+    fn consume(&mut self, _: &str, _: &LimitRule, _: u64) -> Result<LimitState, StoreError> {
+        Err(StoreError::Backend {
+            detail: "down".into(),
+        })
+    }
+}
+
+#[test]
+fn store_failures_fail_closed_unless_the_rule_says_otherwise() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let req = Req::mcp(&tok, send_email());
+    let o = gate.decide(&req.request(), NOW * 1000, &mut Broken);
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (503, "ratelimit.store_error")
+    );
+    let mut p = policy();
+    p["tools"]["send_email"]["rate_limit"]["on_store_error"] = json!("allow");
+    let mut gate = gate_with(&p);
+    assert_eq!(
+        gate.decide(&req.request(), NOW * 1000, &mut Broken)
+            .decision
+            .reason,
+        "allow"
+    );
+}
+
+#[test]
+fn sans_io_steps_let_the_host_verify_and_limit() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let req = Req::mcp(&tok, send_email());
+    let Step::VerifySignature(pending) = gate.evaluate(&req.request(), NOW * 1000) else {
+        panic!("expected a signature step")
+    };
+    assert_eq!(pending.algorithm(), txngate_core::Algorithm::EdDSA);
+    assert_eq!(pending.key().kid(), Some("ed"));
+    assert_eq!(pending.key().jwk()["crv"], "Ed25519");
+    assert!(tok.starts_with(std::str::from_utf8(pending.signing_input()).unwrap()));
+    let Step::ConsultLimiter(limit) = gate.resume_signature(*pending, true) else {
+        panic!("expected a limit step")
+    };
+    assert!(limit.key().contains("send_email"));
+    let mut store = MemoryStore::new();
+    let state =
+        txngate_core::ratelimit::consume(&mut store, limit.key(), limit.rule(), limit.now_ms())
+            .unwrap();
+    assert_eq!(
+        gate.resume_limit(*limit, Ok(state)).decision.reason,
+        "allow"
+    );
+    // A host that reports a failed check gets a refusal.
+    let mut gate = gate_with(&policy());
+    let Step::VerifySignature(pending) = gate.evaluate(&req.request(), NOW * 1000) else {
+        panic!()
+    };
+    let Step::Done(o) = gate.resume_signature(*pending, false) else {
+        panic!()
+    };
+    assert_eq!(o.decision.reason, "token.signature");
+}
+
+#[test]
+fn remote_keys_refetch_on_unknown_kid_and_fail_closed_when_stale() {
+    let p = json!({
+        "trust_domain": TD,
+        "issuers": [{"name": "tts", "jwks_uri": "https://tts.example/jwks", "refresh_seconds": 60, "max_stale_seconds": 120, "min_refetch_seconds": 10}],
+        "agents": {"spiffe://trust.example/**": {"max_scopes": ["*"]}},
+        "tools": {"*": {}}
+    });
+    let mut gate = gate_with(&p);
+    let tok = token(&claims());
+    let req = Req::mcp(&tok, send_email());
+    let now = NOW * 1000;
+    let o = gate.decide(&req.request(), now, &mut MemoryStore::new());
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (503, "keys.unavailable")
+    );
+    assert_eq!(
+        o.refetch_issuer,
+        Some(0),
+        "keys never fetched: the host is asked to fetch"
+    );
+    assert_eq!(gate.refresh_due(now), vec![0]);
+    let only_ec = json!({"keys": [jwks()["keys"][1].clone()]});
+    gate.install_jwks(0, &serde_json::to_vec(&only_ec).unwrap(), now)
+        .unwrap();
+    let o = gate.decide(&req.request(), now + 1, &mut MemoryStore::new());
+    assert_eq!(o.decision.reason, "token.kid_unknown");
+    assert_eq!(
+        o.refetch_issuer, None,
+        "refetches are debounced (10 s here)"
+    );
+    let o = gate.decide(&req.request(), now + 10_000, &mut MemoryStore::new());
+    assert_eq!(
+        o.refetch_issuer,
+        Some(0),
+        "an unknown kid asks the host to refetch"
+    );
+    let later = now + 10_001;
+    gate.install_jwks(0, &serde_json::to_vec(&jwks()).unwrap(), later)
+        .unwrap();
+    assert_eq!(
+        gate.decide(&req.request(), later + 1, &mut MemoryStore::new())
+            .decision
+            .reason,
+        "allow"
+    );
+    // Past max_stale without a successful fetch, the last good keys are no longer trusted.
+    let late = gate.decide(&req.request(), later + 120_001, &mut MemoryStore::new());
+    assert_eq!(late.decision.reason, "keys.unavailable");
+}
+
+#[test]
+fn identity_headers_are_recognised_for_stripping() {
+    assert!(is_identity_header("X-TxnGate-Agent"));
+    assert!(is_identity_header("x-txngate-"));
+    assert!(!is_identity_header("x-txn"));
+    assert!(!is_identity_header("txn-token"));
+}
+
+#[test]
+fn store_cas_semantics_of_the_memory_store() {
+    let mut s = MemoryStore::new();
+    assert!(s.compare_and_swap("k", None, b"a").unwrap());
+    assert!(!s.compare_and_swap("k", None, b"b").unwrap());
+    let (_, v) = s.load("k").unwrap().unwrap();
+    assert!(s.compare_and_swap("k", Some(v), b"c").unwrap());
+    assert!(!s.compare_and_swap("k", Some(v), b"d").unwrap());
+}

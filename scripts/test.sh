@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# txngate's whole test suite, from a bare machine: installs what it needs (scripts/bootstrap.sh), then runs
+# every stage and prints a summary. This is the README's test command; .ci/run calls it and nothing else.
+#
+#   scripts/test.sh            all stages
+#   TXNGATE_STAGES="core cli"  a subset (names as printed)
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TERM_COLOR=never
+
+started=$(date +%s)
+passed=0
+failed=0
+failures=()
+
+stage() {
+    local name="$1"; shift
+    if [ -n "${TXNGATE_STAGES:-}" ] && [[ " $TXNGATE_STAGES " != *" $name "* ]]; then
+        return 0
+    fi
+    local t0=$(date +%s)
+    echo
+    echo "=== [$name] $*"
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "=== [$name] ok ($(( $(date +%s) - t0 )) s)"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "=== [$name] FAILED ($(( $(date +%s) - t0 )) s)"
+    fi
+}
+
+bootstrap() { scripts/bootstrap.sh --all; }
+
+core_tests() { cargo test --locked -p txngate-core -p txngate-cli; }
+
+core_wasm() {
+    cargo build --locked -p txngate-core --target wasm32-wasip1 &&
+        cargo build --locked -p txngate-core --target wasm32-unknown-unknown
+}
+
+lint() {
+    cargo fmt --all --check &&
+        cargo clippy --locked -p txngate-core -p txngate-cli --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-core --target wasm32-wasip1 -- -D warnings &&
+        cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings
+}
+
+e2e_plumbing() { .venv/bin/pytest -q tests/e2e/test_plumbing.py; }
+
+# Bootstrap first: everything after it needs the tools it installs.
+stage bootstrap bootstrap || true
+if [ "$failed" -gt 0 ]; then
+    echo "bootstrap failed; nothing else can run"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+stage core core_tests
+stage core-wasm core_wasm
+stage lint lint
+stage e2e-plumbing e2e_plumbing
+
+echo
+echo "wall time: $(( $(date +%s) - started )) s"
+[ "$failed" -eq 0 ] || echo "failed stages: ${failures[*]}"
+echo "stages: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

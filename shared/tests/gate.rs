@@ -826,3 +826,56 @@ fn store_cas_semantics_of_the_memory_store() {
     assert!(s.compare_and_swap("k", Some(v), b"c").unwrap());
     assert!(!s.compare_and_swap("k", Some(v), b"d").unwrap());
 }
+
+#[test]
+fn issuer_claim_and_ambiguous_kids() {
+    let mut p = policy();
+    p["issuers"][0]["iss"] = json!("https://tts.trust.example");
+    let mut gate = gate_with(&p);
+    let body = send_email();
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&token(&claims()), body.clone())),
+        (401, "token.issuer")
+    );
+    let with_iss = token(&with(claims(), json!({"iss": "https://tts.trust.example"})));
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&with_iss, body.clone())).1,
+        "allow"
+    );
+    let wrong_iss = token(&with(claims(), json!({"iss": "https://evil.example"})));
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&wrong_iss, body.clone())),
+        (401, "token.issuer")
+    );
+
+    // Two remote issuers publishing the same kid: the token cannot say which one it means.
+    let p = json!({
+        "trust_domain": TD,
+        "issuers": [{"name": "a", "jwks_uri": "https://a/jwks"}, {"name": "b", "jwks_uri": "https://b/jwks"}],
+        "agents": {"spiffe://trust.example/**": {"max_scopes": ["*"]}},
+        "tools": {"*": {}}
+    });
+    let mut gate = gate_with(&p);
+    let set = serde_json::to_vec(&jwks()).unwrap();
+    gate.install_jwks(0, &set, NOW * 1000).unwrap();
+    gate.install_jwks(1, &set, NOW * 1000).unwrap();
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&token(&claims()), body)),
+        (401, "token.kid_ambiguous")
+    );
+}
+
+#[test]
+fn header_that_is_not_json_is_refused() {
+    let mut gate = gate_with(&policy());
+    let tok = format!(
+        "{}.{}.{}",
+        encode_b64url(b"not json"),
+        encode_b64url(b"{}"),
+        encode_b64url(&[0u8; 64])
+    );
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, send_email())),
+        (401, "token.header")
+    );
+}

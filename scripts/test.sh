@@ -44,10 +44,12 @@ core_wasm() {
 
 lint() {
     cargo fmt --all --check &&
-        cargo clippy --locked -p txngate-core -p txngate-cli --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness --all-targets -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-wasip1 -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings
 }
+
+harness_tests() { cargo test --locked -p txngate-harness; }
 
 e2e_plumbing() { .venv/bin/pytest -q tests/e2e/test_plumbing.py; }
 
@@ -63,6 +65,7 @@ source scripts/env.sh
 
 stage core core_tests
 stage core-wasm core_wasm
+stage harness harness_tests
 stage lint lint
 stage e2e-plumbing e2e_plumbing
 

@@ -46,10 +46,20 @@ lint() {
     cargo fmt --all --check &&
         cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness --all-targets -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-wasip1 -- -D warnings &&
-        cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings
+        cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings &&
+        cargo clippy --locked -p txngate-filter --target wasm32-wasip1 --all-targets -- -D warnings
 }
 
 harness_tests() { cargo test --locked -p txngate-harness; }
+
+filter_unit() { cargo test --locked -p txngate-filter; }
+
+filter_build() {
+    cargo build --locked --release -p txngate-filter --target wasm32-wasip1 &&
+        ls -l target/wasm32-wasip1/release/txngate_filter.wasm
+}
+
+envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
 
 e2e_plumbing() { .venv/bin/pytest -q tests/e2e/test_plumbing.py; }
 
@@ -65,9 +75,12 @@ source scripts/env.sh
 
 stage core core_tests
 stage core-wasm core_wasm
+stage filter filter_unit
+stage filter-wasm filter_build
 stage harness harness_tests
 stage lint lint
 stage e2e-plumbing e2e_plumbing
+stage envoy envoy_e2e
 
 echo
 echo "wall time: $(( $(date +%s) - started )) s"

@@ -1,1 +1,37 @@
-//! proxy-wasm adapter
+//! txngate as a proxy-wasm HTTP filter (Envoy, Istio): it gathers the request, asks `txngate-core` for a
+//! decision and renders it. Nothing is decided here.
+//!
+//! * Root context (one per VM: Envoy's main thread and each worker): the plugin configuration is the policy
+//!   JSON; a policy that does not load makes `on_configure` fail with the core's message (so
+//!   `envoy --mode validate` refuses it). A tick (every [`TICK_MS`]) refreshes remote JWKS through
+//!   `dispatch_http_call`, shares fetched sets with the other VMs through shared data ([`jwks`]) and answers
+//!   requests whose body never reached the filter.
+//! * HTTP context: method, path, headers, mTLS peer (`connection.uri_san_peer_certificate`) and, for MCP
+//!   POSTs, the body, buffered up to the policy's `mcp.max_body_bytes` (a larger `Content-Length` or body is
+//!   refused at once with `Body::TooLarge`). Denied: a local reply with the core's status, headers and
+//!   body. Allowed: every client-sent `x-txngate-*` header removed, the verified identity headers set, the
+//!   RateLimit headers added to the response, and an allowed `tools/list` response filtered (fail closed
+//!   with 502 when it cannot be).
+//! * Rate limits live in shared data behind the core's `SlotTable` (bounded key space); see [`store`] for
+//!   the compare-and-swap protocol that makes "create only if absent" safe on Envoy.
+//! * Body inspection needs `allow_on_headers_stop_iteration: true` in the Wasm filter configuration.
+//!   Without it Envoy never delivers the body to a filter that paused on headers; the filter notices that
+//!   no body callback came within [`BODY_WAIT_MS`] and refuses the request (the core's `mcp.body_missing`),
+//!   logging at critical level what to fix. A request waiting for its body never passes.
+//!
+//! One audit line (JSON) per decision is logged at info level; the verdict, reason, agent, tool and
+//! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
+//! defined under `txngate.`.
+
+pub mod jwks;
+pub mod store;
+
+/// Root-context tick period (ms): JWKS refresh checks and the body watchdog.
+pub const TICK_MS: u64 = 500;
+/// A request paused for its body that got no body callback within this time is refused.
+pub const BODY_WAIT_MS: u64 = 3000;
+/// Largest `tools/list` response buffered for filtering; larger fails closed (502).
+pub const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -299,12 +299,13 @@ impl Gate {
 
     /// Whether `path` is under the MCP endpoint.
     pub fn is_mcp_path(&self, path: &str) -> bool {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        let prefix = self.policy.mcp.path_prefix.as_str();
+        // Both normalised: a spelling the MCP server routes to its endpoint must not skip tool authorization.
+        let path = mcp::normalize_path(path);
+        let prefix = mcp::normalize_path(&self.policy.mcp.path_prefix);
         prefix == "/"
             || path == prefix
             || path
-                .strip_prefix(prefix)
+                .strip_prefix(prefix.as_str())
                 .is_some_and(|rest| rest.starts_with('/'))
     }
 
@@ -342,7 +343,11 @@ impl Gate {
 
     /// Starts a decision.
     pub fn evaluate(&mut self, request: &Request<'_>, now_ms: u64) -> Step {
-        let mut ctx = self.gather(request, now_ms);
+        let ctx = self.gather(request, now_ms);
+        self.evaluate_token(ctx, request, now_ms)
+    }
+
+    fn evaluate_token(&mut self, mut ctx: Context, request: &Request<'_>, now_ms: u64) -> Step {
         let raw = match self.token_header(request) {
             Ok(raw) => raw,
             Err(e) => return self.deny_token(ctx, &e),
@@ -354,8 +359,11 @@ impl Gate {
         let hash = sha256(raw.as_bytes());
         ctx.audit.token_sha256 = Some(hex_lower(&hash));
         if let Some(token) = self.cache.get(&hash, now_ms, self.keys.generation()) {
-            ctx.audit.cached = true;
-            return self.authorize(ctx, token);
+            // A cached token is only as good as its issuer's keys: stale keys fail closed for it too.
+            if self.keys.is_usable(token.issuer, now_ms) {
+                ctx.audit.cached = true;
+                return self.authorize(ctx, token);
+            }
         }
         let (issuer, key) = match self.keys.lookup(untrusted.kid(), now_ms) {
             KeyLookup::Found { issuer, key } => (issuer, key.clone()),

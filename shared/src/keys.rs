@@ -753,6 +753,13 @@ impl KeyRing {
         }
     }
 
+    /// Whether issuer `index`'s keys may be used at `now_ms` (inline, or fetched within the staleness bound).
+    pub fn is_usable(&self, index: usize, now_ms: u64) -> bool {
+        self.issuers
+            .get(index)
+            .is_some_and(|i| Self::usable(i, now_ms).is_some())
+    }
+
     /// Selects the key for a token header's `kid` (the only thing a token may say about keys).
     pub fn lookup(&self, kid: Option<&str>, now_ms: u64) -> KeyLookup<'_> {
         let mut found: Option<(usize, &PublicKey)> = None;

@@ -879,3 +879,33 @@ fn header_that_is_not_json_is_refused() {
         (401, "token.header")
     );
 }
+
+#[test]
+fn cached_tokens_do_not_outlive_stale_keys() {
+    let p = json!({
+        "trust_domain": TD,
+        "issuers": [{"name": "tts", "jwks_uri": "https://tts.example/jwks", "refresh_seconds": 60, "max_stale_seconds": 120}],
+        "token": {"max_lifetime_seconds": 300},
+        "agents": {"spiffe://trust.example/**": {"max_scopes": ["*"]}},
+        "tools": {"*": {}}
+    });
+    let mut gate = gate_with(&p);
+    let now = NOW * 1000;
+    gate.install_jwks(0, &serde_json::to_vec(&jwks()).unwrap(), now)
+        .unwrap();
+    let tok = token(&with(claims(), json!({"exp": NOW + 300})));
+    let req = Req::mcp(&tok, send_email());
+    assert_eq!(
+        gate.decide(&req.request(), now, &mut MemoryStore::new())
+            .decision
+            .reason,
+        "allow"
+    );
+    let cached = gate.decide(&req.request(), now + 1000, &mut MemoryStore::new());
+    assert!(cached.audit.cached);
+    let stale = gate.decide(&req.request(), now + 120_001, &mut MemoryStore::new());
+    assert_eq!(
+        (stale.decision.status, stale.decision.reason),
+        (503, "keys.unavailable")
+    );
+}

@@ -1,0 +1,370 @@
+//! The txngate filter (filters/, built for wasm32-wasip1) in the wasmtime harness: configuration, what it
+//! gathers, how it renders the core's decisions, body handling and tools/list filtering, on one VM.
+//!
+//!     cargo test -p txngate-harness --test filter_gate
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod filter_data;
+
+use filter_data::tokens::*;
+use filter_data::*;
+use serde_json::{json, Value};
+use txngate_harness::{HttpRequest, LogLevel, UpstreamResponse, VmOptions};
+
+#[test]
+fn bad_policy_is_refused_at_configure_with_its_json_pointer() {
+    let mut p = policy();
+    p["tools"]["send_email"]["rate_limit"]["period_seconds"] = json!(0);
+    let err = host().vm(p.to_string()).unwrap_err();
+    let err = err.downcast::<txngate_harness::StartError>().unwrap();
+    assert_eq!(err.stage, "on_configure");
+    assert!(
+        err.plugin_messages().contains(
+            &"txngate: policy: at /tools/send_email/rate_limit/period_seconds: must be at least 1"
+        ),
+        "{:?}",
+        err.plugin_messages()
+    );
+    for config in ["", "  ", "{", "[]"] {
+        let err = host()
+            .vm(config)
+            .unwrap_err()
+            .downcast::<txngate_harness::StartError>()
+            .unwrap();
+        assert!(
+            err.plugin_messages()
+                .iter()
+                .any(|m| m.starts_with("txngate: policy")),
+            "{config:?}: {:?}",
+            err.plugin_messages()
+        );
+    }
+}
+
+#[test]
+fn allowed_call_reaches_the_upstream_with_verified_identity_only() {
+    let host = host();
+    let mut vm = vm(&host, &policy());
+    let o = vm.http(
+        mcp(EMAIL_A1, &tools_call("send_email", email_args()))
+            .header("x-txngate-agent", "spiffe://evil/agent")
+            .header("X-TxnGate-Scope", "everything")
+            .header("x-txngate-agent", "second copy"),
+    );
+    assert_eq!(o.status(), Some(200), "{:?}", o.local_reply);
+    assert!(o.trapped.is_none() && !o.stalled);
+    let f = o.forwarded.as_ref().unwrap();
+    assert!(f.complete);
+    let identity: Vec<_> = f
+        .headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-txngate-"))
+        .collect();
+    assert_eq!(identity.len(), 3, "{identity:?}");
+    assert_eq!(
+        f.header("x-txngate-agent"),
+        Some("spiffe://trust.example/agent/a1")
+    );
+    assert_eq!(f.header("x-txngate-sub"), Some("user-1"));
+    assert_eq!(f.header("x-txngate-txn"), Some("txn-email-a1"));
+    assert_eq!(
+        f.header("txn-token"),
+        Some(EMAIL_A1),
+        "the token is forwarded unmodified"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&f.body).unwrap(),
+        tools_call("send_email", email_args())
+    );
+    // RateLimit headers on the response.
+    assert_eq!(
+        o.response_header("ratelimit-policy"),
+        Some("\"send_email\";q=10;w=60")
+    );
+    assert_eq!(
+        o.response_header("ratelimit"),
+        Some("\"send_email\";r=9;t=6")
+    );
+    // One audit line, filter state for the access log, a counter.
+    let audit = audit(&o);
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0]["verdict"].as_str(), audit[0]["tool"].as_str()),
+        (Some("allow"), Some("send_email"))
+    );
+    assert_eq!(o.property_set(&["txngate_verdict"]), Some(&b"allow"[..]));
+    assert_eq!(
+        o.property_set(&["txngate_agent"]),
+        Some(&b"spiffe://trust.example/agent/a1"[..])
+    );
+    assert_eq!(o.property_set(&["txngate_tool"]), Some(&b"send_email"[..]));
+    assert_eq!(o.property_set(&["txngate_txn"]), Some(&b"txn-email-a1"[..]));
+    assert_eq!(o.metric("txngate.requests.allow.allow"), Some(1));
+}
+
+#[test]
+fn refusals_are_local_replies_with_the_cores_status_and_json_rpc_error() {
+    let host = host();
+    let mut vm = vm(&host, &policy());
+    let cases = [
+        (
+            CALENDAR_A1,
+            tools_call("send_email", email_args()),
+            403,
+            -32003,
+            "tool.scope",
+        ),
+        (
+            EMAIL_A1,
+            tools_call("send_email", json!({"to": "eve@example.com"})),
+            403,
+            -32003,
+            "tool.constraint",
+        ),
+        (
+            EMAIL_A1,
+            tools_call("delete_repo", json!({"name": "r"})),
+            403,
+            -32003,
+            "tool.denied",
+        ),
+        (
+            "not-a-token",
+            tools_call("send_email", email_args()),
+            401,
+            -32001,
+            "token.malformed",
+        ),
+        (
+            WRONG_TYP_A1,
+            tools_call("send_email", email_args()),
+            401,
+            -32001,
+            "token.typ",
+        ),
+        (
+            CALENDAR_K2_A1,
+            tools_call("calendar_read", json!({"day": "mon"})),
+            401,
+            -32001,
+            "token.kid_unknown",
+        ),
+    ];
+    for (token, body, status, code, reason) in cases {
+        let o = vm.http(mcp(token, &body));
+        assert_eq!(o.status(), Some(status), "{reason}: {}", o.body_str());
+        assert!(
+            o.forwarded.is_none(),
+            "{reason}: a refused request never reaches the upstream"
+        );
+        let error = rpc_error(&o);
+        assert_eq!(
+            (error["code"].as_i64(), error["data"]["reason"].as_str()),
+            (Some(code), Some(reason))
+        );
+        assert_eq!(o.body_json().unwrap()["id"], 7);
+        assert_eq!(o.response_header("content-type"), Some("application/json"));
+        assert_eq!(o.property_set(&["txngate_reason"]), Some(reason.as_bytes()));
+        assert_eq!(audit(&o)[0]["reason"], reason);
+    }
+    let o = vm.http(mcp(CALENDAR_A1, &tools_call("send_email", email_args())));
+    assert_eq!(
+        o.response_header("www-authenticate"),
+        Some("Bearer error=\"insufficient_scope\", scope=\"email:send\"")
+    );
+    // A missing token; non-MCP paths are refused too (plain JSON error).
+    let o = vm.http(HttpRequest::get("/other"));
+    assert_eq!(o.status(), Some(401));
+    assert_eq!(o.body_json().unwrap()["reason"], "token.missing");
+    assert_eq!(host.metric("txngate.requests.deny.tool_scope"), Some(2));
+}
+
+#[test]
+fn body_arriving_in_chunks_is_reassembled_before_deciding() {
+    let mut vm = vm(&host(), &policy());
+    let o = vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())).chunked(7));
+    assert_eq!(o.status(), Some(200));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&o.forwarded.unwrap().body).unwrap(),
+        tools_call("send_email", email_args())
+    );
+    // Without content-length too.
+    let mut req = mcp(
+        CALENDAR_A1,
+        &tools_call("calendar_read", json!({"day": "mon"})),
+    )
+    .chunked(5);
+    req.auto_content_length = false;
+    assert_eq!(vm.http(req).status(), Some(200));
+}
+
+#[test]
+fn oversized_bodies_get_413_without_buffering_or_forwarding() {
+    let mut vm = vm(&host(), &policy());
+    let big = tools_call("calendar_read", json!({"day": "x".repeat(5000)}));
+    // Announced by content-length: refused at the headers.
+    let o = vm.http(mcp(CALENDAR_A1, &big).chunked(1000));
+    assert_eq!(o.status(), Some(413));
+    assert_eq!(rpc_error(&o)["data"]["reason"], "mcp.body_too_large");
+    assert!(o.forwarded.is_none());
+    assert!(
+        !o.logged("request body"),
+        "refused before any body callback"
+    );
+    // Not announced: refused as soon as the buffered body passes the cap.
+    let mut req = mcp(CALENDAR_A1, &big).chunked(1000);
+    req.auto_content_length = false;
+    let o = vm.http(req);
+    assert_eq!(o.status(), Some(413));
+    assert!(o.forwarded.is_none());
+}
+
+#[test]
+fn mcp_post_without_a_body_is_refused() {
+    let mut vm = vm(&host(), &policy());
+    let o = vm.http(HttpRequest::post("/mcp").header("txn-token", CALENDAR_A1));
+    assert_eq!(o.status(), Some(400));
+    assert_eq!(rpc_error(&o)["data"]["reason"], "mcp.body_missing");
+}
+
+#[test]
+fn without_allow_on_headers_stop_iteration_the_watchdog_refuses_the_request() {
+    let host = host();
+    let mut vm = host.vm_with(VmOptions::new(policy().to_string())).unwrap();
+    let o = vm.http(mcp(
+        CALENDAR_A1,
+        &tools_call("calendar_read", json!({"day": "mon"})),
+    ));
+    assert!(o.stalled, "Envoy holds the body back: {:?}", o.stall_reason);
+    assert!(o.forwarded.is_none());
+    host.advance_ms(3000);
+    let r = vm.run_due_ticks();
+    assert!(r.callbacks >= 1);
+    assert!(
+        r.logged("set `allow_on_headers_stop_iteration: true`"),
+        "{:#?}",
+        r.logs
+    );
+    assert!(r.logs.iter().any(|l| l.level == LogLevel::Critical));
+    assert!(r.logged("\"reason\":\"mcp.body_missing\""));
+    // The stream got the refusal (whether the harness reports it on the stalled stream or not, the
+    // request never reached the upstream).
+    if let Some(context) = vm.stalled_streams().first().copied() {
+        let t = vm.timeout_stream(context).unwrap();
+        assert!(t.forwarded.is_none());
+    }
+}
+
+fn tools_list_response(tools: &[&str]) -> Value {
+    let tools: Vec<Value> = tools
+        .iter()
+        .map(|t| json!({"name": t, "inputSchema": {"type": "object"}}))
+        .collect();
+    json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": tools}})
+}
+
+const ALL_TOOLS: [&str; 5] = [
+    "send_email",
+    "calendar_read",
+    "calendar_write",
+    "search_web",
+    "delete_repo",
+];
+
+#[test]
+fn tools_list_json_and_sse_are_filtered_to_the_callers_tools() {
+    let mut vm = vm(&host(), &policy());
+    let list = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"});
+    let o = vm.http(
+        mcp(CALENDAR_A1, &list)
+            .header("accept-encoding", "gzip")
+            .upstream(UpstreamResponse::json(200, &tools_list_response(&ALL_TOOLS)).chunked(40)),
+    );
+    assert_eq!(o.status(), Some(200));
+    assert_eq!(
+        o.forwarded_header("accept-encoding"),
+        None,
+        "the response must come back readable"
+    );
+    let names: Vec<String> = o.body_json().unwrap()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["calendar_read", "calendar_write"]);
+    assert_eq!(o.response_header("content-length"), None);
+
+    let event = tools_list_response(&ALL_TOOLS).to_string();
+    let o = vm
+        .http(mcp(EMAIL_A1, &list).upstream(UpstreamResponse::sse(&[event.as_str()]).chunked(50)));
+    assert_eq!(o.status(), Some(200));
+    assert_eq!(o.response_header("content-type"), Some("text/event-stream"));
+    let body = o.body_str();
+    let data = body.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let names: Vec<Value> = serde_json::from_str::<Value>(data).unwrap()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("send_email")]);
+}
+
+#[test]
+fn unfilterable_tools_list_response_fails_closed_with_502() {
+    let mut vm = vm(&host(), &policy());
+    let list = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"});
+    let o = vm.http(
+        mcp(CALENDAR_A1, &list).upstream(
+            UpstreamResponse::text(200, "{\"result\":{\"tools\":[")
+                .header("content-type", "application/json"),
+        ),
+    );
+    assert_eq!(o.status(), Some(502), "{}", o.body_str());
+    assert!(
+        !o.body_str().contains("tools\":["),
+        "the unfiltered body never reaches the client"
+    );
+    assert_eq!(rpc_error(&o)["data"]["reason"], "tools_list.filter");
+    assert_eq!(o.body_json().unwrap()["id"], 7);
+    // Error statuses pass through untouched (nothing to filter).
+    let o = vm.http(mcp(CALENDAR_A1, &list).upstream(UpstreamResponse::text(503, "busy")));
+    assert_eq!((o.status(), o.body_str().as_str()), (Some(503), "busy"));
+}
+
+#[test]
+fn nothing_traps_on_hostile_input() {
+    let mut vm = vm(&host(), &policy());
+    let long = "a".repeat(20_000);
+    let requests = vec![
+        mcp(&long, &tools_call("send_email", email_args())),
+        HttpRequest::post("/mcp")
+            .header("txn-token", EMAIL_A1)
+            .body(vec![0xff, 0xfe, 0x00, b'{']),
+        HttpRequest::post("/mcp")
+            .header("txn-token", EMAIL_A1)
+            .body("[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}]"),
+        HttpRequest::post("/mcp")
+            .header("txn-token", EMAIL_A1)
+            .header("txn-token", EMAIL_A1)
+            .body("{}"),
+        HttpRequest::post("/mcp")
+            .header("txn-token", EMAIL_A1)
+            .body(format!("{}{}", "[".repeat(200), "]".repeat(200))),
+        HttpRequest::get("/mcp?x=%ff").header("txn-token", "é.é.é"),
+    ];
+    for req in requests {
+        let o = vm.http(req);
+        assert!(o.trapped.is_none(), "{:?}", o.trapped);
+        assert!(!o.stalled);
+        assert!(o.status().is_some_and(|s| s >= 400), "{:?}", o.status());
+        assert!(o.forwarded.is_none());
+    }
+    assert!(!vm.is_failed());
+}

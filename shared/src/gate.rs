@@ -523,6 +523,7 @@ impl Gate {
             Some(match request.body {
                 Body::Absent => Err(McpError::BodyMissing),
                 Body::TooLarge => Err(McpError::TooLarge { max }),
+                Body::Complete([]) => Err(McpError::BodyMissing),
                 Body::Complete(bytes) => {
                     mcp::parse_message(bytes, max, self.policy.mcp.max_json_depth)
                 }
@@ -534,12 +535,15 @@ impl Gate {
             .as_ref()
             .and_then(|m| m.as_ref().ok())
             .and_then(|m| m.id.clone());
+        // Repeated headers are read as one comma-joined value (RFC 9110 §5.3), as every host would see them.
         let header = |name: &str| {
-            request
+            let values: Vec<&str> = request
                 .headers
                 .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim().to_string())
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+                .collect();
+            (!values.is_empty()).then(|| values.join(", "))
         };
         Context {
             now_ms,
@@ -564,7 +568,8 @@ impl Gate {
         let first = found.next().ok_or_else(|| TokenError::Missing {
             header: name.to_string(),
         })?;
-        if found.next().is_some() {
+        // A JWS never contains a comma: one means two values joined by an intermediary (as fetch does).
+        if found.next().is_some() || first.1.contains(',') {
             return Err(TokenError::Multiple {
                 header: name.to_string(),
             });

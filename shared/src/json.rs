@@ -57,19 +57,21 @@ fn display_pointer(path: &str) -> &str {
 
 /// Parses `bytes` as one JSON value, refusing duplicate keys anywhere and nesting beyond `max_depth`.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
-    let mut failure: Option<JsonError> = None;
+    let mut state = State {
+        failure: None,
+        path: Vec::new(),
+    };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result = StrictSeed {
         depth: 0,
         max_depth,
-        path: String::new(),
-        failure: &mut failure,
+        state: &mut state,
     }
     .deserialize(&mut de)
     .and_then(|value| de.end().map(|()| value));
     match result {
         Ok(value) => Ok(value),
-        Err(err) => Err(failure.take().unwrap_or_else(|| JsonError::Syntax {
+        Err(err) => Err(state.failure.take().unwrap_or_else(|| JsonError::Syntax {
             line: err.line(),
             column: err.column(),
             message: strip_position(&err.to_string()),
@@ -89,11 +91,36 @@ pub fn escape_pointer_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
-struct StrictSeed<'f> {
+/// One step of the JSON pointer to the value being read.
+enum Segment {
+    Index(usize),
+    Key(String),
+}
+
+/// Shared by every level of one parse: the first failure, and the pointer to the value being read as a stack
+/// of segments. The pointer is rendered only when a duplicate is reported: building it for every value (a copy
+/// of the parent's) cost key length × number of values, quadratic in the size of an untrusted document.
+struct State {
+    failure: Option<JsonError>,
+    path: Vec<Segment>,
+}
+
+fn pointer(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        out.push('/');
+        match segment {
+            Segment::Index(i) => out.push_str(&i.to_string()),
+            Segment::Key(key) => out.push_str(&escape_pointer_token(key)),
+        }
+    }
+    out
+}
+
+struct StrictSeed<'s> {
     depth: usize,
     max_depth: usize,
-    path: String,
-    failure: &'f mut Option<JsonError>,
+    state: &'s mut State,
 }
 
 impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
@@ -104,7 +131,8 @@ impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
 }
 
 impl StrictSeed<'_> {
-    fn child(&mut self, segment: &str) -> Result<StrictSeed<'_>, JsonError> {
+    /// The seed of a child value; the caller pushes its segment before and pops it after.
+    fn child(&mut self) -> Result<StrictSeed<'_>, JsonError> {
         if self.depth + 1 > self.max_depth {
             return Err(JsonError::TooDeep {
                 max_depth: self.max_depth,
@@ -113,8 +141,7 @@ impl StrictSeed<'_> {
         Ok(StrictSeed {
             depth: self.depth + 1,
             max_depth: self.max_depth,
-            path: format!("{}/{}", self.path, escape_pointer_token(segment)),
-            failure: self.failure,
+            state: self.state,
         })
     }
 }
@@ -155,12 +182,14 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         loop {
-            let index = items.len().to_string();
-            let child = match self.child(&index) {
+            self.state.path.push(Segment::Index(items.len()));
+            let child = match self.child() {
                 Ok(child) => child,
-                Err(err) => return Err(fail(self.failure, err)),
+                Err(err) => return Err(fail(self.state, err)),
             };
-            match seq.next_element_seed(child)? {
+            let item = seq.next_element_seed(child)?;
+            self.state.path.pop();
+            match item {
                 Some(item) => items.push(item),
                 None => break,
             }
@@ -173,25 +202,27 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
         while let Some(key) = map.next_key::<String>()? {
             if object.contains_key(&key) {
                 let err = JsonError::DuplicateKey {
-                    path: self.path.clone(),
+                    path: pointer(&self.state.path),
                     key,
                 };
-                return Err(fail(self.failure, err));
+                return Err(fail(self.state, err));
             }
-            let child = match self.child(&key) {
+            self.state.path.push(Segment::Key(key.clone()));
+            let child = match self.child() {
                 Ok(child) => child,
-                Err(err) => return Err(fail(self.failure, err)),
+                Err(err) => return Err(fail(self.state, err)),
             };
             let value = map.next_value_seed(child)?;
+            self.state.path.pop();
             object.insert(key, value);
         }
         Ok(Value::Object(object))
     }
 }
 
-fn fail<E: de::Error>(slot: &mut Option<JsonError>, err: JsonError) -> E {
+fn fail<E: de::Error>(state: &mut State, err: JsonError) -> E {
     let message = err.to_string();
-    *slot = Some(err);
+    state.failure = Some(err);
     E::custom(message)
 }
 

@@ -909,3 +909,22 @@ fn cached_tokens_do_not_outlive_stale_keys() {
         (503, "keys.unavailable")
     );
 }
+
+#[test]
+fn hosts_agree_on_joined_headers_and_empty_bodies() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    // One header value holding two tokens joined by a comma is two tokens.
+    let mut req = Req::mcp(&format!("{tok}, {tok}"), send_email());
+    assert_eq!(reason_of(&mut gate, &req), (400, "token.multiple"));
+    // A repeated Mcp-Name is read joined, and so cannot match the body.
+    req = Req::mcp(&tok, send_email());
+    req.headers.push(("mcp-name".into(), "send_email".into()));
+    req.headers.push(("Mcp-Name".into(), "send_email".into()));
+    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.header_mismatch"));
+    // An empty body is no body.
+    assert_eq!(
+        reason_of(&mut gate, &Req::mcp(&tok, Vec::new())),
+        (400, "mcp.body_missing")
+    );
+}

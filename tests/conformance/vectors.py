@@ -1,0 +1,414 @@
+"""Conformance vectors (tests/vectors/*.json): loading, validation, tokens from recipes, wire requests.
+
+Nothing here talks to a host; see hosts.py for the adapters and run.py for the runner.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS_DIR = ROOT / "tests" / "vectors"
+POLICIES_DIR = VECTORS_DIR / "policies"
+KEYS_DIR = VECTORS_DIR / "keys"
+README = ROOT / "README.md"
+
+SUPPORTED_VERSION = 1
+HOST_NAMES = ("native", "harness", "envoy", "worker")
+KEY_NAMES = ("ed", "ec", "rsa")
+TAMPERS = ("signature", "payload", "pad", "truncate_signature")
+DEFAULT_IAT = 0
+DEFAULT_EXP = 60
+
+_CASE_FIELDS = {"id", "description", "policy", "request", "token", "peer", "prior_calls", "expect", "hosts", "response"}
+_REQUEST_FIELDS = {"method", "path", "headers", "body", "pad_body_to"}
+_TOKEN_FIELDS = {"key", "claims", "act", "header", "iat", "exp", "nbf", "tamper"}
+_LITERAL_FIELDS = {"literal", "repeat"}
+_RESPONSE_FIELDS = {"status", "content_type", "body", "expect_tools"}
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+
+class VectorError(ValueError):
+    """A vector file or case that does not follow the format (docs/conformance.md)."""
+
+
+@dataclass
+class Case:
+    id: str
+    description: str
+    policy: str
+    request: dict
+    token: dict | None
+    peer: str | None
+    prior_calls: int
+    expect: dict
+    hosts: dict[str, str]
+    response: dict | None
+    file: str
+    area: str
+
+    @property
+    def policy_path(self) -> Path:
+        return POLICIES_DIR / f"{self.policy}.json"
+
+    def expected(self) -> tuple[str, int, str]:
+        return (self.expect["verdict"], self.expect["status"], self.expect["reason"])
+
+
+@dataclass
+class Outcome:
+    """What a host decided for a case (the last of its prior_calls + 1 requests)."""
+    verdict: str | None
+    status: int | None
+    reason: str | None
+    #: Why the outcome is not a clean decision (trap, stall, adapter error, mismatching audit), if anything.
+    detail: str | None = None
+    #: tools/list response check: None when not checked, else (ok, description).
+    response: tuple[bool, str] | None = None
+    #: The host ran the case but could not check the response part (e.g. the CLI has no upstream).
+    response_unchecked: str | None = None
+    error: bool = False
+
+    def triple(self) -> tuple[Any, Any, Any]:
+        return (self.verdict, self.status, self.reason)
+
+    @classmethod
+    def failure(cls, detail: str) -> "Outcome":
+        return cls(None, None, None, detail=detail, error=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# Loading and validation
+# -------------------------------------------------------------------------------------------------
+
+
+def known_reasons() -> set[str]:
+    """Every reason of the README's decision-reasons table (`allow`, `token.typ`, ...)."""
+    text = README.read_text()
+    start = text.find("### Decision reasons")
+    if start < 0:
+        return set()
+    section = text[start:text.find("\n## ", start)]
+    return {"allow"} | set(re.findall(r"`([a-z0-9_]+\.[a-z0-9_]+)`", section))
+
+
+def load_policy(name: str) -> dict:
+    path = POLICIES_DIR / f"{name}.json"
+    return json.loads(path.read_text())
+
+
+def _check(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise VectorError(f"{where}: {message}")
+
+
+def _validate_case(raw: dict, where: str, reasons: set[str]) -> None:
+    _check(isinstance(raw, dict), where, "a case must be an object")
+    unknown = set(raw) - _CASE_FIELDS
+    _check(not unknown, where, f"unknown fields {sorted(unknown)}")
+    for name in ("id", "description", "policy", "request", "expect"):
+        _check(name in raw, where, f"missing {name!r}")
+    _check(isinstance(raw["id"], str) and bool(_ID.match(raw["id"])), where, f"bad id {raw.get('id')!r}")
+    _check((POLICIES_DIR / f"{raw['policy']}.json").is_file(), where, f"no policy file policies/{raw['policy']}.json")
+    req = raw["request"]
+    _check(isinstance(req, dict) and not (set(req) - _REQUEST_FIELDS), where, f"request fields must be among {sorted(_REQUEST_FIELDS)}")
+    for name, value in req.get("headers", []):
+        _check(isinstance(name, str) and isinstance(value, str), where, "headers are [name, value] string pairs")
+    tok = raw.get("token")
+    if tok is not None:
+        _check(isinstance(tok, dict), where, "token must be a recipe, a literal or null")
+        if "literal" in tok:
+            _check(not (set(tok) - _LITERAL_FIELDS), where, "a literal token has only literal and repeat")
+        else:
+            unknown = set(tok) - _TOKEN_FIELDS
+            _check(not unknown, where, f"unknown token recipe fields {sorted(unknown)}")
+            _check(tok.get("key") in KEY_NAMES, where, f"token.key must be one of {KEY_NAMES}")
+            _check(isinstance(tok.get("claims"), dict), where, "token.claims must be an object")
+            _check(tok.get("tamper") in (None, *TAMPERS), where, f"token.tamper must be one of {TAMPERS}")
+            for t in ("iat", "exp", "nbf"):
+                if t in tok:
+                    _check(isinstance(tok[t], int), where, f"token.{t} is relative seconds (an integer)")
+                    _check(t not in tok["claims"], where, f"{t} both relative and in claims")
+    exp = raw["expect"]
+    _check(isinstance(exp, dict) and set(exp) == {"verdict", "status", "reason"}, where, "expect has verdict, status, reason")
+    _check(exp["verdict"] in ("allow", "deny"), where, "expect.verdict is allow or deny")
+    _check((exp["verdict"] == "allow") == (exp["status"] == 200), where, "allow goes with 200, deny with another status")
+    if reasons:
+        _check(exp["reason"] in reasons, where, f"reason {exp['reason']!r} is not in README's reasons table")
+    hosts = raw.get("hosts", {})
+    _check(isinstance(hosts, dict) and all(h in HOST_NAMES and isinstance(v, str) and v for h, v in hosts.items()),
+           where, f"hosts maps a host ({', '.join(HOST_NAMES)}) to the reason it cannot express the case")
+    _check(isinstance(raw.get("prior_calls", 0), int) and raw.get("prior_calls", 0) >= 0, where, "prior_calls >= 0")
+    resp = raw.get("response")
+    if resp is not None:
+        _check(isinstance(resp, dict) and not (set(resp) - _RESPONSE_FIELDS) and "expect_tools" in resp, where,
+               f"response fields: {sorted(_RESPONSE_FIELDS)} (expect_tools required)")
+        _check(exp["verdict"] == "allow", where, "a response check needs an allowed request")
+
+
+def load_cases(pattern: str | None = None, directory: Path = VECTORS_DIR) -> list[Case]:
+    """All cases of directory/*.json (sorted by file name), filtered by an id glob (`token.*`, `*.typ.*`)."""
+    reasons = known_reasons()
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    for path in sorted(directory.glob("*.json")):
+        doc = json.loads(path.read_text())
+        where = path.name
+        _check(isinstance(doc, dict), where, "a vector file is an object")
+        _check(doc.get("version") == SUPPORTED_VERSION, where, f"version must be {SUPPORTED_VERSION}, got {doc.get('version')!r}")
+        _check(isinstance(doc.get("cases"), list), where, "missing cases")
+        for i, raw in enumerate(doc["cases"]):
+            at = f"{where} case {i} ({raw.get('id', '?') if isinstance(raw, dict) else '?'})"
+            _validate_case(raw, at, reasons)
+            _check(raw["id"] not in seen, at, f"duplicate id (also in {seen.get(raw['id'])})")
+            seen[raw["id"]] = where
+            cases.append(Case(
+                id=raw["id"], description=raw["description"], policy=raw["policy"], request=raw["request"],
+                token=raw.get("token"), peer=raw.get("peer"), prior_calls=raw.get("prior_calls", 0),
+                expect=raw["expect"], hosts=raw.get("hosts", {}), response=raw.get("response"),
+                file=path.name, area=doc.get("area", path.stem),
+            ))
+    lint_buckets(cases)
+    if pattern:
+        globs = [p.strip() for p in pattern.split(",") if p.strip()]
+        cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, g) for g in globs)]
+    return cases
+
+
+def lint_buckets(cases: list[Case]) -> None:
+    """Rate-limit buckets must never be shared by two cases of one policy: every host runs all cases of a
+    policy against one store, so a shared bucket would make a verdict depend on which cases ran before."""
+    owners: dict[tuple, str] = {}
+    for case in cases:
+        key = bucket_of(case)
+        if key is None:
+            continue
+        other = owners.get(key)
+        if other is not None:
+            raise VectorError(f"cases {other} and {case.id} share the rate-limit bucket {key}: give each its own sub/agent")
+        owners[key] = case.id
+
+
+def bucket_of(case: Case) -> tuple | None:
+    """(policy, tool, key kind, id) of the bucket a case's tools/call consumes, if its rule has a rate limit."""
+    body = case.request.get("body")
+    if not isinstance(body, dict) or body.get("method") != "tools/call" or case.token is None or "claims" not in case.token:
+        return None
+    params = body.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    if not isinstance(name, str):
+        return None
+    tools = load_policy(case.policy).get("tools", {})
+    rule = next((r for n, r in tools.items() if n.lower() == name.lower()), tools.get("*"))
+    if not rule or "rate_limit" not in rule:
+        return None
+    kind = rule["rate_limit"]["key"]
+    claims = case.token["claims"]
+    act = case.token.get("act") or []
+    agent = act[0] if act else claims.get("req_wl")
+    ident = {"agent": agent, "sub": claims.get("sub"), "tool": ""}[kind]
+    return (case.policy, name.lower(), kind, ident)
+
+
+# -------------------------------------------------------------------------------------------------
+# Tokens
+# -------------------------------------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.strip(" \t").encode()).hexdigest()
+
+
+class Minter:
+    """Tokens from recipes with `txngate mint --now <host now>` and the committed test keys."""
+
+    def __init__(self, cli: Path):
+        self.cli = cli
+
+    def token(self, recipe: dict | None, now: int) -> str | None:
+        if recipe is None:
+            return None
+        if "literal" in recipe:
+            return recipe["literal"] * recipe.get("repeat", 1)
+        claims = dict(recipe["claims"])
+        for name in ("iat", "exp", "nbf"):
+            if name in recipe:
+                claims[name] = now + recipe[name]
+        claims.setdefault("iat", now + DEFAULT_IAT)
+        claims.setdefault("exp", now + DEFAULT_EXP)
+        argv = [str(self.cli), "mint", "--key", str(KEYS_DIR / recipe["key"] / "private.jwk"), "--claims", "-",
+                "--now", str(now)]
+        for actor in recipe.get("act") or []:
+            argv += ["--act", actor]
+        if recipe.get("header"):
+            argv += ["--header", json.dumps(recipe["header"])]
+        done = subprocess.run(argv, input=json.dumps(claims), capture_output=True, text=True, timeout=30,
+                              stdin=None)
+        if done.returncode != 0:
+            raise VectorError(f"txngate mint failed ({done.returncode}): {done.stderr.strip()}")
+        token = done.stdout.strip()
+        tamper = recipe.get("tamper")
+        if tamper:
+            token = apply_tamper(token, tamper)
+        return token
+
+
+def apply_tamper(token: str, how: str) -> str:
+    header, payload, signature = token.split(".")
+    if how == "signature":
+        first = "B" if signature[0] == "A" else "A"
+        return f"{header}.{payload}.{first}{signature[1:]}"
+    if how == "payload":
+        claims = json.loads(unb64url(payload))
+        claims["scope"] = "admin:* email:* calendar:* web:search"
+        return f"{header}.{b64url(json.dumps(claims, separators=(',', ':')).encode())}.{signature}"
+    if how == "pad":
+        return f"{token}="
+    if how == "truncate_signature":
+        return f"{header}.{payload}.{b64url(unb64url(signature)[:32])}"
+    raise VectorError(f"unknown tamper {how!r}")
+
+
+# -------------------------------------------------------------------------------------------------
+# Wire requests
+# -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Wire:
+    """A case's request as bytes on the wire, the same for every host."""
+    method: str
+    path: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes | None = None
+    peer: str | None = None
+
+
+def token_header_name(policy: dict) -> str:
+    return (policy.get("token") or {}).get("header", "txn-token")
+
+
+def wire_request(case: Case, token: str | None, policy: dict) -> Wire:
+    req = case.request
+    headers: list[tuple[str, str]] = []
+    placed = False
+    for name, value in req.get("headers", []):
+        if "$TOKEN" in value:
+            placed = True
+            if token is None:
+                continue
+            value = value.replace("$TOKEN", token)
+        headers.append((name, value))
+    if token is not None and not placed:
+        headers.insert(0, (token_header_name(policy), token))
+    body = encode_body(req.get("body"))
+    pad = req.get("pad_body_to")
+    if body is not None and pad and len(body) < pad:
+        body += b" " * (pad - len(body))
+    if body is not None and not any(n.lower() == "content-type" for n, _ in headers):
+        headers.append(("content-type", "application/json"))
+    return Wire(method=req.get("method", "POST"), path=req.get("path", "/mcp"), headers=headers, body=body, peer=case.peer)
+
+
+def encode_body(body: Any) -> bytes | None:
+    if body is None:
+        return None
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -------------------------------------------------------------------------------------------------
+# Reading decisions back
+# -------------------------------------------------------------------------------------------------
+
+
+def reason_from_body(text: str) -> str | None:
+    """The reason of a refusal: JSON-RPC error.data.reason (MCP paths) or reason (other paths)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    error = doc.get("error")
+    if isinstance(error, dict):
+        data = error.get("data")
+        if isinstance(data, dict) and isinstance(data.get("reason"), str):
+            return data["reason"]
+    reason = doc.get("reason")
+    return reason if isinstance(reason, str) else None
+
+
+def audit_records(lines: list[str]) -> list[dict]:
+    """Audit records (JSON objects with a verdict) in log lines, wherever the JSON starts."""
+    out = []
+    for line in lines:
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            record = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "verdict" in record and "reason" in record:
+            out.append(record)
+    return out
+
+
+def upstream_response_text(response: dict) -> tuple[str, bytes]:
+    """(content-type, body bytes) of a case's canned tools/list response, as the upstream sends it."""
+    ct = response.get("content_type", "application/json")
+    payload = json.dumps(response["body"], separators=(",", ":"))
+    if ct.split(";")[0].strip() == "text/event-stream":
+        return ct, f"event: message\ndata: {payload}\n\n".encode()
+    return ct, payload.encode()
+
+
+def tools_in_response(content_type: str, body: str) -> list[str] | None:
+    """Tool names in a tools/list response body (JSON or SSE); None if it is neither."""
+    docs = []
+    if content_type.split(";")[0].strip().lower() == "text/event-stream":
+        for event in body.replace("\r\n", "\n").split("\n\n"):
+            data = [l[5:].lstrip(" ") for l in event.split("\n") if l.startswith("data:")]
+            if data:
+                try:
+                    docs.append(json.loads("\n".join(data)))
+                except ValueError:
+                    return None
+    else:
+        try:
+            docs.append(json.loads(body))
+        except ValueError:
+            return None
+    for doc in docs:
+        tools = (doc.get("result") or {}).get("tools") if isinstance(doc, dict) else None
+        if isinstance(tools, list):
+            return [t.get("name") for t in tools if isinstance(t, dict)]
+    return None
+
+
+def check_tools(case: Case, content_type: str, body: str) -> tuple[bool, str]:
+    expected = case.response["expect_tools"]
+    got = tools_in_response(content_type, body)
+    if got is None:
+        return False, f"response is not a tools/list result ({content_type}): {body[:200]!r}"
+    if got != expected:
+        return False, f"tools/list response: expected {expected}, got {got}"
+    return True, "tools/list response filtered as expected"

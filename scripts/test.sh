@@ -61,6 +61,9 @@ filter_build() {
 
 envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
 
+# One verdict everywhere: every vector on every host, with the table.
+conformance() { .venv/bin/python tests/conformance/run.py --hosts "${TXNGATE_CONFORMANCE_HOSTS:-native,harness,envoy}" --require-all; }
+
 e2e_plumbing() { .venv/bin/pytest -q tests/e2e/test_plumbing.py; }
 
 # Bootstrap first: everything after it needs the tools it installs.
@@ -81,6 +84,7 @@ stage harness harness_tests
 stage lint lint
 stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
+stage conformance conformance
 
 echo
 echo "wall time: $(( $(date +%s) - started )) s"

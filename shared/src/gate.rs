@@ -621,7 +621,7 @@ impl Gate {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
         let Some(call) = message.tool_call else {
-            let filter = message.method.as_deref() == Some("tools/list");
+            let filter = message.is_tools_list();
             return Step::Done(Box::new(self.allow(
                 ctx,
                 &token,

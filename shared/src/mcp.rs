@@ -129,7 +129,9 @@ pub struct McpMessage {
 
 impl McpMessage {
     pub fn is_tools_list(&self) -> bool {
-        self.method.as_deref() == Some("tools/list")
+        self.method
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("tools/list"))
     }
 }
 
@@ -256,7 +258,12 @@ pub fn parse_message(
             })
         }
     };
-    let tool_call = if method.as_deref() == Some("tools/call") {
+    // Method names are matched as spelt by the official SDKs, but a server that matched them loosely must not
+    // receive a `TOOLS/CALL` that skipped tool authorization: any spelling of tools/call is one.
+    let tool_call = if method
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("tools/call"))
+    {
         Some(read_tool_call(params)?)
     } else {
         None
@@ -459,6 +466,18 @@ mod tests {
         let call = m.tool_call.unwrap();
         assert_eq!(call.name, "send_email");
         assert_eq!(call.arguments, json!({"to":"a@b"}));
+    }
+
+    #[test]
+    fn any_spelling_of_tools_call_is_a_tool_call() {
+        let m = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"TOOLS/Call","params":{"name":"delete_repo"}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.tool_call.unwrap().name, "delete_repo");
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"Tools/List"}"#)
+            .unwrap()
+            .is_tools_list());
     }
 
     #[test]

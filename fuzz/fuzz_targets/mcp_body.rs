@@ -1,0 +1,52 @@
+//! MCP bodies: requests through `mcp::parse_message` and `check_headers`, responses through
+//! `filter_tools_list` as JSON and as SSE; the same bytes as a request path through `mcp::normalize_path`.
+//! Invariants: a parsed `tools/call` always has a valid tool name and object arguments; a filtered JSON
+//! `tools/list` never still lists a hidden tool; a normalised path is absolute, lower-case, without empty
+//! segments.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use txngate_core::mcp::{
+    check_headers, filter_tools_list, is_valid_tool_name, normalize_path, parse_message,
+};
+
+/// Tools whose name starts with `h` are hidden from the caller.
+fn visible(name: &str) -> bool {
+    !name.starts_with('h')
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(message) = parse_message(data, 65536, 32) {
+        if let Some(call) = &message.tool_call {
+            assert!(is_valid_tool_name(&call.name), "{:?}", call.name);
+            assert!(call.arguments.is_object());
+            assert!(check_headers(&message, Some("tools/call"), Some(&call.name)).is_ok());
+        }
+        let _ = check_headers(&message, Some("tools/list"), Some("x"));
+    }
+
+    if let Ok(out) = filter_tools_list("application/json", data, &visible) {
+        if out != data {
+            let value: Value = match serde_json::from_slice(&out) {
+                Ok(v) => v,
+                Err(e) => panic!("filtered tools/list is not JSON: {e}"),
+            };
+            let tools = value["result"]["tools"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for tool in tools {
+                let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+                assert!(visible(name), "hidden tool {name:?} still listed");
+            }
+        }
+    }
+    let _ = filter_tools_list("text/event-stream; charset=utf-8", data, &visible);
+
+    let path = normalize_path(&String::from_utf8_lossy(data));
+    assert!(path.starts_with('/'), "{path:?}");
+    assert!(path == "/" || !path.ends_with('/'), "{path:?}");
+    assert!(!path.contains("//"), "{path:?}");
+    assert!(!path.bytes().any(|b| b.is_ascii_uppercase()), "{path:?}");
+});

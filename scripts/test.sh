@@ -88,6 +88,7 @@ stage filter filter_unit
 stage filter-wasm filter_build
 stage harness harness_tests
 stage lint lint
+stage fuzz-smoke scripts/fuzz.sh 10
 stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
 stage conformance conformance

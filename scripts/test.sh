@@ -47,7 +47,8 @@ lint() {
         cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness --all-targets -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-wasip1 -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings &&
-        cargo clippy --locked -p txngate-filter --target wasm32-wasip1 --all-targets -- -D warnings
+        cargo clippy --locked -p txngate-filter --target wasm32-wasip1 --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-worker --target wasm32-unknown-unknown --all-targets -- -D warnings
 }
 
 harness_tests() { cargo test --locked -p txngate-harness; }
@@ -59,6 +60,12 @@ filter_build() {
         ls -l target/wasm32-wasip1/release/txngate_filter.wasm
 }
 
+worker_unit() { cargo test --locked -p txngate-worker; }
+
+# Builds the Worker with `wrangler deploy --dry-run` (also validating the deploy configuration offline), then
+# runs the workerd suite.
+worker_e2e() { scripts/test-worker.sh; }
+
 envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
 
 # One verdict everywhere: every vector on every host, with the table.
@@ -67,7 +74,7 @@ envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
 conformance() {
     cargo build --locked -p txngate-harness --bin txngate-harness &&
         TXNGATE_HARNESS="$ROOT/target/debug/txngate-harness" .venv/bin/python tests/conformance/run.py \
-            --hosts "${TXNGATE_CONFORMANCE_HOSTS:-native,harness,envoy}" --require-all
+            --hosts "${TXNGATE_CONFORMANCE_HOSTS:-native,harness,envoy,worker}" --require-all
 }
 
 e2e_plumbing() { .venv/bin/pytest -q tests/e2e/test_plumbing.py; }
@@ -91,6 +98,8 @@ stage lint lint
 stage fuzz-smoke scripts/fuzz.sh 10
 stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
+stage worker worker_unit
+stage workerd worker_e2e
 stage conformance conformance
 
 echo

@@ -62,8 +62,9 @@ impl LimitRule {
     }
 }
 
-/// The state of one bucket after a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The state of one bucket after a call (serializable: a remote limiter such as a Durable Object sends it
+/// back to the gate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LimitState {
     pub allowed: bool,
     pub limit: u32,

@@ -1,0 +1,138 @@
+//! Per-isolate configuration: the policy compiled once (from the `TXNGATE_POLICY` var or secret), the
+//! origin, the limiter mode. A configuration that does not load is kept as its error, so every request of
+//! that isolate fails closed (500) with the precise message in the log and never reaches the origin.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use js_sys::Reflect;
+use txngate_core::Gate;
+use wasm_bindgen::JsValue;
+use worker::Env;
+
+pub const POLICY_VAR: &str = "TXNGATE_POLICY";
+pub const ORIGIN_VAR: &str = "ORIGIN_URL";
+pub const LIMITER_MODE_VAR: &str = "TXNGATE_LIMITER_MODE";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimiterMode {
+    /// One Durable Object per bucket: global and exact (default).
+    Exact,
+    /// The Workers Rate Limiting binding: per location, approximate, periods 10/60 s only.
+    Approximate,
+}
+
+/// Everything one isolate keeps between requests.
+pub struct Config {
+    pub gate: RefCell<Gate>,
+    /// Scheme, host, port and optional base path of the origin, without a trailing slash.
+    pub origin: String,
+    pub limiter: LimiterMode,
+    /// Issuers whose JWKS fetch is running.
+    pub refreshing: RefCell<HashSet<usize>>,
+    /// Last failed JWKS fetch per issuer (ms), to space out retries.
+    pub jwks_failed_at: RefCell<HashMap<usize, u64>>,
+    /// The last JWKS document installed per issuer, to tell a changed set from a re-fetch of the same one.
+    pub jwks_installed: RefCell<HashMap<usize, Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("origin", &self.origin)
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<Result<Rc<Config>, Rc<str>>>> = const { RefCell::new(None) };
+}
+
+/// The isolate's configuration, loading it on first use.
+pub fn load(env: &Env) -> Result<Rc<Config>, Rc<str>> {
+    if let Some(loaded) = LOADED.with(|l| l.borrow().clone()) {
+        return loaded;
+    }
+    let loaded = build(env).map(Rc::new).map_err(Rc::<str>::from);
+    if let Err(message) = &loaded {
+        worker::console_error!(
+            "{}",
+            serde_json::json!({"txngate": "config.invalid", "detail": &**message})
+        );
+    }
+    LOADED.with(|l| *l.borrow_mut() = Some(loaded.clone()));
+    loaded
+}
+
+fn build(env: &Env) -> Result<Config, String> {
+    let policy = policy_text(env)?;
+    let gate = Gate::from_json(policy.as_bytes()).map_err(|e| e.to_string())?;
+    let origin = origin(env)?;
+    let limiter = match string_var(env, LIMITER_MODE_VAR)?.as_deref().map(str::trim) {
+        None | Some("" | "exact") => LimiterMode::Exact,
+        Some("approximate") => LimiterMode::Approximate,
+        Some(other) => {
+            return Err(format!(
+                "config: {LIMITER_MODE_VAR} is {other:?}; expected \"exact\" or \"approximate\""
+            ))
+        }
+    };
+    Ok(Config {
+        gate: RefCell::new(gate),
+        origin,
+        limiter,
+        refreshing: RefCell::new(HashSet::new()),
+        jwks_failed_at: RefCell::new(HashMap::new()),
+        jwks_installed: RefCell::new(HashMap::new()),
+    })
+}
+
+fn binding(env: &Env, name: &str) -> Result<Option<JsValue>, String> {
+    let value = Reflect::get(env, &JsValue::from_str(name))
+        .map_err(|_| format!("config: cannot read binding {name}"))?;
+    Ok((!value.is_undefined() && !value.is_null()).then_some(value))
+}
+
+fn string_var(env: &Env, name: &str) -> Result<Option<String>, String> {
+    match binding(env, name)? {
+        None => Ok(None),
+        Some(v) => v
+            .as_string()
+            .map(Some)
+            .ok_or_else(|| format!("config: {name} must be a string")),
+    }
+}
+
+/// The policy JSON: a string var or secret, or (wrangler `[vars]` table) an object.
+fn policy_text(env: &Env) -> Result<String, String> {
+    let value = binding(env, POLICY_VAR)?.ok_or_else(|| {
+        format!("config: {POLICY_VAR} is not set (a var or secret holding the policy JSON)")
+    })?;
+    if let Some(text) = value.as_string() {
+        return Ok(text);
+    }
+    js_sys::JSON::stringify(&value)
+        .ok()
+        .and_then(|s| s.as_string())
+        .ok_or_else(|| format!("config: {POLICY_VAR} is neither a JSON string nor an object"))
+}
+
+fn origin(env: &Env) -> Result<String, String> {
+    let raw =
+        string_var(env, ORIGIN_VAR)?.ok_or_else(|| format!("config: {ORIGIN_VAR} is not set"))?;
+    let url = worker::Url::parse(raw.trim())
+        .map_err(|e| format!("config: {ORIGIN_VAR} {raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "config: {ORIGIN_VAR} {raw:?} must be an http(s) URL with a host"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "config: {ORIGIN_VAR} {raw:?} must not have a query or fragment"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}

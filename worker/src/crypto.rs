@@ -1,0 +1,136 @@
+//! Signature checks with the runtime's WebCrypto (native code in workerd, much cheaper than verifying in
+//! Wasm). The key is always the configured key the core selected ([`PendingSignature::key`]), never anything
+//! from the token. Imported `CryptoKey`s are cached per isolate by the key's fingerprint; whatever WebCrypto
+//! cannot do (an import or a call that throws) falls back to the core's own verifier, which is authoritative.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use js_sys::{Array, Object, Reflect, Uint8Array};
+use txngate_core::{Algorithm, PendingSignature};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{CryptoKey, SubtleCrypto};
+
+/// Imported keys by fingerprint; `None` marks a key WebCrypto refused (verified natively from then on).
+type KeyCache = HashMap<String, Option<CryptoKey>>;
+
+/// Bound on cached imports; key sets are small, this only guards against unbounded rotation.
+const MAX_CACHED_KEYS: usize = 64;
+
+thread_local! {
+    static KEYS: RefCell<KeyCache> = RefCell::new(HashMap::new());
+}
+
+/// How a signature was checked (for diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verifier {
+    WebCrypto,
+    Native,
+}
+
+/// Checks the pending signature. Never fails: any WebCrypto trouble means the native check decides.
+pub async fn verify(pending: &PendingSignature) -> (bool, Verifier) {
+    match webcrypto_verify(pending).await {
+        Some(valid) => (valid, Verifier::WebCrypto),
+        None => (pending.verify_native(), Verifier::Native),
+    }
+}
+
+/// `Some(valid)` when WebCrypto gave an answer, `None` when it could not be used.
+async fn webcrypto_verify(pending: &PendingSignature) -> Option<bool> {
+    let subtle = subtle()?;
+    let alg = pending.algorithm();
+    let key = crypto_key(&subtle, pending).await?;
+    let params = verify_params(alg).ok()?;
+    let signature = Uint8Array::from(pending.signature());
+    let data = Uint8Array::from(pending.signing_input());
+    let promise = subtle
+        .verify_with_object_and_buffer_source_and_buffer_source(
+            &params,
+            &key,
+            signature.unchecked_ref(),
+            data.unchecked_ref(),
+        )
+        .ok()?;
+    let result = JsFuture::from(promise).await.ok()?;
+    result.as_bool()
+}
+
+fn subtle() -> Option<SubtleCrypto> {
+    let crypto = Reflect::get(&js_sys::global(), &JsValue::from_str("crypto")).ok()?;
+    let crypto: web_sys::Crypto = crypto.dyn_into().ok()?;
+    Some(crypto.subtle())
+}
+
+async fn crypto_key(subtle: &SubtleCrypto, pending: &PendingSignature) -> Option<CryptoKey> {
+    let public = pending.key();
+    let fingerprint = public.fingerprint();
+    if let Some(cached) = KEYS.with(|k| k.borrow().get(fingerprint).cloned()) {
+        return cached;
+    }
+    let imported = import(subtle, public.jwk(), public.algorithm()).await;
+    if imported.is_none() {
+        worker::console_warn!(
+            "{}",
+            serde_json::json!({"txngate": "webcrypto.import_failed", "kid": public.kid(), "alg": public.algorithm().name(), "fallback": "native"})
+        );
+    }
+    KEYS.with(|k| {
+        let mut keys = k.borrow_mut();
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(fingerprint.to_string(), imported.clone());
+    });
+    imported
+}
+
+async fn import(
+    subtle: &SubtleCrypto,
+    jwk: &serde_json::Value,
+    alg: Algorithm,
+) -> Option<CryptoKey> {
+    let jwk: Object = js_sys::JSON::parse(&jwk.to_string())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let params = import_params(alg).ok()?;
+    let usages = Array::of1(&JsValue::from_str("verify"));
+    let promise = subtle
+        .import_key_with_object("jwk", &jwk, &params, false, &usages)
+        .ok()?;
+    JsFuture::from(promise).await.ok()?.dyn_into().ok()
+}
+
+fn object(pairs: &[(&str, JsValue)]) -> Result<Object, JsValue> {
+    let o = Object::new();
+    for (k, v) in pairs {
+        Reflect::set(&o, &JsValue::from_str(k), v)?;
+    }
+    Ok(o)
+}
+
+fn import_params(alg: Algorithm) -> Result<Object, JsValue> {
+    let s = JsValue::from_str;
+    match alg {
+        Algorithm::EdDSA => object(&[("name", s("Ed25519"))]),
+        Algorithm::ES256 => object(&[("name", s("ECDSA")), ("namedCurve", s("P-256"))]),
+        Algorithm::RS256 => object(&[("name", s("RSASSA-PKCS1-v1_5")), ("hash", s("SHA-256"))]),
+        Algorithm::PS256 => object(&[("name", s("RSA-PSS")), ("hash", s("SHA-256"))]),
+    }
+}
+
+fn verify_params(alg: Algorithm) -> Result<Object, JsValue> {
+    let s = JsValue::from_str;
+    match alg {
+        Algorithm::EdDSA => object(&[("name", s("Ed25519"))]),
+        Algorithm::ES256 => object(&[("name", s("ECDSA")), ("hash", s("SHA-256"))]),
+        Algorithm::RS256 => object(&[("name", s("RSASSA-PKCS1-v1_5"))]),
+        // RFC 7518 §3.5: PS256 uses a salt as long as the hash.
+        Algorithm::PS256 => object(&[
+            ("name", s("RSA-PSS")),
+            ("saltLength", JsValue::from_f64(32.0)),
+        ]),
+    }
+}

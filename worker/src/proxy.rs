@@ -1,0 +1,249 @@
+//! Rendering: local replies for denials and failures, and forwarding of allowed requests to the origin.
+
+use js_sys::Uint8Array;
+use serde_json::{json, Value};
+use txngate_core::{is_identity_header, Decision, Outcome};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Headers, ReadableStream, RequestInit, RequestRedirect, ResponseInit};
+
+use crate::body::{declared_length, read_capped, Capped};
+use crate::config::Config;
+use crate::jwks::js_error;
+
+/// Largest `tools/list` response the Worker buffers to filter.
+const MAX_TOOLS_LIST_BYTES: usize = 8 * 1024 * 1024;
+
+/// Request headers never forwarded: hop-by-hop ones, and those the runtime sets from the new request.
+const NOT_FORWARDED: [&str; 9] = [
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// The body to send upstream.
+pub enum ForwardBody<'a> {
+    /// Read for the core: send exactly these bytes.
+    Bytes(&'a [u8]),
+    /// Not read: stream it through (None: no body).
+    Stream(Option<ReadableStream>),
+}
+
+fn reply(status: u16, headers: &[(String, String)], body: &str) -> web_sys::Response {
+    let init = ResponseInit::new();
+    init.set_status(status);
+    if let Ok(h) = Headers::new() {
+        for (name, value) in headers {
+            let _ = h.append(name, value);
+        }
+        init.set_headers(&h);
+    }
+    web_sys::Response::new_with_opt_str_and_init(Some(body), &init)
+        .or_else(|_| web_sys::Response::new())
+        .unwrap_or_else(|_| web_sys::Response::error())
+}
+
+fn json_headers() -> Vec<(String, String)> {
+    vec![
+        ("content-type".into(), "application/json".into()),
+        ("cache-control".into(), "no-store".into()),
+    ]
+}
+
+/// A denial, exactly as the core rendered it.
+pub fn local_reply(decision: &Decision) -> web_sys::Response {
+    reply(
+        decision.status,
+        &decision.response_headers,
+        decision.body.as_deref().unwrap_or(""),
+    )
+}
+
+/// The configuration did not load: 500 for every request, never forwarded; the precise message goes to the
+/// log (one line per refused request), the client learns only that the gateway is misconfigured.
+pub fn config_failure(req: &web_sys::Request, message: &str) -> web_sys::Response {
+    let path_and_query = crate::path_and_query(&req.url());
+    let path = path_and_query.split('?').next().unwrap_or("/");
+    worker::console_log!(
+        "{}",
+        json!({"time": txngate_core::audit::rfc3339(crate::now_ms()), "verdict": "deny", "reason": "config.invalid", "status": 500, "method": req.method(), "path": path, "detail": message})
+    );
+    let body = json!({"error": "server_error", "error_description": "txngate is misconfigured; see the Worker's logs", "reason": "config.invalid"});
+    reply(500, &json_headers(), &body.to_string())
+}
+
+/// A failure of the Worker itself or of the origin connection: no internal detail to the client.
+pub fn internal_error(reason: &str, detail: &str, rpc_id: Option<&Value>) -> web_sys::Response {
+    let status = if reason.starts_with("origin.") {
+        502
+    } else {
+        500
+    };
+    worker::console_error!(
+        "{}",
+        json!({"txngate": reason, "status": status, "detail": detail})
+    );
+    let message = if status == 502 {
+        "txngate: the upstream server could not be reached"
+    } else {
+        "txngate: internal error"
+    };
+    let body = match rpc_id {
+        Some(id) => txngate_core::mcp::error_body(Some(id), -32603, message, json!({"reason": reason, "status": status})),
+        None => json!({"error": if status == 502 { "bad_gateway" } else { "server_error" }, "error_description": message, "reason": reason}).to_string(),
+    };
+    reply(status, &json_headers(), &body)
+}
+
+/// Forwards an allowed request to the origin and renders its answer.
+pub async fn forward(
+    config: &Config,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: ForwardBody<'_>,
+    outcome: &Outcome,
+) -> web_sys::Response {
+    let decision = &outcome.decision;
+    let rpc_id = outcome.audit.rpc_id.as_ref();
+    let upstream = match upstream_request(config, method, path, headers, body, decision) {
+        Ok(r) => r,
+        Err(e) => return internal_error("origin.request", &e, rpc_id),
+    };
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let response: web_sys::Response = match JsFuture::from(global.fetch_with_request(&upstream))
+        .await
+        .map(JsCast::dyn_into)
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return internal_error("origin.fetch", "fetch returned no Response", rpc_id),
+        Err(e) => return internal_error("origin.fetch", &js_error(&e), rpc_id),
+    };
+    let out_headers = match Headers::new() {
+        Ok(h) => h,
+        Err(e) => return internal_error("origin.response", &js_error(&e), rpc_id),
+    };
+    copy_headers(&response.headers(), &out_headers);
+    for (name, value) in &decision.response_headers {
+        let _ = out_headers.append(name, value);
+    }
+    let init = ResponseInit::new();
+    init.set_status(response.status());
+    init.set_status_text(&response.status_text());
+
+    let filter = decision
+        .tools_list
+        .as_ref()
+        .filter(|_| response.status() == 200);
+    let Some(filter) = filter else {
+        init.set_headers(&out_headers);
+        return web_sys::Response::new_with_opt_readable_stream_and_init(
+            response.body().as_ref(),
+            &init,
+        )
+        .unwrap_or_else(|e| internal_error("origin.response", &js_error(&e), rpc_id));
+    };
+    // tools/list: buffer, filter to what this caller may call. A response we cannot filter is not passed
+    // on (it would reveal tools the caller may not see).
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let bytes = match read_capped(
+        response.body(),
+        declared_length(&response.headers()),
+        MAX_TOOLS_LIST_BYTES,
+    )
+    .await
+    {
+        Ok(Capped::Complete(bytes)) => bytes,
+        Ok(Capped::TooLarge) => {
+            return internal_error(
+                "origin.tools_list",
+                "tools/list response too large to filter",
+                rpc_id,
+            )
+        }
+        Err(e) => return internal_error("origin.tools_list", &e, rpc_id),
+    };
+    let filtered = match filter.apply(&content_type, &bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return internal_error(
+                "origin.tools_list",
+                &format!("cannot filter tools/list: {e}"),
+                rpc_id,
+            )
+        }
+    };
+    let _ = out_headers.delete("content-length");
+    let _ = out_headers.delete("content-encoding");
+    init.set_headers(&out_headers);
+    let body = Uint8Array::from(filtered.as_slice());
+    web_sys::Response::new_with_opt_buffer_source_and_init(Some(body.unchecked_ref()), &init)
+        .unwrap_or_else(|e| internal_error("origin.response", &js_error(&e), rpc_id))
+}
+
+fn upstream_request(
+    config: &Config,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: ForwardBody<'_>,
+    decision: &Decision,
+) -> Result<web_sys::Request, String> {
+    let target = format!("{}{}", config.origin, path);
+    let out = Headers::new().map_err(|e| js_error(&e))?;
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if is_identity_header(&lower) || NOT_FORWARDED.contains(&lower.as_str()) {
+            continue;
+        }
+        out.append(name, value).map_err(|e| js_error(&e))?;
+    }
+    for (name, value) in &decision.upstream_headers {
+        out.set(name, value).map_err(|e| js_error(&e))?;
+    }
+    let init = RequestInit::new();
+    init.set_method(method);
+    init.set_headers(&out);
+    init.set_redirect(RequestRedirect::Manual);
+    let bodiless = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
+    match body {
+        _ if bodiless => {}
+        ForwardBody::Bytes(bytes) => {
+            let array = Uint8Array::from(bytes);
+            init.set_body(&array);
+        }
+        ForwardBody::Stream(Some(stream)) => init.set_body(&stream),
+        ForwardBody::Stream(None) => {}
+    }
+    web_sys::Request::new_with_str_and_init(&target, &init).map_err(|e| js_error(&e))
+}
+
+/// All header (name, value) pairs; the runtime gives names in lower case.
+pub fn header_pairs(headers: &Headers) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in headers.entries() {
+        let Ok(pair) = entry else { continue };
+        let pair = js_sys::Array::from(&pair);
+        if let (Some(name), Some(value)) = (pair.get(0).as_string(), pair.get(1).as_string()) {
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+fn copy_headers(from: &Headers, to: &Headers) {
+    for (name, value) in header_pairs(from) {
+        let _ = to.append(&name, &value);
+    }
+}

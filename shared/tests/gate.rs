@@ -928,3 +928,24 @@ fn hosts_agree_on_joined_headers_and_empty_bodies() {
         (400, "mcp.body_missing")
     );
 }
+
+#[test]
+fn refused_tokens_within_the_size_cap_are_audited_by_hash() {
+    let mut gate = gate_with(&policy());
+    let tok = sign_raw(
+        &json!({"alg":"EdDSA","typ":"JWT","kid":"ed"}),
+        &serde_json::to_vec(&claims()).unwrap(),
+        "ed",
+    );
+    let o = decide(&mut gate, &Req::mcp(&tok, send_email()));
+    assert_eq!(o.decision.reason, "token.typ");
+    assert_eq!(
+        o.audit.token_sha256.as_deref(),
+        Some(txngate_core::encoding::sha256_hex(tok.as_bytes()).as_str())
+    );
+    let huge = "x".repeat(9000);
+    assert!(decide(&mut gate, &Req::mcp(&huge, send_email()))
+        .audit
+        .token_sha256
+        .is_none());
+}

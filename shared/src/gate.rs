@@ -545,6 +545,11 @@ impl Gate {
             .as_ref()
             .and_then(|m| m.as_ref().ok())
             .and_then(|m| m.id.clone());
+        // What was attempted is audited even when the token is refused.
+        if let Some(Ok(m)) = &message {
+            audit.rpc_method = m.method.clone();
+            audit.rpc_id = m.id.clone();
+        }
         // Repeated headers are read as one comma-joined value (RFC 9110 §5.3), as every host would see them.
         let header = |name: &str| {
             let values: Vec<&str> = request

@@ -32,14 +32,27 @@ fn example_policy_compiles() {
 #[test]
 fn readme_policy_reference_covers_the_schema() {
     use serde_json::Value;
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let section = readme.split("## Policy reference").nth(1).unwrap().split("\n## ").next().unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("## Policy reference")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
     let rows: Vec<(String, String)> = section
         .lines()
         .filter(|l| l.starts_with("| `"))
         .map(|l| {
             let cells: Vec<&str> = l.split(" | ").collect();
-            (cells[0].trim_start_matches("| ").trim_matches('`').to_string(), l.to_string())
+            (
+                cells[0]
+                    .trim_start_matches("| ")
+                    .trim_matches('`')
+                    .to_string(),
+                l.to_string(),
+            )
         })
         .collect();
     let schema = txngate_core::policy::json_schema();
@@ -50,7 +63,10 @@ fn readme_policy_reference_covers_the_schema() {
             let next = v
                 .get("$ref")
                 .or_else(|| v.get("allOf").and_then(|a| a[0].get("$ref")))
-                .or_else(|| v.get("anyOf").and_then(|a| a.as_array().unwrap().iter().find_map(|x| x.get("$ref"))))
+                .or_else(|| {
+                    v.get("anyOf")
+                        .and_then(|a| a.as_array().unwrap().iter().find_map(|x| x.get("$ref")))
+                })
                 .and_then(Value::as_str)
                 .map(|r| defs[r.trim_start_matches("#/$defs/")].clone());
             match next {
@@ -67,16 +83,33 @@ fn readme_policy_reference_covers_the_schema() {
     let mut stack: Vec<(String, Value)> = vec![(String::new(), schema.clone())];
     while let Some((path, node)) = stack.pop() {
         let node = resolve(&node);
-        let Some(props) = node.get("properties").and_then(Value::as_object) else { continue };
+        let Some(props) = node.get("properties").and_then(Value::as_object) else {
+            continue;
+        };
         for (field, sub) in props {
-            let full = if path.is_empty() { field.clone() } else { format!("{path}.{field}") };
+            let full = if path.is_empty() {
+                field.clone()
+            } else {
+                format!("{path}.{field}")
+            };
             let sub = resolve(sub);
             known.push(full.clone());
-            if let Some(row) = rows.iter().find(|(p, _)| *p == full || *p == format!("{full}[]")) {
+            if let Some(row) = rows
+                .iter()
+                .find(|(p, _)| *p == full || *p == format!("{full}[]"))
+            {
                 // A row for an object: its fields must be named in that row.
                 let item = resolve(sub.get("items").unwrap_or(&sub));
-                for inner in item.get("properties").and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
-                    if !row.1.contains(&format!("\"{inner}\"")) && !row.1.contains(&format!("`{inner}`")) {
+                for inner in item
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    if !row.1.contains(&format!("\"{inner}\""))
+                        && !row.1.contains(&format!("`{inner}`"))
+                    {
                         missing.push(format!("{full}.{inner} (not named in the row of {full})"));
                     }
                     known.push(format!("{full}.{inner}"));
@@ -94,13 +127,23 @@ fn readme_policy_reference_covers_the_schema() {
             }
         }
     }
-    assert!(missing.is_empty(), "README policy reference lacks: {missing:#?}");
-    let normalise = |p: &str| p.replace("[]", "").replace(".{id}", "").replace(".{name}", "");
+    assert!(
+        missing.is_empty(),
+        "README policy reference lacks: {missing:#?}"
+    );
+    let normalise = |p: &str| {
+        p.replace("[]", "")
+            .replace(".{id}", "")
+            .replace(".{name}", "")
+    };
     let known: Vec<String> = known.iter().map(|k| normalise(k)).collect();
     for (row, _) in &rows {
         if row == "tools[\"*\"]" {
             continue;
         }
-        assert!(known.contains(&normalise(row)), "README row `{row}` names no schema field");
+        assert!(
+            known.contains(&normalise(row)),
+            "README row `{row}` names no schema field"
+        );
     }
 }

@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
         if let Some(call) = &message.tool_call {
             assert!(is_valid_tool_name(&call.name), "{:?}", call.name);
             assert!(call.arguments.is_object());
-            assert!(check_headers(&message, Some("tools/call"), Some(&call.name)).is_ok());
+            // Any spelling of tools/call is a tool call; the Mcp-Method header must repeat the body's exactly.
+            assert!(message.method.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("tools/call")));
+            assert!(check_headers(&message, message.method.as_deref(), Some(&call.name)).is_ok());
         }
         let _ = check_headers(&message, Some("tools/list"), Some("x"));
     }

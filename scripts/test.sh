@@ -11,6 +11,13 @@ cd "$ROOT"
 export CARGO_TERM_COLOR=never
 
 started=$(date +%s)
+# Every stage's output, the suites' process logs (Envoy, workerd, MCP servers: the audit lines) and the ledger of
+# every token and private key the suites made, for the final `secrets` stage (tests/secrets/scan.py).
+LOG_DIR="$ROOT/target/test-logs"
+rm -rf "$LOG_DIR"
+mkdir -p "$LOG_DIR/tmp"
+export TXNGATE_SECRET_LEDGER="$LOG_DIR/secrets.ledger"
+: >"$TXNGATE_SECRET_LEDGER"
 passed=0
 failed=0
 failures=()
@@ -23,7 +30,7 @@ stage() {
     local t0=$(date +%s)
     echo
     echo "=== [$name] $*"
-    if "$@"; then
+    if "$@" 2>&1 | tee "$LOG_DIR/$name.log"; then
         passed=$((passed + 1))
         echo "=== [$name] ok ($(( $(date +%s) - t0 )) s)"
     else
@@ -66,7 +73,26 @@ worker_unit() { cargo test --locked -p txngate-worker; }
 # runs the workerd suite.
 worker_e2e() { scripts/test-worker.sh; }
 
-envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
+# pytest keeps each stage's temporary trees (Envoy and MCP server logs among them) under $LOG_DIR.
+pytest_logged() {
+    local name="$1"; shift
+    .venv/bin/pytest -q -p no:cacheprovider --basetemp "$LOG_DIR/pytest-$name" "$@"
+}
+
+envoy_e2e() { pytest_logged envoy tests/e2e/test_envoy.py; }
+
+# Distinct agents and tool names through one Envoy: resident memory must stay flat once the bounded stores
+# (token cache, rate-limit table) are full. The 1,000,000-request run is scripts/flood.sh.
+flood_smoke() {
+    .venv/bin/python tests/flood/envoy_flood.py --count 20000 --max-keys 2048 \
+        --period-seconds 1 --baseline-at 5000 --max-growth-mib 16 --keep-logs --out "$LOG_DIR/flood-envoy.md"
+}
+
+# No token or private key any suite used appears in any output: stage logs, process logs, audit lines.
+secrets_scan() {
+    .venv/bin/python tests/secrets/scan.py --self-test &&
+        .venv/bin/python tests/secrets/scan.py --ledger "$TXNGATE_SECRET_LEDGER" --logs "$LOG_DIR"
+}
 
 # One verdict everywhere: every vector on every host, with the table.
 # The debug harness binary (already built by the harness stage) replays as well as a release one and saves CI a
@@ -77,7 +103,7 @@ conformance() {
             --hosts "${TXNGATE_CONFORMANCE_HOSTS:-native,harness,envoy,worker}" --require-all
 }
 
-e2e_plumbing() { .venv/bin/pytest -q tests/e2e/test_plumbing.py; }
+e2e_plumbing() { pytest_logged plumbing tests/e2e/test_plumbing.py; }
 
 # Bootstrap first: everything after it needs the tools it installs.
 stage bootstrap bootstrap || true
@@ -88,6 +114,8 @@ if [ "$failed" -gt 0 ]; then
 fi
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# Temporary trees of every suite (process logs included) land where the `secrets` stage scans.
+export TMPDIR="$LOG_DIR/tmp"
 
 stage core core_tests
 stage core-wasm core_wasm
@@ -101,6 +129,8 @@ stage envoy envoy_e2e
 stage worker worker_unit
 stage workerd worker_e2e
 stage conformance conformance
+stage flood-smoke flood_smoke
+stage secrets secrets_scan
 
 echo
 echo "wall time: $(( $(date +%s) - started )) s"

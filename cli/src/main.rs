@@ -245,6 +245,7 @@ fn keygen(alg: Algorithm, kid: &str, out: &Path) -> Result<ExitCode> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let private_path = out.join("private.jwk");
     write_private(&private_path, &serde_json::to_string_pretty(&private)?)?;
+    record_secret("private_key", &serde_json::to_string(&private)?)?;
     fs::write(
         out.join("jwks.json"),
         serde_json::to_string_pretty(&jwks)? + "\n",
@@ -255,6 +256,24 @@ fn keygen(alg: Algorithm, kid: &str, out: &Path) -> Result<ExitCode> {
         out.join("jwks.json").display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Test support: with `TXNGATE_SECRET_LEDGER` set, every minted token and generated private key is appended
+/// (one JSON line each) to that file, so a test run can prove none of them ever reached a log
+/// (tests/secrets/scan.py).
+fn record_secret(kind: &str, value: &str) -> Result<()> {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("TXNGATE_SECRET_LEDGER") else {
+        return Ok(());
+    };
+    let line = serde_json::to_string(&serde_json::json!({ "kind": kind, "value": value }))?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening the secret ledger {}", Path::new(&path).display()))?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -339,7 +358,9 @@ fn mint(
         encode_b64url(&serde_json::to_vec(&Value::Object(claims))?)
     );
     let signature = key.sign(signing_input.as_bytes());
-    println!("{signing_input}.{}", encode_b64url(&signature));
+    let token = format!("{signing_input}.{}", encode_b64url(&signature));
+    record_secret("token", &token)?;
+    println!("{token}");
     eprintln!("txngate mint: development issuer; production tokens come from your Transaction Token Service");
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,9 @@ E2E_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(E2E_DIR))
 from procs import PROJECT_ROOT, Proc, ProcError, free_port  # noqa: E402
 
+sys.path.insert(0, str(E2E_DIR.parent / "secrets"))
+import ledger  # noqa: E402
+
 ENVOY_BIN = PROJECT_ROOT / ".venv" / "bin" / "envoy"
 DEFAULT_WASM = PROJECT_ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"
 DEFAULT_CLI = PROJECT_ROOT / "target" / "release" / "txngate"
@@ -106,6 +109,7 @@ class Minter:
             if chain:
                 body["act"] = chain
             tokens.append(jwt.encode(body, key.key, algorithm=self.alg, headers={"typ": "txntoken+jwt", "kid": self.kid}))
+        ledger.record_many("token", tokens)
         return tokens
 
 

@@ -117,7 +117,7 @@ def txngate_policy(issuers: list[Issuer], cache_entries: int = CACHE_ENTRIES, hy
                   "*": {"effect": "deny"}},
     }
     if hybrid:
-        doc["token"]["signature"] = {"verified_by": "envoy_jwt_authn", "metadata_key": "txn_payload"}
+        doc["hybrid_jwt_authn"] = {"payload_in_metadata": "txn_payload"}
     return doc
 
 

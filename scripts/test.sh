@@ -68,6 +68,8 @@ worker_e2e() { scripts/test-worker.sh; }
 
 envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
 
+envoy_hybrid() { .venv/bin/pytest -q tests/e2e/test_envoy_hybrid.py; }
+
 # One verdict everywhere: every vector on every host, with the table.
 # The debug harness binary (already built by the harness stage) replays as well as a release one and saves CI a
 # release build of wasmtime.
@@ -98,6 +100,7 @@ stage lint lint
 stage fuzz-smoke scripts/fuzz.sh 10
 stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
+stage envoy-hybrid envoy_hybrid
 stage worker worker_unit
 stage workerd worker_e2e
 stage conformance conformance

@@ -250,6 +250,9 @@ def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer
         out.append(Scenario("hybrid_fresh_es256", "(6) txngate hybrid (jwt_authn verifies), fresh ES256",
                             [jwt_authn(both, cache=False, allow_failed=True),
                              txngate_filter(txngate_policy(both, hybrid=True), wasm)], pools["ES256"]))
+        out.append(Scenario("hybrid_repeated", "txngate hybrid, repeated token (jwt_authn with its cache)",
+                            [jwt_authn(both, cache=True, allow_failed=True),
+                             txngate_filter(txngate_policy(both, hybrid=True), wasm)], repeated))
     return out
 
 

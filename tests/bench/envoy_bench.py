@@ -384,6 +384,8 @@ def main() -> int:
     parser.add_argument("--log-level", default="info",
                         help="Envoy log level; at info txngate's audit line per request is written (default)")
     parser.add_argument("--no-hybrid", action="store_true", help="skip (6), e.g. with a filter built before hybrid")
+    parser.add_argument("--only", help="comma-separated scenario names (profiling); the ratios need "
+                        "baseline, native_chain and jwt_authn_fresh_es256")
     parser.add_argument("--wasm", type=Path, default=Path(os.environ.get("TXNGATE_FILTER_WASM", WASM)))
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
@@ -400,6 +402,9 @@ def main() -> int:
     issuers = {"EdDSA": Issuer.new("EdDSA", "bench-ed"), "ES256": Issuer.new("ES256", "bench-es")}
     pools = {alg: i.mint(POOL) for alg, i in issuers.items()}
     plan = scenarios(args.wasm, pools, issuers, with_hybrid=not args.no_hybrid)
+    if args.only:
+        wanted = set(args.only.split(","))
+        plan = [s for s in plan if s.name in wanted]
     directory = Path(tempfile.mkdtemp(prefix="envoy-bench-"))
     scripts = {s.name: lua_script(directory, s) for s in plan}
     print(f"envoy_bench: {len(plan)} scenarios x {rounds} rounds x {seconds} s; logs in {directory}", file=sys.stderr)
@@ -432,10 +437,13 @@ def main() -> int:
             "requests": sum(x["requests"] for x in s.samples),
         })
     by = {r["name"]: r for r in rows}
-    native, jwt_fresh = by["native_chain"]["cpu_us"], by["jwt_authn_fresh_es256"]["cpu_us"]
-    ratios = {r["name"]: round(r["cpu_us"] / native, 3) for r in rows}
-    ratios_jwt = {r["name"]: round(r["cpu_us"] / jwt_fresh, 3) for r in rows}
-    ratios_base = {r["name"]: round(r["cpu_us"] / by["baseline"]["cpu_us"], 3) for r in rows}
+    nan = float("nan")
+
+    def ratio_to(name: str) -> dict:
+        ref = by.get(name, {}).get("cpu_us", nan)
+        return {r["name"]: round(r["cpu_us"] / ref, 3) if ref == ref and ref > 0 else nan for r in rows}
+
+    ratios, ratios_jwt, ratios_base = ratio_to("native_chain"), ratio_to("jwt_authn_fresh_es256"), ratio_to("baseline")
     envoy_version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
     meta = {
         "envoy": envoy_version.split("version:")[-1].strip(),

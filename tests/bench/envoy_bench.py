@@ -390,6 +390,11 @@ def main() -> int:
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     seconds = args.seconds or (3 if args.quick else 8)
+    if not args.wasm.exists() and args.wasm == WASM:
+        print("envoy_bench: building the filter (cargo build --release -p txngate-filter --target wasm32-wasip1)",
+              file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "-p", "txngate-filter", "--target", "wasm32-wasip1"],
+                       cwd=ROOT, check=False, stdin=subprocess.DEVNULL, timeout=3600)
     for tool, path in (("envoy", ENVOY), ("wrk", Path(WRK)), ("filter", args.wasm)):
         if not Path(path).exists():
             print(f"envoy_bench: {tool} not found at {path}", file=sys.stderr)

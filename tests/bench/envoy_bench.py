@@ -102,7 +102,8 @@ class Issuer:
         return out
 
 
-def txngate_policy(issuers: list[Issuer], cache_entries: int = CACHE_ENTRIES, hybrid: bool = False) -> dict:
+def txngate_policy(issuers: list[Issuer], cache_entries: int = CACHE_ENTRIES, hybrid: bool = False,
+                   limit: bool = True) -> dict:
     doc: dict[str, Any] = {
         "trust_domain": TRUST_DOMAIN,
         "issuers": [{"name": "tts", "jwks": {"keys": [i.jwk for i in issuers]},
@@ -116,6 +117,8 @@ def txngate_policy(issuers: list[Issuer], cache_entries: int = CACHE_ENTRIES, hy
                          "rate_limit": {"key": "agent", "limit": 100000000, "period_seconds": 1}},
                   "*": {"effect": "deny"}},
     }
+    if not limit:
+        del doc["tools"][TOOL]["rate_limit"]
     if hybrid:
         doc["hybrid_jwt_authn"] = {"payload_in_metadata": "txn_payload"}
     return doc
@@ -229,7 +232,8 @@ class Scenario:
         return f"http://127.0.0.1:{self.listener_port}/mcp"
 
 
-def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer], with_hybrid: bool) -> list[Scenario]:
+def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer], with_hybrid: bool,
+              variants: bool = False) -> list[Scenario]:
     both = [issuers["EdDSA"], issuers["ES256"]]
     repeated = pools["EdDSA"][:1]
     out = [
@@ -253,6 +257,10 @@ def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer
         out.append(Scenario("hybrid_repeated", "txngate hybrid, repeated token (jwt_authn with its cache)",
                             [jwt_authn(both, cache=True, allow_failed=True),
                              txngate_filter(txngate_policy(both, hybrid=True), wasm)], repeated))
+    if variants:
+        # Where the time goes: the same as (3) without the rate-limit step (shared-data GCRA).
+        out.append(Scenario("txngate_repeated_no_limit", "variant: (3) without a rate limit on the tool",
+                            [txngate_filter(txngate_policy(both, limit=False), wasm)], repeated))
     return out
 
 
@@ -384,6 +392,7 @@ def main() -> int:
     parser.add_argument("--log-level", default="info",
                         help="Envoy log level; at info txngate's audit line per request is written (default)")
     parser.add_argument("--no-hybrid", action="store_true", help="skip (6), e.g. with a filter built before hybrid")
+    parser.add_argument("--variants", action="store_true", help="add profiling variants (see scenarios())")
     parser.add_argument("--only", help="comma-separated scenario names (profiling); the ratios need "
                         "baseline, native_chain and jwt_authn_fresh_es256")
     parser.add_argument("--wasm", type=Path, default=Path(os.environ.get("TXNGATE_FILTER_WASM", WASM)))
@@ -406,7 +415,7 @@ def main() -> int:
     started = time.monotonic()
     issuers = {"EdDSA": Issuer.new("EdDSA", "bench-ed"), "ES256": Issuer.new("ES256", "bench-es")}
     pools = {alg: i.mint(POOL) for alg, i in issuers.items()}
-    plan = scenarios(args.wasm, pools, issuers, with_hybrid=not args.no_hybrid)
+    plan = scenarios(args.wasm, pools, issuers, with_hybrid=not args.no_hybrid, variants=args.variants)
     if args.only:
         wanted = set(args.only.split(","))
         plan = [s for s in plan if s.name in wanted]

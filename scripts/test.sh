@@ -68,7 +68,11 @@ worker_e2e() { scripts/test-worker.sh; }
 
 envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
 
-envoy_hybrid() { .venv/bin/pytest -q tests/e2e/test_envoy_hybrid.py; }
+# Hybrid mode (jwt_authn verifies, the filter the rest): its e2e suite, then every conformance vector through it.
+envoy_hybrid() {
+    .venv/bin/pytest -q tests/e2e/test_envoy_hybrid.py &&
+        .venv/bin/python tests/conformance/run.py --hosts envoy-hybrid --require-all
+}
 
 # One verdict everywhere: every vector on every host, with the table.
 # The debug harness binary (already built by the harness stage) replays as well as a release one and saves CI a

@@ -94,6 +94,12 @@ secrets_scan() {
         .venv/bin/python tests/secrets/scan.py --ledger "$TXNGATE_SECRET_LEDGER" --logs "$LOG_DIR"
 }
 
+# Hybrid mode (jwt_authn verifies, the filter the rest): its e2e suite, then every conformance vector through it.
+envoy_hybrid() {
+    .venv/bin/pytest -q tests/e2e/test_envoy_hybrid.py &&
+        .venv/bin/python tests/conformance/run.py --hosts envoy-hybrid --require-all
+}
+
 # One verdict everywhere: every vector on every host, with the table.
 # The debug harness binary (already built by the harness stage) replays as well as a release one and saves CI a
 # release build of wasmtime.
@@ -126,6 +132,7 @@ stage lint lint
 stage fuzz-smoke scripts/fuzz.sh 10
 stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
+stage envoy-hybrid envoy_hybrid
 stage worker worker_unit
 stage workerd worker_e2e
 stage conformance conformance

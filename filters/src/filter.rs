@@ -16,11 +16,13 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use serde_json::{json, Value};
 use txngate_core::keys::KeySource;
 use txngate_core::ratelimit::SlotTable;
+use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
     is_identity_header, AuditRecord, Body, Decision, Gate, Outcome, Request, ToolsListFilter,
     Verdict,
 };
 
+use crate::hybrid::{self, Hybrid};
 use crate::jwks::{self, Meta, Target};
 use crate::store::{self, LockOwner, SharedData, SharedStore};
 use crate::{BODY_WAIT_MS, MAX_TOOLS_LIST_BYTES, TICK_MS};
@@ -121,6 +123,9 @@ struct Captured {
     path: String,
     headers: Vec<(String, String)>,
     peer: Option<String>,
+    /// Hybrid mode only: whether jwt_authn verified this request's token (read at request headers, when
+    /// its dynamic metadata is there; the body watchdog reuses it).
+    attestation: Option<Result<HostVerified, TokenError>>,
 }
 
 impl Captured {
@@ -151,7 +156,20 @@ impl Captured {
             path,
             headers,
             peer,
+            attestation: None,
         }
+    }
+
+    /// Hybrid mode: attests the token from jwt_authn's dynamic metadata (never from a header).
+    fn attest(&mut self, hybrid: &Hybrid, gate: &Gate) -> Result<HostVerified, TokenError> {
+        let metadata = hostcalls::get_property(vec!["metadata"]).ok().flatten();
+        let name = gate.policy().token.header.as_str();
+        let token = self
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        hybrid.attest(metadata.as_deref(), token, gate.policy().token.max_bytes)
     }
 
     fn request<'a>(&'a self, body: Body<'a>) -> Request<'a> {
@@ -200,6 +218,8 @@ struct Fetch {
 #[derive(Debug)]
 struct Vm {
     gate: Option<Gate>,
+    /// Set when the plugin configuration turns hybrid mode on (see [`crate::hybrid`]).
+    hybrid: Option<Hybrid>,
     lock_owner: LockOwner,
     metrics: Metrics,
     awaiting: BTreeMap<u32, Awaiting>,
@@ -222,7 +242,15 @@ impl Vm {
         let mut store = SharedStore::new(HostShared, lock_owner);
         let outcome = {
             let mut limiter = SlotTable::new(&mut store, slots);
-            gate.decide(&captured.request(body), now, &mut limiter)
+            match &captured.attestation {
+                Some(attestation) => gate.decide_host_verified(
+                    &captured.request(body),
+                    now,
+                    attestation,
+                    &mut limiter,
+                ),
+                None => gate.decide(&captured.request(body), now, &mut limiter),
+            }
         };
         if store.stats.stolen > 0 {
             log(
@@ -338,6 +366,7 @@ impl Root {
         hasher.write_u32(context_id);
         let vm = Vm {
             gate: None,
+            hybrid: None,
             lock_owner: LockOwner::new(hasher.finish()),
             metrics: Metrics::default(),
             awaiting: BTreeMap::new(),
@@ -674,6 +703,13 @@ impl RootContext for Root {
             );
             return false;
         }
+        let (config, hybrid) = match hybrid::split_config(&config) {
+            Ok(split) => split,
+            Err(e) => {
+                log(LogLevel::Error, &format!("txngate: {e}"));
+                return false;
+            }
+        };
         let gate = match Gate::from_json(&config) {
             Ok(gate) => gate,
             Err(e) => {
@@ -721,6 +757,7 @@ impl RootContext for Root {
         {
             let mut vm = self.vm.borrow_mut();
             vm.gate = Some(gate);
+            vm.hybrid = hybrid;
             vm.fetches = fetches;
             vm.refetch.clear();
         }
@@ -946,13 +983,22 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let captured = Captured::gather();
-        let (needs_body, max_body) = match self.vm.borrow().gate.as_ref() {
-            Some(gate) => (
-                gate.needs_body(&captured.method, &captured.path),
-                gate.max_body_bytes(),
-            ),
-            None => (false, 0),
+        let mut captured = Captured::gather();
+        let (needs_body, max_body) = match &*self.vm.borrow() {
+            Vm {
+                gate: Some(gate),
+                hybrid,
+                ..
+            } => {
+                if let Some(hybrid) = hybrid {
+                    captured.attestation = Some(captured.attest(hybrid, gate));
+                }
+                (
+                    gate.needs_body(&captured.method, &captured.path),
+                    gate.max_body_bytes(),
+                )
+            }
+            _ => (false, 0),
         };
         if !needs_body || end_of_stream {
             return self.decide(&captured, Body::Absent);

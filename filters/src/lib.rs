@@ -23,6 +23,7 @@
 //! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
 //! defined under `txngate.`.
 
+pub mod hybrid;
 pub mod jwks;
 pub mod store;
 

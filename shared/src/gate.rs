@@ -17,7 +17,7 @@ use crate::mcp::{self, McpError, McpMessage};
 use crate::policy::{ArgumentsAudit, Mode, Policy, PolicyError, StoreErrorPolicy, ToolLimit};
 use crate::ratelimit::{self, LimitRule, LimitState, RateLimitStore, SlotTable, StoreError};
 use crate::scope::ScopeSet;
-use crate::token::{IssuerContext, TokenError, UntrustedToken, VerifiedToken};
+use crate::token::{HostVerified, IssuerContext, TokenError, UntrustedToken, VerifiedToken};
 
 /// The request as the host saw it.
 #[derive(Debug, Clone, Copy)]
@@ -344,10 +344,56 @@ impl Gate {
     /// Starts a decision.
     pub fn evaluate(&mut self, request: &Request<'_>, now_ms: u64) -> Step {
         let ctx = self.gather(request, now_ms);
-        self.evaluate_token(ctx, request, now_ms)
+        self.evaluate_token(ctx, request, now_ms, None)
     }
 
-    fn evaluate_token(&mut self, mut ctx: Context, request: &Request<'_>, now_ms: u64) -> Step {
+    /// Hybrid mode: like [`Gate::decide`], but the signature was checked by the host's own verifier (Envoy's
+    /// `jwt_authn`) and `attestation` says so for this request's token. Every other rule applies as usual.
+    /// Where the gate would check the signature, and for a cached token too, it requires an attestation
+    /// covering this exact token: a missing or mismatched one denies (401 `token.host_unverified`).
+    pub fn decide_host_verified(
+        &mut self,
+        request: &Request<'_>,
+        now_ms: u64,
+        attestation: &Result<HostVerified, TokenError>,
+        limiter: &mut dyn Limiter,
+    ) -> Outcome {
+        let ctx = self.gather(request, now_ms);
+        let mut step = self.evaluate_token(ctx, request, now_ms, Some(attestation));
+        loop {
+            step = match step {
+                Step::Done(outcome) => return *outcome,
+                // Not produced in host-verified mode; if it were, nothing verified it: refuse.
+                Step::VerifySignature(pending) => self.resume_signature(*pending, false),
+                Step::ConsultLimiter(pending) => {
+                    let result = limiter.consume(pending.key(), pending.rule(), pending.now_ms());
+                    return self.resume_limit(*pending, result);
+                }
+            }
+        }
+    }
+
+    /// `None` when the attestation covers the token hashed `hash`, else why not.
+    fn attestation_error(
+        attestation: &Result<HostVerified, TokenError>,
+        hash: &[u8; 32],
+    ) -> Option<TokenError> {
+        match attestation {
+            Ok(a) if a.covers(hash) => None,
+            Ok(_) => Some(TokenError::HostUnverified {
+                detail: "the attestation is for another token",
+            }),
+            Err(e) => Some(e.clone()),
+        }
+    }
+
+    fn evaluate_token(
+        &mut self,
+        mut ctx: Context,
+        request: &Request<'_>,
+        now_ms: u64,
+        host: Option<&Result<HostVerified, TokenError>>,
+    ) -> Step {
         let raw = match self.token_header(request) {
             Ok(raw) => raw,
             Err(e) => return self.deny_token(ctx, &e),
@@ -371,6 +417,10 @@ impl Gate {
         if let Some(token) = self.cache.get(&hash, now_ms, self.keys.generation()) {
             // A cached token is only as good as its issuer's keys: stale keys fail closed for it too.
             if self.keys.is_usable(token.issuer, now_ms) {
+                // Hybrid: the host's verifier must have run for this request too, cached or not.
+                if let Some(e) = host.and_then(|a| Self::attestation_error(a, &hash)) {
+                    return self.deny_token(ctx, &e);
+                }
                 ctx.audit.cached = true;
                 return self.authorize(ctx, token);
             }
@@ -409,14 +459,21 @@ impl Gate {
             return self.deny_token(ctx, &e);
         }
         ctx.audit.issuer = self.keys.issuer(issuer).map(|i| i.name.clone());
-        Step::VerifySignature(Box::new(PendingSignature {
+        let pending = PendingSignature {
             ctx,
             raw: raw.to_string(),
             signing_input_len: untrusted.signing_input().len(),
             signature: untrusted.signature().to_vec(),
             issuer,
             key,
-        }))
+        };
+        match host {
+            None => Step::VerifySignature(Box::new(pending)),
+            Some(attestation) => match Self::attestation_error(attestation, &hash) {
+                None => self.resume_signature(pending, true),
+                Some(e) => self.deny_token(pending.ctx, &e),
+            },
+        }
     }
 
     /// Continues after the host checked a signature.

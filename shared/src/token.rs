@@ -76,6 +76,10 @@ pub enum TokenError {
         issuer: String,
     },
     Signature,
+    /// Hybrid mode: the host's verifier (Envoy `jwt_authn`) did not attest this very token for this request.
+    HostUnverified {
+        detail: &'static str,
+    },
     Claims {
         detail: String,
     },
@@ -134,6 +138,7 @@ impl TokenError {
             Self::AmbiguousKid { .. } => "token.kid_ambiguous",
             Self::KeysUnavailable { .. } => "keys.unavailable",
             Self::Signature => "token.signature",
+            Self::HostUnverified { .. } => "token.host_unverified",
             Self::Claims { .. } => "token.claims",
             Self::ClaimType { .. } => "token.claim_type",
             Self::MissingClaim { .. } => "token.claim_missing",
@@ -201,6 +206,12 @@ impl fmt::Display for TokenError {
                 "keys of issuer {issuer:?} are unavailable (not fetched or stale)"
             ),
             Self::Signature => f.write_str("signature does not verify"),
+            Self::HostUnverified { detail } => {
+                write!(
+                    f,
+                    "the host did not verify this token's signature: {detail}"
+                )
+            }
             Self::Claims { detail } => write!(f, "token claims: {detail}"),
             Self::ClaimType { claim, expected } => write!(f, "claim {claim:?} must be {expected}"),
             Self::MissingClaim { claim } => write!(f, "required claim {claim:?} is missing"),
@@ -677,6 +688,75 @@ fn read_act_chain(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError
         next = act.get("act");
     }
     Ok(chain)
+}
+
+/// A host's attestation that its own verifier checked the signature of one exact token (hybrid mode: Envoy's
+/// `jwt_authn` verifies, txngate applies every other rule). It can only be made by comparing the claims the
+/// host's verifier published for this request with the token's own payload, so a host that did not verify
+/// (filter missing, rule not matching, token read from another header) can never produce one: the gate then
+/// fails closed. It binds to the token by hash, so it cannot be reused for another token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostVerified {
+    token_sha256: [u8; 32],
+}
+
+impl HostVerified {
+    /// Attests `raw` (the token header value as the gate will read it) if `verified_claims` (the payload the
+    /// host's verifier published, numbers as JSON numbers in any form) equals its payload claim for claim:
+    /// same members, same strings, same numbers (compared as f64, as protobuf `Struct` carries them), same
+    /// nesting. `None` (the verifier published nothing) and any difference fail.
+    pub fn attest(
+        raw: &str,
+        max_bytes: usize,
+        verified_claims: Option<&Value>,
+    ) -> Result<Self, TokenError> {
+        let Some(verified) = verified_claims else {
+            return Err(TokenError::HostUnverified {
+                detail: "no verified payload for this request (did jwt_authn run and accept it?)",
+            });
+        };
+        let raw = raw.trim_matches([' ', '\t']);
+        let untrusted = UntrustedToken::parse(raw, max_bytes)?;
+        let payload = untrusted.payload()?;
+        let claims = parse_strict(&payload, 64).map_err(|e| TokenError::Claims {
+            detail: e.to_string(),
+        })?;
+        if !same_claims(&claims, verified) {
+            return Err(TokenError::HostUnverified {
+                detail: "the verified payload is not this token's payload",
+            });
+        }
+        Ok(Self {
+            token_sha256: sha256(raw.as_bytes()),
+        })
+    }
+
+    /// Whether this attestation is for the token whose SHA-256 is `token_sha256`.
+    pub fn covers(&self, token_sha256: &[u8; 32]) -> bool {
+        self.token_sha256 == *token_sha256
+    }
+}
+
+/// JSON equality with numbers compared as f64 (what a protobuf `Struct` keeps of them).
+fn same_claims(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x.to_bits() == y.to_bits() || x == y,
+            _ => false,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_claims(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_claims(v, w)))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,209 @@
+// The txngate Worker in workerd (issue #7): CPU per allowed MCP `tools/call`, bundle size, cold start.
+//
+//   node tests/bench/worker_bench.mjs --out target/bench/worker.md [--quick] [--build] [--n N]
+//
+// Writes the markdown fragment to --out and target/bench/worker.json next to it:
+// {"rows": [{"name", "cpu_us", "rps", "p50_ms", "p99_ms", ...}], "ratios": {name: cpu_us / baseline}, ...}.
+//
+// CPU: the workerd process's CPU time (all its threads, /proc/PID/task/*/schedstat, ns; /proc/PID/stat
+// utime+stime kept as a cross-check) over N sequential requests after a warm-up, divided by N. The workerd
+// process also runs Miniflare's entry worker (a proxy in front of ours), so every row includes it; the
+// baseline row is a plain JS pass-through Worker in the same setup, fetching the same origin. Allowed
+// requests go to a real MCP server (official Python SDK, tests/e2e/mcp_server.py) on 127.0.0.1.
+// Bundle: `wrangler deploy --dry-run` (the deploy build) prints "Total Upload ... / gzip ..."; with a build
+// already in worker/build/ (and no --build) the same figure is computed here with zlib (gzip -9 of the
+// bundle's index.js + index_bg.wasm). Cold start: a fresh workerd (Miniflare start to `ready`), then the
+// time to the first response of the new isolate. Every process is stopped; every loop is bounded.
+
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync, statSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { gzipSync } from "node:zlib";
+
+import { Miniflare } from "miniflare";
+
+import {
+  AGENT, COMPAT_DATE, ROOT, WORKER_SCRIPT, claims, cpuTicks, keygen, mint, policy, removeDir, startMcpServer,
+  startWorker, tempDir, toolCall, workerdPid,
+} from "../workerd/helpers.mjs";
+
+const args = process.argv.slice(2);
+const flag = (name) => args.includes(name);
+const option = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 && i + 1 < args.length ? args[i + 1] : fallback;
+};
+const QUICK = flag("--quick");
+const OUT = resolve(option("--out", join(ROOT, "target/bench/worker.md")));
+const N = Number(option("--n", QUICK ? 200 : 1000));
+const WARMUP = Number(option("--warmup", QUICK ? 300 : 800));
+const COLD_RUNS = QUICK ? 1 : 3;
+const TICK_US = 10_000; // USER_HZ 100
+
+function cpuNs(pid) {
+  let total = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      total += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0]);
+    } catch {} // a thread that just exited
+  }
+  return total;
+}
+
+const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+
+/** Bundle: build with wrangler's dry run when asked or when there is no build; else measure worker/build/. */
+function bundle() {
+  const buildDir = dirname(WORKER_SCRIPT);
+  let wrangler = null;
+  if (flag("--build") || !existsSync(WORKER_SCRIPT)) {
+    const out = tempDir("dry-run");
+    console.error("worker_bench: building with wrangler deploy --dry-run (minutes from clean)");
+    const r = spawnSync(join(ROOT, "node_modules/.bin/wrangler"), ["deploy", "--dry-run", "--outdir", out], {
+      cwd: ROOT, encoding: "utf8", timeout: 1_800_000, stdio: ["ignore", "pipe", "pipe"],
+    });
+    removeDir(out);
+    if (r.status !== 0) throw new Error(`wrangler deploy --dry-run failed (${r.status}):\n${r.stderr.slice(-2000)}`);
+    const m = /Total Upload:\s*([\d.]+)\s*KiB\s*\/\s*gzip:\s*([\d.]+)\s*KiB/.exec(r.stdout + r.stderr);
+    if (m) wrangler = { upload_kib: Number(m[1]), gzip_kib: Number(m[2]) };
+  }
+  const files = ["index.js", "index_bg.wasm"].map((f) => join(buildDir, f));
+  const raw = files.reduce((n, f) => n + statSync(f).size, 0);
+  const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
+  return { bytes: raw, gzip_bytes: gz, wasm_bytes: statSync(files[1]).size, wrangler };
+}
+
+/** A plain JS pass-through Worker in the same Miniflare/workerd setup: the runtime's own floor. */
+async function startBaseline(origin) {
+  const script = `export default { async fetch(request, env) {
+      const url = new URL(request.url);
+      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: request.body });
+    } };`;
+  const mf = new Miniflare({ modules: true, script, compatibilityDate: COMPAT_DATE, bindings: { ORIGIN_URL: origin.url }, host: "127.0.0.1", port: 0 });
+  const url = await mf.ready;
+  return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
+}
+
+const HEADERS = { "content-type": "application/json", accept: "application/json, text/event-stream" };
+
+async function once(url, token, body) {
+  const headers = { ...HEADERS };
+  if (token) headers["txn-token"] = token;
+  const r = await fetch(`${url}/mcp`, { method: "POST", headers, body });
+  await r.arrayBuffer();
+  return r.status;
+}
+
+/** N sequential requests; `tokens[i % tokens.length]` for request i. */
+async function measure(target, name, label, tokens, warmTokens) {
+  const body = (i) => toolCall(i, "calendar_read", { day: "mon" });
+  for (let i = 0; i < WARMUP; i++) {
+    const status = await once(target.url, warmTokens[i % warmTokens.length], body(i));
+    if (status !== 200) throw new Error(`${name}: warm-up request got ${status}`);
+  }
+  const times = [];
+  const [t0, n0, w0] = [cpuTicks(target.pid), cpuNs(target.pid), performance.now()];
+  for (let i = 0; i < N; i++) {
+    const s = performance.now();
+    const status = await once(target.url, tokens[i % tokens.length], body(i));
+    times.push(performance.now() - s);
+    if (status !== 200) throw new Error(`${name}: request ${i} got ${status}`);
+  }
+  const [t1, n1, w1] = [cpuTicks(target.pid), cpuNs(target.pid), performance.now()];
+  times.sort((a, b) => a - b);
+  const row = {
+    name, label, requests: N,
+    cpu_us: Number(((n1 - n0) / N / 1000).toFixed(1)),
+    cpu_us_stat: Number((((t1 - t0) * TICK_US) / N).toFixed(1)),
+    rps: Math.round((N * 1000) / (w1 - w0)),
+    p50_ms: Number(percentile(times, 50).toFixed(3)),
+    p99_ms: Number(percentile(times, 99).toFixed(3)),
+  };
+  console.error(`  ${name}: ${row.cpu_us} µs CPU/request, ${row.rps} req/s`);
+  return row;
+}
+
+async function coldStart(vars, token) {
+  const t0 = performance.now();
+  const fresh = await startWorker({ vars });
+  try {
+    const ready = performance.now() - t0;
+    const startupCpuMs = cpuTicks(fresh.pid) * (TICK_US / 1000);
+    const c0 = cpuNs(fresh.pid);
+    const s = performance.now();
+    const status = await once(fresh.url, token, toolCall(1, "calendar_read", { day: "mon" }));
+    const first = performance.now() - s;
+    const firstCpu = (cpuNs(fresh.pid) - c0) / 1e6;
+    const s2 = performance.now();
+    await once(fresh.url, token, toolCall(2, "calendar_read", { day: "mon" }));
+    const second = performance.now() - s2;
+    if (status !== 200) throw new Error(`cold start: first request got ${status}`);
+    return { ready_ms: ready, startup_cpu_ms: startupCpuMs, first_response_ms: first, first_cpu_ms: firstCpu, second_response_ms: second };
+  } finally {
+    await fresh.stop();
+  }
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+const dir = tempDir("bench");
+let origin = null;
+let worker = null;
+let baseline = null;
+try {
+  const started = performance.now();
+  const size = bundle();
+  origin = await startMcpServer({ json: true });
+  const es = keygen("ES256", "bench-es", dir);
+  const A = AGENT("bench");
+  const tools = { calendar_read: { scopes: ["calendar:read"] }, "*": { effect: "deny" } };
+  const vars = { TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools }), ORIGIN_URL: origin.url };
+  const fresh = mint(es, claims(), { act: [A], count: N, ttl: 240 });
+  const warmFresh = mint(es, claims(), { act: [A], count: 50, ttl: 240 });
+  const cached = [mint(es, claims(), { act: [A], ttl: 240 })];
+
+  const colds = [];
+  for (let i = 0; i < COLD_RUNS; i++) colds.push(await coldStart(vars, cached[0]));
+  const cold = Object.fromEntries(Object.keys(colds[0]).map((k) => [k, Number(median(colds.map((c) => c[k])).toFixed(1))]));
+  console.error(`  cold start: ${JSON.stringify(cold)}`);
+
+  const rows = [];
+  baseline = await startBaseline(origin);
+  rows.push(await measure(baseline, "baseline_passthrough", "plain JS pass-through Worker (no auth)", cached, cached));
+  await baseline.stop();
+  baseline = null;
+  worker = await startWorker({ vars });
+  rows.push(await measure(worker, "txngate_cached", "txngate, cached token (repeated)", cached, cached));
+  rows.push(await measure(worker, "txngate_fresh_es256", "txngate, fresh ES256 token per request (WebCrypto)", fresh, warmFresh));
+
+  const base = rows[0].cpu_us;
+  const ratios = Object.fromEntries(rows.map((r) => [r.name, Number((r.cpu_us / base).toFixed(3))]));
+  for (const r of rows) r.over_baseline_us = Number((r.cpu_us - base).toFixed(1));
+  const meta = {
+    requests_per_row: N, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
+    elapsed_s: Number(((performance.now() - started) / 1000).toFixed(1)),
+  };
+  mkdirSync(dirname(OUT), { recursive: true });
+  writeFileSync(join(dirname(OUT), "worker.json"), JSON.stringify({ rows, ratios, meta }, null, 1));
+  const kib = (b) => (b / 1024).toFixed(1);
+  const lines = [
+    `workerd (wrangler's Miniflare), ${N} sequential requests per row after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline).`,
+    "",
+    "| case | workerd CPU µs/request | − baseline (the Worker's own cost) | × baseline | req/s | p50 ms | p99 ms |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+    ...rows.map((r) => `| ${r.label} | ${r.cpu_us} | ${(r.cpu_us - base).toFixed(1)} | ${ratios[r.name].toFixed(2)} | ${r.rps} | ${r.p50_ms.toFixed(2)} | ${r.p99_ms.toFixed(2)} |`),
+    "",
+    `Bundle: ${kib(size.bytes)} KiB (index.js + index_bg.wasm), **${kib(size.gzip_bytes)} KiB gzipped**` +
+      (size.wrangler ? `; wrangler dry run: ${size.wrangler.upload_kib} KiB / gzip ${size.wrangler.gzip_kib} KiB` : "") + ".",
+    `Cold start (median of ${COLD_RUNS}): workerd ready in ${cold.ready_ms} ms (${cold.startup_cpu_ms} ms CPU), first response ${cold.first_response_ms} ms (${cold.first_cpu_ms} ms CPU), second ${cold.second_response_ms} ms.`,
+    "",
+  ];
+  writeFileSync(OUT, lines.join("\n"));
+  console.log(lines.join("\n"));
+} finally {
+  await baseline?.stop();
+  await worker?.stop();
+  await origin?.stop();
+  removeDir(dir);
+}

@@ -68,6 +68,10 @@ worker_e2e() { scripts/test-worker.sh; }
 
 envoy_e2e() { .venv/bin/pytest -q tests/e2e/test_envoy.py; }
 
+# Faults in real Envoy: a trapping VM (test-only build with the fault-injection feature, in
+# target/fault-injection), JWKS server faults, unknown-kid bursts, a full rate-limit table, the MCP server down.
+envoy_faults() { .venv/bin/pytest -q tests/e2e/test_envoy_faults.py; }
+
 # One verdict everywhere: every vector on every host, with the table.
 # The debug harness binary (already built by the harness stage) replays as well as a release one and saves CI a
 # release build of wasmtime.
@@ -98,6 +102,7 @@ stage lint lint
 stage fuzz-smoke scripts/fuzz.sh 10
 stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
+stage envoy-faults envoy_faults
 stage worker worker_unit
 stage workerd worker_e2e
 stage conformance conformance

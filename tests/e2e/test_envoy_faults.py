@@ -457,3 +457,11 @@ def test_mcp_server_down_is_a_503_from_envoy_that_leaks_nothing(workdir, wasm, m
         assert not any(h.startswith("x-txngate") for h in r["headers"]), r["headers"]
         # The filter allowed it (the token is good); the 503 is Envoy's, with the upstream-failure flag.
         assert wait_for(lambda: any(" 503 verdict=allow" in l for l in envoy.access_log()))
+
+
+def test_the_examples_use_the_recommended_failure_settings():
+    envoy = (PROJECT_ROOT / "examples" / "envoy" / "envoy.yaml").read_text()
+    assert "failure_policy: FAIL_RELOAD" in envoy and "reload_config:" in envoy
+    assert f"http.async_response_buffer_limit: {ASYNC_RESPONSE_LIMIT}" in envoy
+    assert "failure_policy: FAIL_RELOAD" in (PROJECT_ROOT / "examples" / "istio" / "envoyfilter.yaml").read_text()
+    assert "failStrategy: FAIL_RELOAD" in (PROJECT_ROOT / "examples" / "istio" / "wasmplugin.yaml").read_text()

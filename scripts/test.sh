@@ -96,9 +96,13 @@ secrets_scan() {
 
 # Hybrid mode (jwt_authn verifies, the filter the rest): its e2e suite, then every conformance vector through it.
 envoy_hybrid() {
-    .venv/bin/pytest -q tests/e2e/test_envoy_hybrid.py &&
+    pytest_logged hybrid tests/e2e/test_envoy_hybrid.py &&
         .venv/bin/python tests/conformance/run.py --hosts envoy-hybrid --require-all
 }
+
+# Faults in real Envoy: a trapping VM (test-only build with the fault-injection feature, in
+# target/fault-injection), JWKS server faults, unknown-kid bursts, a full rate-limit table, the MCP server down.
+envoy_faults() { pytest_logged faults tests/e2e/test_envoy_faults.py; }
 
 # One verdict everywhere: every vector on every host, with the table.
 # The debug harness binary (already built by the harness stage) replays as well as a release one and saves CI a
@@ -132,6 +136,7 @@ stage lint lint
 stage fuzz-smoke scripts/fuzz.sh 10
 stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
+stage envoy-faults envoy_faults
 stage envoy-hybrid envoy_hybrid
 stage worker worker_unit
 stage workerd worker_e2e

@@ -15,11 +15,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use serde_json::{json, Value};
 use txngate_core::keys::KeySource;
-use txngate_core::ratelimit::SlotTable;
+use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
 use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
-    is_identity_header, AuditRecord, Body, Decision, Gate, Outcome, Request, ToolsListFilter,
-    Verdict,
+    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, Outcome, Request,
+    ToolsListFilter, Verdict,
 };
 
 use crate::hybrid::{self, Hybrid};
@@ -116,6 +116,29 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
+/// A limiter that remembers the store failure (its reason code) a decision ran into, so store errors,
+/// contention and a full slot table get their own counters (`txngate.ratelimit.store_error`,
+/// `.contention`, `.store_full`) next to the per-verdict ones.
+struct Watched<'l> {
+    inner: &'l mut dyn Limiter,
+    failure: Option<&'static str>,
+}
+
+impl Limiter for Watched<'_> {
+    fn consume(
+        &mut self,
+        key: &str,
+        rule: &LimitRule,
+        now_ms: u64,
+    ) -> Result<LimitState, StoreError> {
+        let result = self.inner.consume(key, rule, now_ms);
+        if let Err(e) = &result {
+            self.failure = Some(e.reason());
+        }
+        result
+    }
+}
+
 /// The request as gathered at `on_http_request_headers`.
 #[derive(Debug)]
 struct Captured {
@@ -205,6 +228,7 @@ struct Fetch {
     target: Option<Target>,
     keys: jwks::Keys,
     refresh_ms: u64,
+    min_refetch_ms: u64,
     in_flight: Option<(u32, u64)>,
     failures: u32,
     retry_at_ms: u64,
@@ -240,9 +264,13 @@ impl Vm {
         let gate = gate.as_mut()?;
         let slots = gate.policy().max_limit_keys;
         let mut store = SharedStore::new(HostShared, lock_owner);
-        let outcome = {
-            let mut limiter = SlotTable::new(&mut store, slots);
-            match &captured.attestation {
+        let (outcome, failure) = {
+            let mut slots = SlotTable::new(&mut store, slots);
+            let mut limiter = Watched {
+                inner: &mut slots,
+                failure: None,
+            };
+            let outcome = match &captured.attestation {
                 Some(attestation) => gate.decide_host_verified(
                     &captured.request(body),
                     now,
@@ -250,8 +278,16 @@ impl Vm {
                     &mut limiter,
                 ),
                 None => gate.decide(&captured.request(body), now, &mut limiter),
-            }
+            };
+            (outcome, limiter.failure)
         };
+        if let Some(reason) = failure {
+            // Counted whatever the rule's `on_store_error` made of it: an allowed call that could not be
+            // counted is exactly what an operator must see.
+            let kind = reason.strip_prefix("ratelimit.").unwrap_or(reason);
+            self.metrics
+                .increment(&format!("txngate.ratelimit.{}", segment(kind)));
+        }
         if store.stats.stolen > 0 {
             log(
                 LogLevel::Warn,
@@ -450,8 +486,16 @@ impl Root {
                 f.in_flight = None;
             }
             let due = gate.refresh_due(now).contains(&f.issuer) && now >= f.retry_at_ms;
-            if !(due || wanted.contains(&f.issuer)) {
-                continue;
+            if !due {
+                // An unknown `kid` asks for a refetch at most once per `min_refetch_seconds` per VM (the
+                // core's debounce); the window is also claimed in shared data, so a burst of unknown kids
+                // spread over N workers still costs one fetch per window, not N.
+                if !wanted.contains(&f.issuer)
+                    || !claim_window(&mut data, &f.keys.refetch, now, f.min_refetch_ms)
+                {
+                    continue;
+                }
+                metrics.increment(&format!("txngate.jwks.{}.refetch", segment(&f.name)));
             }
             let Some(target) = f.target.clone() else {
                 continue;
@@ -475,9 +519,9 @@ impl Root {
             ) {
                 Ok(token) => f.in_flight = Some((token, now)),
                 Err(status) => {
-                    let _ = data.set(&f.keys.claim, &jwks::encode_ms(0), 0);
                     fetch_failed(
                         f,
+                        &mut data,
                         now,
                         metrics,
                         &format!(
@@ -491,17 +535,35 @@ impl Root {
     }
 }
 
+/// Takes the fetch claim of an issuer (see [`jwks`]): false while another VM's fetch is in flight or a
+/// failed fetch's backoff runs.
 fn claim(data: &mut HostShared, key: &str, now: u64) -> bool {
+    let until = jwks::encode_ms(now.saturating_add(jwks::CLAIM_MS));
     match data.get(key) {
-        Ok(None) => data.set(key, &jwks::encode_ms(now), 0).unwrap_or(false),
+        Ok(None) => data.set(key, &until, 0).unwrap_or(false),
         Ok(Some((value, cas))) => {
-            let at = jwks::decode_ms(&value).unwrap_or(0);
-            if at != 0 && now.saturating_sub(at) < jwks::CLAIM_MS {
+            if jwks::decode_ms(&value).is_some_and(|held_until| now < held_until) {
                 return false;
             }
-            data.set(key, &jwks::encode_ms(now), cas).unwrap_or(false)
+            data.set(key, &until, cas).unwrap_or(false)
         }
         // Cannot coordinate: fetch anyway (a duplicate fetch is harmless).
+        Err(_) => true,
+    }
+}
+
+/// Takes a time window in shared data: true (and the window is ours from `now`) unless another VM took it
+/// less than `window_ms` ago. A shared-data error answers true: the per-VM debounce still holds.
+fn claim_window(data: &mut HostShared, key: &str, now: u64, window_ms: u64) -> bool {
+    match data.get(key) {
+        Ok(None) => data.set(key, &jwks::encode_ms(now), 0).unwrap_or(true),
+        Ok(Some((value, cas))) => {
+            let at = jwks::decode_ms(&value).unwrap_or(0);
+            if at != 0 && now.saturating_sub(at) < window_ms {
+                return false;
+            }
+            data.set(key, &jwks::encode_ms(now), cas).unwrap_or(true)
+        }
         Err(_) => true,
     }
 }
@@ -547,9 +609,18 @@ fn adopt_shared(gate: &mut Gate, f: &mut Fetch, data: &mut HostShared, metrics: 
     }
 }
 
-fn fetch_failed(f: &mut Fetch, now: u64, metrics: &mut Metrics, detail: &str) {
+/// Counts and logs a failed fetch and backs off: this VM until `retry_at_ms`, and every VM through the
+/// shared claim, held until then (so N workers do not each retry a failing server).
+fn fetch_failed(
+    f: &mut Fetch,
+    data: &mut HostShared,
+    now: u64,
+    metrics: &mut Metrics,
+    detail: &str,
+) {
     f.failures = f.failures.saturating_add(1);
     f.retry_at_ms = now.saturating_add(jwks::backoff_ms(f.failures, f.refresh_ms));
+    let _ = data.set(&f.keys.claim, &jwks::encode_ms(f.retry_at_ms), 0);
     metrics.increment(&format!("txngate.jwks.{}.refresh_failed", segment(&f.name)));
     log(
         LogLevel::Warn,
@@ -585,12 +656,12 @@ impl Context for Root {
         };
         f.in_flight = None;
         let mut data = HostShared;
-        let _ = data.set(&f.keys.claim, &jwks::encode_ms(0), 0);
         // A failed call (connection error, timeout) has no response maps at all: reading one would be a
         // host error (and a trap in the SDK).
         if num_headers == 0 {
             return fetch_failed(
                 f,
+                &mut data,
                 now,
                 metrics,
                 "no response (connection failure or timeout)",
@@ -607,11 +678,12 @@ impl Context for Root {
             } else {
                 format!("status {status}")
             };
-            return fetch_failed(f, now, metrics, &status);
+            return fetch_failed(f, &mut data, now, metrics, &status);
         }
         if body_size > jwks::MAX_JWKS_BYTES {
             return fetch_failed(
                 f,
+                &mut data,
                 now,
                 metrics,
                 &format!(
@@ -657,12 +729,21 @@ impl Context for Root {
                         );
                     }
                 }
-                Err(e) => return fetch_failed(f, now, metrics, &format!("key set refused: {e}")),
+                Err(e) => {
+                    return fetch_failed(
+                        f,
+                        &mut data,
+                        now,
+                        metrics,
+                        &format!("key set refused: {e}"),
+                    )
+                }
             }
         }
         f.installed = Some(meta);
         f.failures = 0;
         f.retry_at_ms = 0;
+        let _ = data.set(&f.keys.claim, &jwks::encode_ms(0), 0);
         metrics.increment(&format!("txngate.jwks.{}.refresh_ok", segment(&f.name)));
         // Share it unless another VM already shared a newer fetch.
         let shared = data
@@ -723,6 +804,7 @@ impl RootContext for Root {
                 uri,
                 cluster,
                 refresh_ms,
+                min_refetch_ms,
                 ..
             } = &keys.source
             else {
@@ -746,6 +828,7 @@ impl RootContext for Root {
                 target,
                 keys: jwks::keys(&keys.name, uri),
                 refresh_ms: *refresh_ms,
+                min_refetch_ms: *min_refetch_ms,
                 in_flight: None,
                 failures: 0,
                 retry_at_ms: 0,
@@ -984,6 +1067,8 @@ impl Context for Http {}
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let mut captured = Captured::gather();
+        #[cfg(feature = "fault-injection")]
+        fault::inject(&captured.headers);
         let (needs_body, max_body) = match &*self.vm.borrow() {
             Vm {
                 gate: Some(gate),
@@ -1105,5 +1190,27 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         self.finish_response(None)
+    }
+}
+
+/// Test-only faults (cargo feature `fault-injection`, never in the shipped build): lets the Envoy fault
+/// tests make the VM fail in the middle of a request, the way a bug would, to show that Envoy answers that
+/// request itself (fail closed) and serves the next one from a fresh VM (`failure_policy: FAIL_RELOAD`).
+#[cfg(feature = "fault-injection")]
+mod fault {
+    /// The request header that triggers a fault: `trap` (a Wasm `unreachable`) or `panic` (a Rust panic,
+    /// logged by the panic hook, then an abort, which is also a trap).
+    pub const HEADER: &str = "x-txngate-test-fault";
+
+    #[allow(clippy::panic)]
+    pub fn inject(headers: &[(String, String)]) {
+        let Some((_, value)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(HEADER)) else {
+            return;
+        };
+        match value.as_str() {
+            "trap" => core::arch::wasm32::unreachable(),
+            "panic" => panic!("fault injected by the {HEADER} request header"),
+            _ => {}
+        }
     }
 }

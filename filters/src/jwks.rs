@@ -6,7 +6,10 @@
 //! and, when it is newer than what the VM has, reads the body, checks its hash (a reader between the two
 //! writes of another VM sees a mismatch and simply tries again next tick) and installs it with the original
 //! fetch time, so staleness is measured from the real fetch on every VM and all VMs converge on one set.
-//! A third key is a claim (`claimed_at_ms`) that keeps several VMs from fetching the same URI at once.
+//! A third key is a claim (`held_until_ms`) that keeps several VMs from fetching the same URI at once: taken
+//! for [`CLAIM_MS`] by the fetching VM, released on success, and held for the backoff after a failure, so
+//! all VMs together retry a failing server once per backoff period, not once per VM; a
+//! fourth (`refetched_at_ms`) spreads the core's per-VM debounce of unknown-`kid` refetches over all VMs.
 
 use txngate_core::encoding::sha256;
 
@@ -68,6 +71,8 @@ pub struct Keys {
     pub meta: String,
     pub body: String,
     pub claim: String,
+    /// When a VM last refetched on an unknown `kid` (`ms`): the cross-VM debounce window.
+    pub refetch: String,
 }
 
 pub fn keys(issuer_name: &str, uri: &str) -> Keys {
@@ -77,6 +82,7 @@ pub fn keys(issuer_name: &str, uri: &str) -> Keys {
         meta: format!("txngate:jwks:{id}:meta"),
         body: format!("txngate:jwks:{id}:body"),
         claim: format!("txngate:jwks:{id}:claim"),
+        refetch: format!("txngate:jwks:{id}:refetch"),
     }
 }
 

@@ -137,6 +137,12 @@ class EnvoyConfig:
     exact_balance: bool = False
     #: Answer every request with this JSON body from Envoy itself (no upstream): CPU measurements.
     direct_response: str | None = None
+    #: PluginConfig `failure_policy` (FAIL_CLOSED, FAIL_RELOAD, FAIL_OPEN) and, for FAIL_RELOAD, the base
+    #: interval of the reload backoff (`reload_config.backoff`), in ms.
+    failure_policy: str = "FAIL_CLOSED"
+    reload_backoff_ms: int | None = None
+    #: Static runtime layer (`layered_runtime`), e.g. {"http.async_response_buffer_limit": 1048576}.
+    runtime: Mapping[str, Any] | None = None
 
     def policy_text(self) -> str:
         return self.policy if isinstance(self.policy, str) else json.dumps(self.policy)
@@ -145,7 +151,7 @@ class EnvoyConfig:
         config: dict[str, Any] = {
             "name": "txngate",
             "root_id": "txngate",
-            "failure_policy": "FAIL_CLOSED",
+            "failure_policy": self.failure_policy,
             "vm_config": {
                 "vm_id": "txngate",
                 "runtime": "envoy.wasm.runtime.v8",
@@ -155,6 +161,11 @@ class EnvoyConfig:
         }
         if self.stop_iteration:
             config["allow_on_headers_stop_iteration"] = True
+        if self.reload_backoff_ms is not None:
+            config["reload_config"] = {"backoff": {
+                "base_interval": f"{self.reload_backoff_ms / 1000:.3f}s",
+                "max_interval": f"{max(self.reload_backoff_ms, 1000) / 1000:.3f}s",
+            }}
         return {
             "name": "envoy.filters.http.wasm",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config},
@@ -222,10 +233,13 @@ class EnvoyConfig:
         clusters = [_static_cluster("mcp_server", self.upstream_port)]
         if self.jwks_port is not None:
             clusters.append(_static_cluster("jwks", self.jwks_port))
-        return {
+        bootstrap: dict[str, Any] = {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
             "static_resources": {"listeners": [listener], "clusters": clusters},
         }
+        if self.runtime:
+            bootstrap["layered_runtime"] = {"layers": [{"name": "static", "static_layer": dict(self.runtime)}]}
+        return bootstrap
 
     def write(self, directory: Path, name: str = "envoy.json") -> Path:
         path = directory / name
@@ -296,6 +310,13 @@ class Envoy:
 
     def access_log(self) -> list[str]:
         return [l for l in self.proc.stdout_text().splitlines() if l.startswith("ACCESS ")]
+
+    def rss_bytes(self) -> int:
+        """Resident set size of the Envoy process (VmRSS of /proc/PID/status)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise ProcError("no VmRSS in /proc/PID/status")
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by the Envoy process: utime + stime from /proc/PID/stat (fields 14, 15)."""

@@ -160,7 +160,8 @@ try {
   const tools = { calendar_read: { scopes: ["calendar:read"] }, "*": { effect: "deny" } };
   const vars = { TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools }), ORIGIN_URL: origin.url };
   const fresh = mint(es, claims(), { act: [A], count: N, ttl: 240 });
-  const warmFresh = mint(es, claims(), { act: [A], count: 50, ttl: 240 });
+  // Distinct warm-up tokens too: the fresh path (WebCrypto import + verify) is what must be warm.
+  const warmFresh = mint(es, claims(), { act: [A], count: WARMUP, ttl: 240 });
   const cached = [mint(es, claims(), { act: [A], ttl: 240 })];
 
   const colds = [];

@@ -451,11 +451,10 @@ def main() -> int:
             "requests": sum(x["requests"] for x in s.samples),
         })
     by = {r["name"]: r for r in rows}
-    nan = float("nan")
-
     def ratio_to(name: str) -> dict:
-        ref = by.get(name, {}).get("cpu_us", nan)
-        return {r["name"]: round(r["cpu_us"] / ref, 3) if ref == ref and ref > 0 else nan for r in rows}
+        """cpu_us / that of `name`; null when `name` did not run (--only), so the JSON stays strict."""
+        ref = by.get(name, {}).get("cpu_us")
+        return {r["name"]: round(r["cpu_us"] / ref, 3) if ref else None for r in rows}
 
     ratios, ratios_jwt, ratios_base = ratio_to("native_chain"), ratio_to("jwt_authn_fresh_es256"), ratio_to("baseline")
     envoy_version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
@@ -484,7 +483,9 @@ def markdown(rows: list[dict], ratios: dict, ratios_jwt: dict, meta: dict) -> st
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['cpu_us']:.1f} | {ratios[r['name']]:.2f} | {ratios_jwt[r['name']]:.2f} | "
+        def fmt(x: float | None) -> str:
+            return "–" if x is None else f"{x:.2f}"
+        lines.append(f"| {r['label']} | {r['cpu_us']:.1f} | {fmt(ratios[r['name']])} | {fmt(ratios_jwt[r['name']])} | "
                      f"{r['rps']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
     lines.append("")
     return "\n".join(lines)

@@ -156,6 +156,7 @@ def test_a_trap_fails_the_request_closed_and_fail_reload_serves_the_next_from_a_
         before = mcp_posts(server)
 
         trapped = calendar(envoy.url, token, {FAULT_HEADER: fault})
+        print(f"\n{fault}: {trapped['status']} {trapped['text']!r}")
         assert trapped["status"] == 503, trapped
         assert "txngate" not in trapped["text"] and token not in trapped["text"]
         assert mcp_posts(server) == before, "the trapped request never reached the MCP server"

@@ -21,7 +21,10 @@
 //!
 //! One audit line (JSON) per decision is logged at info level; the verdict, reason, agent, tool and
 //! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
-//! defined under `txngate.`.
+//! defined under `txngate.`, with rate-limit store failures also counted on their own
+//! (`txngate.ratelimit.store_error` / `.contention` / `.store_full`) so an operator sees them even when a
+//! rule's `on_store_error: allow` lets the call through. Failure behaviour in Envoy (trap, JWKS faults and
+//! bounds): docs/fragments/hardening-envoy.md.
 
 pub mod hybrid;
 pub mod jwks;

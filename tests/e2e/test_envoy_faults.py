@@ -156,6 +156,7 @@ def test_a_trap_fails_the_request_closed_and_fail_reload_serves_the_next_from_a_
         before = mcp_posts(server)
 
         trapped = calendar(envoy.url, token, {FAULT_HEADER: fault})
+        print(f"\n{fault}: {trapped['status']} {trapped['text']!r}")
         assert trapped["status"] == 503, trapped
         assert "txngate" not in trapped["text"] and token not in trapped["text"]
         assert mcp_posts(server) == before, "the trapped request never reached the MCP server"
@@ -237,7 +238,7 @@ class Jwks:
 
 def remote_issuer(port: int, **overrides) -> dict:
     issuer = {"name": "tts", "jwks_uri": f"http://127.0.0.1:{port}/.well-known/jwks.json", "cluster": "jwks",
-              "refresh_seconds": 1, "max_stale_seconds": 6, "min_refetch_seconds": 1, "algorithms": ["EdDSA"]}
+              "refresh_seconds": 1, "max_stale_seconds": 8, "min_refetch_seconds": 1, "algorithms": ["EdDSA"]}
     issuer.update(overrides)
     return issuer
 
@@ -287,12 +288,13 @@ def test_jwks_faults_keep_the_last_good_keys_until_max_stale_then_fail_closed(wo
         jwks.mode(fault)
         broke_at = time.monotonic()
 
-        # Within max_stale_seconds (6 s) of the last good fetch the last good keys keep answering.
+        # Within max_stale_seconds (8 s) of the last good fetch (at most ~1.5 s before the break: refresh 1 s,
+        # ticks 0.5 s) the last good keys keep answering.
         assert wait_for(lambda: jwks.requests_in(fault) >= 1, 4), "the filter kept fetching"
         for t in fresh(minter, a, 3):
             r = calendar(envoy.url, t)
             assert r["status"] == 200, (fault, r)
-            assert time.monotonic() - broke_at < 5.5, "too slow to show the stale window"
+            assert time.monotonic() - broke_at < 6.0, "too slow to show the stale window"
         rss_peak = envoy.rss_bytes()
 
         # Past it: fail closed, 503 keys.unavailable with Retry-After, nothing forwarded.
@@ -307,7 +309,7 @@ def test_jwks_faults_keep_the_last_good_keys_until_max_stale_then_fail_closed(wo
         assert stale is not None and stale["status"] == 503, stale
         assert reason(stale) == "keys.unavailable" and stale["headers"]["retry-after"] == "5", stale
         elapsed = time.monotonic() - broke_at
-        assert 4.0 <= elapsed <= 12.0, elapsed
+        assert 6.0 <= elapsed <= 14.0, elapsed
         assert wait_for(lambda: mcp_posts(server) == before + passed, 3)
         time.sleep(0.3)
         assert mcp_posts(server) == before + passed, "a refused request never reaches the MCP server"

@@ -331,7 +331,7 @@ export function cpuTicks(pid) {
  * object is serialised). `persist` shares Durable Object state between instances; `workers` > 1 runs that
  * many separate Worker isolates ("edge-0", "edge-1", ...) bound to one Durable Object namespace.
  */
-export async function startWorker({ vars, persist, workers = 1, ratelimits, limiter } = {}) {
+export async function startWorker({ vars, persist, workers = 1, ratelimits, limiter, inspectorPort } = {}) {
   if (!existsSync(WORKER_SCRIPT)) throw new Error(`${WORKER_SCRIPT} is missing: run scripts/test-worker.sh (it builds first)`);
   const bindings = { ...vars };
   if (bindings.TXNGATE_POLICY !== undefined && typeof bindings.TXNGATE_POLICY !== "string") {
@@ -377,6 +377,8 @@ export async function startWorker({ vars, persist, workers = 1, ratelimits, limi
     ...topology,
     host: "127.0.0.1",
     port: 0,
+    // The V8 inspector (loopback), for the flood's per-isolate heap figures.
+    ...(inspectorPort ? { inspectorPort } : {}),
     ...(persist ? { durableObjectsPersist: persist, cachePersist: join(persist, "cache") } : {}),
     handleRuntimeStdio(stdout, stderr) {
       const collect = (d) => {

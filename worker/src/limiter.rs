@@ -368,6 +368,46 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_must_fit_the_rule() {
+        let rule = LimitRule::new(10, 60, 10).unwrap();
+        let (_, allowed) = ratelimit::gcra(&rule, None, 1_000);
+        assert_eq!(check_answer(&allowed, &rule), Ok(()));
+        // A refusal from the real step fits too.
+        let mut tat = None;
+        let mut last = allowed;
+        for _ in 0..11 {
+            let (next, state) = ratelimit::gcra(&rule, tat, 1_000);
+            tat = next.or(tat);
+            last = state;
+        }
+        assert!(!last.allowed);
+        assert_eq!(check_answer(&last, &rule), Ok(()));
+
+        let other_rule = LimitState {
+            limit: 1_000_000,
+            ..allowed
+        };
+        assert!(check_answer(&other_rule, &rule).is_err());
+        let other_period = LimitState {
+            period_seconds: 1,
+            ..allowed
+        };
+        assert!(check_answer(&other_period, &rule).is_err());
+        let too_many_left = LimitState {
+            remaining: 11,
+            ..allowed
+        };
+        assert!(check_answer(&too_many_left, &rule).is_err());
+        let odd_refusal = LimitState {
+            allowed: false,
+            remaining: 3,
+            retry_after_ms: 0,
+            ..allowed
+        };
+        assert!(check_answer(&odd_refusal, &rule).is_err());
+    }
+
+    #[test]
     fn wire_state_round_trips() {
         let rule = LimitRule::new(2, 1, 1).unwrap();
         let (_, state) = ratelimit::gcra(&rule, None, 5);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Cloudflare Worker and run its tests in the real runtime (workerd, through wrangler's Miniflare).
 #
-#   scripts/test-worker.sh [--no-build] [--bench [N]] [-- NODE_TEST_ARGS...]
+#   scripts/test-worker.sh [--no-build] [--bench [N]] [--flood [N,N,...]] [-- NODE_TEST_ARGS...]
 #
 #   (default)     build with `wrangler deploy --dry-run` (runs wrangler.toml's [build]: worker-build --release,
 #                 offline, with our wasm-bindgen / wasm-opt / esbuild) — this also checks the deploy
@@ -9,6 +9,8 @@
 #                 tests/workerd/*.test.mjs with `node --test`
 #   --no-build    reuse worker/build/ as it is
 #   --bench [N]   afterwards, print workerd CPU per request and cold start (tests/workerd/bench.mjs)
+#   --flood [Ns]  afterwards, the memory flood at checkpoints Ns (default 10000,100000,1000000; time box
+#                 15 min): distinct agents and tool names through one isolate (tests/workerd/flood.mjs)
 #
 # Assumes scripts/bootstrap.sh --rust-wasm --python --node --worker-tools has run. CARGO_TARGET_DIR is
 # honoured. Every process the tests start is stopped by PID; everything listens on 127.0.0.1 only.
@@ -19,7 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 
-build=1 bench=0 bench_n=500 node_args=()
+build=1 bench=0 bench_n=500 flood=0 flood_n=10000,100000,1000000 node_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-build) build=0 ;;
@@ -27,8 +29,12 @@ while [ $# -gt 0 ]; do
             bench=1
             if [ $# -gt 1 ] && [[ "$2" =~ ^[0-9]+$ ]]; then bench_n="$2"; shift; fi
             ;;
+        --flood)
+            flood=1
+            if [ $# -gt 1 ] && [[ "$2" =~ ^[0-9,]+$ ]]; then flood_n="$2"; shift; fi
+            ;;
         --) shift; node_args=("$@"); break ;;
-        -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test-worker: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -74,4 +80,9 @@ node --test --test-concurrency=1 --test-timeout=180000 "${node_args[@]}" tests/w
 if [ $bench -eq 1 ]; then
     say "benchmark: $bench_n requests per case"
     node tests/workerd/bench.mjs "$bench_n"
+fi
+
+if [ $flood -eq 1 ]; then
+    say "flood: checkpoints $flood_n (time box 900 s)"
+    node tests/workerd/flood.mjs --n "$flood_n" --max-seconds 900
 fi

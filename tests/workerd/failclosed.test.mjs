@@ -1,12 +1,14 @@
 // Fail closed: a policy that does not load answers 500 to every request and never forwards; an origin that
-// cannot be reached gives 502 without internal detail; the origin's own errors pass through unchanged.
+// cannot be reached or resets the connection gives 502, one that sends no response headers in time 504
+// (TXNGATE_ORIGIN_TIMEOUT_MS), both without internal detail; the origin's own errors pass through unchanged
+// (its body is the origin's to choose); a reset after the headers truncates the stream the client reads.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { AGENT, ROOT, claims, keygen, mint, policy, post, removeDir, startHttpServer, startWorker, tempDir, toolCall } from "./helpers.mjs";
+import { AGENT, ROOT, claims, keygen, mint, policy, post, removeDir, startHttpServer, startWorker, tempDir, toolCall, until } from "./helpers.mjs";
 
 const A1 = AGENT("a1");
 
@@ -72,7 +74,7 @@ describe("fail closed", () => {
     }
   });
 
-  test("the origin's own error response passes through unchanged, with the rate-limit headers added", async () => {
+  test("the origin's own error response (500 with its own body) passes through unchanged, with the rate-limit headers added", async () => {
     const worker = await startWorker({ vars: { TXNGATE_POLICY: policy({ jwks: { keys: [key.publicJwk] } }), ORIGIN_URL: counting.url } });
     try {
       const r = await post(worker.url, {
@@ -87,6 +89,100 @@ describe("fail closed", () => {
       await worker.stop();
     }
   });
+  test("an origin that resets the connection: 502 origin.fetch, JSON-RPC error without internal detail", async () => {
+    const resetting = await startHttpServer((req) => req.socket.destroy());
+    const worker = await startWorker({ vars: { TXNGATE_POLICY: policy({ jwks: { keys: [key.publicJwk] } }), ORIGIN_URL: resetting.url } });
+    try {
+      const r = await post(worker.url, { token: mint(key, claims(), { act: [A1] }), body: toolCall(44, "calendar_read", { day: "mon" }) });
+      assert.equal(r.status, 502, r.text);
+      assert.equal(r.json.id, 44);
+      assert.equal(r.json.error.code, -32603);
+      assert.equal(r.json.error.data.reason, "origin.fetch");
+      assert.ok(!/127\.0\.0\.1|reset|ECONN|network|socket/i.test(r.text), r.text);
+      assert.equal(resetting.state.hits, 1, "the origin saw the request");
+    } finally {
+      await worker.stop();
+      await resetting.stop();
+    }
+  });
+
+  test("an origin that never answers: 504 origin.timeout after TXNGATE_ORIGIN_TIMEOUT_MS, the upstream request aborted", async () => {
+    let closed = 0;
+    const hanging = await startHttpServer((req, res) => res.on("close", () => (closed += 1)));
+    const vars = { TXNGATE_POLICY: policy({ jwks: { keys: [key.publicJwk] } }), ORIGIN_URL: hanging.url, TXNGATE_ORIGIN_TIMEOUT_MS: "800" };
+    const worker = await startWorker({ vars });
+    try {
+      const started = Date.now();
+      const r = await post(worker.url, { token: mint(key, claims(), { act: [A1] }), body: toolCall(45, "calendar_read", { day: "mon" }) });
+      const elapsed = Date.now() - started;
+      assert.equal(r.status, 504, r.text);
+      assert.equal(r.json.id, 45);
+      assert.equal(r.json.error.data.reason, "origin.timeout");
+      assert.ok(!/127\.0\.0\.1|800/.test(r.text), r.text);
+      assert.ok(elapsed >= 750 && elapsed < 4000, `answered after ${elapsed} ms`);
+      assert.ok(await until(() => closed >= 1, 3000), "the Worker aborted its upstream request");
+      // Without a JSON-RPC id (a plain path) the body is the OAuth-style error object.
+      const plain = await fetch(`${worker.url}/health`, { headers: { "txn-token": mint(key, claims(), { act: [A1] }) } });
+      assert.equal(plain.status, 504);
+      assert.equal((await plain.json()).error, "gateway_timeout");
+    } finally {
+      await worker.stop();
+      await hanging.stop();
+    }
+  });
+
+  test("the origin timeout bounds the response headers only: a slow body (an SSE stream) streams through", async () => {
+    const slow = await startHttpServer((req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write("event: message\ndata: first\n\n");
+      setTimeout(() => res.end("event: message\ndata: second\n\n"), 1500);
+    });
+    const vars = { TXNGATE_POLICY: policy({ jwks: { keys: [key.publicJwk] } }), ORIGIN_URL: slow.url, TXNGATE_ORIGIN_TIMEOUT_MS: "800" };
+    const worker = await startWorker({ vars });
+    try {
+      const r = await post(worker.url, { token: mint(key, claims(), { act: [A1] }), body: toolCall(46, "calendar_read", { day: "mon" }) });
+      assert.equal(r.status, 200, r.text);
+      assert.ok(r.text.includes("data: first") && r.text.includes("data: second"), r.text);
+    } finally {
+      await worker.stop();
+      await slow.stop();
+    }
+  });
+
+  test("an origin that resets after its headers: nothing complete-looking reaches the client", async () => {
+    // The status and headers may already be on their way; the Worker streams the body through and cannot
+    // take them back. What the client sees depends on its HTTP stack (here: node's fetch through Miniflare
+    // gets a 200 whose body ends early, curl a connection reset); what must never happen is a body that
+    // parses as the origin's complete answer.
+    const breaking = await startHttpServer((req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "1000" });
+      res.write('{"jsonrpc":"2.0","id":47,"result":{"partial":');
+      setTimeout(() => res.socket.destroy(), 100);
+    });
+    const worker = await startWorker({ vars: { TXNGATE_POLICY: policy({ jwks: { keys: [key.publicJwk] } }), ORIGIN_URL: breaking.url } });
+    try {
+      let text = null;
+      try {
+        const response = await fetch(`${worker.url}/mcp`, {
+          method: "POST",
+          headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "txn-token": mint(key, claims(), { act: [A1] }) },
+          body: toolCall(47, "calendar_read", { day: "mon" }),
+        });
+        text = await response.text();
+      } catch {
+        text = null; // the connection or the body read failed: fine
+      }
+      if (text !== null) {
+        assert.ok(text.length < 1000, `a short body, not the declared 1000 bytes: ${JSON.stringify(text)}`);
+        assert.throws(() => JSON.parse(text), "not a complete JSON answer");
+      }
+      assert.equal(breaking.state.hits, 1);
+    } finally {
+      await worker.stop();
+      await breaking.stop();
+    }
+  });
+
   test("the example policy in wrangler.toml loads (a request without a token gets 401, not 500)", async () => {
     const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
     const example = /^TXNGATE_POLICY = '{3}\n([\s\S]*?)\n'{3}/m.exec(toml);

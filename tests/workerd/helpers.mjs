@@ -6,6 +6,7 @@
 // listener binds 127.0.0.1; every wait is bounded.
 
 import { spawn, spawnSync } from "node:child_process";
+import { createPrivateKey, generateKeyPairSync, randomUUID, sign } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
@@ -232,6 +233,33 @@ export function mint(key, claimSet, { act = [], ttl = 120, count = 1 } = {}) {
   return count === 1 ? lines[0] : lines;
 }
 
+/**
+ * An Ed25519 signer in this process, for tests that need many tokens or arbitrary `kid`s (a spawn of the CLI
+ * per token costs tens of ms; this costs well under one). Same token shape as `txngate mint`: header typ
+ * "txntoken+jwt" and kid, iat/exp/txn filled in, `act` nested outermost first.
+ */
+export function localSigner(kid) {
+  const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+  const publicJwk = { ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" };
+  const key = createPrivateKey({ key: privateKey.export({ format: "jwk" }), format: "jwk" });
+  const b64 = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
+  return {
+    kid,
+    publicJwk,
+    jwks: { keys: [publicJwk] },
+    /** One token; `kid` overrides the header's kid (the signature is still this key's). */
+    mint(claimSet, { act = [], ttl = 120, kid: headerKid = kid } = {}) {
+      const now = Math.floor(Date.now() / 1000);
+      const body = { iat: now, exp: now + ttl, txn: randomUUID(), ...claimSet };
+      let chain = null;
+      for (const actor of [...act].reverse()) chain = chain ? { sub: actor, act: chain } : { sub: actor };
+      if (chain) body.act = chain;
+      const input = `${b64({ alg: "EdDSA", typ: "txntoken+jwt", kid: headerKid })}.${b64(body)}`;
+      return `${input}.${sign(null, Buffer.from(input), key).toString("base64url")}`;
+    },
+  };
+}
+
 export function tempDir(prefix) {
   return mkdtempSync(join(tmpdir(), `txngate-workerd-${prefix}-`));
 }
@@ -303,7 +331,7 @@ export function cpuTicks(pid) {
  * object is serialised). `persist` shares Durable Object state between instances; `workers` > 1 runs that
  * many separate Worker isolates ("edge-0", "edge-1", ...) bound to one Durable Object namespace.
  */
-export async function startWorker({ vars, persist, workers = 1, ratelimits } = {}) {
+export async function startWorker({ vars, persist, workers = 1, ratelimits, limiter, inspectorPort } = {}) {
   if (!existsSync(WORKER_SCRIPT)) throw new Error(`${WORKER_SCRIPT} is missing: run scripts/test-worker.sh (it builds first)`);
   const bindings = { ...vars };
   if (bindings.TXNGATE_POLICY !== undefined && typeof bindings.TXNGATE_POLICY !== "string") {
@@ -331,10 +359,26 @@ export async function startWorker({ vars, persist, workers = 1, ratelimits } = {
       },
     });
   }
+  // `limiter: "none"`: no TXNGATE_LIMITER binding at all. `limiter: { script, className }`: the binding
+  // points at a Durable Object class of another Worker script (a faulty limiter, for the fault tests).
+  let topology = workers === 1 ? workerOptions[0] : { workers: workerOptions };
+  if (limiter === "none") {
+    topology = { ...workerOptions[0], durableObjects: {} };
+  } else if (limiter) {
+    if (workers !== 1) throw new Error("startWorker: a custom limiter runs with one Worker");
+    topology = {
+      workers: [
+        { ...workerOptions[0], name: "txngate", durableObjects: { TXNGATE_LIMITER: { className: limiter.className, scriptName: "limiter" } } },
+        { name: "limiter", modules: true, script: limiter.script, compatibilityDate: COMPAT_DATE, durableObjects: { SELF: limiter.className } },
+      ],
+    };
+  }
   const mf = new Miniflare({
-    ...(workers === 1 ? workerOptions[0] : { workers: workerOptions }),
+    ...topology,
     host: "127.0.0.1",
     port: 0,
+    // The V8 inspector (loopback), for the flood's per-isolate heap figures.
+    ...(inspectorPort ? { inspectorPort } : {}),
     ...(persist ? { durableObjectsPersist: persist, cachePersist: join(persist, "cache") } : {}),
     handleRuntimeStdio(stdout, stderr) {
       const collect = (d) => {

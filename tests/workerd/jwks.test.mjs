@@ -3,10 +3,11 @@
 // isolate, and fail closed when no keys can be had.
 
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { AGENT, ISS, claims, keygen, mint, policy, post, removeDir, startJwksServer, startMcpServer, startWorker, tempDir, toolCall } from "./helpers.mjs";
+import { AGENT, ISS, claims, keygen, localSigner, mint, policy, post, removeDir, startJwksServer, startMcpServer, startWorker, tempDir, toolCall } from "./helpers.mjs";
 
 const A1 = AGENT("a1");
 const READ = (id) => toolCall(id, "calendar_read", { day: "mon" });
@@ -106,6 +107,61 @@ describe("JWKS from jwks_uri", () => {
     } finally {
       await worker.stop();
       await slow.stop();
+    }
+  });
+
+  test("a burst of 200 unknown kids: each refused with token.kid_unknown, at most one JWKS refetch per min_refetch_seconds window", async () => {
+    const WINDOW_MS = 3000;
+    const signer = localSigner("burst-good");
+    const server = await startJwksServer(signer.jwks);
+    const burstPolicy = policy({ issuer: { name: "tts", iss: ISS, jwks_uri: server.uri, refresh_seconds: 300, max_stale_seconds: 3600, min_refetch_seconds: WINDOW_MS / 1000, algorithms: ["EdDSA"] } });
+    const worker = await startWorker({ vars: { TXNGATE_POLICY: burstPolicy, ORIGIN_URL: origin.url } });
+    // `count` tokens, each naming a random kid the issuer never published (signed by a real key all the same),
+    // sent 20 at a time; resolves with the refusals and how long the burst took.
+    const burst = async (count, firstId) => {
+      const tokens = Array.from({ length: count }, () => signer.mint(claims(), { act: [A1], kid: `rand-${randomUUID()}` }));
+      const started = Date.now();
+      const results = [];
+      for (let i = 0; i < tokens.length; i += 20) {
+        results.push(...(await Promise.all(tokens.slice(i, i + 20).map((token, j) => post(worker.url, { token, body: READ(firstId + i + j) })))));
+      }
+      return { results, elapsed: Date.now() - started };
+    };
+    const assertRefused = (results) => {
+      for (const r of results) {
+        assert.equal(r.status, 401, r.text);
+        assert.equal(r.json.error.data.reason, "token.kid_unknown", r.text);
+        assert.match(r.headers.get("www-authenticate"), /invalid_token/);
+      }
+    };
+    try {
+      let r = await post(worker.url, { token: signer.mint(claims(), { act: [A1] }), body: READ(1000) });
+      assert.equal(r.status, 200, r.text);
+      assert.equal(server.state.hits, 1, "the isolate's first fetch");
+
+      const first = await burst(200, 2000);
+      assertRefused(first.results);
+      const refetches = server.state.hits - 1;
+      assert.ok(refetches >= 1, "the first unknown kid refetches");
+      assert.ok(refetches <= Math.ceil(first.elapsed / WINDOW_MS), `${refetches} refetches in ${first.elapsed} ms`);
+
+      // The known key is not locked out by the burst, and costs no fetch.
+      const hits = server.state.hits;
+      r = await post(worker.url, { token: signer.mint(claims(), { act: [A1] }), body: READ(3000) });
+      assert.equal(r.status, 200, r.text);
+      assert.equal(server.state.hits, hits);
+
+      // Once the window has passed, the next burst gets one more refetch, not one per token.
+      await new Promise((res) => setTimeout(res, WINDOW_MS + 100));
+      const second = await burst(50, 4000);
+      assertRefused(second.results);
+      const more = server.state.hits - hits;
+      assert.ok(more >= 1 && more <= Math.ceil(second.elapsed / WINDOW_MS), `${more} refetches in ${second.elapsed} ms`);
+      const refused = worker.audit().filter((a) => a.reason === "token.kid_unknown").length;
+      assert.equal(refused, 250, "one audit record per refused token");
+    } finally {
+      await worker.stop();
+      await server.stop();
     }
   });
 });

@@ -14,6 +14,17 @@ use worker::Env;
 pub const POLICY_VAR: &str = "TXNGATE_POLICY";
 pub const ORIGIN_VAR: &str = "ORIGIN_URL";
 pub const LIMITER_MODE_VAR: &str = "TXNGATE_LIMITER_MODE";
+pub const LIMITER_TIMEOUT_VAR: &str = "TXNGATE_LIMITER_TIMEOUT_MS";
+pub const ORIGIN_TIMEOUT_VAR: &str = "TXNGATE_ORIGIN_TIMEOUT_MS";
+
+/// A Durable Object call normally takes a few milliseconds (tens when the object starts cold, up to a few
+/// hundred across the world); one that has not answered in 3 s is treated as failed, so a stuck object
+/// costs a request 3 s and a `ratelimit.store_error` (or the rule's `on_store_error: allow`), never a hang.
+pub const DEFAULT_LIMITER_TIMEOUT_MS: u32 = 3_000;
+/// How long the origin may take to send its response headers: Cloudflare's own proxy gives up after 100 s
+/// (error 524), so the Worker answers first, with its own JSON-RPC error. The body (an SSE stream may last
+/// long) is not bounded by this.
+pub const DEFAULT_ORIGIN_TIMEOUT_MS: u32 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimiterMode {
@@ -29,6 +40,10 @@ pub struct Config {
     /// Scheme, host, port and optional base path of the origin, without a trailing slash.
     pub origin: String,
     pub limiter: LimiterMode,
+    /// Bound on one Durable Object exchange (request, answer, body), ms.
+    pub limiter_timeout_ms: u32,
+    /// Bound on the origin's response headers, ms.
+    pub origin_timeout_ms: u32,
     /// Issuers whose JWKS fetch is running.
     pub refreshing: RefCell<HashSet<usize>>,
     /// Last failed JWKS fetch per issuer (ms), to space out retries.
@@ -79,10 +94,14 @@ fn build(env: &Env) -> Result<Config, String> {
             ))
         }
     };
+    let limiter_timeout_ms = millis_var(env, LIMITER_TIMEOUT_VAR, DEFAULT_LIMITER_TIMEOUT_MS)?;
+    let origin_timeout_ms = millis_var(env, ORIGIN_TIMEOUT_VAR, DEFAULT_ORIGIN_TIMEOUT_MS)?;
     Ok(Config {
         gate: RefCell::new(gate),
         origin,
         limiter,
+        limiter_timeout_ms,
+        origin_timeout_ms,
         refreshing: RefCell::new(HashSet::new()),
         jwks_failed_at: RefCell::new(HashMap::new()),
         jwks_installed: RefCell::new(HashMap::new()),
@@ -102,6 +121,20 @@ fn string_var(env: &Env, name: &str) -> Result<Option<String>, String> {
             .as_string()
             .map(Some)
             .ok_or_else(|| format!("config: {name} must be a string")),
+    }
+}
+
+/// A timeout in milliseconds: a decimal string from 1 to 600000 (ten minutes), or the default when unset.
+/// Anything else is a configuration error (fail closed), not a silent fallback to the default.
+fn millis_var(env: &Env, name: &str, default: u32) -> Result<u32, String> {
+    let Some(raw) = string_var(env, name)? else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<u32>() {
+        Ok(ms) if (1..=600_000).contains(&ms) => Ok(ms),
+        _ => Err(format!(
+            "config: {name} is {raw:?}; expected milliseconds from 1 to 600000"
+        )),
     }
 }
 

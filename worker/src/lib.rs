@@ -179,7 +179,9 @@ async fn run(config: &Config, env: &Env, request: &CoreRequest<'_>) -> Outcome {
             }
             Step::ConsultLimiter(pending) => {
                 let result = match config.limiter {
-                    LimiterMode::Exact => limiter::consume(env, &pending).await,
+                    LimiterMode::Exact => {
+                        limiter::consume(env, &pending, config.limiter_timeout_ms).await
+                    }
                     LimiterMode::Approximate => limiter::approximate(env, &pending).await,
                 };
                 return config.gate.borrow_mut().resume_limit(*pending, result);

@@ -14,6 +14,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
 
 use serde::{Deserialize, Serialize};
 use txngate_core::ratelimit::{self, LimitRule, LimitState, StoreError};
@@ -42,9 +45,61 @@ fn backend(detail: impl Into<String>) -> StoreError {
     }
 }
 
-/// Consults the bucket's Durable Object. Any failure is a `StoreError`, and the rule's `on_store_error`
-/// decides (deny by default: 503).
-pub async fn consume(env: &Env, pending: &PendingLimit) -> Result<LimitState, StoreError> {
+/// Consults the bucket's Durable Object, bounded by `timeout_ms` for the whole exchange (the call, its
+/// answer's body). Any failure is a `StoreError`, and the rule's `on_store_error` decides (deny by default:
+/// 503 `ratelimit.store_error`). The error's text reaches the client inside the 503 message, so it only
+/// names the kind of failure; the runtime's exception text or the object's body go to the log.
+pub async fn consume(
+    env: &Env,
+    pending: &PendingLimit,
+    timeout_ms: u32,
+) -> Result<LimitState, StoreError> {
+    let exchange = std::pin::pin!(exchange(env, pending));
+    let timer = std::pin::pin!(worker::Delay::from(Duration::from_millis(u64::from(
+        timeout_ms
+    ))));
+    let result = match select(exchange, timer).await {
+        Either::Left((result, _)) => result,
+        // Dropping the exchange abandons the call: the object may still finish it, which is harmless (a
+        // late step of a bucket the request was already refused or allowed on by `on_store_error`).
+        Either::Right(((), _)) => Err(Failure {
+            public: format!("durable object did not answer within {timeout_ms} ms"),
+            detail: String::new(),
+        }),
+    };
+    let rule = pending.rule();
+    let failed = match result {
+        Ok(state) => match check_answer(&state, rule) {
+            Ok(()) => return Ok(state),
+            Err(what) => Failure {
+                public: "durable object answer does not fit the rule".into(),
+                detail: what,
+            },
+        },
+        Err(failure) => failure,
+    };
+    worker::console_error!(
+        "{}",
+        serde_json::json!({"txngate": "limiter.failed", "key": pending.key(), "error": &failed.public, "detail": &failed.detail})
+    );
+    Err(backend(failed.public))
+}
+
+/// A failed exchange: what may be shown (kind of failure) and what only the log gets.
+struct Failure {
+    public: String,
+    detail: String,
+}
+
+fn failure(public: &str, detail: impl Into<String>) -> Failure {
+    Failure {
+        public: public.into(),
+        detail: detail.into(),
+    }
+}
+
+/// One request to the object and its parsed answer, unbounded in time (the caller bounds it).
+async fn exchange(env: &Env, pending: &PendingLimit) -> Result<LimitState, Failure> {
     let rule = pending.rule();
     let body = ConsumeRequest {
         key: pending.key().to_string(),
@@ -53,34 +108,67 @@ pub async fn consume(env: &Env, pending: &PendingLimit) -> Result<LimitState, St
         burst: rule.burst(),
         now_ms: pending.now_ms(),
     };
-    let namespace = env
-        .durable_object(BINDING)
-        .map_err(|e| backend(format!("binding {BINDING}: {e}")))?;
+    let namespace = env.durable_object(BINDING).map_err(|e| {
+        failure(
+            "durable object binding missing",
+            format!("binding {BINDING}: {e}"),
+        )
+    })?;
     let stub = namespace
         .id_from_name(pending.key())
         .and_then(|id| id.get_stub())
-        .map_err(|e| backend(format!("durable object stub: {e}")))?;
-    let json = serde_json::to_string(&body).map_err(|e| backend(e.to_string()))?;
+        .map_err(|e| failure("durable object stub failed", e.to_string()))?;
+    let json = serde_json::to_string(&body)
+        .map_err(|e| failure("durable object request failed", e.to_string()))?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_body(Some(json.into()));
     let request = Request::new_with_init("https://txngate-limiter.internal/consume", &init)
-        .map_err(|e| backend(e.to_string()))?;
+        .map_err(|e| failure("durable object request failed", e.to_string()))?;
     let mut response = stub
         .fetch_with_request(request)
         .await
-        .map_err(|e| backend(format!("durable object call: {e}")))?;
-    if response.status_code() != 200 {
+        .map_err(|e| failure("durable object call failed", e.to_string()))?;
+    let status = response.status_code();
+    if status != 200 {
         let text = response.text().await.unwrap_or_default();
-        return Err(backend(format!(
-            "durable object answered {}: {}",
-            response.status_code(),
-            text.chars().take(200).collect::<String>()
-        )));
+        return Err(failure(
+            &format!("durable object answered HTTP {status}"),
+            text.chars().take(200).collect::<String>(),
+        ));
     }
     response
         .json::<LimitState>()
         .await
-        .map_err(|e| backend(format!("durable object answer: {e}")))
+        .map_err(|e| failure("durable object answer is not a limit state", e.to_string()))
+}
+
+/// A well-formed answer must still be the answer for this rule: an object of another version, or one
+/// whose storage was tampered with, could say "allowed" with numbers the rule never had.
+fn check_answer(state: &LimitState, rule: &LimitRule) -> Result<(), String> {
+    if state.limit != rule.limit()
+        || state.burst != rule.burst()
+        || state.period_seconds != rule.period_seconds()
+    {
+        return Err(format!(
+            "answer for limit {} / burst {} / {} s, rule is {} / {} / {} s",
+            state.limit,
+            state.burst,
+            state.period_seconds,
+            rule.limit(),
+            rule.burst(),
+            rule.period_seconds()
+        ));
+    }
+    if state.remaining > state.burst {
+        return Err(format!(
+            "remaining {} exceeds burst {}",
+            state.remaining, state.burst
+        ));
+    }
+    if !state.allowed && (state.remaining != 0 || state.retry_after_ms == 0) {
+        return Err("a refusal with calls remaining or no retry time".into());
+    }
+    Ok(())
 }
 
 /// Approximate mode: the Workers Rate Limiting binding `TXNGATE_RL_<limit>_<period>` (periods 10 or 60 s
@@ -277,6 +365,46 @@ mod tests {
         assert_eq!(drain_ms(tat.unwrap(), rule.limit()), 1_006_000);
         assert_eq!(drain_ms(7, 3), 3);
         assert_eq!(drain_ms(u128::MAX, 1), u64::MAX);
+    }
+
+    #[test]
+    fn an_answer_must_fit_the_rule() {
+        let rule = LimitRule::new(10, 60, 10).unwrap();
+        let (_, allowed) = ratelimit::gcra(&rule, None, 1_000);
+        assert_eq!(check_answer(&allowed, &rule), Ok(()));
+        // A refusal from the real step fits too.
+        let mut tat = None;
+        let mut last = allowed;
+        for _ in 0..11 {
+            let (next, state) = ratelimit::gcra(&rule, tat, 1_000);
+            tat = next.or(tat);
+            last = state;
+        }
+        assert!(!last.allowed);
+        assert_eq!(check_answer(&last, &rule), Ok(()));
+
+        let other_rule = LimitState {
+            limit: 1_000_000,
+            ..allowed
+        };
+        assert!(check_answer(&other_rule, &rule).is_err());
+        let other_period = LimitState {
+            period_seconds: 1,
+            ..allowed
+        };
+        assert!(check_answer(&other_period, &rule).is_err());
+        let too_many_left = LimitState {
+            remaining: 11,
+            ..allowed
+        };
+        assert!(check_answer(&too_many_left, &rule).is_err());
+        let odd_refusal = LimitState {
+            allowed: false,
+            remaining: 3,
+            retry_after_ms: 0,
+            ..allowed
+        };
+        assert!(check_answer(&odd_refusal, &rule).is_err());
     }
 
     #[test]

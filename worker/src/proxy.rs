@@ -1,5 +1,8 @@
 //! Rendering: local replies for denials and failures, and forwarding of allowed requests to the origin.
 
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
 use js_sys::Uint8Array;
 use serde_json::{json, Value};
 use txngate_core::{is_identity_header, Decision, Outcome};
@@ -78,9 +81,12 @@ pub fn config_failure(req: &web_sys::Request, message: &str) -> web_sys::Respons
     reply(500, &json_headers(), &body.to_string())
 }
 
-/// A failure of the Worker itself or of the origin connection: no internal detail to the client.
+/// A failure of the Worker itself (500) or of the origin (502 unreachable or broken, 504 no response headers
+/// in time): no internal detail to the client, the detail goes to the log.
 pub fn internal_error(reason: &str, detail: &str, rpc_id: Option<&Value>) -> web_sys::Response {
-    let status = if reason.starts_with("origin.") {
+    let status = if reason == "origin.timeout" {
+        504
+    } else if reason.starts_with("origin.") {
         502
     } else {
         500
@@ -89,14 +95,25 @@ pub fn internal_error(reason: &str, detail: &str, rpc_id: Option<&Value>) -> web
         "{}",
         json!({"txngate": reason, "status": status, "detail": detail})
     );
-    let message = if status == 502 {
-        "txngate: the upstream server could not be reached"
-    } else {
-        "txngate: internal error"
+    let (error, message) = match status {
+        504 => (
+            "gateway_timeout",
+            "txngate: the upstream server did not answer in time",
+        ),
+        502 => (
+            "bad_gateway",
+            "txngate: the upstream server could not be reached",
+        ),
+        _ => ("server_error", "txngate: internal error"),
     };
     let body = match rpc_id {
-        Some(id) => txngate_core::mcp::error_body(Some(id), -32603, message, json!({"reason": reason, "status": status})),
-        None => json!({"error": if status == 502 { "bad_gateway" } else { "server_error" }, "error_description": message, "reason": reason}).to_string(),
+        Some(id) => txngate_core::mcp::error_body(
+            Some(id),
+            -32603,
+            message,
+            json!({"reason": reason, "status": status}),
+        ),
+        None => json!({"error": error, "error_description": message, "reason": reason}).to_string(),
     };
     reply(status, &json_headers(), &body)
 }
@@ -112,15 +129,34 @@ pub async fn forward(
 ) -> web_sys::Response {
     let decision = &outcome.decision;
     let rpc_id = outcome.audit.rpc_id.as_ref();
-    let upstream = match upstream_request(config, method, path, headers, body, decision) {
+    // Aborted only if the headers do not come in time; once they have, the body streams unbounded (an
+    // SSE stream may legitimately last long).
+    let abort = web_sys::AbortController::new().ok();
+    let signal = abort.as_ref().map(web_sys::AbortController::signal);
+    let upstream = match upstream_request(config, method, path, headers, body, decision, signal) {
         Ok(r) => r,
         Err(e) => return internal_error("origin.request", &e, rpc_id),
     };
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-    let response: web_sys::Response = match JsFuture::from(global.fetch_with_request(&upstream))
-        .await
-        .map(JsCast::dyn_into)
-    {
+    let fetched = std::pin::pin!(JsFuture::from(global.fetch_with_request(&upstream)));
+    let timeout_ms = config.origin_timeout_ms;
+    let timer = std::pin::pin!(worker::Delay::from(Duration::from_millis(u64::from(
+        timeout_ms
+    ))));
+    let fetched = match select(fetched, timer).await {
+        Either::Left((fetched, _)) => fetched,
+        Either::Right(((), _)) => {
+            if let Some(abort) = &abort {
+                abort.abort();
+            }
+            return internal_error(
+                "origin.timeout",
+                &format!("no response headers within {timeout_ms} ms"),
+                rpc_id,
+            );
+        }
+    };
+    let response: web_sys::Response = match fetched.map(JsCast::dyn_into) {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => return internal_error("origin.fetch", "fetch returned no Response", rpc_id),
         Err(e) => return internal_error("origin.fetch", &js_error(&e), rpc_id),
@@ -199,6 +235,7 @@ fn upstream_request(
     headers: &[(String, String)],
     body: ForwardBody<'_>,
     decision: &Decision,
+    signal: Option<web_sys::AbortSignal>,
 ) -> Result<web_sys::Request, String> {
     let target = format!("{}{}", config.origin, path);
     let out = Headers::new().map_err(|e| js_error(&e))?;
@@ -216,6 +253,7 @@ fn upstream_request(
     init.set_method(method);
     init.set_headers(&out);
     init.set_redirect(RequestRedirect::Manual);
+    init.set_signal(signal.as_ref());
     let bodiless = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
     match body {
         _ if bodiless => {}

@@ -7,7 +7,7 @@
 
 import { spawn, spawnSync } from "node:child_process";
 import { createPrivateKey, generateKeyPairSync, randomUUID, sign } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -234,6 +234,16 @@ export function mint(key, claimSet, { act = [], ttl = 120, count = 1 } = {}) {
 }
 
 /**
+ * Test support: appends a secret this suite made (a token, a private JWK) to TXNGATE_SECRET_LEDGER when set,
+ * so tests/secrets/scan.py can prove it never reached a log. Tokens from the CLI and pytokens.py are recorded
+ * by them.
+ */
+export function recordSecret(kind, value) {
+  const path = process.env.TXNGATE_SECRET_LEDGER;
+  if (path) appendFileSync(path, JSON.stringify({ kind, value }) + "\n");
+}
+
+/**
  * An Ed25519 signer in this process, for tests that need many tokens or arbitrary `kid`s (a spawn of the CLI
  * per token costs tens of ms; this costs well under one). Same token shape as `txngate mint`: header typ
  * "txntoken+jwt" and kid, iat/exp/txn filled in, `act` nested outermost first.
@@ -241,7 +251,9 @@ export function mint(key, claimSet, { act = [], ttl = 120, count = 1 } = {}) {
 export function localSigner(kid) {
   const { publicKey, privateKey } = generateKeyPairSync("ed25519");
   const publicJwk = { ...publicKey.export({ format: "jwk" }), kid, alg: "EdDSA", use: "sig" };
-  const key = createPrivateKey({ key: privateKey.export({ format: "jwk" }), format: "jwk" });
+  const privateJwk = privateKey.export({ format: "jwk" });
+  recordSecret("private_key", JSON.stringify(privateJwk));
+  const key = createPrivateKey({ key: privateJwk, format: "jwk" });
   const b64 = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
   return {
     kid,
@@ -255,7 +267,9 @@ export function localSigner(kid) {
       for (const actor of [...act].reverse()) chain = chain ? { sub: actor, act: chain } : { sub: actor };
       if (chain) body.act = chain;
       const input = `${b64({ alg: "EdDSA", typ: "txntoken+jwt", kid: headerKid })}.${b64(body)}`;
-      return `${input}.${sign(null, Buffer.from(input), key).toString("base64url")}`;
+      const token = `${input}.${sign(null, Buffer.from(input), key).toString("base64url")}`;
+      recordSecret("token", token);
+      return token;
     },
   };
 }

@@ -21,6 +21,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "secrets"))
+import ledger  # noqa: E402
+
 
 def keygen(alg: str, kid: str, out: str) -> None:
     if alg == "EdDSA":
@@ -37,6 +40,7 @@ def keygen(alg: str, kid: str, out: str) -> None:
     fd = os.open(os.path.join(out, "private.jwk"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(jwk, f, indent=2)
+    ledger.record("private_key", json.dumps(jwk))
     with open(os.path.join(out, "jwks.json"), "w") as f:
         json.dump({"keys": [public]}, f, indent=2)
 
@@ -59,7 +63,9 @@ def mint(key_path: str, claims_arg: str, act: list[str], ttl: int, count: int) -
         if chain:
             claims["act"] = chain
         headers = {"typ": "txntoken+jwt", "kid": jwk["kid"]}
-        print(jwt.encode(claims, key, algorithm=jwk["alg"], headers=headers))
+        token = jwt.encode(claims, key, algorithm=jwk["alg"], headers=headers)
+        ledger.record("token", token)
+        print(token)
 
 
 def main() -> None:

@@ -172,34 +172,56 @@ pub fn write_fragment(root: &Path) -> Result<()> {
     let mut rows = Vec::new();
     let mut ratios = serde_json::Map::new();
     let mut md = String::new();
+    let instructions: BTreeMap<String, f64> = wasm_v
+        .as_ref()
+        .and_then(|v| v["instructions"].as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_f64().map(|n| (k.clone(), n)))
+                .collect()
+        })
+        .unwrap_or_default();
     md.push_str("## Core: native (criterion) and inside wasmtime\n\n");
-    md.push_str("Median time per operation, µs. `wasm/native` is the cost of running the same code as the filter's wasm.\n\n");
-    md.push_str("| case | native µs | wasm µs | wasm/native |\n|---|---:|---:|---:|\n");
+    md.push_str("Median time per operation, µs. `wasm/native` is the cost of running the same code as the filter's wasm. \
+");
+    md.push_str("`wasm k instr`: thousands of wasm instructions per operation (wasmtime fuel), which the machine's load cannot move.\n\n");
+    md.push_str(
+        "| case | native µs | wasm µs | wasm/native | wasm k instr |\n|---|---:|---:|---:|---:|\n",
+    );
     for name in &names {
         let n = native.get(name).copied();
         let w = wasm.get(name).copied();
+        let i = instructions.get(name).copied();
         let ratio = match (n, w) {
             (Some(n), Some(w)) if n > 0.0 => Some(w / n),
             _ => None,
         };
         md.push_str(&format!(
-            "| `{name}` | {} | {} | {} |\n",
+            "| `{name}` | {} | {} | {} | {} |\n",
             us(n),
             us(w),
-            ratio.map_or("—".into(), |r| format!("{r:.1}×"))
+            ratio.map_or("—".into(), |r| format!("{r:.1}×")),
+            i.map_or("—".into(), |i| format!("{:.1}", i / 1000.0))
         ));
         if let Some(r) = ratio {
             ratios.insert(name.clone(), json!((r * 1000.0).round() / 1000.0));
         }
         rows.push(json!({"name": name, "native_us": n.map(|v| v / 1000.0), "wasm_us": w.map(|v| v / 1000.0),
-                         "wasm_ratio": ratio}));
+                         "wasm_ratio": ratio, "wasm_instructions": i}));
     }
-    md.push_str("\nCurves (per-decision cost as the state grows; flat when largest/smallest ≤ ");
-    md.push_str(&format!("{FLAT}):\n\n| curve | points (N: µs) | largest/smallest native | wasm |\n|---|---|---:|---:|\n"));
+    md.push_str(&format!(
+        "\nCurves: per-decision cost as the state grows, largest/smallest point. Judged on wasm instructions when \
+         measured (deterministic), else on time; flat when ≤ {FLAT}.\n\n\
+         | curve | points (N: native µs) | native time | wasm time | wasm instructions |\n|---|---|---:|---:|---:|\n"
+    ));
     let nc = curves(&native);
     let wc = curves(&wasm);
+    let ic = curves(&instructions);
     let mut flat = serde_json::Map::new();
-    for what in nc.keys().chain(wc.keys().filter(|k| !nc.contains_key(*k))) {
+    let mut whats: Vec<&String> = nc.keys().chain(wc.keys()).chain(ic.keys()).collect();
+    whats.sort();
+    whats.dedup();
+    for what in whats {
         let pts = nc.get(what).or_else(|| wc.get(what));
         let text = pts.map_or(String::new(), |(p, _)| {
             p.iter()
@@ -207,19 +229,27 @@ pub fn write_fragment(root: &Path) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
-        let spread = |c: &Curves| {
-            c.get(what).map_or("—".into(), |(_, s)| {
-                format!("{s:.2} ({})", if *s <= FLAT { "flat" } else { "NOT flat" })
-            })
-        };
+        let spread = |c: &Curves| c.get(what).map_or("—".into(), |(_, s)| format!("{s:.2}"));
+        let judged = ic
+            .get(what)
+            .or_else(|| nc.get(what))
+            .or_else(|| wc.get(what))
+            .map(|c| c.1);
         md.push_str(&format!(
-            "| {what} | {text} | {} | {} |\n",
+            "| {what} | {text} | {} | {} | {} ({}) |\n",
             spread(&nc),
-            spread(&wc)
+            spread(&wc),
+            spread(&ic),
+            match judged {
+                Some(s) if s <= FLAT => "flat",
+                Some(_) => "NOT flat",
+                None => "—",
+            }
         ));
         flat.insert(
             what.clone(),
-            json!({"native": nc.get(what).map(|c| c.1), "wasm": wc.get(what).map(|c| c.1)}),
+            json!({"native": nc.get(what).map(|c| c.1), "wasm": wc.get(what).map(|c| c.1),
+                   "instructions": ic.get(what).map(|c| c.1), "judged": judged}),
         );
     }
     md.push_str("\nWhat the cases are:\n\n");
@@ -227,7 +257,7 @@ pub fn write_fragment(root: &Path) -> Result<()> {
     md.push_str("- `mcp/parse/small|8KiB`: the strict JSON-RPC parse of a `tools/call` body (duplicate keys, depth), small or with ~8 KiB of arguments.\n");
     md.push_str("- `decision/allow/*`: a whole allowed `tools/call` through `Gate::decide`: token, two-actor delegation chain, scope narrowing, an argument constraint, a rate limit in a `SlotTable` (the filter's bounded store), the audit record.\n");
     md.push_str("- `gcra/step|MemoryStore|SlotTable`: one rate-limit step: the GCRA arithmetic alone, through the CAS store, through the bounded slot table.\n");
-    md.push_str("- `curve/limit_keys/N`: the cached decision with N other agents' buckets live in the slot table; `curve/tools/N`: with N tools in the policy; `curve/ring_keys/N`: a fresh EdDSA decision with N keys in the ring, the token naming the last.\n");
+    md.push_str("- `curve/limit_keys/N`: the cached decision with N other agents' buckets live in the slot table; `curve/tools/N`: with N tools in the policy; `curve/agents/N`: with N agent patterns, all more specific than (so tried before) the one the calling agent matches; `curve/ring_keys/N`: a fresh EdDSA decision with N keys in the ring, the token naming the last.\n");
     md.push_str(&format!(
         "\nNative: {}. Wasm: {}.\n",
         describe(&native_v, "criterion medians, release profile"),

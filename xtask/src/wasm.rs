@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use wasmtime::{Caller, Engine, Extern, Instance, Linker, Module, Store, TypedFunc};
+use wasmtime::{Caller, Config, Engine, Extern, Instance, Linker, Module, Store, TypedFunc};
 
 const WASI: &str = "wasi_snapshot_preview1";
 const WASM: &str = "target/wasm32-wasip1/release/txngate_bench_wasm.wasm";
@@ -35,13 +35,14 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     if !status.success() {
         bail!("building the wasm bench module exited with {status}");
     }
-    let (order, cases) = time_module(&root.join(WASM), quick)?;
+    let (order, cases, fuel) = time_module(&root.join(WASM), quick)?;
     crate::core_bench::save(root, crate::core_bench::WASM_JSON, &cases, quick)?;
-    // Keep the workload's own case order for the report.
+    // Keep the workload's own case order for the report, and the instruction counts.
     let path = root.join(crate::core_bench::WASM_JSON);
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     if let Some(object) = v.as_object_mut() {
         object.insert("order".into(), serde_json::json!(order));
+        object.insert("instructions".into(), serde_json::json!(fuel));
     }
     std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
     Ok(())
@@ -212,27 +213,69 @@ fn linker(engine: &Engine, module: &Module) -> Result<Linker<()>> {
     Ok(linker)
 }
 
-fn time_module(path: &Path, quick: bool) -> Result<(Vec<String>, BTreeMap<String, f64>)> {
-    let engine = Engine::default();
-    let module = Module::from_file(&engine, path)
-        .map_err(|e| anyhow!("loading {}: {e:#}", path.display()))?;
-    let linker = linker(&engine, &module)?;
-    let mut store = Store::new(&engine, ());
-    let instance = linker.instantiate(&mut store, &module)?;
+fn instantiate(engine: &Engine, module: &Module) -> Result<Bench> {
+    let linker = linker(engine, module)?;
+    let mut store = Store::new(engine, ());
+    if engine.get_consume_fuel() {
+        store.set_fuel(FUEL)?;
+    }
+    let instance = linker.instantiate(&mut store, module)?;
     if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
         init.call(&mut store, ())?;
     }
     let setup = instance.get_typed_func::<u32, i32>(&mut store, "txngate_bench_setup")?;
     let run = instance.get_typed_func::<u32, u32>(&mut store, "txngate_bench_run")?;
-    let count = instance
-        .get_typed_func::<(), u32>(&mut store, "txngate_bench_cases")?
-        .call(&mut store, ())?;
-    let mut bench = Bench {
+    Ok(Bench {
         store,
         instance,
         setup,
         run,
-    };
+    })
+}
+
+/// Plenty: fuel is refilled before every measured call.
+const FUEL: u64 = u64::MAX / 4;
+
+impl Bench {
+    fn setup_case(&mut self, index: u32, name: &str) -> Result<()> {
+        if self.setup.call(&mut self.store, index)? != 0 {
+            let packed = self.call_u64("txngate_bench_error", None)?;
+            bail!("wasm case {name}: {}", self.string(packed)?);
+        }
+        Ok(())
+    }
+
+    /// Wasm instructions per run (wasmtime fuel: about one unit per operator), a figure the machine's load
+    /// cannot move: what the curves are judged on.
+    fn fuel(&mut self, runs: u32) -> Result<f64> {
+        self.store.set_fuel(FUEL)?;
+        self.batch(1)?;
+        self.store.set_fuel(FUEL)?;
+        self.batch(runs)?;
+        let used = FUEL - self.store.get_fuel()?;
+        Ok(used as f64 / f64::from(runs))
+    }
+}
+
+/// Times every case (median ns per run) and counts its wasm instructions per run in a second, fuel-metered
+/// instance (metering slows code down, so it never shares an instance with the timing).
+type Figures = (Vec<String>, BTreeMap<String, f64>, BTreeMap<String, f64>);
+
+fn time_module(path: &Path, quick: bool) -> Result<Figures> {
+    let engine = Engine::default();
+    let module = Module::from_file(&engine, path)
+        .map_err(|e| anyhow!("loading {}: {e:#}", path.display()))?;
+    let mut metered_config = Config::new();
+    metered_config.consume_fuel(true);
+    let metered_engine = Engine::new(&metered_config)?;
+    let metered_module = Module::from_file(&metered_engine, path)
+        .map_err(|e| anyhow!("loading {}: {e:#}", path.display()))?;
+    let mut bench = instantiate(&engine, &module)?;
+    let mut metered = instantiate(&metered_engine, &metered_module)?;
+    let count = bench
+        .instance
+        .get_typed_func::<(), u32>(&mut bench.store, "txngate_bench_cases")?
+        .call(&mut bench.store, ())?;
     let filter = std::env::var("TXNGATE_BENCH_FILTER").unwrap_or_default();
     let (batch, samples) = if quick {
         (Duration::from_millis(20), 9)
@@ -240,7 +283,8 @@ fn time_module(path: &Path, quick: bool) -> Result<(Vec<String>, BTreeMap<String
         (Duration::from_millis(100), 31)
     };
     let mut order = Vec::new();
-    let mut out = BTreeMap::new();
+    let mut times = BTreeMap::new();
+    let mut fuel = BTreeMap::new();
     for index in 0..count {
         let packed = bench.call_u64("txngate_bench_name", Some(index))?;
         let name = bench.string(packed)?;
@@ -248,13 +292,17 @@ fn time_module(path: &Path, quick: bool) -> Result<(Vec<String>, BTreeMap<String
         if !name.contains(filter.as_str()) {
             continue;
         }
-        if bench.setup.call(&mut bench.store, index)? != 0 {
-            let packed = bench.call_u64("txngate_bench_error", None)?;
-            bail!("wasm case {name}: {}", bench.string(packed)?);
-        }
+        bench.setup_case(index, &name)?;
         let ns = bench.time(batch, samples)?;
-        eprintln!("wasm {name:<32} {:>12.3} µs", ns / 1000.0);
-        out.insert(name, ns);
+        metered.setup_case(index, &name)?;
+        let instructions = metered.fuel(16)?;
+        eprintln!(
+            "wasm {name:<32} {:>12.3} µs {:>12.1} k instructions",
+            ns / 1000.0,
+            instructions / 1000.0
+        );
+        times.insert(name.clone(), ns);
+        fuel.insert(name, instructions);
     }
-    Ok((order, out))
+    Ok((order, times, fuel))
 }

@@ -48,6 +48,9 @@ pub const CASES: &[&str] = &[
     "curve/tools/1",
     "curve/tools/10",
     "curve/tools/100",
+    "curve/agents/1",
+    "curve/agents/10",
+    "curve/agents/100",
     "curve/ring_keys/1",
     "curve/ring_keys/10",
     "curve/ring_keys/100",
@@ -168,6 +171,8 @@ fn claims() -> Value {
 struct Shape {
     tools: usize,
     cache: bool,
+    /// Agent patterns besides the three every policy has (more specific than the mailer's, so matched first).
+    agent_patterns: usize,
 }
 
 fn policy(jwks: Value, shape: &Shape) -> Value {
@@ -183,15 +188,30 @@ fn policy(jwks: Value, shape: &Shape) -> Value {
             json!({"scopes": ["calendar:read"], "rate_limit": {"key": "agent", "limit": 10, "period_seconds": 60}}),
         );
     }
+    let mut agents = serde_json::Map::new();
+    agents.insert(
+        "spiffe://trust.example/gw".into(),
+        json!({"max_scopes": ["*"]}),
+    );
+    agents.insert(
+        "spiffe://trust.example/orchestrator".into(),
+        json!({"max_scopes": ["calendar:*", "email:*"]}),
+    );
+    agents.insert(
+        "spiffe://trust.example/agent/*".into(),
+        json!({"max_scopes": ["calendar:read", "email:send"]}),
+    );
+    for i in 1..shape.agent_patterns {
+        agents.insert(
+            format!("spiffe://trust.example/team-{i:03}/*"),
+            json!({"max_scopes": ["calendar:read"]}),
+        );
+    }
     json!({
         "trust_domain": TD,
         "issuers": [{"name": "tts", "jwks": jwks, "algorithms": ["EdDSA", "ES256", "RS256", "PS256"]}],
         "token": {"max_lifetime_seconds": 172_800, "cache_entries": if shape.cache { 1024 } else { 0 }},
-        "agents": {
-            "spiffe://trust.example/gw": {"max_scopes": ["*"]},
-            "spiffe://trust.example/orchestrator": {"max_scopes": ["calendar:*", "email:*"]},
-            "spiffe://trust.example/agent/*": {"max_scopes": ["calendar:read", "email:send"]}
-        },
+        "agents": agents,
         "delegation": {"max_depth": 2},
         "tools": tools,
         "limits": {"max_keys": SLOTS}
@@ -262,6 +282,7 @@ impl Case {
                 let shape = Shape {
                     tools: 1,
                     cache: *mode == "cached",
+                    agent_patterns: 0,
                 };
                 decide_case(
                     1,
@@ -287,7 +308,11 @@ impl Case {
                     "fresh_ES256" => ("ec", false, 0),
                     _ => return Err(format!("unknown case {name}")),
                 };
-                let shape = Shape { tools: 1, cache };
+                let shape = Shape {
+                    tools: 1,
+                    cache,
+                    agent_patterns: 0,
+                };
                 decide_case(1, false, kid, &shape, true, pad, 0)?
             }
             ["gcra", which] => {
@@ -316,6 +341,7 @@ impl Case {
                         let shape = Shape {
                             tools: 1,
                             cache: true,
+                            agent_patterns: 0,
                         };
                         decide_case(1, false, "ed-0", &shape, true, 0, n)?
                     }
@@ -323,6 +349,15 @@ impl Case {
                         let shape = Shape {
                             tools: n,
                             cache: true,
+                            agent_patterns: 0,
+                        };
+                        decide_case(1, false, "ed-0", &shape, true, 0, 0)?
+                    }
+                    "agents" => {
+                        let shape = Shape {
+                            tools: 1,
+                            cache: true,
+                            agent_patterns: n,
                         };
                         decide_case(1, false, "ed-0", &shape, true, 0, 0)?
                     }
@@ -330,6 +365,7 @@ impl Case {
                         let shape = Shape {
                             tools: 1,
                             cache: false,
+                            agent_patterns: 0,
                         };
                         // The last Ed25519 key: a linear kid scan would show here.
                         let kid = format!("ed-{}", n.max(1) - 1);

@@ -290,3 +290,33 @@ fn describe(v: &Option<Value>, what: &str) -> String {
         None => "not measured".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn curves_are_grouped_sorted_by_n_and_spread() {
+        let cases: BTreeMap<String, f64> = [
+            ("curve/tools/100", 12.0),
+            ("curve/tools/1", 10.0),
+            ("curve/tools/10", 11.0),
+            ("curve/agents/1", 5.0),
+            ("curve/agents/100", 10.0),
+            ("decision/allow/cached", 1.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let c = curves(&cases);
+        assert_eq!(c.len(), 2);
+        let (points, spread) = &c["tools"];
+        assert_eq!(
+            points.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            vec![1, 10, 100]
+        );
+        assert!((spread - 1.2).abs() < 1e-9);
+        assert!(c["agents"].1 > FLAT);
+    }
+}

@@ -194,3 +194,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parts_follow_only_in_report_order() {
+        let o = parse(&args("bench --quick --only worker,core")).unwrap();
+        assert!(o.quick);
+        assert_eq!(o.parts, vec!["core", "worker"]);
+        let o = parse(&args("bench --only wasm --only envoy")).unwrap();
+        assert_eq!(o.parts, vec!["wasm", "envoy"]);
+        assert_eq!(parse(&args("bench")).unwrap().parts, PARTS.to_vec());
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for bad in [
+            "",
+            "run",
+            "bench --only gpu",
+            "bench --only",
+            "bench --fast",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -364,3 +364,34 @@ pub fn write(root: &Path, opts: &Options, statuses: &[(&str, PartStatus)]) -> Re
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ratio_targets_use_cpu_us_and_tolerate_absence() {
+        let envoy = Some(json!({"rows": [
+            {"name": "txngate_repeated", "cpu_us": 40.0},
+            {"name": "native_chain", "cpu_us": 100.0},
+            {"name": "baseline", "cpu_us": 10.0}
+        ]}));
+        let t = ratio_target("x", &envoy, "txngate_repeated", "native_chain", 0.5);
+        assert_eq!(t.met, Some(true));
+        let t = ratio_target("x", &envoy, "txngate_repeated", "baseline", 2.0);
+        assert_eq!(t.met, Some(false));
+        let t = ratio_target("x", &envoy, "txngate_fresh_eddsa", "baseline", 1.0);
+        assert_eq!(t.met, None);
+        assert_eq!(ratio_target("x", &None, "a", "b", 1.0).met, None);
+    }
+
+    #[test]
+    fn metrics_are_read_from_metrics_then_meta() {
+        let v = Some(json!({"metrics": {"a": 1.0}, "meta": {"a": 2.0, "b": 3.0}}));
+        assert_eq!(metric(&v, "a"), Some(1.0));
+        assert_eq!(metric(&v, "b"), Some(3.0));
+        assert_eq!(metric(&v, "c"), None);
+    }
+}

@@ -256,6 +256,7 @@ pub fn write_fragment(root: &Path) -> Result<()> {
     md.push_str("- `token/<alg>/fresh|cached`: the Txn-Token check alone (a GET outside the MCP path through `Gate::decide`): `fresh` with the token cache off, so the signature and claims are checked every time; `cached` a TokenCache hit.\n");
     md.push_str("- `mcp/parse/small|8KiB`: the strict JSON-RPC parse of a `tools/call` body (duplicate keys, depth), small or with ~8 KiB of arguments.\n");
     md.push_str("- `decision/allow/*`: a whole allowed `tools/call` through `Gate::decide`: token, two-actor delegation chain, scope narrowing, an argument constraint, a rate limit in a `SlotTable` (the filter's bounded store), the audit record.\n");
+    md.push_str("- `parts/*`: pieces of the cached path, to see where it goes: SHA-256 of the token (cache key and audit), splitting it and reading its header, decoding and parsing its claims (fresh path only), the audit hash of the arguments.\n");
     md.push_str("- `gcra/step|MemoryStore|SlotTable`: one rate-limit step: the GCRA arithmetic alone, through the CAS store, through the bounded slot table.\n");
     md.push_str("- `curve/limit_keys/N`: the cached decision with N other agents' buckets live in the slot table; `curve/tools/N`: with N tools in the policy; `curve/agents/N`: with N agent patterns, all more specific than (so tried before) the one the calling agent matches; `curve/ring_keys/N`: a fresh EdDSA decision with N keys in the ring, the token naming the last.\n");
     md.push_str(&format!(

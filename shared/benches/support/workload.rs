@@ -11,8 +11,10 @@ use ed25519_compact::{KeyPair, Seed};
 use jwt_compact::alg::{Ed25519, Es256, Rsa};
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use serde_json::{json, Value};
-use txngate_core::encoding::encode_b64url;
+use txngate_core::encoding::{self, encode_b64url};
+use txngate_core::json::{canonical, parse_strict};
 use txngate_core::ratelimit::{self, bucket_key, LimitRule, MemoryStore, SlotTable};
+use txngate_core::token::UntrustedToken;
 use txngate_core::{mcp, Body, Gate, Request, Verdict};
 
 /// The fake clock's start (ms since the epoch).
@@ -39,6 +41,10 @@ pub const CASES: &[&str] = &[
     "decision/allow/cached_8KiB",
     "decision/allow/fresh_EdDSA",
     "decision/allow/fresh_ES256",
+    "parts/token_sha256",
+    "parts/token_split",
+    "parts/claims_decode",
+    "parts/arguments_hash",
     "gcra/step",
     "gcra/MemoryStore",
     "gcra/SlotTable",
@@ -237,6 +243,14 @@ fn tools_call(pad: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+#[derive(Clone, Copy)]
+enum PartKind {
+    TokenSha256,
+    TokenSplit,
+    ClaimsDecode,
+    ArgumentsHash,
+}
+
 enum Work {
     Decide {
         gate: Box<Gate>,
@@ -247,6 +261,12 @@ enum Work {
     },
     Parse {
         body: Vec<u8>,
+    },
+    /// A piece of the cached path, to see where a decision's time goes.
+    Part {
+        which: PartKind,
+        token: String,
+        arguments: Value,
     },
     GcraStep {
         rule: LimitRule,
@@ -314,6 +334,24 @@ impl Case {
                     agent_patterns: 0,
                 };
                 decide_case(1, false, kid, &shape, true, pad, 0)?
+            }
+            ["parts", which] => {
+                let which = match *which {
+                    "token_sha256" => PartKind::TokenSha256,
+                    "token_split" => PartKind::TokenSplit,
+                    "claims_decode" => PartKind::ClaimsDecode,
+                    "arguments_hash" => PartKind::ArgumentsHash,
+                    _ => return Err(format!("unknown case {name}")),
+                };
+                let token = Signers::new(1, false)?.sign("ed-0", &claims())?;
+                Self {
+                    now_ms: NOW_MS,
+                    work: Work::Part {
+                        which,
+                        token,
+                        arguments: json!({"to": "bob@example.com", "subject": "quarterly numbers", "body": "see attached"}),
+                    },
+                }
             }
             ["gcra", which] => {
                 let rule = LimitRule::new(1000, 1, 1000).map_err(|(f, e)| format!("{f}: {e}"))?;
@@ -413,6 +451,18 @@ impl Case {
             }
             Work::Parse { body } => mcp::parse_message(body, 65_536, 32)
                 .is_ok_and(|m| m.tool_call.is_some_and(|c| c.name == "send_email")),
+            Work::Part {
+                which,
+                token,
+                arguments,
+            } => match which {
+                PartKind::TokenSha256 => encoding::sha256(token.as_bytes()).first() != Some(&0xff),
+                PartKind::TokenSplit => UntrustedToken::parse(token, 8192).is_ok(),
+                PartKind::ClaimsDecode => UntrustedToken::parse(token, 8192)
+                    .and_then(|t| t.payload())
+                    .is_ok_and(|p| parse_strict(&p, 32).is_ok()),
+                PartKind::ArgumentsHash => encoding::sha256_hex(&canonical(arguments)).len() == 64,
+            },
             Work::GcraStep { rule, tat } => {
                 let (next, state) = ratelimit::gcra(rule, Some(*tat), now_ms);
                 if let Some(next) = next {

@@ -49,9 +49,12 @@ core_wasm() {
         cargo build --locked -p txngate-core --target wasm32-unknown-unknown
 }
 
+# --all-targets covers txngate-core's criterion benches (shared/benches) and the xtask (`cargo xtask bench`);
+# the wasm bench module is linted for the target it is built for.
 lint() {
     cargo fmt --all --check &&
-        cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness -p xtask --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-bench-wasm --target wasm32-wasip1 --all-targets -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-wasip1 -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings &&
         cargo clippy --locked -p txngate-filter --target wasm32-wasip1 --all-targets -- -D warnings &&

@@ -77,6 +77,14 @@ impl AgentPattern {
     pub fn matches(&self, id: &str) -> bool {
         match_parts(&self.parts, id)
     }
+
+    /// The literal every matching ID starts with (empty when the pattern starts with a wildcard).
+    pub fn literal_lead(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Literal(l)) => l,
+            _ => "",
+        }
+    }
 }
 
 fn match_parts(parts: &[Part], input: &str) -> bool {

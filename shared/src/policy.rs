@@ -470,7 +470,14 @@ pub struct ToolRule {
 pub struct Agents {
     exact: HashMap<String, ScopeSet>,
     patterns: Vec<(AgentPattern, ScopeSet)>,
+    /// Pattern positions (ascending) by their literal lead cut after its last `/`: an ID can only match
+    /// patterns filed under one of its own `/`-ended prefixes (or ""), so a lookup costs the number of
+    /// segments in the ID, not the number of patterns in the policy.
+    by_lead: HashMap<String, Vec<usize>>,
 }
+
+/// Up to this many patterns a scan is cheaper than hashing each prefix of the ID.
+const PATTERN_SCAN_MAX: usize = 8;
 
 impl Agents {
     /// The ceiling for `agent`: its exact entry, else the most specific matching pattern.
@@ -478,10 +485,43 @@ impl Agents {
         if let Some(set) = self.exact.get(agent) {
             return Some(set);
         }
-        self.patterns
-            .iter()
-            .find(|(p, _)| p.matches(agent))
-            .map(|(_, s)| s)
+        if self.patterns.len() <= PATTERN_SCAN_MAX {
+            return self
+                .patterns
+                .iter()
+                .find(|(p, _)| p.matches(agent))
+                .map(|(_, s)| s);
+        }
+        // The first matching pattern in specificity order, among the candidates of every prefix.
+        let mut best: Option<usize> = None;
+        let ends = std::iter::once(0).chain(agent.match_indices('/').map(|(i, _)| i + 1));
+        for end in ends {
+            let Some(candidates) = agent.get(..end).and_then(|lead| self.by_lead.get(lead)) else {
+                continue;
+            };
+            let found = candidates
+                .iter()
+                .take_while(|i| best.is_none_or(|b| **i < b))
+                .find(|i| {
+                    self.patterns
+                        .get(**i)
+                        .is_some_and(|(p, _)| p.matches(agent))
+                });
+            if let Some(i) = found {
+                best = Some(*i);
+            }
+        }
+        best.and_then(|i| self.patterns.get(i)).map(|(_, s)| s)
+    }
+
+    /// Files every pattern under its literal lead cut after the last `/` (call after sorting).
+    fn index(&mut self) {
+        self.by_lead.clear();
+        for (i, (pattern, _)) in self.patterns.iter().enumerate() {
+            let lead = pattern.literal_lead();
+            let key = lead.rfind('/').and_then(|at| lead.get(..=at)).unwrap_or("");
+            self.by_lead.entry(key.to_string()).or_default().push(i);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -824,6 +864,7 @@ fn compile_agents(agents: &BTreeMap<String, AgentSpec>) -> Result<Agents, Policy
             .cmp(&a.specificity())
             .then_with(|| a.source().cmp(b.source()))
     });
+    out.index();
     Ok(out)
 }
 
@@ -1010,6 +1051,65 @@ mod tests {
             .agents
             .ceiling("spiffe://trust.example/agent/a/b")
             .is_none());
+    }
+
+    /// The prefix index must pick exactly what a scan in specificity order picks, whatever the patterns.
+    #[test]
+    fn indexed_agent_patterns_pick_what_a_scan_picks() {
+        let sources = [
+            "spiffe://trust.example/agent/*",
+            "spiffe://trust.example/agent/mail*",
+            "spiffe://trust.example/agent/**",
+            "spiffe://trust.example/*/mailer",
+            "spiffe://trust.example/**",
+            "spiffe://*/agent/mailer",
+            "spiffe://trust.example/team-*/bot",
+            "**",
+            "*://trust.example/agent/mailer",
+            "spiffe://trust.example/agent/mailer/*",
+            "spiffe://other.example/agent/*",
+        ];
+        let ids = [
+            "spiffe://trust.example/agent/mailer",
+            "spiffe://trust.example/agent/mailer/x",
+            "spiffe://trust.example/agent/other",
+            "spiffe://trust.example/team-7/bot",
+            "spiffe://trust.example/x",
+            "spiffe://other.example/agent/mailer",
+            "spiffe://other.example/agent/a/b",
+            "https://trust.example/agent/mailer",
+            "nothing-like-it",
+            "",
+        ];
+        // Every subset of one in three patterns, plus filler teams so the index (not the scan) is used.
+        for skip in 0..3 {
+            let mut agents = serde_json::Map::new();
+            for (i, src) in sources.iter().enumerate() {
+                if i % 3 != skip {
+                    agents.insert((*src).to_string(), json!({"max_scopes": [format!("s{i}")]}));
+                }
+            }
+            for t in 0..20 {
+                agents.insert(
+                    format!("spiffe://trust.example/filler-{t}/*"),
+                    json!({"max_scopes": ["filler"]}),
+                );
+            }
+            let mut v = example();
+            v["agents"] = Value::Object(agents);
+            let p = load(&v).unwrap();
+            assert!(p.agents.patterns.len() > PATTERN_SCAN_MAX);
+            for id in ids {
+                let scanned = p
+                    .agents
+                    .patterns
+                    .iter()
+                    .find(|(pat, _)| pat.matches(id))
+                    .map(|(_, s)| s.to_claim());
+                let indexed = p.agents.ceiling(id).map(|s| s.to_claim());
+                assert_eq!(indexed, scanned, "{id} with skip {skip}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,397 @@
+//! docs/benchmarks.md: header (when, on what), the core, wasm, Envoy and Worker fragments, and issue #7's
+//! targets marked met or missed from the fragments' JSON (docs/fragments/bench-contract.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{Options, PartStatus};
+
+/// `date -u`, formatted; the clock is the only thing xtask asks the system for.
+pub fn now_utc() -> String {
+    output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown".into())
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn cores() -> String {
+    std::thread::available_parallelism().map_or_else(|_| "?".into(), |n| n.to_string())
+}
+
+/// The version of `package` in Cargo.lock (what was actually built).
+fn locked_version(root: &Path, package: &str) -> Option<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).ok()?;
+    let needle = format!("name = \"{package}\"\nversion = \"");
+    let at = lock.find(&needle)? + needle.len();
+    lock.get(at..)?.split('"').next().map(String::from)
+}
+
+fn envoy_version(root: &Path) -> String {
+    let out = Command::new("bash")
+        .current_dir(root)
+        .args([
+            "-c",
+            "source scripts/env.sh >/dev/null 2>&1 && envoy --version",
+        ])
+        .output();
+    out.ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).to_string();
+            // "<path>/envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+            let (_, tail) = s.split_once("version:")?;
+            tail.split('/').nth(1).map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "not found".into())
+}
+
+fn commit(root: &Path) -> String {
+    let sha = Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    let dirty = Command::new("git")
+        .current_dir(root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .is_some_and(|o| !o.stdout.is_empty());
+    if dirty {
+        format!("{sha} (with uncommitted changes)")
+    } else {
+        sha
+    }
+}
+
+fn load(root: &Path, rel: &str) -> Option<Value> {
+    let bytes = std::fs::read(root.join(rel)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `cpu_us` of row `name` in a fragment's JSON.
+fn cpu(v: &Option<Value>, name: &str) -> Option<f64> {
+    v.as_ref()?["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)?["cpu_us"]
+        .as_f64()
+}
+
+/// A figure from a fragment's `metrics` (or, tolerated, `meta`) object.
+fn metric(v: &Option<Value>, name: &str) -> Option<f64> {
+    let v = v.as_ref()?;
+    v["metrics"][name]
+        .as_f64()
+        .or_else(|| v["meta"][name].as_f64())
+}
+
+struct Target {
+    text: &'static str,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn ratio_target(text: &'static str, v: &Option<Value>, num: &str, den: &str, max: f64) -> Target {
+    match (cpu(v, num), cpu(v, den)) {
+        (Some(n), Some(d)) if d > 0.0 => Target {
+            text,
+            measured: format!("{:.2}× ({n:.1} / {d:.1} µs CPU, `{num}` / `{den}`)", n / d),
+            met: Some(n / d <= max),
+        },
+        _ => Target {
+            text,
+            measured: format!("not measured (`{num}`, `{den}` missing)"),
+            met: None,
+        },
+    }
+}
+
+fn bound_target(
+    text: &'static str,
+    value: Option<f64>,
+    max: f64,
+    unit: &str,
+    what: &str,
+) -> Target {
+    match value {
+        Some(x) => Target {
+            text,
+            measured: format!("{x:.1} {unit}"),
+            met: Some(x <= max),
+        },
+        None => Target {
+            text,
+            measured: format!("not measured ({what} missing)"),
+            met: None,
+        },
+    }
+}
+
+fn targets(root: &Path) -> Vec<Target> {
+    let envoy = load(root, "target/bench/envoy.json");
+    let worker = load(root, "target/bench/worker.json");
+    let core = load(root, "target/bench/core.json");
+    let mut out = vec![
+        ratio_target(
+            "Envoy, repeated token: txngate ≤ 0.5× the native chain (2)",
+            &envoy,
+            "txngate_repeated",
+            "native_chain",
+            0.5,
+        ),
+        ratio_target(
+            "Envoy, repeated token: txngate ≤ 2.0× the baseline (1)",
+            &envoy,
+            "txngate_repeated",
+            "baseline",
+            2.0,
+        ),
+        ratio_target(
+            "Envoy, fresh EdDSA token ≤ 1.0× native jwt_authn fresh ES256 (5)",
+            &envoy,
+            "txngate_fresh_eddsa",
+            "jwt_authn_fresh_es256",
+            1.0,
+        ),
+        ratio_target(
+            "Envoy, fresh ES256 token ≤ 2.0× native jwt_authn fresh ES256 (5)",
+            &envoy,
+            "txngate_fresh_es256",
+            "jwt_authn_fresh_es256",
+            2.0,
+        ),
+    ];
+    if cpu(&envoy, "hybrid_fresh_es256").is_some() {
+        out.push(ratio_target(
+            "Envoy, hybrid mode, fresh ES256 ≤ 2.0× native jwt_authn fresh ES256 (5)",
+            &envoy,
+            "hybrid_fresh_es256",
+            "jwt_authn_fresh_es256",
+            2.0,
+        ));
+    }
+    out.push(bound_target(
+        "Worker: ≤ 1 ms CPU per request, fresh ES256 token",
+        cpu(&worker, "fresh_es256"),
+        1000.0,
+        "µs",
+        "worker row `fresh_es256`",
+    ));
+    out.push(bound_target(
+        "Worker: ≤ 0.2 ms CPU per request, cached token",
+        cpu(&worker, "cached"),
+        200.0,
+        "µs",
+        "worker row `cached`",
+    ));
+    out.push(bound_target(
+        "Worker bundle ≤ 300 KB gzipped (KB = 1000 bytes)",
+        metric(&worker, "bundle_gzip_bytes").map(|b| b / 1000.0),
+        300.0,
+        "KB",
+        "worker metric `bundle_gzip_bytes`",
+    ));
+    let filter = std::fs::metadata(root.join("target/wasm32-wasip1/release/txngate_filter.wasm"))
+        .ok()
+        .map(|m| m.len() as f64 / 1000.0)
+        .or_else(|| metric(&envoy, "filter_wasm_bytes").map(|b| b / 1000.0));
+    out.push(bound_target(
+        "Filter .wasm ≤ 400 KB (KB = 1000 bytes)",
+        filter,
+        400.0,
+        "KB",
+        "target/wasm32-wasip1/release/txngate_filter.wasm",
+    ));
+    for (what, text) in [
+        (
+            "limit_keys",
+            "Per-decision cost flat in rate-limit keys (10, 1,000, 100,000 live)",
+        ),
+        ("tools", "Per-decision cost flat in tools (1, 10, 100)"),
+        (
+            "agents",
+            "Per-decision cost flat in agent patterns (1, 10, 100)",
+        ),
+        (
+            "ring_keys",
+            "Per-decision cost flat in key-ring size (1, 10, 100)",
+        ),
+    ] {
+        let curve = core.as_ref().map(|c| &c["curves"][what]);
+        let figure = |side: &str| curve.and_then(|c| c[side].as_f64());
+        let judged = figure("judged");
+        out.push(Target {
+            text,
+            measured: match judged {
+                Some(_) => format!(
+                    "largest/smallest: wasm instructions {}, native time {}, wasm time {} (flat ≤ {}; judged on instructions when measured)",
+                    figure("instructions").map_or("—".into(), |x| format!("{x:.2}")),
+                    figure("native").map_or("—".into(), |x| format!("{x:.2}")),
+                    figure("wasm").map_or("—".into(), |x| format!("{x:.2}")),
+                    crate::core_bench::FLAT
+                ),
+                None => "not measured (core curves missing)".into(),
+            },
+            met: judged.map(|x| x <= crate::core_bench::FLAT),
+        });
+    }
+    out
+}
+
+fn fragment(root: &Path, rel: &str, title: &str, status: Option<&PartStatus>) -> String {
+    let note = match status {
+        Some(PartStatus::Ran) => String::new(),
+        Some(PartStatus::Skipped(why)) => format!("skipped in this run: {why}"),
+        Some(PartStatus::Failed(why)) => format!("FAILED in this run: {why}"),
+        Some(PartStatus::NotSelected) | None => "not selected in this run".into(),
+    };
+    match std::fs::read_to_string(root.join(rel)) {
+        Ok(text) if note.is_empty() => format!("{}\n", text.trim_end()),
+        Ok(text) => format!(
+            "_{title}: {note}; the fragment below is from an earlier run._\n\n{}\n",
+            text.trim_end()
+        ),
+        Err(_) => format!(
+            "## {title}\n\n_Not measured: {}._\n",
+            if note.is_empty() {
+                "no fragment written".into()
+            } else {
+                note
+            }
+        ),
+    }
+}
+
+pub fn write(root: &Path, opts: &Options, statuses: &[(&str, PartStatus)]) -> Result<PathBuf> {
+    let status = |p: &str| statuses.iter().find(|(n, _)| *n == p).map(|(_, s)| s);
+    let mut md = String::new();
+    md.push_str("# txngate benchmarks\n\n");
+    md.push_str("Written by `cargo xtask bench");
+    if opts.quick {
+        md.push_str(" --quick");
+    }
+    md.push_str("` (see docs/fragments/bench-core.md); figures vary ±20% between runs on a busy machine.\n\n");
+    md.push_str(&format!("- Date: {}\n", now_utc()));
+    md.push_str(&format!(
+        "- Machine: {}, {} cores available\n",
+        cpu_model(),
+        cores()
+    ));
+    md.push_str(&format!(
+        "- Envoy {}, wasmtime {}, {}\n",
+        envoy_version(root),
+        locked_version(root, "wasmtime").unwrap_or_else(|| "?".into()),
+        output("rustc", &["-V"]).unwrap_or_else(|| "rustc ?".into())
+    ));
+    md.push_str(&format!("- Commit: {}\n", commit(root)));
+    let parts: Vec<String> = statuses
+        .iter()
+        .map(|(n, s)| {
+            format!(
+                "{n}: {}",
+                match s {
+                    PartStatus::Ran => "ran",
+                    PartStatus::NotSelected => "not selected",
+                    PartStatus::Skipped(_) => "skipped",
+                    PartStatus::Failed(_) => "FAILED",
+                }
+            )
+        })
+        .collect();
+    md.push_str(&format!("- Parts: {}\n\n", parts.join(", ")));
+    // The core fragment covers both the native and the wasm parts.
+    let core_status = match (status("core"), status("wasm")) {
+        (Some(PartStatus::Failed(e)), _) | (_, Some(PartStatus::Failed(e))) => {
+            Some(PartStatus::Failed(e.clone()))
+        }
+        (Some(PartStatus::Ran), _) | (_, Some(PartStatus::Ran)) => Some(PartStatus::Ran),
+        (a, _) => a.cloned(),
+    };
+    md.push_str(&fragment(
+        root,
+        "target/bench/core.md",
+        "Core",
+        core_status.as_ref(),
+    ));
+    md.push('\n');
+    md.push_str(&fragment(
+        root,
+        "target/bench/envoy.md",
+        "Envoy",
+        status("envoy"),
+    ));
+    md.push('\n');
+    md.push_str(&fragment(
+        root,
+        "target/bench/worker.md",
+        "Worker",
+        status("worker"),
+    ));
+    md.push_str("\n## Targets (issue #7)\n\n| target | measured | met |\n|---|---|---|\n");
+    for t in targets(root) {
+        let met = match t.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "—",
+        };
+        md.push_str(&format!("| {} | {} | {met} |\n", t.text, t.measured));
+    }
+    let path = root.join("docs/benchmarks.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ratio_targets_use_cpu_us_and_tolerate_absence() {
+        let envoy = Some(json!({"rows": [
+            {"name": "txngate_repeated", "cpu_us": 40.0},
+            {"name": "native_chain", "cpu_us": 100.0},
+            {"name": "baseline", "cpu_us": 10.0}
+        ]}));
+        let t = ratio_target("x", &envoy, "txngate_repeated", "native_chain", 0.5);
+        assert_eq!(t.met, Some(true));
+        let t = ratio_target("x", &envoy, "txngate_repeated", "baseline", 2.0);
+        assert_eq!(t.met, Some(false));
+        let t = ratio_target("x", &envoy, "txngate_fresh_eddsa", "baseline", 1.0);
+        assert_eq!(t.met, None);
+        assert_eq!(ratio_target("x", &None, "a", "b", 1.0).met, None);
+    }
+
+    #[test]
+    fn metrics_are_read_from_metrics_then_meta() {
+        let v = Some(json!({"metrics": {"a": 1.0}, "meta": {"a": 2.0, "b": 3.0}}));
+        assert_eq!(metric(&v, "a"), Some(1.0));
+        assert_eq!(metric(&v, "b"), Some(3.0));
+        assert_eq!(metric(&v, "c"), None);
+    }
+}

@@ -1,7 +1,7 @@
 """Hybrid mode in real Envoy: the `envoy` host (envoy_host.py) with Envoy's native `jwt_authn` in front of the
 filter, verifying every token's signature, and the filter in hybrid mode (`hybrid_jwt_authn`: the signature is
 attested by jwt_authn's `payload_in_metadata`, every other rule is txngate's). jwt_authn is configured as the
-hybrid docs say (docs/fragments/hybrid.md): it never refuses by itself (`allow_missing_or_failed`), keeps the
+hybrid docs say (docs/hybrid.md): it never refuses by itself (`allow_missing_or_failed`), keeps the
 token header (`forward`), reads the policy's token header, and leaves time to txngate (a clock skew so wide
 that only txngate's `exp`/`nbf`/`iat` rules decide), so every status is the filter's.
 

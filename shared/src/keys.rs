@@ -6,7 +6,7 @@ use core::fmt;
 use std::sync::Arc;
 
 #[cfg(feature = "rust-verify")]
-use jwt_compact::alg::{Ed25519, Rsa, RsaSignature, StrongAlg, StrongKey};
+use jwt_compact::alg::{Rsa, RsaSignature, StrongAlg, StrongKey};
 #[cfg(feature = "rust-verify")]
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use serde_json::{Map, Value};
@@ -185,7 +185,12 @@ impl std::error::Error for KeyError {}
 #[derive(Clone)]
 #[cfg_attr(not(feature = "rust-verify"), allow(dead_code))]
 enum Material {
-    Ed25519(ed25519_compact::PublicKey),
+    /// Checked at load by ed25519-compact (on the curve, not of small order), verified by ed25519-dalek's
+    /// `verify_strict` (canonical `S`, no small-order `R`).
+    #[cfg(feature = "rust-verify")]
+    Ed25519(ed25519_dalek::VerifyingKey),
+    #[cfg(not(feature = "rust-verify"))]
+    Ed25519,
     /// The key's fixed-base table (see [`es256`]).
     #[cfg(feature = "rust-verify")]
     P256(es256::Table),
@@ -251,8 +256,8 @@ impl PublicKey {
         }
         match (&self.material, self.alg) {
             (Material::Ed25519(key), Algorithm::EdDSA) => {
-                match <Ed25519 as jwt_compact::Algorithm>::Signature::try_from_slice(signature) {
-                    Ok(sig) => Ed25519.verify_signature(&sig, key, signing_input),
+                match ed25519_dalek::Signature::from_slice(signature) {
+                    Ok(sig) => key.verify_strict(signing_input, &sig).is_ok(),
                     Err(_) => false,
                 }
             }
@@ -462,8 +467,15 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                     }
                     Err(_) => return Err(KeyError::InvalidPoint { index }),
                 }
+                #[cfg(feature = "rust-verify")]
+                let material = Material::Ed25519(
+                    ed25519_dalek::VerifyingKey::from_bytes(&key)
+                        .map_err(|_| KeyError::InvalidPoint { index })?,
+                );
+                #[cfg(not(feature = "rust-verify"))]
+                let material = Material::Ed25519;
                 (
-                    Material::Ed25519(key),
+                    material,
                     vec![Algorithm::EdDSA],
                     public_members(obj, &["kty", "crv", "x"]),
                 )

@@ -41,6 +41,15 @@ fn member(jwk: &serde_json::Value, name: &str) -> Vec<u8> {
     b64(jwk.get(name).and_then(|v| v.as_str()).unwrap_or_default())
 }
 
+/// The JWK without its private member (the core refuses key sets carrying one).
+fn public_only(jwk: &serde_json::Value) -> serde_json::Value {
+    let mut public = jwk.clone();
+    if let Some(o) = public.as_object_mut() {
+        o.remove("d");
+    }
+    public
+}
+
 fn fixture() -> Option<Fixture> {
     let ed: serde_json::Value =
         serde_json::from_str(include_str!("../../vectors/keys/ed/private.jwk")).ok()?;
@@ -55,17 +64,13 @@ fn fixture() -> Option<Fixture> {
     let seed: [u8; 32] = member(&ed, "d").try_into().ok()?;
     let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
     let ed_sig = kp.sk.sign(&message, None).to_vec();
-    let ed_key = parse_jwk(0, &ed, &[Algorithm::EdDSA]).ok()?;
+    let ed_key = parse_jwk(0, &public_only(&ed), &[Algorithm::EdDSA]).ok()?;
     let dalek_key = ed25519_dalek::VerifyingKey::from_bytes(&kp.pk).ok()?;
 
     let sk = p256::ecdsa::SigningKey::from_slice(&member(&ec, "d")).ok()?;
     let sig: p256::ecdsa::Signature = sk.sign(&message);
     let es_sig = sig.to_bytes().to_vec();
-    let mut public = ec.clone();
-    if let Some(o) = public.as_object_mut() {
-        o.remove("d");
-    }
-    let es_key = parse_jwk(0, &public, &[Algorithm::ES256]).ok()?;
+    let es_key = parse_jwk(0, &public_only(&ec), &[Algorithm::ES256]).ok()?;
     let p256_key = *sk.verifying_key();
     let token_b64 = String::from_utf8(message.clone()).ok()?;
     Some(Fixture {

@@ -10,10 +10,10 @@ use txngate_core::keys::{parse_jwk, Algorithm, PublicKey};
 
 /// Case names, by index (the wasm export takes the index).
 pub const CASES: [&str; 7] = [
-    "EdDSA txngate (jwt-compact + ed25519-compact)",
-    "EdDSA ed25519-dalek verify_strict",
-    "ES256 txngate (jwt-compact + p256)",
-    "ES256 p256 VerifyingKey::verify (direct)",
+    "EdDSA txngate (ed25519-dalek verify_strict)",
+    "EdDSA ed25519-compact verify (the old backend)",
+    "ES256 txngate (fixed-base tables)",
+    "ES256 p256 VerifyingKey::verify (the old path)",
     "sha256 of a 600-byte token",
     "base64url decode of a 600-byte token",
     "serde_json parse of a token payload",
@@ -23,7 +23,7 @@ struct Fixture {
     message: Vec<u8>,
     ed_key: PublicKey,
     ed_sig: Vec<u8>,
-    dalek_key: ed25519_dalek::VerifyingKey,
+    compact_key: ed25519_compact::PublicKey,
     es_key: PublicKey,
     es_sig: Vec<u8>,
     p256_key: p256::ecdsa::VerifyingKey,
@@ -65,7 +65,7 @@ fn fixture() -> Option<Fixture> {
     let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
     let ed_sig = kp.sk.sign(&message, None).to_vec();
     let ed_key = parse_jwk(0, &public_only(&ed), &[Algorithm::EdDSA]).ok()?;
-    let dalek_key = ed25519_dalek::VerifyingKey::from_bytes(&kp.pk).ok()?;
+    let compact_key = kp.pk;
 
     let sk = p256::ecdsa::SigningKey::from_slice(&member(&ec, "d")).ok()?;
     let sig: p256::ecdsa::Signature = sk.sign(&message);
@@ -77,7 +77,7 @@ fn fixture() -> Option<Fixture> {
         message,
         ed_key,
         ed_sig,
-        dalek_key,
+        compact_key,
         es_key,
         es_sig,
         p256_key,
@@ -102,8 +102,8 @@ pub fn run(case: u32, iterations: u32) -> u32 {
     for _ in 0..iterations {
         let good = match case {
             0 => f.ed_key.verify(&f.message, &f.ed_sig),
-            1 => ed25519_dalek::Signature::from_slice(&f.ed_sig)
-                .is_ok_and(|s| f.dalek_key.verify_strict(&f.message, &s).is_ok()),
+            1 => ed25519_compact::Signature::from_slice(&f.ed_sig)
+                .is_ok_and(|s| f.compact_key.verify(&f.message, &s).is_ok()),
             2 => f.es_key.verify(&f.message, &f.es_sig),
             3 => {
                 use p256::ecdsa::signature::Verifier as _;
@@ -112,7 +112,8 @@ pub fn run(case: u32, iterations: u32) -> u32 {
             }
             4 => {
                 use sha2::Digest as _;
-                sha2::Sha256::digest(f.token_b64.as_bytes())[0] != 0xff || true
+                // black_box: the digest must be computed, whatever its value.
+                std::hint::black_box(sha2::Sha256::digest(f.token_b64.as_bytes())).len() == 32
             }
             5 => !b64(&f.token_b64.replace('.', "")).is_empty(),
             6 => serde_json::from_slice::<serde_json::Value>(&f.payload).is_ok(),

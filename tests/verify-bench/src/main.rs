@@ -54,8 +54,8 @@ mod native {
             format!("{root}/target/wasm32-wasip1/release/txngate_verify_bench.wasm")
         });
         let engine = Engine::default();
-        let module =
-            Module::from_file(&engine, &wasm).with_context(|| format!("loading {wasm}"))?;
+        let module = Module::from_file(&engine, &wasm)
+            .map_err(|e| anyhow::anyhow!("loading {wasm}: {e}"))?;
         let mut linker: Linker<()> = Linker::new(&engine);
         // The module imports a few WASI functions (panic printing, exit) it never calls in these cases.
         linker.define_unknown_imports_as_traps(&module)?;

@@ -5,7 +5,9 @@
 use core::fmt;
 use std::sync::Arc;
 
-use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaSignature, StrongAlg, StrongKey};
+#[cfg(feature = "rust-verify")]
+use jwt_compact::alg::{Rsa, RsaSignature, StrongAlg, StrongKey};
+#[cfg(feature = "rust-verify")]
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use serde_json::{Map, Value};
 
@@ -177,11 +179,29 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
+/// The parsed key. Ed25519 and P-256 keys are decoded (and so checked for being on their curve, and for small
+/// order) in every build; RSA keys are checked on their bytes, and only the `rust-verify` build also builds an
+/// RSA key object, since only that build can verify with it.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "rust-verify"), allow(dead_code))]
 enum Material {
-    Ed25519(ed25519_compact::PublicKey),
-    P256(p256::ecdsa::VerifyingKey),
+    /// Checked at load by ed25519-compact (on the curve, not of small order), verified by ed25519-dalek's
+    /// `verify_strict` (canonical `S`, no small-order `R`).
+    #[cfg(feature = "rust-verify")]
+    Ed25519(ed25519_dalek::VerifyingKey),
+    #[cfg(not(feature = "rust-verify"))]
+    Ed25519,
+    /// The key's fixed-base table (see [`es256`]).
+    #[cfg(feature = "rust-verify")]
+    P256(es256::Table),
+    /// A P-256 key (checked on the curve) in a build without the core's verifiers.
+    #[cfg(not(feature = "rust-verify"))]
+    P256,
+    #[cfg(feature = "rust-verify")]
     Rsa(StrongKey<rsa::RsaPublicKey>),
+    /// An RSA key in a build without the core's verifiers: the host verifies with its JWK.
+    #[cfg(not(feature = "rust-verify"))]
+    Rsa,
 }
 
 /// One validated public key, bound to exactly one algorithm.
@@ -189,6 +209,8 @@ enum Material {
 pub struct PublicKey {
     kid: Option<String>,
     alg: Algorithm,
+    // Read only by the core's own verifiers; kept in every build so that loading checks the same things.
+    #[cfg_attr(not(feature = "rust-verify"), allow(dead_code))]
     material: Material,
     jwk: Value,
     fingerprint: String,
@@ -225,6 +247,7 @@ impl PublicKey {
 
     /// Verifies a JWS signature over `signing_input` with jwt-compact's implementation of this key's one
     /// algorithm. Malformed signatures (wrong length, r or s out of range) are simply invalid.
+    #[cfg(feature = "rust-verify")]
     pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
         // jwt-compact's fixed-size signature constructors copy without checking the length (a panic on a
         // short signature), so the length is checked here first.
@@ -233,16 +256,13 @@ impl PublicKey {
         }
         match (&self.material, self.alg) {
             (Material::Ed25519(key), Algorithm::EdDSA) => {
-                match <Ed25519 as jwt_compact::Algorithm>::Signature::try_from_slice(signature) {
-                    Ok(sig) => Ed25519.verify_signature(&sig, key, signing_input),
+                match ed25519_dalek::Signature::from_slice(signature) {
+                    Ok(sig) => key.verify_strict(signing_input, &sig).is_ok(),
                     Err(_) => false,
                 }
             }
-            (Material::P256(key), Algorithm::ES256) => {
-                match <Es256 as jwt_compact::Algorithm>::Signature::try_from_slice(signature) {
-                    Ok(sig) => Es256.verify_signature(&sig, key, signing_input),
-                    Err(_) => false,
-                }
+            (Material::P256(table), Algorithm::ES256) => {
+                es256::verify(table, signing_input, signature)
             }
             (Material::Rsa(key), Algorithm::RS256 | Algorithm::PS256) => {
                 let expected_len = rsa::traits::PublicKeyParts::size(key.as_ref());
@@ -261,6 +281,135 @@ impl PublicKey {
             }
             _ => false,
         }
+    }
+
+    /// A build without the `rust-verify` feature (the Worker: it verifies with WebCrypto) links no signature
+    /// code, so it cannot vouch for any signature: every signature is invalid here (fail closed) and only the
+    /// host, answering `Step::VerifySignature`, can accept one.
+    #[cfg(not(feature = "rust-verify"))]
+    pub fn verify(&self, _signing_input: &[u8], _signature: &[u8]) -> bool {
+        false
+    }
+
+    /// Whether this build can verify signatures itself (`rust-verify` feature); hosts that always verify with
+    /// their own crypto turn it off.
+    pub const fn verifies_natively() -> bool {
+        cfg!(feature = "rust-verify")
+    }
+}
+
+/// ES256 verification with per-key precomputation. Keys are long-lived and P-256 is slow in Wasm (no 64×64→128
+/// multiply), so each configured key gets a fixed-base table at load (and the generator one, shared, at first
+/// use): `u1·G + u2·Q` then costs at most 128 additions and no doublings, against about 256 doublings and
+/// 128 additions for the generic double-and-add. Everything here works on public data, so variable time is fine.
+/// The signature rules are those of ECDSA verification (SEC 1 §4.1.4): `r` and `s` in `[1, n-1]`, the SHA-256
+/// digest reduced mod `n`, the result not the identity and its `x` reduced mod `n` equal to `r`.
+#[cfg(feature = "rust-verify")]
+mod es256 {
+    use std::sync::{Arc, OnceLock};
+
+    use p256::elliptic_curve::group::Group as _;
+    use p256::elliptic_curve::ops::{Invert as _, Reduce};
+    use p256::elliptic_curve::point::AffineCoordinates as _;
+    use p256::elliptic_curve::{Field as _, PrimeField as _};
+    use p256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar, U256};
+    use sha2::{Digest as _, Sha256};
+
+    /// 4-bit windows: 64 windows of 15 points (`j·16^i·P`, `j` in 1..=15): 960 points, 92 KB per key. They stay
+    /// projective: normalising them would cost an inversion each (the curve crate exposes no batch inversion
+    /// for P-256) and the complete addition formulas are barely cheaper with an affine operand.
+    const WINDOWS: usize = 64;
+    const PER_WINDOW: usize = 15;
+
+    /// A key's table, built at its first use: a policy may list keys it never sees a token for, and loading
+    /// stays cheap. Clones (the key ring copies keys) share it.
+    #[derive(Clone)]
+    pub struct Table {
+        point: ProjectivePoint,
+        points: Arc<OnceLock<Vec<ProjectivePoint>>>,
+    }
+
+    /// `j·16^i·P` at index `i·15 + (j-1)`.
+    fn build(point: ProjectivePoint) -> Vec<ProjectivePoint> {
+        let mut points = Vec::with_capacity(WINDOWS * PER_WINDOW);
+        let mut base = point;
+        for _ in 0..WINDOWS {
+            let mut multiple = base;
+            for _ in 0..PER_WINDOW {
+                points.push(multiple);
+                multiple += base;
+            }
+            // `multiple` is now 16·base: the next window's base.
+            base = multiple;
+        }
+        points
+    }
+
+    /// `k·P` added to `acc`, with `table` = `build(P)`.
+    fn mul(table: &[ProjectivePoint], scalar: &Scalar, acc: &mut ProjectivePoint) {
+        let bytes = scalar.to_repr();
+        // The last byte holds windows 0 (low nibble) and 1.
+        for (byte_index, byte) in bytes.iter().rev().enumerate() {
+            for (half, nibble) in [(0, byte & 0x0f), (1, byte >> 4)] {
+                if nibble == 0 {
+                    continue;
+                }
+                let index = (byte_index * 2 + half) * PER_WINDOW + usize::from(nibble) - 1;
+                if let Some(point) = table.get(index) {
+                    *acc += point;
+                }
+            }
+        }
+    }
+
+    impl Table {
+        pub fn new(point: &AffinePoint) -> Self {
+            Self {
+                point: ProjectivePoint::from(*point),
+                points: Arc::new(OnceLock::new()),
+            }
+        }
+
+        fn points(&self) -> &[ProjectivePoint] {
+            self.points.get_or_init(|| build(self.point))
+        }
+    }
+
+    fn generator() -> &'static [ProjectivePoint] {
+        static GENERATOR: OnceLock<Vec<ProjectivePoint>> = OnceLock::new();
+        GENERATOR.get_or_init(|| build(ProjectivePoint::GENERATOR))
+    }
+
+    fn scalar(bytes: &[u8]) -> Option<Scalar> {
+        let bytes: [u8; 32] = bytes.try_into().ok()?;
+        let value: Option<Scalar> = Scalar::from_repr(FieldBytes::from(bytes)).into();
+        value.filter(|v| !bool::from(v.is_zero()))
+    }
+
+    /// Verifies a JWS ES256 signature (`r ‖ s`, 32 bytes each) over `message` with the key's table.
+    pub fn verify(key: &Table, message: &[u8], signature: &[u8]) -> bool {
+        let (Some(r), Some(s)) = (
+            signature.get(..32).and_then(scalar),
+            signature.get(32..64).and_then(scalar),
+        ) else {
+            return false;
+        };
+        if signature.len() != 64 {
+            return false;
+        }
+        let Some(s_inv) = Option::<Scalar>::from(s.invert_vartime()) else {
+            return false;
+        };
+        let digest = Sha256::digest(message);
+        let z = <Scalar as Reduce<U256>>::reduce_bytes(&digest);
+        let mut sum = ProjectivePoint::IDENTITY;
+        mul(generator(), &(z * s_inv), &mut sum);
+        mul(key.points(), &(r * s_inv), &mut sum);
+        if bool::from(sum.is_identity()) {
+            return false;
+        }
+        let x = sum.to_affine().x();
+        <Scalar as Reduce<U256>>::reduce_bytes(&x) == r
     }
 }
 
@@ -318,8 +467,15 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                     }
                     Err(_) => return Err(KeyError::InvalidPoint { index }),
                 }
+                #[cfg(feature = "rust-verify")]
+                let material = Material::Ed25519(
+                    ed25519_dalek::VerifyingKey::from_bytes(&key)
+                        .map_err(|_| KeyError::InvalidPoint { index })?,
+                );
+                #[cfg(not(feature = "rust-verify"))]
+                let material = Material::Ed25519;
                 (
-                    Material::Ed25519(key),
+                    material,
                     vec![Algorithm::EdDSA],
                     public_members(obj, &["kty", "crv", "x"]),
                 )
@@ -336,8 +492,15 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                 sec1.extend_from_slice(&y);
                 let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
                     .map_err(|_| KeyError::InvalidPoint { index })?;
+                #[cfg(feature = "rust-verify")]
+                let material = Material::P256(es256::Table::new(key.as_affine()));
+                #[cfg(not(feature = "rust-verify"))]
+                let material = {
+                    let _ = key;
+                    Material::P256
+                };
                 (
-                    Material::P256(key),
+                    material,
                     vec![Algorithm::ES256],
                     public_members(obj, &["kty", "crv", "x", "y"]),
                 )
@@ -345,29 +508,37 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
             ("RSA", _) => {
                 let n = bytes_member(obj, index, "n")?;
                 let e = bytes_member(obj, index, "e")?;
-                let n_big = rsa::BigUint::from_bytes_be(&n);
-                let e_big = rsa::BigUint::from_bytes_be(&e);
-                let bits = n_big.bits();
+                // Checked on the big-endian bytes, the same in every build (with or without `rsa`).
+                let bits = big_endian_bits(&n);
                 if bits < 2048 {
                     return Err(KeyError::WeakRsa { index, bits });
                 }
                 if bits > 4096 {
                     return Err(KeyError::RsaTooLarge { index, bits });
                 }
-                let three = rsa::BigUint::from(3u8);
-                let odd = e.last().is_some_and(|b| b & 1 == 1);
-                if e_big < three || !odd || e.len() > 8 {
+                // At most 8 bytes, odd, and within [3, 2^33 - 1] (the `rsa` crate's own bounds).
+                let exponent = (e.len() <= 8)
+                    .then(|| e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)));
+                if !exponent.is_some_and(|v| (3..=RSA_MAX_EXPONENT).contains(&v) && v & 1 == 1) {
                     return Err(KeyError::BadRsaExponent { index });
                 }
                 if n.last().is_none_or(|b| b & 1 == 0) {
                     return Err(KeyError::InvalidPoint { index });
                 }
-                let key = rsa::RsaPublicKey::new_with_max_size(n_big, e_big, 4096)
-                    .map_err(|_| KeyError::BadRsaExponent { index })?;
-                let key =
-                    StrongKey::try_from(key).map_err(|_| KeyError::WeakRsa { index, bits })?;
+                #[cfg(feature = "rust-verify")]
+                let material = {
+                    let n_big = rsa::BigUint::from_bytes_be(&n);
+                    let e_big = rsa::BigUint::from_bytes_be(&e);
+                    let key = rsa::RsaPublicKey::new_with_max_size(n_big, e_big, 4096)
+                        .map_err(|_| KeyError::BadRsaExponent { index })?;
+                    let key =
+                        StrongKey::try_from(key).map_err(|_| KeyError::WeakRsa { index, bits })?;
+                    Material::Rsa(key)
+                };
+                #[cfg(not(feature = "rust-verify"))]
+                let material = Material::Rsa;
                 (
-                    Material::Rsa(key),
+                    material,
                     vec![Algorithm::RS256, Algorithm::PS256],
                     public_members(obj, &["kty", "n", "e"]),
                 )
@@ -424,6 +595,21 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
         jwk,
         fingerprint,
     })
+}
+
+/// The largest RSA public exponent accepted (2^33 - 1, as the `rsa` crate bounds it).
+const RSA_MAX_EXPONENT: u64 = (1 << 33) - 1;
+
+/// The bit length of a big-endian unsigned integer (leading zero bytes ignored).
+fn big_endian_bits(bytes: &[u8]) -> usize {
+    let mut rest = bytes.iter().skip_while(|b| **b == 0);
+    match rest.next() {
+        Some(first) => {
+            let tail = rest.count();
+            tail * 8 + (8 - first.leading_zeros() as usize)
+        }
+        None => 0,
+    }
 }
 
 fn public_members(obj: &Map<String, Value>, names: &[&str]) -> Map<String, Value> {
@@ -922,6 +1108,78 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, KeyError::AmbiguousAlgorithm { index: 0 });
+    }
+
+    #[test]
+    fn rsa_exponent_bounds_are_checked_on_bytes() {
+        let n2048 = crate::encoding::encode_b64url(&[0xffu8; 256]);
+        // 2^33 + 1: odd but above the bound; nine bytes: too long even with a leading zero.
+        for e in [&[0x02, 0, 0, 0, 0x01][..], &[0, 0, 0, 0, 0, 0, 0, 0, 0x03]] {
+            let e = crate::encoding::encode_b64url(e);
+            let err = parse_jwk(
+                0,
+                &json!({"kty":"RSA","n":n2048,"e":e,"alg":"RS256"}),
+                &Algorithm::ALL,
+            )
+            .unwrap_err();
+            assert_eq!(err, KeyError::BadRsaExponent { index: 0 });
+        }
+        // Leading zero bytes do not count towards the modulus size.
+        let mut n = vec![0u8; 2];
+        n.extend_from_slice(&[0xffu8; 255]);
+        let n = crate::encoding::encode_b64url(&n);
+        let err = parse_jwk(
+            0,
+            &json!({"kty":"RSA","n":n,"e":"AQAB","alg":"RS256"}),
+            &Algorithm::ALL,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::WeakRsa {
+                index: 0,
+                bits: 2040
+            }
+        );
+        assert_eq!(big_endian_bits(&[]), 0);
+        assert_eq!(big_endian_bits(&[0, 1]), 1);
+        assert_eq!(big_endian_bits(&[0x80, 0]), 16);
+    }
+
+    /// Without the core's verifiers (the Worker's build) a valid signature is still not accepted by the core:
+    /// only the host's own check can accept it.
+    #[cfg(not(feature = "rust-verify"))]
+    #[test]
+    fn without_rust_verify_the_core_accepts_no_signature() {
+        let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7u8; 32]));
+        let x = crate::encoding::encode_b64url(kp.pk.as_ref());
+        let key = parse_jwk(
+            0,
+            &json!({"kty":"OKP","crv":"Ed25519","x":x}),
+            &Algorithm::ALL,
+        )
+        .unwrap();
+        let sig = kp.sk.sign(b"a.b", None);
+        assert!(!PublicKey::verifies_natively());
+        assert!(!key.verify(b"a.b", sig.as_ref()));
+    }
+
+    /// The same check with the verifiers: the signature above is valid.
+    #[cfg(feature = "rust-verify")]
+    #[test]
+    fn with_rust_verify_the_core_verifies() {
+        let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([7u8; 32]));
+        let x = crate::encoding::encode_b64url(kp.pk.as_ref());
+        let key = parse_jwk(
+            0,
+            &json!({"kty":"OKP","crv":"Ed25519","x":x}),
+            &Algorithm::ALL,
+        )
+        .unwrap();
+        let sig = kp.sk.sign(b"a.b", None);
+        assert!(PublicKey::verifies_natively());
+        assert!(key.verify(b"a.b", sig.as_ref()));
+        assert!(!key.verify(b"a.c", sig.as_ref()));
     }
 
     #[test]

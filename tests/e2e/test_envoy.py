@@ -52,7 +52,7 @@ def policy(jwks_issuer: dict, **overrides) -> dict:
             "send_email": {
                 "scopes": ["email:send"],
                 "constraints": [{"argument": "/to", "claim": "/tctx/recipient"}],
-                "rate_limit": {"key": "agent", "limit": 10, "period_seconds": 60},
+                "rate_limit": {"key": "agent", "limit": 10, "period_seconds": 600},
             },
             "calendar_read": {"scopes": ["calendar:read"]},
             "calendar_write": {"scopes": ["calendar:write"]},
@@ -176,13 +176,15 @@ def test_eleventh_call_over_a_limit_of_ten_gets_429(stack, minter):
     for i in range(10):
         r = raw_http.post_jsonrpc(stack["url"], raw_http.tools_call_body("send_email", EMAIL_ARGS, i), {"Txn-Token": token})
         statuses.append(r["status"])
-        assert r["headers"]["ratelimit-policy"] == '"send_email";q=10;w=60'
+        assert r["headers"]["ratelimit-policy"] == '"send_email";q=10;w=600'
         assert r["headers"]["ratelimit"].startswith(f'"send_email";r={9 - i};')
     assert statuses == [200] * 10
     out = mcp_call(stack["url"], headers={"Txn-Token": token}, tool="send_email", args=EMAIL_ARGS)
     err = out["error"]
     assert (err["status"], err["code"]) == (429, -32029), out
-    assert 1 <= int(err["headers"]["retry-after"]) <= 6
+    # One call refills every 60 s: the eleventh (through the SDK client, seconds on a loaded machine) still
+    # finds the bucket empty.
+    assert 1 <= int(err["headers"]["retry-after"]) <= 60
     assert err["body"]["error"]["data"]["reason"] == "ratelimit.exceeded"
     assert wait_for(lambda: stack["envoy"].counters("wasmcustom.txngate.ratelimited.send_email").get(
         "wasmcustom.txngate.ratelimited.send_email", 0) >= 1)

@@ -21,10 +21,12 @@
 //!
 //! One audit line (JSON) per decision is logged at info level; the verdict, reason, agent, tool and
 //! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
-//! defined under `txngate.`.
+//! defined under `txngate.`. With `"audit_sink": "filter_state"` ([`sink`]) the record goes to one
+//! filter-state value for Envoy's access log instead (the cheaper sink).
 
 pub mod hybrid;
 pub mod jwks;
+pub mod sink;
 pub mod store;
 
 /// Root-context tick period (ms): JWKS refresh checks and the body watchdog.

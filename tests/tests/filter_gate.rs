@@ -112,10 +112,10 @@ fn audit_sink_filter_state_writes_the_record_as_one_value_and_logs_nothing() {
     let host = host();
     let mut p = policy();
     p["audit_sink"] = json!("filter_state");
-    let mut vm = vm(&host, &p);
-    let allowed = vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
+    let mut fs_vm = vm(&host, &p);
+    let allowed = fs_vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
     assert_eq!(allowed.status(), Some(200), "{:?}", allowed.local_reply);
-    let refused = vm.http(mcp(CALENDAR_A1, &tools_call("send_email", email_args())));
+    let refused = fs_vm.http(mcp(CALENDAR_A1, &tools_call("send_email", email_args())));
     assert_eq!(refused.status(), Some(403));
     for (o, verdict, reason) in [
         (&allowed, "allow", "allow"),
@@ -135,15 +135,16 @@ fn audit_sink_filter_state_writes_the_record_as_one_value_and_logs_nothing() {
         assert_eq!(o.property_set(&["txngate_verdict"]), None);
     }
     assert_eq!(
-        vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())))
+        fs_vm
+            .http(mcp(EMAIL_A1, &tools_call("send_email", email_args())))
             .status(),
         Some(200)
     );
 
     // The default, spelt out, is the log line; anything else is refused at configure.
     p["audit_sink"] = json!("log");
-    let mut vm = vm(&host, &p);
-    let o = vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
+    let mut log_vm = vm(&host, &p);
+    let o = log_vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
     assert_eq!(audit(&o).len(), 1);
     assert_eq!(o.property_set(&["txngate_audit"]), None);
     for bad in [json!("none"), json!(null), json!(true)] {

@@ -24,6 +24,7 @@ use txngate_core::{
 
 use crate::hybrid::{self, Hybrid};
 use crate::jwks::{self, Meta, Target};
+use crate::sink::{self, AuditSink};
 use crate::store::{self, LockOwner, SharedData, SharedStore};
 use crate::{BODY_WAIT_MS, MAX_TOOLS_LIST_BYTES, TICK_MS};
 
@@ -81,6 +82,9 @@ impl SharedData for HostShared {
 #[derive(Debug, Default)]
 struct Metrics {
     ids: HashMap<String, u32>,
+    /// `txngate.requests.<verdict>.<reason>` by its two static parts: the per-decision counter is found
+    /// without formatting its name each time.
+    decisions: HashMap<(&'static str, &'static str), u32>,
 }
 
 const MAX_METRICS: usize = 2048;
@@ -99,6 +103,22 @@ impl Metrics {
                 id
             }
         };
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+
+    /// `txngate.requests.<verdict>.<reason>`, once per decision.
+    fn increment_decision(&mut self, verdict: &'static str, reason: &'static str) {
+        if let Some(id) = self.decisions.get(&(verdict, reason)) {
+            let _ = hostcalls::increment_metric(*id, 1);
+            return;
+        }
+        let name = format!("txngate.requests.{verdict}.{}", segment(reason));
+        let Ok(id) = hostcalls::define_metric(MetricType::Counter, &name) else {
+            return;
+        };
+        if self.decisions.len() < MAX_METRICS {
+            self.decisions.insert((verdict, reason), id);
+        }
         let _ = hostcalls::increment_metric(id, 1);
     }
 }
@@ -244,6 +264,8 @@ struct Vm {
     gate: Option<Gate>,
     /// Set when the plugin configuration turns hybrid mode on (see [`crate::hybrid`]).
     hybrid: Option<Hybrid>,
+    /// Where audit records go (see [`crate::sink`]).
+    sink: AuditSink,
     lock_owner: LockOwner,
     metrics: Metrics,
     awaiting: BTreeMap<u32, Awaiting>,
@@ -301,13 +323,25 @@ impl Vm {
     /// Audit line, filter state, metrics, refetch request.
     fn record(&mut self, outcome: &Outcome) {
         let audit = &outcome.audit;
-        log(LogLevel::Info, &audit.to_json());
-        set_filter_state(audit);
-        self.metrics.increment(&format!(
-            "txngate.requests.{}.{}",
-            audit.verdict,
-            segment(audit.reason)
-        ));
+        match self.sink {
+            AuditSink::FilterState => {
+                let _ = hostcalls::set_property(
+                    vec![sink::AUDIT_STATE],
+                    Some(audit.to_json().as_bytes()),
+                );
+            }
+            AuditSink::Log => {
+                // Not even serialised when Envoy would drop the line (log level above info).
+                let dropped = hostcalls::get_log_level().is_ok_and(|l| {
+                    matches!(l, LogLevel::Warn | LogLevel::Error | LogLevel::Critical)
+                });
+                if !dropped {
+                    log(LogLevel::Info, &audit.to_json());
+                }
+                set_filter_state(audit);
+            }
+        }
+        self.metrics.increment_decision(audit.verdict, audit.reason);
         if audit.reason == "ratelimit.exceeded"
             || audit.dry_run_reason == Some("ratelimit.exceeded")
         {
@@ -403,6 +437,7 @@ impl Root {
         let vm = Vm {
             gate: None,
             hybrid: None,
+            sink: AuditSink::Log,
             lock_owner: LockOwner::new(hasher.finish()),
             metrics: Metrics::default(),
             awaiting: BTreeMap::new(),
@@ -784,6 +819,13 @@ impl RootContext for Root {
             );
             return false;
         }
+        let (config, sink) = match sink::split_config(&config) {
+            Ok(split) => split,
+            Err(e) => {
+                log(LogLevel::Error, &format!("txngate: {e}"));
+                return false;
+            }
+        };
         let (config, hybrid) = match hybrid::split_config(&config) {
             Ok(split) => split,
             Err(e) => {
@@ -841,6 +883,7 @@ impl RootContext for Root {
             let mut vm = self.vm.borrow_mut();
             vm.gate = Some(gate);
             vm.hybrid = hybrid;
+            vm.sink = sink;
             vm.fetches = fetches;
             vm.refetch.clear();
         }

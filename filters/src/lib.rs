@@ -23,11 +23,13 @@
 //! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
 //! defined under `txngate.`, with rate-limit store failures also counted on their own
 //! (`txngate.ratelimit.store_error` / `.contention` / `.store_full`) so an operator sees them even when a
-//! rule's `on_store_error: allow` lets the call through. Failure behaviour in Envoy (trap, JWKS faults and
-//! bounds): docs/fragments/hardening-envoy.md.
+//! rule's `on_store_error: allow` lets the call through. With `"audit_sink": "filter_state"` ([`sink`]) the
+//! record goes to one filter-state value for Envoy's access log instead (the cheaper sink). Failure behaviour
+//! in Envoy (trap, JWKS faults and bounds): docs/hardening.md.
 
 pub mod hybrid;
 pub mod jwks;
+pub mod sink;
 pub mod store;
 
 /// Root-context tick period (ms): JWKS refresh checks and the body watchdog.

@@ -125,10 +125,33 @@ pub fn rfc3339(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        ms % 1000
-    )
+    let year = u64::try_from(year).unwrap_or(0);
+    if year > 9999 {
+        // Beyond four digits (never in practice): `format!`'s `{:04}` prints them all.
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+            ms % 1000
+        );
+    }
+    // Written digit by digit, not with `format!`: one of these per decision.
+    let mut out = String::with_capacity(24);
+    let fields = [
+        (year, 4, '-'),
+        (u64::try_from(month).unwrap_or(0), 2, '-'),
+        (u64::try_from(day).unwrap_or(0), 2, 'T'),
+        (h, 2, ':'),
+        (m, 2, ':'),
+        (s, 2, '.'),
+        (ms % 1000, 3, 'Z'),
+    ];
+    for (value, width, separator) in fields {
+        for place in (0..width).rev() {
+            let digit = (value / 10u64.pow(place)) % 10;
+            out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+        }
+        out.push(separator);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -140,5 +163,7 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(1_796_083_200_000), "2026-12-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_764_460_799_999), "2025-11-29T23:59:59.999Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
     }
 }

@@ -86,3 +86,73 @@ impl TokenCache {
         self.order.clear();
     }
 }
+
+/// The SHA-256 (and its hex) of the last few raw tokens seen, matched on their exact bytes: a transaction's
+/// calls repeat one token, and hashing it again on every call (SHA-256 has no hardware help in Wasm) cost
+/// more than the rest of a cached decision. A miss costs a few length checks and short `memcmp`s.
+#[derive(Debug, Default)]
+pub struct HashMemo {
+    entries: Vec<MemoEntry>,
+    next: usize,
+}
+
+struct MemoEntry {
+    raw: Box<str>,
+    sha256: [u8; 32],
+    hex: Box<str>,
+}
+
+/// Never prints the token itself, only its hash.
+impl core::fmt::Debug for MemoEntry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MemoEntry")
+            .field("sha256", &self.hex)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tokens remembered (a handful of interleaved transactions per worker).
+const MEMO_ENTRIES: usize = 8;
+
+impl HashMemo {
+    /// The SHA-256 of `raw` and its lowercase hex, from the memo or computed (and remembered).
+    pub fn sha256(&mut self, raw: &str) -> ([u8; 32], String) {
+        if let Some(e) = self.entries.iter().find(|e| &*e.raw == raw) {
+            return (e.sha256, e.hex.to_string());
+        }
+        let sha256 = crate::encoding::sha256(raw.as_bytes());
+        let hex = crate::encoding::hex_lower(&sha256);
+        let entry = MemoEntry {
+            raw: raw.into(),
+            sha256,
+            hex: hex.as_str().into(),
+        };
+        if self.entries.len() < MEMO_ENTRIES {
+            self.entries.push(entry);
+        } else if let Some(slot) = self.entries.get_mut(self.next) {
+            *slot = entry;
+        }
+        self.next = (self.next + 1) % MEMO_ENTRIES;
+        (sha256, hex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn memo_matches_sha256_and_evicts_in_turn() {
+        let mut memo = HashMemo::default();
+        let tokens: Vec<String> = (0..20).map(|i| format!("a.b{i}.c")).collect();
+        for round in 0..3 {
+            for t in &tokens[..(4 + round * 6)] {
+                let (hash, hex) = memo.sha256(t);
+                assert_eq!(hash, crate::encoding::sha256(t.as_bytes()));
+                assert_eq!(hex, crate::encoding::sha256_hex(t.as_bytes()));
+            }
+        }
+        assert!(memo.entries.len() <= MEMO_ENTRIES);
+    }
+}

@@ -35,10 +35,18 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 pub(crate) fn hex_lower(bytes: &[u8]) -> String {
-    use core::fmt::Write as _;
+    // A table lookup, not `write!("{b:02x}")`: this runs for every decision (token and arguments hashes)
+    // and the formatting machinery cost more than the SHA-256 it renders.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    let digit = |nibble: u8| {
+        DIGITS
+            .get(usize::from(nibble))
+            .map_or('0', |d| char::from(*d))
+    };
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0f));
     }
     out
 }

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use crate::audit::{AuditRecord, LimitAudit};
 use crate::authorization::{self, ToolError};
-use crate::cache::TokenCache;
+use crate::cache::{HashMemo, TokenCache};
 use crate::delegation::{self, Delegation, DelegationError};
-use crate::encoding::{hex_lower, sha256, sha256_hex};
+use crate::encoding::sha256_hex;
 use crate::json::canonical;
 use crate::keys::{Algorithm, KeyError, KeyLookup, KeyRing, PublicKey, SkippedKey};
 use crate::mcp::{self, McpError, McpMessage};
@@ -245,16 +245,23 @@ pub struct Gate {
     policy: Arc<Policy>,
     keys: KeyRing,
     cache: TokenCache,
+    /// SHA-256 of recently seen raw tokens (exact-bytes match).
+    hashes: HashMemo,
+    /// `policy.mcp.path_prefix` normalised once (every request compares against it).
+    mcp_prefix: String,
 }
 
 impl Gate {
     pub fn new(policy: Policy) -> Self {
         let keys = policy.key_ring.clone();
         let cache = TokenCache::new(policy.token.cache_entries);
+        let mcp_prefix = mcp::normalize_path(&policy.mcp.path_prefix);
         Self {
             policy: Arc::new(policy),
             keys,
             cache,
+            hashes: HashMemo::default(),
+            mcp_prefix,
         }
     }
 
@@ -300,12 +307,20 @@ impl Gate {
     /// Whether `path` is under the MCP endpoint.
     pub fn is_mcp_path(&self, path: &str) -> bool {
         // Both normalised: a spelling the MCP server routes to its endpoint must not skip tool authorization.
-        let path = mcp::normalize_path(path);
-        let prefix = mcp::normalize_path(&self.policy.mcp.path_prefix);
+        // Most paths are already normal: compared as they are, without the allocations of normalising.
+        let raw = path.split(['?', '#']).next().unwrap_or("");
+        let normalized;
+        let path = if mcp::is_normalized(raw) {
+            raw
+        } else {
+            normalized = mcp::normalize_path(path);
+            normalized.as_str()
+        };
+        let prefix = self.mcp_prefix.as_str();
         prefix == "/"
             || path == prefix
             || path
-                .strip_prefix(prefix.as_str())
+                .strip_prefix(prefix)
                 .is_some_and(|rest| rest.starts_with('/'))
     }
 
@@ -399,8 +414,26 @@ impl Gate {
             Err(e) => return self.deny_token(ctx, &e),
         };
         // Hashed as soon as it is within the size cap, so refused tokens can be correlated too (never logged).
-        let hash = (raw.len() <= self.policy.token.max_bytes).then(|| sha256(raw.as_bytes()));
-        ctx.audit.token_sha256 = hash.as_ref().map(|h| hex_lower(h));
+        let hash = (raw.len() <= self.policy.token.max_bytes).then(|| {
+            let (hash, hex) = self.hashes.sha256(raw);
+            ctx.audit.token_sha256 = Some(hex);
+            hash
+        });
+        // The cache first: only tokens that parsed (and verified) are in it, and parsing is a pure function
+        // of the raw bytes, so a hit skips re-parsing its header with the same outcome.
+        if let Some(hash) = &hash {
+            if let Some(token) = self.cache.get(hash, now_ms, self.keys.generation()) {
+                // A cached token is only as good as its issuer's keys: stale keys fail closed for it too.
+                if self.keys.is_usable(token.issuer, now_ms) {
+                    // Hybrid: the host's verifier must have run for this request too, cached or not.
+                    if let Some(e) = host.and_then(|a| Self::attestation_error(a, hash)) {
+                        return self.deny_token(ctx, &e);
+                    }
+                    ctx.audit.cached = true;
+                    return self.authorize(ctx, token);
+                }
+            }
+        }
         let untrusted = match UntrustedToken::parse(raw, self.policy.token.max_bytes) {
             Ok(t) => t,
             Err(e) => return self.deny_token(ctx, &e),
@@ -414,17 +447,6 @@ impl Gate {
                 },
             );
         };
-        if let Some(token) = self.cache.get(&hash, now_ms, self.keys.generation()) {
-            // A cached token is only as good as its issuer's keys: stale keys fail closed for it too.
-            if self.keys.is_usable(token.issuer, now_ms) {
-                // Hybrid: the host's verifier must have run for this request too, cached or not.
-                if let Some(e) = host.and_then(|a| Self::attestation_error(a, &hash)) {
-                    return self.deny_token(ctx, &e);
-                }
-                ctx.audit.cached = true;
-                return self.authorize(ctx, token);
-            }
-        }
         let (issuer, key) = match self.keys.lookup(untrusted.kid(), now_ms) {
             KeyLookup::Found { issuer, key } => (issuer, key.clone()),
             KeyLookup::UnknownKid { refetch } => {
@@ -710,7 +732,10 @@ impl Gate {
             ArgumentsAudit::Full => ctx.audit.arguments = Some(call.arguments.clone()),
             ArgumentsAudit::None => {}
         }
-        let Some(rule) = self.policy.tool_rule(&call.name).cloned() else {
+        // Borrowed through a second handle on the policy, not cloned: a rule's scopes and constraints are
+        // read-only here.
+        let policy = Arc::clone(&self.policy);
+        let Some(rule) = policy.tool_rule(&call.name) else {
             let e = ToolError::NoRule {
                 tool: call.name.clone(),
             };
@@ -718,7 +743,7 @@ impl Gate {
         };
         ctx.audit.rule = Some(rule.name.clone());
         if let Err(e) =
-            authorization::authorize(&rule, &call, &delegation.effective_scope, &token.claims)
+            authorization::authorize(rule, &call, &delegation.effective_scope, &token.claims)
         {
             if rule.mode == Mode::DryRun {
                 ctx.audit.dry_run_reason = Some(e.reason());

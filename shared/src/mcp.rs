@@ -177,6 +177,28 @@ pub fn normalize_path(path: &str) -> String {
     out
 }
 
+/// Whether [`normalize_path`] would return `path` (before any `?` or `#`) unchanged: it starts with `/`,
+/// has only lowercase letters, digits and `-_.~`, no empty, `.` or `..` segment and no trailing `/` (or is
+/// `/`). The common case; it lets the per-request path check skip the allocations of the full normalisation.
+pub fn is_normalized(path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    rest.split('/').all(|segment| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'-' | b'_' | b'.' | b'~')
+            })
+    })
+}
+
 fn percent_decode(text: &str) -> String {
     let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
     let bytes = text.as_bytes();
@@ -599,10 +621,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn normal_paths() {
+        for path in ["/", "/mcp", "/a/b.c/d~e-f_g", "/..."] {
+            assert!(is_normalized(path), "{path}");
+        }
+        for path in [
+            "", "mcp", "/mcp/", "//mcp", "/MCP", "/a/./b", "/a/../b", "/.", "/a;b", "/a%2f",
+            "/a\\b", "/mcp?x",
+        ] {
+            assert!(!is_normalized(path), "{path}");
+        }
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(body in prop::collection::vec(any::<u8>(), 0..128)) {
             let _ = parse_message(&body, 1024, 16);
+        }
+
+        /// The fast path agrees with the full normalisation: a path it calls normal is normalised to itself.
+        #[test]
+        fn is_normalized_means_normalize_is_identity(path in "[/a-zA-Z0-9._~%;?#\\\\-]{0,24}") {
+            if is_normalized(&path) {
+                prop_assert_eq!(normalize_path(&path), path.clone());
+            }
         }
 
         #[test]

@@ -233,7 +233,7 @@ class Scenario:
 
 
 def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer], with_hybrid: bool,
-              variants: bool = False) -> list[Scenario]:
+              variants: bool = False, wasm_b: list[Path] | None = None) -> list[Scenario]:
     both = [issuers["EdDSA"], issuers["ES256"]]
     repeated = pools["EdDSA"][:1]
     out = [
@@ -261,6 +261,10 @@ def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer
         # Where the time goes: the same as (3) without the rate-limit step (shared-data GCRA).
         out.append(Scenario("txngate_repeated_no_limit", "variant: (3) without a rate limit on the tool",
                             [txngate_filter(txngate_policy(both, limit=False), wasm)], repeated))
+    for other in wasm_b or []:
+        # A/B in one run: (3) with other filter builds (e.g. before/after a change), interleaved with it.
+        out.append(Scenario(f"txngate_repeated@{other.stem}", f"(3) txngate, repeated token, filter {other.name}",
+                            [txngate_filter(txngate_policy(both), other)], repeated))
     return out
 
 
@@ -396,6 +400,8 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated scenario names (profiling); the ratios need "
                         "baseline, native_chain and jwt_authn_fresh_es256")
     parser.add_argument("--wasm", type=Path, default=Path(os.environ.get("TXNGATE_FILTER_WASM", WASM)))
+    parser.add_argument("--wasm-b", type=Path, action="append",
+                        help="another filter build (repeatable): adds txngate_repeated@<file stem> (A/B in one run)")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     seconds = args.seconds or (3 if args.quick else 8)
@@ -404,7 +410,8 @@ def main() -> int:
               file=sys.stderr)
         subprocess.run(["cargo", "build", "--release", "-p", "txngate-filter", "--target", "wasm32-wasip1"],
                        cwd=ROOT, check=False, stdin=subprocess.DEVNULL, timeout=3600)
-    for tool, path in (("envoy", ENVOY), ("wrk", Path(WRK)), ("filter", args.wasm)):
+    for tool, path in (("envoy", ENVOY), ("wrk", Path(WRK)), ("filter", args.wasm),
+                       *(("filter B", b) for b in args.wasm_b or [])):
         if not Path(path).exists():
             print(f"envoy_bench: {tool} not found at {path}", file=sys.stderr)
             return 2
@@ -415,7 +422,8 @@ def main() -> int:
     started = time.monotonic()
     issuers = {"EdDSA": Issuer.new("EdDSA", "bench-ed"), "ES256": Issuer.new("ES256", "bench-es")}
     pools = {alg: i.mint(POOL) for alg, i in issuers.items()}
-    plan = scenarios(args.wasm, pools, issuers, with_hybrid=not args.no_hybrid, variants=args.variants)
+    plan = scenarios(args.wasm, pools, issuers, with_hybrid=not args.no_hybrid, variants=args.variants,
+                     wasm_b=args.wasm_b)
     if args.only:
         wanted = set(args.only.split(","))
         plan = [s for s in plan if s.name in wanted]

@@ -150,6 +150,37 @@ def test_token_without_the_scope_is_refused_with_403(stack, minter):
     assert not any(a.get("agent") == agent and a["verdict"] == "allow" and a.get("tool") for a in stack["envoy"].audit())
 
 
+def test_audit_sink_filter_state_puts_the_record_in_the_access_log_not_the_log(workdir, wasm, minter):
+    """`"audit_sink": "filter_state"`: one filter-state value per decision for the access log, no audit line."""
+    directory = workdir / "audit-sink"
+    with mcp_server(json_response=True, log_dir=directory) as server:
+        port = server.wait_listening()
+        server.wait_port(port)
+        config = EnvoyConfig(policy=policy(inline_issuer(minter), audit_sink="filter_state"), upstream_port=port,
+                             wasm=wasm)
+        with running_envoy(config, directory) as envoy:
+            agent = AGENT + "sink"
+            token = minter.mint(claims(agent, "calendar:read"), act=[agent])
+            assert mcp_call(envoy.url, headers={"Txn-Token": token}, tool="calendar_read", args={"day": "mon"})["ok"]
+            assert not mcp_call(envoy.url, headers={"Txn-Token": token}, tool="send_email", args=EMAIL_ARGS)["ok"]
+
+            def records() -> list[dict]:
+                out = []
+                for line in envoy.access_log():
+                    _, found, record = line.partition(" audit=")
+                    if found and record.startswith("{"):
+                        out.append(json.loads(record))
+                return out
+
+            # The MCP client's own requests (initialize, ...) have records too, without a tool.
+            assert wait_for(lambda: any(r["verdict"] == "allow" and r.get("tool") == "calendar_read"
+                                        and r.get("agent") == agent for r in records())), envoy.access_log()
+            assert wait_for(lambda: any(r["verdict"] == "deny" and r["reason"] == "tool.scope" for r in records()))
+            assert all(len(r["token_sha256"]) == 64 and "token" not in json.dumps(r).replace("token_sha256", "")
+                       for r in records())
+            assert envoy.audit() == [], "no audit line is logged with the filter_state sink"
+
+
 @pytest.mark.parametrize("kind", ["garbage", "foreign_key", "wrong_typ", "missing"])
 def test_bad_token_is_refused_with_401(stack, minter, workdir, kind):
     agent = agent_for(stack, "bad")

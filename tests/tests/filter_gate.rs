@@ -108,6 +108,64 @@ fn allowed_call_reaches_the_upstream_with_verified_identity_only() {
 }
 
 #[test]
+fn audit_sink_filter_state_writes_the_record_as_one_value_and_logs_nothing() {
+    let host = host();
+    let mut p = policy();
+    p["audit_sink"] = json!("filter_state");
+    let mut fs_vm = vm(&host, &p);
+    let allowed = fs_vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
+    assert_eq!(allowed.status(), Some(200), "{:?}", allowed.local_reply);
+    let refused = fs_vm.http(mcp(CALENDAR_A1, &tools_call("send_email", email_args())));
+    assert_eq!(refused.status(), Some(403));
+    for (o, verdict, reason) in [
+        (&allowed, "allow", "allow"),
+        (&refused, "deny", "tool.scope"),
+    ] {
+        assert!(audit(o).is_empty(), "no audit line in the log");
+        let record: Value =
+            serde_json::from_slice(o.property_set(&["txngate_audit"]).unwrap()).unwrap();
+        assert_eq!(
+            (record["verdict"].as_str(), record["reason"].as_str()),
+            (Some(verdict), Some(reason))
+        );
+        assert_eq!(record["tool"].as_str(), Some("send_email"));
+        assert!(record["token_sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64));
+        assert_eq!(o.property_set(&["txngate_verdict"]), None);
+    }
+    assert_eq!(
+        fs_vm
+            .http(mcp(EMAIL_A1, &tools_call("send_email", email_args())))
+            .status(),
+        Some(200)
+    );
+
+    // The default, spelt out, is the log line; anything else is refused at configure.
+    p["audit_sink"] = json!("log");
+    let mut log_vm = vm(&host, &p);
+    let o = log_vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
+    assert_eq!(audit(&o).len(), 1);
+    assert_eq!(o.property_set(&["txngate_audit"]), None);
+    for bad in [json!("none"), json!(null), json!(true)] {
+        p["audit_sink"] = bad.clone();
+        let err = host
+            .vm(p.to_string())
+            .unwrap_err()
+            .downcast::<txngate_harness::StartError>()
+            .unwrap();
+        assert_eq!(err.stage, "on_configure", "{bad}");
+        assert!(
+            err.plugin_messages()
+                .iter()
+                .any(|m| m.starts_with("txngate: audit_sink must be")),
+            "{bad}: {:?}",
+            err.plugin_messages()
+        );
+    }
+}
+
+#[test]
 fn refusals_are_local_replies_with_the_cores_status_and_json_rpc_error() {
     let host = host();
     let mut vm = vm(&host, &policy());

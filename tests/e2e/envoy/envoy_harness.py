@@ -184,7 +184,9 @@ class EnvoyConfig:
         access_log = (
             "ACCESS %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% verdict=%FILTER_STATE(wasm.txngate_verdict:PLAIN)% "
             "reason=%FILTER_STATE(wasm.txngate_reason:PLAIN)% agent=%FILTER_STATE(wasm.txngate_agent:PLAIN)% "
-            "tool=%FILTER_STATE(wasm.txngate_tool:PLAIN)% txn=%FILTER_STATE(wasm.txngate_txn:PLAIN)%\n"
+            "tool=%FILTER_STATE(wasm.txngate_tool:PLAIN)% txn=%FILTER_STATE(wasm.txngate_txn:PLAIN)% "
+            # The whole record, set only with `"audit_sink": "filter_state"` (last: it contains spaces).
+            "audit=%FILTER_STATE(wasm.txngate_audit:PLAIN)%\n"
         )
         http_filters = [self.wasm_filter()] if self.policy is not None else []
         http_filters.append({

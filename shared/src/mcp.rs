@@ -234,7 +234,7 @@ pub fn parse_message(
             detail: other.to_string(),
         },
     })?;
-    let object = match value {
+    let mut object = match value {
         Value::Object(o) => o,
         Value::Array(_) => return Err(McpError::Batch),
         _ => {
@@ -271,7 +271,8 @@ pub fn parse_message(
             detail: "neither a request (method) nor a response (result/error)",
         });
     }
-    let params = match object.get("params") {
+    // Taken out of the document, so the arguments move into the tool call instead of being deep-copied.
+    let params = match object.remove("params") {
         None => None,
         Some(Value::Object(p)) => Some(p),
         Some(_) => {
@@ -297,11 +298,11 @@ pub fn parse_message(
     })
 }
 
-fn read_tool_call(params: Option<&Map<String, Value>>) -> Result<ToolCall, McpError> {
-    let params = params.ok_or(McpError::ToolName {
+fn read_tool_call(params: Option<Map<String, Value>>) -> Result<ToolCall, McpError> {
+    let mut params = params.ok_or(McpError::ToolName {
         detail: "params.name is missing",
     })?;
-    let name = match params.get("name") {
+    let name = match params.remove("name") {
         Some(Value::String(name)) => name,
         Some(_) => {
             return Err(McpError::ToolName {
@@ -314,20 +315,17 @@ fn read_tool_call(params: Option<&Map<String, Value>>) -> Result<ToolCall, McpEr
             })
         }
     };
-    if !is_valid_tool_name(name) {
+    if !is_valid_tool_name(&name) {
         return Err(McpError::ToolName {
             detail: "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /",
         });
     }
-    let arguments = match params.get("arguments") {
+    let arguments = match params.remove("arguments") {
         None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(v @ Value::Object(_)) => v.clone(),
+        Some(v @ Value::Object(_)) => v,
         Some(_) => return Err(McpError::Arguments),
     };
-    Ok(ToolCall {
-        name: name.clone(),
-        arguments,
-    })
+    Ok(ToolCall { name, arguments })
 }
 
 /// MCP 2026-07-28: `Mcp-Method` must equal the body's method and, for `tools/call`, `Mcp-Name` its tool.

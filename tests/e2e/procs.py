@@ -30,6 +30,24 @@ from typing import Mapping, Sequence
 POLL_SECONDS = 0.05
 
 
+def wait_for(probe, timeout: float = 5.0, interval: float = 0.1) -> bool:
+    """Polls `probe` until it returns true (True) or `timeout` seconds pass (False), at most timeout/interval
+    tries; a probe that raises an HTTP error or a KeyError (a counter not there yet) counts as false."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        try:
+            if probe():
+                return True
+        except (httpx.HTTPError, KeyError):
+            pass
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -34,7 +34,7 @@ from certs import TestCa  # noqa: E402
 from envoy_harness import (  # noqa: E402
     PROJECT_ROOT, EnvoyConfig, Minter, Tls, filter_wasm, running_envoy, txngate_cli, validate,
 )
-from procs import Proc, mcp_call, mcp_server  # noqa: E402
+from procs import Proc, mcp_call, mcp_server, wait_for  # noqa: E402
 
 TRUST_DOMAIN = "trust.example"
 AGENT = "spiffe://trust.example/agent/"
@@ -482,15 +482,3 @@ def _httpx_load(envoy, body: str, token: str, directory: Path, seconds: float) -
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def wait_for(probe, timeout: float = 5.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 1):
-        try:
-            if probe():
-                return True
-        except (httpx.HTTPError, KeyError):
-            pass
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    return False

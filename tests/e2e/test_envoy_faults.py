@@ -33,7 +33,7 @@ import raw_http  # noqa: E402
 from envoy_harness import (  # noqa: E402
     PROJECT_ROOT, EnvoyConfig, Minter, _cargo, filter_wasm, running_envoy, txngate_cli,
 )
-from procs import Proc, free_port, mcp_server  # noqa: E402
+from procs import Proc, free_port, mcp_server, wait_for  # noqa: E402
 
 TRUST_DOMAIN = "trust.example"
 AGENT = "spiffe://trust.example/agent/"
@@ -77,18 +77,6 @@ def reason(r: dict) -> str | None:
         return None
 
 
-def wait_for(probe, timeout: float = 10.0, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 1):
-        try:
-            if probe():
-                return True
-        except (httpx.HTTPError, KeyError):
-            pass
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    return False
 
 
 def mcp_posts(server: Proc) -> int:

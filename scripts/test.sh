@@ -53,8 +53,9 @@ core_wasm() {
 # the wasm bench module is linted for the target it is built for.
 lint() {
     cargo fmt --all --check &&
-        cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness -p xtask --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness -p xtask -p txngate-verify-bench --all-targets -- -D warnings &&
         cargo clippy --locked -p txngate-bench-wasm --target wasm32-wasip1 --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-verify-bench --lib --target wasm32-wasip1 -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-wasip1 -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings &&
         cargo clippy --locked -p txngate-filter --target wasm32-wasip1 --all-targets -- -D warnings &&

@@ -66,20 +66,8 @@ harness_tests() { cargo test --locked -p txngate-harness; }
 
 filter_unit() { cargo test --locked -p txngate-filter; }
 
-# The shipped filter is cargo's release build passed through binaryen's wasm-opt -Oz (node_modules/.bin, from
-# scripts/bootstrap.sh), written back to the same path so that tests, demo and examples all load one artifact.
-# The optimised file replaces cargo's hard link (deps/ keeps cargo's own copy), so a fresh `cargo build` does not
-# undo it; a rebuild after a source change does, until this runs again (the plain build works, only bigger).
-filter_build() {
-    local wasm=target/wasm32-wasip1/release/txngate_filter.wasm
-    local wasm_opt="${WASM_OPT_BIN:-$ROOT/node_modules/.bin/wasm-opt}"
-    cargo build --locked --release -p txngate-filter --target wasm32-wasip1 || return 1
-    echo "cargo:    $(stat -c %s "$wasm") bytes, $(gzip -9c "$wasm" | wc -c) gzipped"
-    # rustc's stripped output carries no target_features section: name the features it uses.
-    "$wasm_opt" -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-        --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types "$wasm" -o "$wasm.opt"  && mv "$wasm.opt" "$wasm" || return 1
-    echo "wasm-opt: $(stat -c %s "$wasm") bytes, $(gzip -9c "$wasm" | wc -c) gzipped"
-}
+# The shipped filter: cargo's release build passed through wasm-opt -Oz (scripts/build-filter.sh).
+filter_build() { scripts/build-filter.sh; }
 
 worker_unit() { cargo test --locked -p txngate-worker; }
 

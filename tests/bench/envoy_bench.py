@@ -179,7 +179,9 @@ def local_ratelimit() -> dict:
                                        "runtime_key": "rl_enforced"}})
 
 
-def txngate_filter(policy: dict, wasm: Path) -> dict:
+def txngate_filter(policy: dict, wasm: Path, audit_sink: str | None = None) -> dict:
+    if audit_sink is not None:
+        policy = {**policy, "audit_sink": audit_sink}
     return _typed("envoy.filters.http.wasm", "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", {
         "config": {
             "name": "txngate", "root_id": "txngate", "failure_policy": "FAIL_CLOSED",
@@ -190,7 +192,7 @@ def txngate_filter(policy: dict, wasm: Path) -> dict:
         }})
 
 
-def bootstrap(filters: list[dict], listener_port: int, admin_port: int) -> dict:
+def bootstrap(filters: list[dict], listener_port: int, admin_port: int, access_log: Path | None = None) -> dict:
     router = _typed("envoy.filters.http.router", "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -202,6 +204,13 @@ def bootstrap(filters: list[dict], listener_port: int, admin_port: int) -> dict:
         }]}]},
         "http_filters": [*filters, router],
     }
+    if access_log is not None:
+        # The audit record of audit_sink "filter_state", written by Envoy's buffered file access log.
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(access_log),
+            "log_format": {"text_format_source": {"inline_string": "%FILTER_STATE(wasm.txngate_audit:PLAIN)%\n"}},
+        }}]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {"listeners": [{
@@ -222,6 +231,8 @@ class Scenario:
     admin_port: int = field(default_factory=free_port)
     pid: int = 0
     samples: list[dict] = field(default_factory=list)
+    #: Write Envoy's access log (the filter_state audit sink's records) to a file in the run directory.
+    access_log: bool = False
 
     @property
     def authorizes_tools(self) -> bool:
@@ -243,6 +254,9 @@ def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer
         Scenario("native_chain_fresh_es256", "native chain, fresh ES256 token per request",
                  [jwt_authn(both, cache=True), mcp_filter(), rbac_on_tool(TOOL), local_ratelimit()], pools["ES256"]),
         Scenario("txngate_repeated", "(3) txngate, repeated token", [txngate_filter(txngate_policy(both), wasm)], repeated),
+        Scenario("txngate_repeated_state_sink",
+                 "(3') txngate, repeated token, audit_sink filter_state (the record in Envoy's file access log)",
+                 [txngate_filter(txngate_policy(both), wasm, audit_sink="filter_state")], repeated, access_log=True),
         Scenario("txngate_fresh_eddsa", "(4) txngate, fresh EdDSA token per request",
                  [txngate_filter(txngate_policy(both), wasm)], pools["EdDSA"]),
         Scenario("txngate_fresh_es256", "(4) txngate, fresh ES256 token per request",
@@ -274,7 +288,8 @@ def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer
 @contextlib.contextmanager
 def running(scenario: Scenario, directory: Path, log_level: str, timeout: float = 60.0) -> Iterator[Proc]:
     path = directory / f"{scenario.name}.json"
-    path.write_text(json.dumps(bootstrap(scenario.filters, scenario.listener_port, scenario.admin_port), indent=1))
+    log = path.parent / f"{scenario.name}.access.log" if scenario.access_log else None
+    path.write_text(json.dumps(bootstrap(scenario.filters, scenario.listener_port, scenario.admin_port, log), indent=1))
     argv = ["taskset", "-c", "0", str(ENVOY), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
             "-l", log_level, "--drain-time-s", "0"]
     with Proc(argv, name=f"envoy-{scenario.name}", log_dir=directory) as proc:

@@ -124,7 +124,18 @@ fn script_part(root: &Path, opts: &Options, part: &str) -> PartStatus {
     // A stale fragment must not pass for this run's.
     let _ = std::fs::remove_file(root.join(out));
     let _ = std::fs::remove_file(root.join(out).with_extension("json"));
+    // Measure what this tree ships, never a stale build: the wasm-opt'd filter, a rebuilt Worker.
+    if part == "envoy" {
+        eprintln!("xtask bench: envoy: scripts/build-filter.sh");
+        if let Err(e) = run_with_env(root, "bash", &["scripts/build-filter.sh"]) {
+            eprintln!("xtask bench: building the filter failed: {e:#}");
+            return PartStatus::Failed(format!("{e:#}"));
+        }
+    }
     let mut args = vec![script, "--out", out];
+    if part == "worker" {
+        args.push("--build");
+    }
     if opts.quick {
         args.push("--quick");
     }

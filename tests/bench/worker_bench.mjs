@@ -10,6 +10,10 @@
 // process also runs Miniflare's entry worker (a proxy in front of ours), so every row includes it; the
 // baseline row is a plain JS pass-through Worker in the same setup, fetching the same origin. Allowed
 // requests go to a real MCP server (official Python SDK, tests/e2e/mcp_server.py) on 127.0.0.1.
+// Every row's workerd runs side by side (started up front); the rows are measured interleaved, in rounds
+// with a rotating order (`--rounds`, N requests per row per round), and each row's figure is the median of
+// its rounds: a busy machine's load then weighs on every row alike, and the "− baseline" difference is
+// not swamped by drift between rows measured minutes apart.
 // Bundle: `wrangler deploy --dry-run` (the deploy build) prints "Total Upload ... / gzip ..."; with a build
 // already in worker/build/ (and no --build) the same figure is computed here with zlib (gzip -9 of the
 // bundle's index.js + index_bg.wasm). Cold start: a fresh workerd (Miniflare start to `ready`), then the
@@ -36,7 +40,8 @@ const option = (name, fallback) => {
 };
 const QUICK = flag("--quick");
 const OUT = resolve(option("--out", join(ROOT, "target/bench/worker.md")));
-const N = Number(option("--n", QUICK ? 200 : 1000));
+const N = Number(option("--n", QUICK ? 100 : 300));
+const ROUNDS = Number(option("--rounds", QUICK ? 3 : 5));
 const WARMUP = Number(option("--warmup", QUICK ? 300 : 800));
 const COLD_RUNS = QUICK ? 1 : 3;
 const TICK_US = 10_000; // USER_HZ 100
@@ -95,33 +100,56 @@ async function once(url, token, body) {
   return r.status;
 }
 
-/** N sequential requests; `tokens[i % tokens.length]` for request i. */
-async function measure(target, name, label, tokens, warmTokens) {
-  const body = (i) => toolCall(i, "calendar_read", { day: "mon" });
+const body = (i) => toolCall(i, "calendar_read", { day: "mon" });
+
+async function warm(row) {
+  const tokens = row.tokens(WARMUP);
   for (let i = 0; i < WARMUP; i++) {
-    const status = await once(target.url, warmTokens[i % warmTokens.length], body(i));
-    if (status !== 200) throw new Error(`${name}: warm-up request got ${status}`);
+    const status = await once(row.target.url, tokens[i % tokens.length], body(i));
+    if (status !== 200) throw new Error(`${row.name}: warm-up request got ${status}`);
   }
+}
+
+/** One round of a row: N sequential requests, `tokens[i % tokens.length]` for request i. */
+async function round(row) {
+  const tokens = row.tokens(N);
   const times = [];
-  const [t0, n0, w0] = [cpuTicks(target.pid), cpuNs(target.pid), performance.now()];
+  const [t0, n0, w0] = [cpuTicks(row.target.pid), cpuNs(row.target.pid), performance.now()];
   for (let i = 0; i < N; i++) {
     const s = performance.now();
-    const status = await once(target.url, tokens[i % tokens.length], body(i));
+    const status = await once(row.target.url, tokens[i % tokens.length], body(i));
     times.push(performance.now() - s);
-    if (status !== 200) throw new Error(`${name}: request ${i} got ${status}`);
+    if (status !== 200) throw new Error(`${row.name}: request ${i} got ${status}`);
   }
-  const [t1, n1, w1] = [cpuTicks(target.pid), cpuNs(target.pid), performance.now()];
-  times.sort((a, b) => a - b);
-  const row = {
-    name, label, requests: N,
-    cpu_us: Number(((n1 - n0) / N / 1000).toFixed(1)),
-    cpu_us_stat: Number((((t1 - t0) * TICK_US) / N).toFixed(1)),
-    rps: Math.round((N * 1000) / (w1 - w0)),
-    p50_ms: Number(percentile(times, 50).toFixed(3)),
-    p99_ms: Number(percentile(times, 99).toFixed(3)),
-  };
-  console.error(`  ${name}: ${row.cpu_us} µs CPU/request, ${row.rps} req/s`);
-  return row;
+  const [t1, n1, w1] = [cpuTicks(row.target.pid), cpuNs(row.target.pid), performance.now()];
+  return { cpu_us: (n1 - n0) / N / 1000, cpu_us_stat: ((t1 - t0) * TICK_US) / N, rps: (N * 1000) / (w1 - w0), times };
+}
+
+/** All rows interleaved: ROUNDS rounds, the order rotating each round; per row the median of its rounds. */
+async function measureAll(rows) {
+  for (const row of rows) await warm(row);
+  const results = new Map(rows.map((r) => [r.name, []]));
+  for (let k = 0; k < ROUNDS; k++) {
+    for (let j = 0; j < rows.length; j++) {
+      const row = rows[(j + k) % rows.length];
+      const r = await round(row);
+      results.get(row.name).push(r);
+      console.error(`  round ${k + 1}/${ROUNDS} ${row.name}: ${r.cpu_us.toFixed(1)} µs CPU/request`);
+    }
+  }
+  return rows.map((row) => {
+    const rs = results.get(row.name);
+    const times = rs.flatMap((r) => r.times).sort((a, b) => a - b);
+    return {
+      name: row.name, label: row.label, requests: N * ROUNDS, rounds: ROUNDS,
+      cpu_us: Number(median(rs.map((r) => r.cpu_us)).toFixed(1)),
+      cpu_us_rounds: rs.map((r) => Number(r.cpu_us.toFixed(1))),
+      cpu_us_stat: Number(median(rs.map((r) => r.cpu_us_stat)).toFixed(1)),
+      rps: Math.round(median(rs.map((r) => r.rps))),
+      p50_ms: Number(percentile(times, 50).toFixed(3)),
+      p99_ms: Number(percentile(times, 99).toFixed(3)),
+    };
+  });
 }
 
 async function coldStart(vars, token) {
@@ -151,6 +179,7 @@ const dir = tempDir("bench");
 let origin = null;
 let worker = null;
 let baseline = null;
+let limited = null;
 try {
   const started = performance.now();
   const size = bundle();
@@ -168,32 +197,34 @@ try {
   const cold = Object.fromEntries(Object.keys(colds[0]).map((k) => [k, Number(median(colds.map((c) => c[k])).toFixed(1))]));
   console.error(`  cold start: ${JSON.stringify(cold)}`);
 
-  const rows = [];
   baseline = await startBaseline(origin);
-  const passthrough = one();
-  rows.push(await measure(baseline, "baseline_passthrough", "plain JS pass-through Worker (no auth)", passthrough, passthrough));
-  await baseline.stop();
-  baseline = null;
   worker = await startWorker({ vars });
-  const repeated = one();
-  rows.push(await measure(worker, "txngate_cached", "txngate, cached token (repeated)", repeated, repeated));
-  // Distinct warm-up tokens too: the fresh path (WebCrypto import + verify) is what must be warm.
-  const warmFresh = mint(es, claims(), { act: [A], count: WARMUP, ttl: 240 });
-  const fresh = mint(es, claims(), { act: [A], count: N, ttl: 240 });
-  rows.push(await measure(worker, "txngate_fresh_es256", "txngate, fresh ES256 token per request (WebCrypto)", fresh, warmFresh));
-
+  // The same policy with a (never reached) rate limit on the tool: each call then also makes the Durable
+  // Object round trip (the object runs in the same workerd process, so its CPU counts).
+  const limitedTools = { ...tools, calendar_read: { ...tools.calendar_read, rate_limit: { key: "agent", limit: 1000000, period_seconds: 3600 } } };
+  limited = await startWorker({ vars: { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) } });
+  // Tokens live 240 s (the policy allows 300): minted right before each round (and warm-up) that uses them.
+  // The fresh row's tokens are all distinct, its warm-up ones too (the fresh path, WebCrypto verify with
+  // the imported key, is what must be warm).
+  const fresh = (n) => mint(es, claims(), { act: [A], count: Math.max(n, 2), ttl: 240 });
+  const rows = await measureAll([
+    { name: "baseline_passthrough", label: "plain JS pass-through Worker (no auth)", target: baseline, tokens: one },
+    { name: "txngate_cached", label: "txngate, cached token (repeated)", target: worker, tokens: one },
+    { name: "txngate_fresh_es256", label: "txngate, fresh ES256 token per request (WebCrypto)", target: worker, tokens: fresh },
+    { name: "txngate_cached_limited", label: "txngate, cached token, rate-limited tool (Durable Object per call)", target: limited, tokens: one },
+  ]);
   const base = rows[0].cpu_us;
   const ratios = Object.fromEntries(rows.map((r) => [r.name, Number((r.cpu_us / base).toFixed(3))]));
   for (const r of rows) r.over_baseline_us = Number((r.cpu_us - base).toFixed(1));
   const meta = {
-    requests_per_row: N, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
+    requests_per_round: N, rounds: ROUNDS, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
     elapsed_s: Number(((performance.now() - started) / 1000).toFixed(1)),
   };
   mkdirSync(dirname(OUT), { recursive: true });
   writeFileSync(join(dirname(OUT), "worker.json"), JSON.stringify({ rows, ratios, meta }, null, 1));
   const kib = (b) => (b / 1024).toFixed(1);
   const lines = [
-    `workerd (wrangler's Miniflare), ${N} sequential requests per row after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline).`,
+    `workerd (wrangler's Miniflare), ${N} sequential requests per row per round, ${ROUNDS} interleaved rounds (median), after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline).`,
     "",
     "| case | workerd CPU µs/request | − baseline (the Worker's own cost) | × baseline | req/s | p50 ms | p99 ms |",
     "|---|---:|---:|---:|---:|---:|---:|",
@@ -209,6 +240,7 @@ try {
 } finally {
   await baseline?.stop();
   await worker?.stop();
+  await limited?.stop();
   await origin?.stop();
   removeDir(dir);
 }

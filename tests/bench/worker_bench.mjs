@@ -274,6 +274,7 @@ let worker = null;
 let baseline = null;
 let limited = null;
 let other = null;
+let otherLimited = null;
 try {
   const started = performance.now();
   const size = bundle();
@@ -302,7 +303,10 @@ try {
   // The fresh row's tokens are all distinct, its warm-up ones too (the fresh path, WebCrypto verify with
   // the imported key, is what must be warm).
   const fresh = (n) => mint(es, claims(), { act: [A], count: Math.max(n, 2), ttl: 240 });
-  if (COMPARE) other = await startOtherBuild(COMPARE, vars);
+  if (COMPARE) {
+    other = await startOtherBuild(COMPARE, vars);
+    otherLimited = await startOtherBuild(COMPARE, { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) });
+  }
   const rows = await measureAll([
     { name: "baseline_passthrough", label: "plain JS pass-through Worker (no auth)", target: baseline, tokens: one },
     { name: "txngate_cached", label: "txngate, cached token (repeated)", target: worker, tokens: one },
@@ -311,6 +315,7 @@ try {
     ...(other ? [
       { name: "other_cached", label: `txngate, cached token, other build (${COMPARE})`, target: other, tokens: one },
       { name: "other_fresh_es256", label: `txngate, fresh ES256 token, other build (${COMPARE})`, target: other, tokens: fresh },
+      { name: "other_cached_limited", label: `txngate, cached token, rate-limited tool, other build (${COMPARE})`, target: otherLimited, tokens: one },
     ] : []),
   ]);
   let profile = null;
@@ -354,6 +359,7 @@ try {
   await worker?.stop();
   await limited?.stop();
   await other?.stop();
+  await otherLimited?.stop();
   await origin?.stop();
   removeDir(dir);
 }

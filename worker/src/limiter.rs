@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
+use wasm_bindgen_futures::JsFuture;
 
 use serde::{Deserialize, Serialize};
 use txngate_core::ratelimit::{self, LimitRule, LimitState, StoreError};
@@ -136,9 +137,24 @@ async fn exchange(env: &Env, pending: &PendingLimit) -> Result<LimitState, Failu
             text.chars().take(200).collect::<String>(),
         ));
     }
-    response
-        .json::<LimitState>()
-        .await
+    // The answer is a few dozen bytes: one native `text()` call, rather than workers-rs's `json()`, which
+    // reads the body as a stream chunk by chunk through a reader (a profile showed its `read` and
+    // `releaseLock` among the top costs of a rate-limited call).
+    let raw: web_sys::Response = response.into();
+    let text = match raw.text() {
+        Ok(promise) => JsFuture::from(promise)
+            .await
+            .ok()
+            .and_then(|t| t.as_string()),
+        Err(_) => None,
+    }
+    .ok_or_else(|| {
+        failure(
+            "durable object answer is not a limit state",
+            "the answer's body could not be read as text",
+        )
+    })?;
+    serde_json::from_str::<LimitState>(&text)
         .map_err(|e| failure("durable object answer is not a limit state", e.to_string()))
 }
 

@@ -1,6 +1,14 @@
 // The txngate Worker in workerd (issue #7): CPU per allowed MCP `tools/call`, bundle size, cold start.
 //
-//   node tests/bench/worker_bench.mjs --out target/bench/worker.md [--quick] [--build] [--n N]
+//   node tests/bench/worker_bench.mjs --out target/bench/worker.md [--quick] [--build] [--n N] [--rounds R]
+//                                     [--compare DIR] [--profile]
+//
+// --profile: afterwards, a V8 CPU profile of the txngate isolate (workerd's inspector, loopback) over N cached
+// and N fresh requests: the top functions by self time (share of the isolate's busy samples) and busy
+// samples per request, written to the JSON as meta.profile and printed. Sampling, so only shares are
+// meaningful; it sees JS and Wasm in the isolate, not workerd's own C++ (sockets, HTTP, streams).
+// --compare DIR: another build of the Worker (a copy of an earlier worker/build/) measured in the same run,
+// interleaved with this one (rows "…, other build"): before/after figures for a change.
 //
 // Writes the markdown fragment to --out and target/bench/worker.json next to it:
 // {"rows": [{"name", "cpu_us", "rps", "p50_ms", "p99_ms", ...}], "ratios": {name: cpu_us / baseline}, ...}.
@@ -10,6 +18,10 @@
 // process also runs Miniflare's entry worker (a proxy in front of ours), so every row includes it; the
 // baseline row is a plain JS pass-through Worker in the same setup, fetching the same origin. Allowed
 // requests go to a real MCP server (official Python SDK, tests/e2e/mcp_server.py) on 127.0.0.1.
+// Every row's workerd runs side by side (started up front); the rows are measured interleaved, in rounds
+// with a rotating order (`--rounds`, N requests per row per round), and each row's figure is the median of
+// its rounds: a busy machine's load then weighs on every row alike, and the "− baseline" difference is
+// not swamped by drift between rows measured minutes apart.
 // Bundle: `wrangler deploy --dry-run` (the deploy build) prints "Total Upload ... / gzip ..."; with a build
 // already in worker/build/ (and no --build) the same figure is computed here with zlib (gzip -9 of the
 // bundle's index.js + index_bg.wasm). Cold start: a fresh workerd (Miniflare start to `ready`), then the
@@ -21,7 +33,10 @@ import { dirname, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { gzipSync } from "node:zlib";
 
+import { createServer } from "node:net";
+
 import { Miniflare } from "miniflare";
+import WebSocket from "ws";
 
 import {
   AGENT, COMPAT_DATE, ROOT, WORKER_SCRIPT, claims, cpuTicks, keygen, mint, policy, removeDir, startMcpServer,
@@ -36,8 +51,12 @@ const option = (name, fallback) => {
 };
 const QUICK = flag("--quick");
 const OUT = resolve(option("--out", join(ROOT, "target/bench/worker.md")));
-const N = Number(option("--n", QUICK ? 200 : 1000));
+const N = Number(option("--n", QUICK ? 100 : 300));
+const ROUNDS = Number(option("--rounds", QUICK ? 3 : 5));
 const WARMUP = Number(option("--warmup", QUICK ? 300 : 800));
+const COMPARE = option("--compare", null);
+const PROFILE = flag("--profile");
+const PROFILE_INTERVAL_US = 50;
 const COLD_RUNS = QUICK ? 1 : 3;
 const TICK_US = 10_000; // USER_HZ 100
 
@@ -85,6 +104,23 @@ async function startBaseline(origin) {
   return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
 }
 
+/** Another build (--compare) in workerd, configured as helpers.mjs's startWorker configures worker/build/. */
+async function startOtherBuild(dir, vars) {
+  const script = join(resolve(dir), "index.js");
+  if (!existsSync(script)) throw new Error(`--compare: ${script} is missing`);
+  const bindings = { ...vars, TXNGATE_POLICY: typeof vars.TXNGATE_POLICY === "string" ? vars.TXNGATE_POLICY : JSON.stringify(vars.TXNGATE_POLICY) };
+  const mf = new Miniflare({
+    modules: true, scriptPath: script, modulesRoot: dirname(script),
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+    compatibilityDate: COMPAT_DATE, bindings,
+    durableObjects: { TXNGATE_LIMITER: { className: "TxngateRateLimiter", useSQLite: true } },
+    host: "127.0.0.1", port: 0,
+    handleRuntimeStdio(stdout, stderr) { stdout.resume(); stderr.resume(); },
+  });
+  const url = await mf.ready;
+  return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
+}
+
 const HEADERS = { "content-type": "application/json", accept: "application/json, text/event-stream" };
 
 async function once(url, token, body) {
@@ -95,33 +131,56 @@ async function once(url, token, body) {
   return r.status;
 }
 
-/** N sequential requests; `tokens[i % tokens.length]` for request i. */
-async function measure(target, name, label, tokens, warmTokens) {
-  const body = (i) => toolCall(i, "calendar_read", { day: "mon" });
+const body = (i) => toolCall(i, "calendar_read", { day: "mon" });
+
+async function warm(row) {
+  const tokens = row.tokens(WARMUP);
   for (let i = 0; i < WARMUP; i++) {
-    const status = await once(target.url, warmTokens[i % warmTokens.length], body(i));
-    if (status !== 200) throw new Error(`${name}: warm-up request got ${status}`);
+    const status = await once(row.target.url, tokens[i % tokens.length], body(i));
+    if (status !== 200) throw new Error(`${row.name}: warm-up request got ${status}`);
   }
+}
+
+/** One round of a row: N sequential requests, `tokens[i % tokens.length]` for request i. */
+async function round(row) {
+  const tokens = row.tokens(N);
   const times = [];
-  const [t0, n0, w0] = [cpuTicks(target.pid), cpuNs(target.pid), performance.now()];
+  const [t0, n0, w0] = [cpuTicks(row.target.pid), cpuNs(row.target.pid), performance.now()];
   for (let i = 0; i < N; i++) {
     const s = performance.now();
-    const status = await once(target.url, tokens[i % tokens.length], body(i));
+    const status = await once(row.target.url, tokens[i % tokens.length], body(i));
     times.push(performance.now() - s);
-    if (status !== 200) throw new Error(`${name}: request ${i} got ${status}`);
+    if (status !== 200) throw new Error(`${row.name}: request ${i} got ${status}`);
   }
-  const [t1, n1, w1] = [cpuTicks(target.pid), cpuNs(target.pid), performance.now()];
-  times.sort((a, b) => a - b);
-  const row = {
-    name, label, requests: N,
-    cpu_us: Number(((n1 - n0) / N / 1000).toFixed(1)),
-    cpu_us_stat: Number((((t1 - t0) * TICK_US) / N).toFixed(1)),
-    rps: Math.round((N * 1000) / (w1 - w0)),
-    p50_ms: Number(percentile(times, 50).toFixed(3)),
-    p99_ms: Number(percentile(times, 99).toFixed(3)),
-  };
-  console.error(`  ${name}: ${row.cpu_us} µs CPU/request, ${row.rps} req/s`);
-  return row;
+  const [t1, n1, w1] = [cpuTicks(row.target.pid), cpuNs(row.target.pid), performance.now()];
+  return { cpu_us: (n1 - n0) / N / 1000, cpu_us_stat: ((t1 - t0) * TICK_US) / N, rps: (N * 1000) / (w1 - w0), times };
+}
+
+/** All rows interleaved: ROUNDS rounds, the order rotating each round; per row the median of its rounds. */
+async function measureAll(rows) {
+  for (const row of rows) await warm(row);
+  const results = new Map(rows.map((r) => [r.name, []]));
+  for (let k = 0; k < ROUNDS; k++) {
+    for (let j = 0; j < rows.length; j++) {
+      const row = rows[(j + k) % rows.length];
+      const r = await round(row);
+      results.get(row.name).push(r);
+      console.error(`  round ${k + 1}/${ROUNDS} ${row.name}: ${r.cpu_us.toFixed(1)} µs CPU/request`);
+    }
+  }
+  return rows.map((row) => {
+    const rs = results.get(row.name);
+    const times = rs.flatMap((r) => r.times).sort((a, b) => a - b);
+    return {
+      name: row.name, label: row.label, requests: N * ROUNDS, rounds: ROUNDS,
+      cpu_us: Number(median(rs.map((r) => r.cpu_us)).toFixed(1)),
+      cpu_us_rounds: rs.map((r) => Number(r.cpu_us.toFixed(1))),
+      cpu_us_stat: Number(median(rs.map((r) => r.cpu_us_stat)).toFixed(1)),
+      rps: Math.round(median(rs.map((r) => r.rps))),
+      p50_ms: Number(percentile(times, 50).toFixed(3)),
+      p99_ms: Number(percentile(times, 99).toFixed(3)),
+    };
+  });
 }
 
 async function coldStart(vars, token) {
@@ -145,12 +204,77 @@ async function coldStart(vars, token) {
   }
 }
 
+function freePort() {
+  return new Promise((res) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** A CPU profile of the Worker's isolate over `tokens.length` requests: top self-time functions. */
+async function profileIsolate(target, inspectorPort, tokens) {
+  const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
+  const t = targets.find((x) => x.id === "core:user:");
+  if (!t) throw new Error(`--profile: no inspector target for the Worker: ${targets.map((x) => x.id).join(", ")}`);
+  const ws = new WebSocket(t.webSocketDebuggerUrl);
+  await new Promise((res, rej) => {
+    ws.once("open", res);
+    ws.once("error", rej);
+  });
+  const waiting = new Map();
+  let id = 0;
+  ws.on("message", (m) => {
+    const d = JSON.parse(m);
+    if (d.id === undefined) return;
+    waiting.get(d.id)?.(d.result ?? {});
+    waiting.delete(d.id);
+  });
+  const call = (method, params = {}) => {
+    const i = ++id;
+    const answer = new Promise((res) => waiting.set(i, res));
+    ws.send(JSON.stringify({ id: i, method, params }));
+    return Promise.race([answer, new Promise((res) => setTimeout(res, 30000, {}))]);
+  };
+  try {
+    await call("Profiler.enable");
+    await call("Profiler.setSamplingInterval", { interval: PROFILE_INTERVAL_US });
+    await call("Profiler.start");
+    for (let i = 0; i < tokens.length; i++) {
+      const status = await once(target.url, tokens[i], body(i));
+      if (status !== 200) throw new Error(`--profile: request ${i} got ${status}`);
+    }
+    const { profile } = await call("Profiler.stop");
+    if (!profile) throw new Error("--profile: no profile from the inspector");
+    const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
+    const self = new Map();
+    let busy = 0;
+    for (const sample of profile.samples) {
+      const f = nodes.get(sample)?.callFrame;
+      const name = f ? f.functionName || `(anonymous ${f.url ? f.url.split("/").pop() : "native"})` : "?";
+      if (name === "(idle)") continue;
+      self.set(name, (self.get(name) ?? 0) + 1);
+      busy += 1;
+    }
+    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)
+      .map(([name, n]) => ({ name: name.replace(/::h[0-9a-f]{16}$/, ""), share: Number((n / busy).toFixed(4)) }));
+    return { requests: tokens.length, interval_us: PROFILE_INTERVAL_US, busy_samples_per_request: Number((busy / tokens.length).toFixed(2)), top };
+  } finally {
+    ws.close();
+  }
+}
+
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const dir = tempDir("bench");
 let origin = null;
 let worker = null;
 let baseline = null;
+let limited = null;
+let other = null;
+let otherLimited = null;
 try {
   const started = performance.now();
   const size = bundle();
@@ -168,32 +292,56 @@ try {
   const cold = Object.fromEntries(Object.keys(colds[0]).map((k) => [k, Number(median(colds.map((c) => c[k])).toFixed(1))]));
   console.error(`  cold start: ${JSON.stringify(cold)}`);
 
-  const rows = [];
   baseline = await startBaseline(origin);
-  const passthrough = one();
-  rows.push(await measure(baseline, "baseline_passthrough", "plain JS pass-through Worker (no auth)", passthrough, passthrough));
-  await baseline.stop();
-  baseline = null;
-  worker = await startWorker({ vars });
-  const repeated = one();
-  rows.push(await measure(worker, "txngate_cached", "txngate, cached token (repeated)", repeated, repeated));
-  // Distinct warm-up tokens too: the fresh path (WebCrypto import + verify) is what must be warm.
-  const warmFresh = mint(es, claims(), { act: [A], count: WARMUP, ttl: 240 });
-  const fresh = mint(es, claims(), { act: [A], count: N, ttl: 240 });
-  rows.push(await measure(worker, "txngate_fresh_es256", "txngate, fresh ES256 token per request (WebCrypto)", fresh, warmFresh));
-
+  const inspectorPort = PROFILE ? await freePort() : null;
+  worker = await startWorker({ vars, ...(PROFILE ? { inspectorPort } : {}) });
+  // The same policy with a (never reached) rate limit on the tool: each call then also makes the Durable
+  // Object round trip (the object runs in the same workerd process, so its CPU counts).
+  const limitedTools = { ...tools, calendar_read: { ...tools.calendar_read, rate_limit: { key: "agent", limit: 1000000, period_seconds: 3600 } } };
+  limited = await startWorker({ vars: { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) } });
+  // Tokens live 240 s (the policy allows 300): minted right before each round (and warm-up) that uses them.
+  // The fresh row's tokens are all distinct, its warm-up ones too (the fresh path, WebCrypto verify with
+  // the imported key, is what must be warm).
+  const fresh = (n) => mint(es, claims(), { act: [A], count: Math.max(n, 2), ttl: 240 });
+  if (COMPARE) {
+    other = await startOtherBuild(COMPARE, vars);
+    otherLimited = await startOtherBuild(COMPARE, { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) });
+  }
+  const rows = await measureAll([
+    { name: "baseline_passthrough", label: "plain JS pass-through Worker (no auth)", target: baseline, tokens: one },
+    { name: "txngate_cached", label: "txngate, cached token (repeated)", target: worker, tokens: one },
+    { name: "txngate_fresh_es256", label: "txngate, fresh ES256 token per request (WebCrypto)", target: worker, tokens: fresh },
+    { name: "txngate_cached_limited", label: "txngate, cached token, rate-limited tool (Durable Object per call)", target: limited, tokens: one },
+    ...(other ? [
+      { name: "other_cached", label: `txngate, cached token, other build (${COMPARE})`, target: other, tokens: one },
+      { name: "other_fresh_es256", label: `txngate, fresh ES256 token, other build (${COMPARE})`, target: other, tokens: fresh },
+      { name: "other_cached_limited", label: `txngate, cached token, rate-limited tool, other build (${COMPARE})`, target: otherLimited, tokens: one },
+    ] : []),
+  ]);
+  let profile = null;
+  if (PROFILE) {
+    profile = {
+      cached: await profileIsolate(worker, inspectorPort, Array(N).fill(one()[0])),
+      fresh_es256: await profileIsolate(worker, inspectorPort, fresh(N)),
+    };
+    for (const [k, p] of Object.entries(profile)) {
+      console.error(`  profile ${k}: ${p.busy_samples_per_request} busy samples of ${p.interval_us} µs per request`);
+      for (const f of p.top.slice(0, 15)) console.error(`    ${(100 * f.share).toFixed(1).padStart(5)}%  ${f.name}`);
+    }
+  }
   const base = rows[0].cpu_us;
   const ratios = Object.fromEntries(rows.map((r) => [r.name, Number((r.cpu_us / base).toFixed(3))]));
   for (const r of rows) r.over_baseline_us = Number((r.cpu_us - base).toFixed(1));
   const meta = {
-    requests_per_row: N, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
+    profile,
+    requests_per_round: N, rounds: ROUNDS, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
     elapsed_s: Number(((performance.now() - started) / 1000).toFixed(1)),
   };
   mkdirSync(dirname(OUT), { recursive: true });
   writeFileSync(join(dirname(OUT), "worker.json"), JSON.stringify({ rows, ratios, meta }, null, 1));
   const kib = (b) => (b / 1024).toFixed(1);
   const lines = [
-    `workerd (wrangler's Miniflare), ${N} sequential requests per row after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline).`,
+    `workerd (wrangler's Miniflare), ${N} sequential requests per row per round, ${ROUNDS} interleaved rounds (median), after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline).`,
     "",
     "| case | workerd CPU µs/request | − baseline (the Worker's own cost) | × baseline | req/s | p50 ms | p99 ms |",
     "|---|---:|---:|---:|---:|---:|---:|",
@@ -209,6 +357,9 @@ try {
 } finally {
   await baseline?.stop();
   await worker?.stop();
+  await limited?.stop();
+  await other?.stop();
+  await otherLimited?.stop();
   await origin?.stop();
   removeDir(dir);
 }

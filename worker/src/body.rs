@@ -2,7 +2,8 @@
 //! stream is read only until it passes the cap.
 
 use futures_util::StreamExt;
-use js_sys::Uint8Array;
+use js_sys::{ArrayBuffer, Uint8Array};
+use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::ReadableStream;
 use worker::ByteStream;
@@ -54,15 +55,16 @@ pub async fn read_capped(
 }
 
 /// Reads a request body up to `cap` bytes: with a declared length within the cap in one `arrayBuffer()`
-/// call (the runtime enforces the declared length), otherwise chunk by chunk.
+/// call (the runtime enforces the declared length), otherwise chunk by chunk. With the `ArrayBuffer` the
+/// runtime produced, when there is one, so the caller can forward it without another copy.
 pub async fn read_body(
     req: &web_sys::Request,
     declared: Option<u64>,
     cap: usize,
-) -> Result<Capped, String> {
+) -> Result<(Capped, Option<ArrayBuffer>), String> {
     match declared {
-        Some(len) if len > cap as u64 => Ok(Capped::TooLarge),
-        Some(0) => Ok(Capped::Complete(Vec::new())),
+        Some(len) if len > cap as u64 => Ok((Capped::TooLarge, None)),
+        Some(0) => Ok((Capped::Complete(Vec::new()), None)),
         Some(_) => {
             let promise = req
                 .array_buffer()
@@ -72,10 +74,13 @@ pub async fn read_body(
                 .map_err(|e| format!("reading body: {}", js_error(&e)))?;
             let bytes = Uint8Array::new(&buffer).to_vec();
             if bytes.len() > cap {
-                return Ok(Capped::TooLarge);
+                return Ok((Capped::TooLarge, None));
             }
-            Ok(Capped::Complete(bytes))
+            Ok((
+                Capped::Complete(bytes),
+                buffer.dyn_into::<ArrayBuffer>().ok(),
+            ))
         }
-        None => read_capped(req.body(), None, cap).await,
+        None => Ok((read_capped(req.body(), None, cap).await?, None)),
     }
 }

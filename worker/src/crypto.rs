@@ -20,6 +20,10 @@ const MAX_CACHED_KEYS: usize = 64;
 
 thread_local! {
     static KEYS: RefCell<KeyCache> = RefCell::new(HashMap::new());
+    /// `crypto.subtle` and the verify parameters per algorithm, looked up and built once per isolate rather
+    /// than on every fresh token (each is several calls across the Wasm boundary).
+    static SUBTLE: RefCell<Option<SubtleCrypto>> = const { RefCell::new(None) };
+    static VERIFY_PARAMS: RefCell<HashMap<&'static str, Object>> = RefCell::new(HashMap::new());
 }
 
 /// How a signature was checked (for diagnostics).
@@ -42,7 +46,7 @@ async fn webcrypto_verify(pending: &PendingSignature) -> Option<bool> {
     let subtle = subtle()?;
     let alg = pending.algorithm();
     let key = crypto_key(&subtle, pending).await?;
-    let params = verify_params(alg).ok()?;
+    let params = cached_verify_params(alg)?;
     let signature = Uint8Array::from(pending.signature());
     let data = Uint8Array::from(pending.signing_input());
     let promise = subtle
@@ -58,9 +62,25 @@ async fn webcrypto_verify(pending: &PendingSignature) -> Option<bool> {
 }
 
 fn subtle() -> Option<SubtleCrypto> {
+    if let Some(subtle) = SUBTLE.with(|s| s.borrow().clone()) {
+        return Some(subtle);
+    }
     let crypto = Reflect::get(&js_sys::global(), &JsValue::from_str("crypto")).ok()?;
     let crypto: web_sys::Crypto = crypto.dyn_into().ok()?;
-    Some(crypto.subtle())
+    let subtle = crypto.subtle();
+    SUBTLE.with(|s| *s.borrow_mut() = Some(subtle.clone()));
+    Some(subtle)
+}
+
+/// The verify parameters of `alg`, built on first use. WebCrypto only reads them, so one object per
+/// algorithm serves every call.
+fn cached_verify_params(alg: Algorithm) -> Option<Object> {
+    if let Some(params) = VERIFY_PARAMS.with(|p| p.borrow().get(alg.name()).cloned()) {
+        return Some(params);
+    }
+    let params = verify_params(alg).ok()?;
+    VERIFY_PARAMS.with(|p| p.borrow_mut().insert(alg.name(), params.clone()));
+    Some(params)
 }
 
 async fn crypto_key(subtle: &SubtleCrypto, pending: &PendingSignature) -> Option<CryptoKey> {

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use txngate_core::{Body, Outcome, Request as CoreRequest, Step};
 use worker::{event, Context, Env};
 
-use crate::body::{declared_length, read_body, Capped};
+use crate::body::{read_body, Capped};
 use crate::config::{Config, LimiterMode};
 
 pub use limiter::TxngateRateLimiter;
@@ -45,9 +45,13 @@ struct Gathered {
     path: String,
     /// As the core sees them (a comma-joined token header split back into its parts).
     core_headers: Vec<(String, String)>,
-    /// As received, for forwarding.
-    headers: Vec<(String, String)>,
+    /// As received, for forwarding: the runtime's own object, copied natively in one call rather than
+    /// appended header by header across the Wasm boundary.
+    headers: web_sys::Headers,
     body: GatheredBody,
+    /// The body as the runtime read it (declared length, one `arrayBuffer()`): forwarded as is, without
+    /// copying the bytes back out of Wasm memory.
+    raw_body: Option<js_sys::ArrayBuffer>,
 }
 
 async fn handle(req: web_sys::Request, env: Env, ctx: Context) -> web_sys::Response {
@@ -82,7 +86,10 @@ async fn handle(req: web_sys::Request, env: Env, ctx: Context) -> web_sys::Respo
         return proxy::local_reply(&outcome.decision);
     }
     let forward_body = match &gathered.body {
-        GatheredBody::Read(Capped::Complete(bytes)) => proxy::ForwardBody::Bytes(bytes),
+        GatheredBody::Read(Capped::Complete(bytes)) => match &gathered.raw_body {
+            Some(buffer) => proxy::ForwardBody::Buffer(buffer),
+            None => proxy::ForwardBody::Bytes(bytes),
+        },
         // A too-large body never gets here (the core refuses it); stream whatever was not read.
         GatheredBody::Read(Capped::TooLarge) | GatheredBody::Unread => {
             proxy::ForwardBody::Stream(req.body())
@@ -93,6 +100,7 @@ async fn handle(req: web_sys::Request, env: Env, ctx: Context) -> web_sys::Respo
         &gathered.method,
         &gathered.path,
         &gathered.headers,
+        &gathered.core_headers,
         forward_body,
         &outcome,
     )
@@ -109,7 +117,8 @@ enum GatheredBody {
 async fn gather(config: &Config, req: &web_sys::Request) -> Result<Gathered, String> {
     let method = req.method();
     let path = path_and_query(&req.url());
-    let headers = proxy::header_pairs(&req.headers());
+    let js_headers = req.headers();
+    let headers = proxy::header_pairs(&js_headers);
     let (token_header, needs_body, max_body) = {
         let gate = config.gate.borrow();
         (
@@ -121,7 +130,11 @@ async fn gather(config: &Config, req: &web_sys::Request) -> Result<Gathered, Str
     // The Fetch API joins repeated headers with ", ". A Txn-Token never contains a comma, so a comma in
     // its value means the client sent several: hand them to the core as the separate headers they were.
     let mut core_headers = Vec::with_capacity(headers.len() + 1);
-    for (name, value) in &headers {
+    let mut declared = None;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("content-length") {
+            declared = value.trim().parse::<u64>().ok();
+        }
         if name.eq_ignore_ascii_case(&token_header) && value.contains(',') {
             core_headers.extend(
                 value
@@ -129,20 +142,22 @@ async fn gather(config: &Config, req: &web_sys::Request) -> Result<Gathered, Str
                     .map(|part| (name.clone(), part.trim().to_string())),
             );
         } else {
-            core_headers.push((name.clone(), value.clone()));
+            core_headers.push((name, value));
         }
     }
-    let body = if needs_body {
-        GatheredBody::Read(read_body(req, declared_length(&req.headers()), max_body).await?)
+    let (body, raw_body) = if needs_body {
+        let (capped, raw) = read_body(req, declared, max_body).await?;
+        (GatheredBody::Read(capped), raw)
     } else {
-        GatheredBody::Unread
+        (GatheredBody::Unread, None)
     };
     Ok(Gathered {
         method,
         path,
         core_headers,
-        headers,
+        headers: js_headers,
         body,
+        raw_body,
     })
 }
 

@@ -34,6 +34,8 @@ const NOT_FORWARDED: [&str; 9] = [
 pub enum ForwardBody<'a> {
     /// Read for the core: send exactly these bytes.
     Bytes(&'a [u8]),
+    /// Read for the core in one piece by the runtime: send that same buffer (no copy out of Wasm memory).
+    Buffer(&'a js_sys::ArrayBuffer),
     /// Not read: stream it through (None: no body).
     Stream(Option<ReadableStream>),
 }
@@ -123,7 +125,8 @@ pub async fn forward(
     config: &Config,
     method: &str,
     path: &str,
-    headers: &[(String, String)],
+    headers: &Headers,
+    names: &[(String, String)],
     body: ForwardBody<'_>,
     outcome: &Outcome,
 ) -> web_sys::Response {
@@ -133,10 +136,11 @@ pub async fn forward(
     // SSE stream may legitimately last long).
     let abort = web_sys::AbortController::new().ok();
     let signal = abort.as_ref().map(web_sys::AbortController::signal);
-    let upstream = match upstream_request(config, method, path, headers, body, decision, signal) {
-        Ok(r) => r,
-        Err(e) => return internal_error("origin.request", &e, rpc_id),
-    };
+    let upstream =
+        match upstream_request(config, method, path, headers, names, body, decision, signal) {
+            Ok(r) => r,
+            Err(e) => return internal_error("origin.request", &e, rpc_id),
+        };
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let fetched = std::pin::pin!(JsFuture::from(global.fetch_with_request(&upstream)));
     let timeout_ms = config.origin_timeout_ms;
@@ -161,11 +165,11 @@ pub async fn forward(
         Ok(Err(_)) => return internal_error("origin.fetch", "fetch returned no Response", rpc_id),
         Err(e) => return internal_error("origin.fetch", &js_error(&e), rpc_id),
     };
-    let out_headers = match Headers::new() {
+    // A native copy of the origin's headers (one call, not one per header across the Wasm boundary).
+    let out_headers = match Headers::new_with_headers(&response.headers()) {
         Ok(h) => h,
         Err(e) => return internal_error("origin.response", &js_error(&e), rpc_id),
     };
-    copy_headers(&response.headers(), &out_headers);
     for (name, value) in &decision.response_headers {
         let _ = out_headers.append(name, value);
     }
@@ -228,23 +232,28 @@ pub async fn forward(
         .unwrap_or_else(|e| internal_error("origin.response", &js_error(&e), rpc_id))
 }
 
+/// `headers` is the client's header object, `names` the same headers as gathered (their names decide
+/// which ones are dropped).
+#[allow(clippy::too_many_arguments)]
 fn upstream_request(
     config: &Config,
     method: &str,
     path: &str,
-    headers: &[(String, String)],
+    headers: &Headers,
+    names: &[(String, String)],
     body: ForwardBody<'_>,
     decision: &Decision,
     signal: Option<web_sys::AbortSignal>,
 ) -> Result<web_sys::Request, String> {
     let target = format!("{}{}", config.origin, path);
-    let out = Headers::new().map_err(|e| js_error(&e))?;
-    for (name, value) in headers {
+    // A native copy of the client's headers, then only the few that must not go upstream are deleted:
+    // every client-sent identity header and the hop-by-hop ones.
+    let out = Headers::new_with_headers(headers).map_err(|e| js_error(&e))?;
+    for (name, _) in names {
         let lower = name.to_ascii_lowercase();
         if is_identity_header(&lower) || NOT_FORWARDED.contains(&lower.as_str()) {
-            continue;
+            out.delete(name).map_err(|e| js_error(&e))?;
         }
-        out.append(name, value).map_err(|e| js_error(&e))?;
     }
     for (name, value) in &decision.upstream_headers {
         out.set(name, value).map_err(|e| js_error(&e))?;
@@ -261,6 +270,7 @@ fn upstream_request(
             let array = Uint8Array::from(bytes);
             init.set_body(&array);
         }
+        ForwardBody::Buffer(buffer) => init.set_body(buffer),
         ForwardBody::Stream(Some(stream)) => init.set_body(&stream),
         ForwardBody::Stream(None) => {}
     }
@@ -278,10 +288,4 @@ pub fn header_pairs(headers: &Headers) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-fn copy_headers(from: &Headers, to: &Headers) {
-    for (name, value) in header_pairs(from) {
-        let _ = to.append(&name, &value);
-    }
 }

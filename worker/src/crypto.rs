@@ -1,7 +1,9 @@
 //! Signature checks with the runtime's WebCrypto (native code in workerd, much cheaper than verifying in
 //! Wasm). The key is always the configured key the core selected ([`PendingSignature::key`]), never anything
-//! from the token. Imported `CryptoKey`s are cached per isolate by the key's fingerprint; whatever WebCrypto
-//! cannot do (an import or a call that throws) falls back to the core's own verifier, which is authoritative.
+//! from the token. Imported `CryptoKey`s are cached per isolate by the key's fingerprint. Whatever WebCrypto
+//! cannot do (an import or a call that throws) goes to the core's `verify_native`: in the default build (no
+//! `rust-verify`, no Rust signature code linked) that refuses the signature, fail closed; built with the
+//! `native-fallback` feature it is the core's own verifier.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,7 +14,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{CryptoKey, SubtleCrypto};
 
-/// Imported keys by fingerprint; `None` marks a key WebCrypto refused (verified natively from then on).
+/// Imported keys by fingerprint; `None` marks a key WebCrypto refused (`verify_native` decides from then on).
 type KeyCache = HashMap<String, Option<CryptoKey>>;
 
 /// Bound on cached imports; key sets are small, this only guards against unbounded rotation.
@@ -33,7 +35,8 @@ pub enum Verifier {
     Native,
 }
 
-/// Checks the pending signature. Never fails: any WebCrypto trouble means the native check decides.
+/// Checks the pending signature. Never fails: any WebCrypto trouble means `verify_native` decides (a refusal
+/// unless the `native-fallback` feature is on).
 pub async fn verify(pending: &PendingSignature) -> (bool, Verifier) {
     match webcrypto_verify(pending).await {
         Some(valid) => (valid, Verifier::WebCrypto),

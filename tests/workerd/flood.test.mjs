@@ -4,14 +4,14 @@
 // warm-up; imported keys: 64; JWKS state: per issuer), so the isolate's own memory — its Wasm linear memory
 // and its JS heap, read through workerd's V8 inspector — must not grow with the number of agents. The
 // process RSS is only checked loosely: it also counts Miniflare's own Workers and the runtime.
-// tests/workerd/flood.mjs runs the same at 10k / 100k (docs/fragments/hardening-worker.md has the figures).
+// tests/workerd/flood.mjs runs the same at 10k / 100k (docs/hardening.md has the figures).
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { flood } from "./flood.mjs";
 
-// Measured (docs/fragments/hardening-worker.md): Wasm memory ~4 MiB and +0.3 MiB over the second 2,500;
+// Measured (docs/hardening.md): Wasm memory ~4 MiB and +0.3 MiB over the second 2,500;
 // JS heap total under 45 MiB; process RSS +50..70 MiB over the 5,000 (most of it the runtime's).
 const MAX_WASM_KIB = 16 * 1024;
 const MAX_WASM_GROWTH_KIB = 2 * 1024;

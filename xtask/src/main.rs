@@ -5,7 +5,7 @@
 //! to wasm32-wasip1 and timed under wasmtime 48), `envoy` (`tests/bench/envoy_bench.py`, real Envoy) and
 //! `worker` (`tests/bench/worker_bench.mjs`, workerd). Each part leaves a markdown fragment (and JSON) in
 //! target/bench/; the report is assembled from whatever fragments exist, with a header naming the machine and
-//! a targets section computed from the JSON (see docs/fragments/bench-contract.md). A part that fails makes
+//! a targets section computed from the JSON (see docs/performance.md). A part that fails makes
 //! the command exit non-zero after the report is written; a part whose script is missing is skipped, said so.
 
 // Reading serde_json::Value by key or index never panics (absent → Null); the lint cannot tell it from slice

@@ -1,5 +1,5 @@
 //! docs/benchmarks.md: header (when, on what), the core, wasm, Envoy and Worker fragments, and issue #7's
-//! targets marked met or missed from the fragments' JSON (docs/fragments/bench-contract.md).
+//! targets marked met or missed from the parts' JSON (docs/performance.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -294,7 +294,9 @@ pub fn write(root: &Path, opts: &Options, statuses: &[(&str, PartStatus)]) -> Re
     if opts.quick {
         md.push_str(" --quick");
     }
-    md.push_str("` (see docs/fragments/bench-core.md); figures vary ±20% between runs on a busy machine.\n\n");
+    md.push_str(
+        "` (see docs/performance.md); figures vary ±20% between runs on a busy machine.\n\n",
+    );
     md.push_str(&format!("- Date: {}\n", now_utc()));
     md.push_str(&format!(
         "- Machine: {}, {} cores available\n",

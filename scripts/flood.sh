@@ -8,7 +8,11 @@
 #         own agent, its own tool; Envoy's RSS at 1k/10k/100k/1M. Two runs: period 3600 s (every bucket stays
 #         live: the 65,536-slot table fills, then 503 ratelimit.store_full) and period 1 s (slots drain and are
 #         reused: every request allowed).
-# Results: target/flood/*.md and *.json.
+# worker: tests/workerd/flood.mjs — one Worker isolate in workerd (Miniflare): every request a fresh token (its
+#         own acting agent) and its own tool name; process RSS, the isolate's JS heap and Wasm memory at each
+#         checkpoint. workerd locally serves about 150-200 such requests a second here, so 1,000,000 takes
+#         1.5-2.5 h: FLOOD_WORKER_SECONDS (default 900) time-boxes it and the report says how far it got.
+# Results: target/flood/*.md and *.json (Envoy); the Worker flood prints its table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,6 +29,10 @@ for host in $HOSTS; do
                 --baseline-at $((COUNT / 10)) --out target/flood/envoy-live.md
             .venv/bin/python tests/flood/envoy_flood.py --count "$COUNT" --period-seconds 1 \
                 --baseline-at $((COUNT / 10)) --out target/flood/envoy-drain.md
+            ;;
+        worker)
+            # Builds the Worker, runs the workerd suite, then the flood (its time box: FLOOD_WORKER_SECONDS).
+            TXNGATE_FLOOD_SECONDS="${FLOOD_WORKER_SECONDS:-900}" scripts/test-worker.sh --flood "10000,100000,$COUNT"
             ;;
         *) echo "unknown flood host $host" >&2; exit 2 ;;
     esac

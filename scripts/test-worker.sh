@@ -84,5 +84,5 @@ fi
 
 if [ $flood -eq 1 ]; then
     say "flood: checkpoints $flood_n (time box 900 s)"
-    node tests/workerd/flood.mjs --n "$flood_n" --max-seconds 900
+    node tests/workerd/flood.mjs --n "$flood_n" --max-seconds "${TXNGATE_FLOOD_SECONDS:-900}"
 fi

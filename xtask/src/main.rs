@@ -39,14 +39,16 @@ pub enum PartStatus {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask bench [--quick] [--only core|wasm|envoy|worker]...\n\
+    "usage: cargo xtask bench [--quick] [--only core|wasm|envoy|worker]... [--report-only]\n\
      \n\
-     --quick   short measurements (a smoke run: core+wasm in about 3 minutes after the builds)\n\
-     --only P  run only part P (repeatable, or comma separated); the report still includes earlier fragments"
+     --quick        short measurements (a smoke run: core+wasm in about 3 minutes after the builds)\n\
+     --only P       run only part P (repeatable, or comma separated); the report still includes earlier fragments\n\
+     --report-only  measure nothing: write docs/benchmarks.md again from the fragments in target/bench"
 }
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut quick = false;
+    let mut report_only = false;
     let mut only: Vec<&'static str> = Vec::new();
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -67,11 +69,14 @@ fn parse(args: &[String]) -> Result<Options> {
                     only.push(part);
                 }
             }
+            "--report-only" => report_only = true,
             "-h" | "--help" => bail!("{}", usage()),
             other => bail!("unknown argument {other:?}\n{}", usage()),
         }
     }
-    let parts = if only.is_empty() {
+    let parts = if report_only {
+        Vec::new()
+    } else if only.is_empty() {
         PARTS.to_vec()
     } else {
         PARTS.iter().copied().filter(|p| only.contains(p)).collect()

@@ -94,10 +94,15 @@ fn load(root: &Path, rel: &str) -> Option<Value> {
 
 /// `cpu_us` of row `name` in a fragment's JSON.
 fn cpu(v: &Option<Value>, name: &str) -> Option<f64> {
+    field(v, name, "cpu_us")
+}
+
+/// One field of the row called `name`.
+fn field(v: &Option<Value>, name: &str, key: &str) -> Option<f64> {
     v.as_ref()?["rows"]
         .as_array()?
         .iter()
-        .find(|r| r["name"] == name)?["cpu_us"]
+        .find(|r| r["name"] == name)?[key]
         .as_f64()
 }
 
@@ -194,23 +199,27 @@ fn targets(root: &Path) -> Vec<Target> {
             2.0,
         ));
     }
+    // The Worker's own CPU: the workerd process also runs Miniflare's entry worker, so the bench reports each
+    // row over a plain JS pass-through Worker measured in the same run.
     out.push(bound_target(
-        "Worker: ≤ 1 ms CPU per request, fresh ES256 token",
-        cpu(&worker, "fresh_es256"),
+        "Worker: ≤ 1 ms CPU per request, fresh ES256 token (over a pass-through Worker)",
+        field(&worker, "txngate_fresh_es256", "over_baseline_us"),
         1000.0,
         "µs",
-        "worker row `fresh_es256`",
+        "worker row `txngate_fresh_es256`",
     ));
     out.push(bound_target(
-        "Worker: ≤ 0.2 ms CPU per request, cached token",
-        cpu(&worker, "cached"),
+        "Worker: ≤ 0.2 ms CPU per request, cached token (over a pass-through Worker)",
+        field(&worker, "txngate_cached", "over_baseline_us"),
         200.0,
         "µs",
-        "worker row `cached`",
+        "worker row `txngate_cached`",
     ));
     out.push(bound_target(
         "Worker bundle ≤ 300 KB gzipped (KB = 1000 bytes)",
-        metric(&worker, "bundle_gzip_bytes").map(|b| b / 1000.0),
+        metric(&worker, "bundle_gzip_bytes")
+            .or_else(|| worker.as_ref()?["meta"]["bundle"]["gzip_bytes"].as_f64())
+            .map(|b| b / 1000.0),
         300.0,
         "KB",
         "worker metric `bundle_gzip_bytes`",
@@ -269,10 +278,18 @@ fn fragment(root: &Path, rel: &str, title: &str, status: Option<&PartStatus>) ->
         Some(PartStatus::Failed(why)) => format!("FAILED in this run: {why}"),
         Some(PartStatus::NotSelected) | None => "not selected in this run".into(),
     };
+    let heading = |text: &str| {
+        if text.starts_with("## ") {
+            String::new()
+        } else {
+            format!("## {title}\n\n")
+        }
+    };
     match std::fs::read_to_string(root.join(rel)) {
-        Ok(text) if note.is_empty() => format!("{}\n", text.trim_end()),
+        Ok(text) if note.is_empty() => format!("{}{}\n", heading(&text), text.trim_end()),
         Ok(text) => format!(
-            "_{title}: {note}; the fragment below is from an earlier run._\n\n{}\n",
+            "{}_{title}: {note}; the fragment below is from an earlier run._\n\n{}\n",
+            heading(&text),
             text.trim_end()
         ),
         Err(_) => format!(

@@ -154,7 +154,9 @@ def test_a_trap_fails_the_request_closed_and_fail_reload_serves_the_next_from_a_
             # The panic hook logs the message (critical) before the abort.
             assert "txngate: panic: panicked at" in stderr() and f"fault injected by the {FAULT_HEADER}" in stderr()
 
-        # The next request: a fresh VM (one worker, so the same worker whose VM failed) gives the normal verdict.
+        # The next request once the reload backoff (100 ms) has passed: a fresh VM (one worker, so the same
+        # worker whose VM failed) gives the normal verdict. Within the backoff Envoy still refuses (503, closed).
+        time.sleep(0.5)
         statuses = []
         for _ in range(20):  # bounded: the reload backoff is 100 ms
             r = calendar(envoy.url, token)
@@ -169,7 +171,7 @@ def test_a_trap_fails_the_request_closed_and_fail_reload_serves_the_next_from_a_
         counters = envoy.counters("wasm")
         print(f"\n{fault}: first request after the trap -> {first_after}; statuses {statuses}; "
               f"wasm counters {json.dumps({k: v for k, v in counters.items() if v})}")
-        # Envoy 1.40 creates the new VM for the first request after the failure (backoff 100 ms here).
+        # Envoy 1.40 creates the new VM for the first request after the backoff (100 ms here).
         assert first_after == 200, statuses
         assert counters.get("wasm.txngate.vm_reload_success") == 1, counters
 

@@ -1077,15 +1077,19 @@ mod tests {
         ));
     }
 
+    /// The error loading an RSA JWK (modulus and exponent in base64url, `alg` when given).
+    fn rsa_error(n: &str, e: &str, alg: Option<&str>) -> KeyError {
+        let mut jwk = json!({"kty":"RSA","n":n,"e":e});
+        if let Some(alg) = alg {
+            jwk["alg"] = alg.into();
+        }
+        parse_jwk(0, &jwk, &Algorithm::ALL).unwrap_err()
+    }
+
     #[test]
     fn weak_rsa_and_bad_exponent_are_refused() {
         let n1024 = crate::encoding::encode_b64url(&[0xffu8; 128]);
-        let err = parse_jwk(
-            0,
-            &json!({"kty":"RSA","n":n1024,"e":"AQAB","alg":"RS256"}),
-            &Algorithm::ALL,
-        )
-        .unwrap_err();
+        let err = rsa_error(&n1024, "AQAB", Some("RS256"));
         assert_eq!(
             err,
             KeyError::WeakRsa {
@@ -1094,19 +1098,9 @@ mod tests {
             }
         );
         let n2048 = crate::encoding::encode_b64url(&[0xffu8; 256]);
-        let err = parse_jwk(
-            0,
-            &json!({"kty":"RSA","n":n2048,"e":"AQ","alg":"RS256"}),
-            &Algorithm::ALL,
-        )
-        .unwrap_err();
+        let err = rsa_error(&n2048, "AQ", Some("RS256"));
         assert_eq!(err, KeyError::BadRsaExponent { index: 0 });
-        let err = parse_jwk(
-            0,
-            &json!({"kty":"RSA","n":n2048,"e":"AQAB"}),
-            &Algorithm::ALL,
-        )
-        .unwrap_err();
+        let err = rsa_error(&n2048, "AQAB", None);
         assert_eq!(err, KeyError::AmbiguousAlgorithm { index: 0 });
     }
 
@@ -1116,24 +1110,14 @@ mod tests {
         // 2^33 + 1: odd but above the bound; nine bytes: too long even with a leading zero.
         for e in [&[0x02, 0, 0, 0, 0x01][..], &[0, 0, 0, 0, 0, 0, 0, 0, 0x03]] {
             let e = crate::encoding::encode_b64url(e);
-            let err = parse_jwk(
-                0,
-                &json!({"kty":"RSA","n":n2048,"e":e,"alg":"RS256"}),
-                &Algorithm::ALL,
-            )
-            .unwrap_err();
+            let err = rsa_error(&n2048, &e, Some("RS256"));
             assert_eq!(err, KeyError::BadRsaExponent { index: 0 });
         }
         // Leading zero bytes do not count towards the modulus size.
         let mut n = vec![0u8; 2];
         n.extend_from_slice(&[0xffu8; 255]);
         let n = crate::encoding::encode_b64url(&n);
-        let err = parse_jwk(
-            0,
-            &json!({"kty":"RSA","n":n,"e":"AQAB","alg":"RS256"}),
-            &Algorithm::ALL,
-        )
-        .unwrap_err();
+        let err = rsa_error(&n, "AQAB", Some("RS256"));
         assert_eq!(
             err,
             KeyError::WeakRsa {

@@ -56,6 +56,27 @@ describe("fail closed", () => {
     });
   }
 
+  for (const [origin, message] of [
+    ["not a url", "is not a URL"],
+    ["ftp://127.0.0.1/files", "must be an http(s) URL with a host"],
+    ["http://127.0.0.1:1/mcp?tenant=a", "must not have a query or fragment"],
+    ["http://127.0.0.1:1/?", "must not have a query or fragment"],
+    ["http://127.0.0.1:1/#top", "must not have a query or fragment"],
+  ]) {
+    test(`a bad ORIGIN_URL (${origin}) fails closed: 500, the precise message logged`, async () => {
+      const worker = await startWorker({ vars: { TXNGATE_POLICY: policy({ jwks: { keys: [key.publicJwk] } }), ORIGIN_URL: origin } });
+      try {
+        const token = mint(key, claims(), { act: [A1] });
+        const r = await post(worker.url, { token, body: toolCall(1, "calendar_read", { day: "mon" }) });
+        assert.equal(r.status, 500);
+        assert.equal(r.json.reason, "config.invalid");
+        assert.ok(worker.logs.some((l) => l.includes("ORIGIN_URL") && l.includes(message)), `log has ${message}:\n${worker.logs.join("\n")}`);
+      } finally {
+        await worker.stop();
+      }
+    });
+  }
+
   test("an origin that cannot be reached: 502 JSON-RPC error without internal detail", async () => {
     const closed = await startHttpServer(() => {});
     const deadUrl = closed.url;

@@ -83,6 +83,6 @@ if [ $bench -eq 1 ]; then
 fi
 
 if [ $flood -eq 1 ]; then
-    say "flood: checkpoints $flood_n (time box 900 s)"
+    say "flood: checkpoints $flood_n (time box ${TXNGATE_FLOOD_SECONDS:-900} s)"
     node tests/workerd/flood.mjs --n "$flood_n" --max-seconds "${TXNGATE_FLOOD_SECONDS:-900}"
 fi

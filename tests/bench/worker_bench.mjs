@@ -33,14 +33,11 @@ import { dirname, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { gzipSync } from "node:zlib";
 
-import { createServer } from "node:net";
-
 import { Miniflare } from "miniflare";
-import WebSocket from "ws";
 
 import {
-  AGENT, COMPAT_DATE, ROOT, WORKER_SCRIPT, claims, cpuTicks, keygen, mint, policy, removeDir, startMcpServer,
-  startWorker, tempDir, toolCall, workerdPid,
+  AGENT, COMPAT_DATE, ROOT, WORKER_SCRIPT, claims, cpuTicks, freePort, inspectWorker, keygen, mint, policy,
+  removeDir, startMcpServer, startPassThrough, startWorker, tempDir, toolCall, workerdPid,
 } from "../workerd/helpers.mjs";
 
 const args = process.argv.slice(2);
@@ -91,17 +88,6 @@ function bundle() {
   const raw = files.reduce((n, f) => n + statSync(f).size, 0);
   const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
   return { bytes: raw, gzip_bytes: gz, wasm_bytes: statSync(files[1]).size, wrangler };
-}
-
-/** A plain JS pass-through Worker in the same Miniflare/workerd setup: the runtime's own floor. */
-async function startBaseline(origin) {
-  const script = `export default { async fetch(request, env) {
-      const url = new URL(request.url);
-      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: request.body });
-    } };`;
-  const mf = new Miniflare({ modules: true, script, compatibilityDate: COMPAT_DATE, bindings: { ORIGIN_URL: origin.url }, host: "127.0.0.1", port: 0 });
-  const url = await mf.ready;
-  return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
 }
 
 /** Another build (--compare) in workerd, configured as helpers.mjs's startWorker configures worker/build/. */
@@ -204,40 +190,9 @@ async function coldStart(vars, token) {
   }
 }
 
-function freePort() {
-  return new Promise((res) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
 /** A CPU profile of the Worker's isolate over `tokens.length` requests: top self-time functions. */
 async function profileIsolate(target, inspectorPort, tokens) {
-  const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
-  const t = targets.find((x) => x.id === "core:user:");
-  if (!t) throw new Error(`--profile: no inspector target for the Worker: ${targets.map((x) => x.id).join(", ")}`);
-  const ws = new WebSocket(t.webSocketDebuggerUrl);
-  await new Promise((res, rej) => {
-    ws.once("open", res);
-    ws.once("error", rej);
-  });
-  const waiting = new Map();
-  let id = 0;
-  ws.on("message", (m) => {
-    const d = JSON.parse(m);
-    if (d.id === undefined) return;
-    waiting.get(d.id)?.(d.result ?? {});
-    waiting.delete(d.id);
-  });
-  const call = (method, params = {}) => {
-    const i = ++id;
-    const answer = new Promise((res) => waiting.set(i, res));
-    ws.send(JSON.stringify({ id: i, method, params }));
-    return Promise.race([answer, new Promise((res) => setTimeout(res, 30000, {}))]);
-  };
+  const { call, close } = await inspectWorker(inspectorPort, { timeoutMs: 30000 });
   try {
     await call("Profiler.enable");
     await call("Profiler.setSamplingInterval", { interval: PROFILE_INTERVAL_US });
@@ -246,7 +201,7 @@ async function profileIsolate(target, inspectorPort, tokens) {
       const status = await once(target.url, tokens[i], body(i));
       if (status !== 200) throw new Error(`--profile: request ${i} got ${status}`);
     }
-    const { profile } = await call("Profiler.stop");
+    const { profile } = (await call("Profiler.stop")) ?? {};
     if (!profile) throw new Error("--profile: no profile from the inspector");
     const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
     const self = new Map();
@@ -262,7 +217,7 @@ async function profileIsolate(target, inspectorPort, tokens) {
       .map(([name, n]) => ({ name: name.replace(/::h[0-9a-f]{16}$/, ""), share: Number((n / busy).toFixed(4)) }));
     return { requests: tokens.length, interval_us: PROFILE_INTERVAL_US, busy_samples_per_request: Number((busy / tokens.length).toFixed(2)), top };
   } finally {
-    ws.close();
+    close();
   }
 }
 
@@ -292,7 +247,7 @@ try {
   const cold = Object.fromEntries(Object.keys(colds[0]).map((k) => [k, Number(median(colds.map((c) => c[k])).toFixed(1))]));
   console.error(`  cold start: ${JSON.stringify(cold)}`);
 
-  baseline = await startBaseline(origin);
+  baseline = await startPassThrough(origin.url);
   const inspectorPort = PROFILE ? await freePort() : null;
   worker = await startWorker({ vars, ...(PROFILE ? { inspectorPort } : {}) });
   // The same policy with a (never reached) rate limit on the tool: each call then also makes the Durable

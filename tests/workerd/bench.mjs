@@ -8,21 +8,7 @@
 
 import { performance } from "node:perf_hooks";
 
-import { Miniflare } from "miniflare";
-
-import { AGENT, COMPAT_DATE, claims, cpuTicks, keygen, mint, policy, removeDir, startMcpServer, startWorker, tempDir, toolCall, workerdPid } from "./helpers.mjs";
-
-/** A plain JS Worker in the same Miniflare/workerd setup: the runtime's own floor, for comparison. */
-async function startBaseline(origin) {
-  const script = `export default { async fetch(request, env) {
-      if (!request.headers.has("txn-token")) return new Response('{"error":"invalid_token"}', { status: 401, headers: { "content-type": "application/json" } });
-      const url = new URL(request.url);
-      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: request.body });
-    } };`;
-  const mf = new Miniflare({ modules: true, script, compatibilityDate: COMPAT_DATE, bindings: { ORIGIN_URL: origin.url }, host: "127.0.0.1", port: 0 });
-  const url = await mf.ready;
-  return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
-}
+import { AGENT, claims, cpuTicks, keygen, mint, policy, removeDir, startMcpServer, startPassThrough, startWorker, tempDir, toolCall } from "./helpers.mjs";
 
 const N = Number(process.argv[2] ?? 500);
 /** Requests run before any measurement: V8 compiles Wasm lazily (Liftoff first, TurboFan once hot). */
@@ -120,7 +106,7 @@ try {
       ][i % 5];
       await (await fetch(...make())).arrayBuffer();
     }
-    const baseline = await startBaseline(origin);
+    const baseline = await startPassThrough(origin.url, { requireToken: true });
     try {
       const bpost = (token, body) => () => [`${baseline.url}/mcp`, { method: "POST", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "txn-token": token }, body }];
       const half = Math.ceil(WARMUP / 2);

@@ -29,29 +29,10 @@
 // Each output line is JSON; the last one is the summary.
 
 import { createServer } from "node:http";
-import { createServer as createNetServer } from "node:net";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
-import WebSocket from "ws";
-
-import { Miniflare } from "miniflare";
-
-import { AGENT, COMPAT_DATE, claims, localSigner, policy, startWorker, toolCall, workerdPid } from "./helpers.mjs";
-
-/**
- * The control: a plain JS Worker that forwards every request to the origin, in the same Miniflare/workerd
- * setup. Its process RSS under the same flood is the runtime's own share.
- */
-async function startControl(originUrl, inspectorPort) {
-  const script = `export default { async fetch(request, env) {
-      const url = new URL(request.url);
-      return fetch(env.ORIGIN_URL + url.pathname, { method: request.method, headers: request.headers, body: request.body });
-    } };`;
-  const mf = new Miniflare({ modules: true, script, compatibilityDate: COMPAT_DATE, bindings: { ORIGIN_URL: originUrl }, host: "127.0.0.1", port: 0, inspectorPort });
-  const url = await mf.ready;
-  return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
-}
+import { AGENT, claims, freePort, inspectWorker, localSigner, policy, startPassThrough, startWorker, toolCall } from "./helpers.mjs";
 
 /** VmRSS and VmHWM of a process, in KiB. */
 export function memory(pid) {
@@ -60,45 +41,17 @@ export function memory(pid) {
   return { rss_kib: kib("VmRSS"), hwm_kib: kib("VmHWM") };
 }
 
-async function freePort() {
-  return new Promise((res) => {
-    const s = createNetServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
 /**
  * The txngate Worker isolate's own heap, through workerd's V8 inspector (Runtime.getHeapUsage): the process
  * RSS also counts Miniflare's entry and helper Workers in the same process and memory V8 has not given back.
  */
 async function heapProbe(inspectorPort) {
-  const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
-  const target = targets.find((t) => t.id === "core:user:");
-  if (!target) throw new Error(`no inspector target for the Worker: ${targets.map((t) => t.id).join(", ")}`);
-  const ws = new WebSocket(target.webSocketDebuggerUrl);
-  await new Promise((res, rej) => {
-    ws.once("open", res);
-    ws.once("error", rej);
-  });
-  const waiting = new Map();
-  let id = 0;
   let context = null;
-  ws.on("message", (m) => {
-    const d = JSON.parse(m);
-    if (d.method === "Runtime.executionContextCreated") context = d.params.context.id;
-    if (d.id === undefined) return;
-    waiting.get(d.id)?.(d.result ?? {});
-    waiting.delete(d.id);
+  const { call, close } = await inspectWorker(inspectorPort, {
+    onEvent: (d) => {
+      if (d.method === "Runtime.executionContextCreated") context = d.params.context.id;
+    },
   });
-  const call = (method, params = {}) => {
-    const i = ++id;
-    const answer = new Promise((res) => waiting.set(i, res));
-    ws.send(JSON.stringify({ id: i, method, params }));
-    return Promise.race([answer, new Promise((res) => setTimeout(res, 10000, null))]);
-  };
   // Runtime.enable announces the Worker's execution context (evaluations need its id; the console events it
   // also turns on are ignored).
   await call("Runtime.enable");
@@ -117,7 +70,7 @@ async function heapProbe(inspectorPort) {
       const wasm = await wasmMemoryKib();
       return r ? { js_heap_used_kib: Math.round(r.usedSize / 1024), js_heap_total_kib: Math.round(r.totalSize / 1024), wasm_memory_kib: wasm } : { js_heap: "no answer" };
     },
-    close: () => ws.close(),
+    close,
   };
 }
 
@@ -141,7 +94,7 @@ export async function flood({ checkpoints, control = false, limit = "none", tool
   if (limit === "agent") star.rate_limit = { key: "agent", limit: 10, period_seconds: period };
   const inspectorPort = await freePort();
   const worker = control
-    ? await startControl(origin.url, inspectorPort)
+    ? await startPassThrough(origin.url, { inspectorPort })
     : await startWorker({ vars: { TXNGATE_POLICY: policy({ jwks: signer.jwks, tools: { "*": star } }), ORIGIN_URL: origin.url }, inspectorPort });
   const statuses = {};
   const rows = [];

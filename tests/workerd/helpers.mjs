@@ -9,11 +9,13 @@ import { spawn, spawnSync } from "node:child_process";
 import { createPrivateKey, generateKeyPairSync, randomUUID, sign } from "node:crypto";
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
+import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { Miniflare } from "miniflare";
+import WebSocket from "ws";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const WORKER_SCRIPT = process.env.TXNGATE_WORKER_SCRIPT ?? join(ROOT, "worker/build/index.js");
@@ -435,4 +437,64 @@ export async function until(predicate, timeoutMs = 5000) {
     await new Promise((res) => setTimeout(res, 20));
   }
   return false;
+}
+
+/** A free TCP port on 127.0.0.1 (for workerd's inspector). */
+export function freePort() {
+  return new Promise((res) => {
+    const s = createNetServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+/**
+ * A plain JS Worker that forwards every request to `originUrl`, in the same Miniflare/workerd setup as
+ * startWorker: the runtime's own floor, for benchmarks and floods. `requireToken`: answer 401 without a
+ * `txn-token` header (the least an authorizer does).
+ */
+export async function startPassThrough(originUrl, { inspectorPort, requireToken = false } = {}) {
+  const gate = requireToken
+    ? `if (!request.headers.has("txn-token")) return new Response('{"error":"invalid_token"}', { status: 401, headers: { "content-type": "application/json" } });`
+    : "";
+  const script = `export default { async fetch(request, env) {
+      ${gate}
+      const url = new URL(request.url);
+      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: request.body });
+    } };`;
+  const mf = new Miniflare({ modules: true, script, compatibilityDate: COMPAT_DATE, bindings: { ORIGIN_URL: originUrl }, host: "127.0.0.1", port: 0, inspectorPort });
+  const url = await mf.ready;
+  return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
+}
+
+/**
+ * A session with the Worker isolate's V8 inspector (workerd's `core:user:` target). `call(method, params)`
+ * resolves with the result, or null when no answer came within `timeoutMs`; `onEvent` sees the events.
+ */
+export async function inspectWorker(inspectorPort, { timeoutMs = 10000, onEvent = () => {} } = {}) {
+  const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
+  const target = targets.find((t) => t.id === "core:user:");
+  if (!target) throw new Error(`no inspector target for the Worker: ${targets.map((t) => t.id).join(", ")}`);
+  const ws = new WebSocket(target.webSocketDebuggerUrl);
+  await new Promise((res, rej) => {
+    ws.once("open", res);
+    ws.once("error", rej);
+  });
+  const waiting = new Map();
+  let id = 0;
+  ws.on("message", (m) => {
+    const d = JSON.parse(m);
+    if (d.id === undefined) return onEvent(d);
+    waiting.get(d.id)?.(d.result ?? {});
+    waiting.delete(d.id);
+  });
+  const call = (method, params = {}) => {
+    const i = ++id;
+    const answer = new Promise((res) => waiting.set(i, res));
+    ws.send(JSON.stringify({ id: i, method, params }));
+    return Promise.race([answer, new Promise((res) => setTimeout(res, timeoutMs, null))]);
+  };
+  return { call, close: () => ws.close() };
 }

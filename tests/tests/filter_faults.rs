@@ -20,13 +20,7 @@ use std::sync::Arc;
 use filter_data::tokens::*;
 use filter_data::*;
 use serde_json::{json, Value};
-use txngate_harness::{Host, HttpCallResponse, HttpOutcome, Vm, VmOptions};
-
-const LOCK_KEY: &str = "txngate:rl:create-lock";
-
-fn search(vm: &mut Vm, token: &str) -> HttpOutcome {
-    vm.http(mcp(token, &tools_call("search_web", json!({"query": "q"}))))
-}
+use txngate_harness::{Host, HttpCallResponse, Vm, VmOptions};
 
 /// The lock as a live VM holding it would leave it: `H ‖ owner ‖ sequence ‖ since_ms`.
 fn held_lock(since_ms: u64) -> Vec<u8> {

@@ -18,13 +18,7 @@ use std::sync::Arc;
 use filter_data::tokens::*;
 use filter_data::*;
 use serde_json::{json, Value};
-use txngate_harness::{CallReply, Host, HttpCallResponse, HttpOutcome, Vm, VmOptions};
-
-const LOCK_KEY: &str = "txngate:rl:create-lock";
-
-fn search(vm: &mut Vm, token: &str) -> HttpOutcome {
-    vm.http(mcp(token, &tools_call("search_web", json!({"query": "q"}))))
-}
+use txngate_harness::{CallReply, Host, HttpCallResponse, Vm, VmOptions};
 
 #[test]
 fn a_limit_of_ten_holds_across_two_vms() {

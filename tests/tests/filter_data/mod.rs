@@ -99,6 +99,14 @@ pub fn mcp(token: &str, body: &Value) -> HttpRequest {
         .json(body)
 }
 
+/// The shared-data key of the rate-limit store's creation lock (filters/src/store.rs).
+pub const LOCK_KEY: &str = "txngate:rl:create-lock";
+
+/// A `tools/call` of `search_web`, the test policy's rate-limited tool.
+pub fn search(vm: &mut Vm, token: &str) -> HttpOutcome {
+    vm.http(mcp(token, &tools_call("search_web", json!({"query": "q"}))))
+}
+
 /// The audit records (JSON lines at info level) of a stream.
 pub fn audit(outcome: &HttpOutcome) -> Vec<Value> {
     outcome

@@ -42,7 +42,7 @@ import httpx  # noqa: E402
 import jwt  # noqa: E402  (PyJWT, in the venv)
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: E402
 
-from procs import Proc, ProcError, free_port  # noqa: E402
+from procs import Proc, free_port, wait_envoy_live  # noqa: E402
 
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"
@@ -293,19 +293,7 @@ def running(scenario: Scenario, directory: Path, log_level: str, timeout: float 
     argv = ["taskset", "-c", "0", str(ENVOY), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
             "-l", log_level, "--drain-time-s", "0"]
     with Proc(argv, name=f"envoy-{scenario.name}", log_dir=directory) as proc:
-        deadline = time.monotonic() + timeout
-        for _ in range(int(timeout / 0.1) + 1):
-            if not proc.running():
-                raise ProcError(f"envoy {scenario.name} exited before it was ready\n{proc.tail(40)}")
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{scenario.admin_port}/ready", timeout=1).text.strip()
-                if ready == "LIVE":
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() >= deadline:
-                raise ProcError(f"envoy {scenario.name} not ready within {timeout} s\n{proc.tail(40)}")
-            time.sleep(0.1)
+        wait_envoy_live(proc, scenario.admin_port, timeout, label=f"envoy {scenario.name}", tail=40)
         proc.wait_port(scenario.listener_port)
         assert proc.pid is not None
         scenario.pid = proc.pid

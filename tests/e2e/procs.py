@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -277,3 +279,22 @@ def mcp_call(
     out["exit_code"] = done.returncode
     out["stderr"] = done.stderr
     return out
+
+
+def wait_envoy_live(proc: "Proc", admin_port: int, timeout: float, label: str = "envoy", tail: int = 60) -> None:
+    """Waits until Envoy's admin `/ready` says LIVE; raises ProcError with the log's tail if Envoy exits first
+    or is not ready within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.1) + 1):
+        if not proc.running():
+            raise ProcError(f"{label} exited before it was ready\n{proc.tail(tail)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as response:
+                if response.read().decode().strip() == "LIVE":
+                    return
+        except (OSError, urllib.error.URLError):
+            pass  # not listening yet, or 503 while not LIVE
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    raise ProcError(f"{label} not ready within {timeout} s\n{proc.tail(tail)}")

@@ -33,7 +33,7 @@ import httpx
 
 E2E_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(E2E_DIR))
-from procs import PROJECT_ROOT, Proc, ProcError, free_port  # noqa: E402
+from procs import PROJECT_ROOT, Proc, ProcError, free_port, wait_envoy_live  # noqa: E402
 
 sys.path.insert(0, str(E2E_DIR.parent / "secrets"))
 import ledger  # noqa: E402
@@ -351,18 +351,7 @@ def running_envoy(config: EnvoyConfig, directory: Path, *, concurrency: int = 2,
         argv = ["taskset", "-c", cpu, *argv]
     with Proc(argv, name=name, log_dir=directory) as proc:
         envoy = Envoy(proc, config)
-        deadline = time.monotonic() + timeout
-        for _ in range(int(timeout / 0.1) + 1):
-            if not proc.running():
-                raise ProcError(f"envoy exited before it was ready\n{proc.tail(60)}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{config.admin_port}/ready", timeout=1).text.strip() == "LIVE":
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() >= deadline:
-                raise ProcError(f"envoy not ready within {timeout} s\n{proc.tail(60)}")
-            time.sleep(0.1)
+        wait_envoy_live(proc, config.admin_port, timeout)
         proc.wait_port(config.listener_port)
         yield envoy
 

@@ -12,9 +12,10 @@ falls back to `initialize` when discover is refused), every request carries `Mcp
 `Mcp-Name` (`=?base64?...?=` when the value is not plain printable ASCII), every body `params._meta`.
 `--legacy` speaks 2025-11-25 only (`initialize`, no routing headers).
 
-`--override-header 'Name: value'` replaces that header's value on every POST that carries it, after the SDK
-has set its headers (an httpx request hook): a tampered routing header for the negative tests. `--drop-header
-NAME` removes it the same way. Operations run in this order: lists, tool, prompt, read.
+`--override-header 'Name: value'` replaces that header's value on every POST that carries it, and sets it on the
+POST of a name-bearing request (tools/call, prompts/get, resources/read; also in --legacy mode, which sends no
+routing headers), after the SDK has set its headers (an httpx request hook): a tampered routing header for the
+negative tests. `--drop-header NAME` removes a header the same way. Operations run in this order: lists, tool, prompt, read.
 
 It prints exactly one JSON line on stdout:
 
@@ -60,6 +61,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 KEPT_RESPONSE_HEADERS = ("www-authenticate", "retry-after", "content-type", "cache-control")
+NAME_BEARING = ("tools/call", "prompts/get", "resources/read")
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -134,8 +136,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # After the SDK set its per-message headers: replace or drop what the test asks for.
         if request.method != "POST":
             return
+        try:
+            method = json.loads(request.content).get("method")
+        except (ValueError, AttributeError):
+            method = None
         for name, value in overrides.items():
-            if name in request.headers:
+            if name in request.headers or method in NAME_BEARING:
                 request.headers[name] = value
         for name in drops:
             if name in request.headers:
@@ -224,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--legacy", action="store_true", help="speak MCP 2025-11-25 (initialize) only")
     p.add_argument("--header", type=parse_header, action="append", default=[], help="'Name: value', repeatable")
     p.add_argument("--override-header", type=parse_header, action="append", default=[],
-                   help="'Name: value': replace that header on every POST carrying it (after the SDK set it)")
+                   help="'Name: value': replace that header where present, set it on name-bearing requests")
     p.add_argument("--drop-header", action="append", default=[], help="remove that header from every POST")
     p.add_argument("--tool", help="tool to call")
     p.add_argument("--args", type=json_object, default={}, help="tool arguments as a JSON object")

@@ -252,6 +252,11 @@ def mcp_server(json_response: bool = False, port: int = 0, **kwargs) -> Proc:
     return Proc(argv, **kwargs)
 
 
+CLIENTS = ("py", "py-legacy", "ts")
+"""The MCP clients the suites run: the Python SDK 2.x speaking 2026-07-28 (`py`) and 2025-11-25 (`py-legacy`),
+and the TypeScript SDK (`ts`, 2025-11-25 only)."""
+
+
 def mcp_call(
     url: str,
     *,
@@ -259,25 +264,75 @@ def mcp_call(
     tool: str | None = None,
     args: Mapping | None = None,
     list_tools: bool = False,
+    list_prompts: bool = False,
+    list_resources: bool = False,
+    prompt: str | None = None,
+    prompt_args: Mapping | None = None,
+    read: str | None = None,
+    override_headers: Mapping[str, str] | None = None,
+    drop_headers: Sequence[str] = (),
+    client: str = "py",
     timeout: float = 10.0,
 ) -> dict:
-    """Run mcp_call.py once and return its JSON line as a dict (plus "exit_code" and "stderr")."""
-    argv = [sys.executable, str(E2E_DIR / "mcp_call.py"), "--url", url, "--timeout", str(timeout)]
+    """Run mcp_call.py (`client` "py", "py-legacy") or mcp_call_ts.mjs ("ts") once and return its JSON line as
+    a dict (plus "exit_code" and "stderr")."""
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+    if client == "ts":
+        argv = ["node", str(E2E_DIR / "mcp_call_ts.mjs")]
+    else:
+        argv = [sys.executable, str(E2E_DIR / "mcp_call.py")]
+        if client == "py-legacy":
+            argv.append("--legacy")
+    argv += ["--url", url, "--timeout", str(timeout)]
     for name, value in (headers or {}).items():
         argv += ["--header", f"{name}: {value}"]
+    for name, value in (override_headers or {}).items():
+        argv += ["--override-header", f"{name}: {value}"]
+    for name in drop_headers:
+        argv += ["--drop-header", name]
     if list_tools:
         argv.append("--list")
+    if list_prompts:
+        argv.append("--list-prompts")
+    if list_resources:
+        argv.append("--list-resources")
     if tool:
         argv += ["--tool", tool, "--args", json.dumps(dict(args or {}))]
+    if prompt:
+        argv += ["--prompt", prompt]
+        if prompt_args is not None:
+            argv += ["--prompt-args", json.dumps(dict(prompt_args))]
+    if read:
+        argv += ["--read", read]
     done = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 15
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 15, cwd=PROJECT_ROOT
     )
     lines = done.stdout.strip().splitlines()
     if not lines:
-        raise ProcError(f"mcp_call.py printed nothing (exit {done.returncode})\n{done.stderr}")
+        raise ProcError(f"{Path(argv[1]).name} printed nothing (exit {done.returncode})\n{done.stderr}")
     out = json.loads(lines[-1])
     out["exit_code"] = done.returncode
     out["stderr"] = done.stderr
+    return out
+
+
+def server_requests(stderr_text: str) -> list[dict]:
+    """The requests mcp_server.py logged: one dict per HTTP request with `http` (method), `path`, `txn_token`
+    (bool), `x_txngate` (dict) and the `mcp` object (h_method, h_name, h_version: routing headers as received;
+    method, name, id: from the JSON-RPC body)."""
+    out = []
+    for line in stderr_text.splitlines():
+        if not line.startswith("[mcp_server] ") or " mcp={" not in line:
+            continue
+        head, _, mcp = line.partition(" mcp=")
+        words = head.split(" ", 4)
+        if len(words) < 5:
+            continue
+        _, http, path, token, rest = words
+        txngate = rest.partition("x-txngate=")[2]
+        out.append({"http": http, "path": path, "txn_token": token == "txn-token=present",
+                    "x_txngate": json.loads(txngate or "{}"), "mcp": json.loads(mcp)})
     return out
 
 

@@ -34,7 +34,7 @@ from certs import TestCa  # noqa: E402
 from envoy_harness import (  # noqa: E402
     PROJECT_ROOT, EnvoyConfig, Minter, Tls, filter_wasm, running_envoy, txngate_cli, validate,
 )
-from procs import Proc, mcp_call, mcp_server, wait_for  # noqa: E402
+from procs import CLIENTS, Proc, mcp_call, mcp_server, server_requests, wait_for  # noqa: E402
 
 TRUST_DOMAIN = "trust.example"
 AGENT = "spiffe://trust.example/agent/"
@@ -46,7 +46,7 @@ def policy(jwks_issuer: dict, **overrides) -> dict:
     doc = {
         "trust_domain": TRUST_DOMAIN,
         "issuers": [jwks_issuer],
-        "agents": {AGENT + "*": {"max_scopes": ["calendar:*", "email:send", "web:search"]}},
+        "agents": {AGENT + "*": {"max_scopes": ["calendar:*", "email:send", "web:search", "prompts:review", "docs:read"]}},
         "mcp": {"path_prefix": "/mcp", "max_body_bytes": 65536},
         "tools": {
             "send_email": {
@@ -57,6 +57,19 @@ def policy(jwks_issuer: dict, **overrides) -> dict:
             "calendar_read": {"scopes": ["calendar:read"]},
             "calendar_write": {"scopes": ["calendar:write"]},
             "search_web": {"scopes": ["web:search"]},
+            # Not MCP's recommended alphabet: allowed because a rule names it exactly (the client sends its
+            # Mcp-Name as =?base64?...?=). `données_privées` has no rule: refused.
+            "météo": {"scopes": ["web:search"]},
+            "*": {"effect": "deny"},
+        },
+        "prompts": {
+            "code_review": {"scopes": ["prompts:review"]},
+            "résumé": {"scopes": ["prompts:review"]},
+            "*": {"effect": "deny"},
+        },
+        "resources": {
+            "file:///docs/**": {"scopes": ["docs:read"]},
+            "file:///docs/public.txt": {},
             "*": {"effect": "deny"},
         },
     }
@@ -142,10 +155,10 @@ def test_token_without_the_scope_is_refused_with_403(stack, minter):
     out = mcp_call(stack["url"], headers={"Txn-Token": token}, tool="send_email", args=EMAIL_ARGS)
     assert not out["ok"]
     err = out["error"]
-    assert (err["status"], err["code"], err["stage"]) == (403, -32003, "call_tool"), err
+    assert (err["status"], err["code"], err["stage"]) == (403, -31403, "call_tool"), err
     assert "email:send" in err["message"]
     assert err["body"]["error"]["data"]["reason"] == "tool.scope"
-    assert err["headers"]["www-authenticate"] == 'Bearer error="insufficient_scope", scope="email:send"'
+    assert err["headers"]["www-authenticate"] == 'Txn-Token error="insufficient_scope", scope="email:send"'
     # The server never saw the call.
     assert not any(a.get("agent") == agent and a["verdict"] == "allow" and a.get("tool") for a in stack["envoy"].audit())
 
@@ -196,8 +209,12 @@ def test_bad_token_is_refused_with_401(stack, minter, workdir, kind):
     out = mcp_call(stack["url"], headers=headers, tool="send_email", args=EMAIL_ARGS)
     assert not out["ok"]
     err = out["error"]
-    assert (err["status"], err["code"], err["stage"]) == (401, -32001, "initialize"), err
-    assert err["headers"]["www-authenticate"].startswith('Bearer error="invalid_token"')
+    # The 2026-07-28 client opens with server/discover, refused: it falls back to initialize, refused too.
+    assert (err["status"], err["code"], err["stage"]) == (401, -31401, "initialize"), err
+    challenge = err["headers"]["www-authenticate"]
+    assert challenge.startswith('Txn-Token error="invalid_token", error_description="token.'), challenge
+    assert "resource_metadata" not in challenge and "Bearer" not in challenge
+    assert err["body"]["id"] == 1, "the refusal carries the request's id"
 
 
 def test_eleventh_call_over_a_limit_of_ten_gets_429(stack, minter):
@@ -212,7 +229,7 @@ def test_eleventh_call_over_a_limit_of_ten_gets_429(stack, minter):
     assert statuses == [200] * 10
     out = mcp_call(stack["url"], headers={"Txn-Token": token}, tool="send_email", args=EMAIL_ARGS)
     err = out["error"]
-    assert (err["status"], err["code"]) == (429, -32029), out
+    assert (err["status"], err["code"]) == (429, -31429), out
     # One call refills every 60 s: the eleventh (through the SDK client, seconds on a loaded machine) still
     # finds the bucket empty.
     assert 1 <= int(err["headers"]["retry-after"]) <= 60
@@ -237,6 +254,135 @@ def test_tools_list_is_filtered_to_what_the_caller_may_call(stack, minter):
     # Another caller sees another list.
     other = minter.mint(claims(agent, "email:send"), act=[agent])
     assert set(mcp_call(stack["url"], headers={"Txn-Token": other}, list_tools=True)["tools"]) == {"send_email"}
+
+
+# -- both MCP generations: Python SDK 2.x at 2026-07-28 (routing headers) and 2025-11-25, TypeScript SDK ---------
+
+
+def reached_server(stack) -> list[dict]:
+    """Every request mcp_server.py logged (routing headers as received, JSON-RPC method and name)."""
+    return server_requests(stack["server"].stderr_text())
+
+
+def test_tool_prompt_and_resource_with_base64_names_are_allowed_for_every_client(stack, minter):
+    for client in CLIENTS:
+        agent = agent_for(stack, f"gen-ok-{client}")
+        token = minter.mint(claims(agent, "web:search prompts:review docs:read"), act=[agent])
+        out = mcp_call(stack["url"], headers={"Txn-Token": token}, client=client, tool="météo", args={"city": "Paris"},
+                       prompt="résumé", prompt_args={"name": "Zoé"}, read="file:///docs/café.txt")
+        assert out["ok"], (client, out)
+        assert out["protocol"] == ("2026-07-28" if client == "py" else "2025-11-25"), (client, out)
+        assert out["result"]["structured"]["result"] == "sunny in Paris"
+        assert out["result"]["structured"]["x-txngate-agent"] == agent
+        assert "résumé of Zoé" in json.loads(out["prompt"]["messages"][0]["content"]["text"])["result"]
+        assert out["resource"]["contents"][0]["text"] == "menu du café"
+
+        seen = [r["mcp"] for r in reached_server(stack) if r["x_txngate"].get("x-txngate-agent") == agent]
+        by_method = {r["method"]: r for r in seen if r["method"] in ("tools/call", "prompts/get", "resources/read")}
+        assert by_method["tools/call"]["name"] == "météo" and by_method["prompts/get"]["name"] == "résumé"
+        assert by_method["resources/read"]["name"] == "file:///docs/café.txt"
+        if client == "py":
+            # The 2026-07-28 client opened with server/discover and wrapped every non-ASCII name in base64.
+            assert seen[0]["method"] == "server/discover" and not any(r["method"] == "initialize" for r in seen), seen
+            assert by_method["tools/call"]["h_name"] == "=?base64?bcOpdMOpbw==?="
+            assert by_method["prompts/get"]["h_name"] == "=?base64?csOpc3Vtw6k=?="
+            assert by_method["resources/read"]["h_name"] == "=?base64?ZmlsZTovLy9kb2NzL2NhZsOpLnR4dA==?="
+            assert all(r["h_method"] == r["method"] for r in seen if r["method"]), seen
+        else:
+            assert seen[0]["method"] == "initialize" and all(r["h_name"] is None for r in seen), seen
+    records = [a for a in stack["envoy"].audit() if a.get("verdict") == "allow"]
+    assert any(a.get("prompt") == "résumé" for a in records), records[-5:]
+    assert any(a.get("resource") == "file:///docs/café.txt" for a in records), records[-5:]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("case", [
+    # (what, scope of the token, call, HTTP status, reason)
+    ("tool without a rule, name outside the alphabet", "web:search", {"tool": "données_privées"}, 403, "tool.name_alphabet"),
+    ("denied prompt", "prompts:review", {"prompt": "secret_plan"}, 403, "prompt.denied"),
+    ("prompt without its scope", "docs:read", {"prompt": "code_review", "prompt_args": {"code": "x"}}, 403, "prompt.scope"),
+    ("resource outside every pattern", "docs:read", {"read": "file:///etc/passwd.txt"}, 403, "resource.denied"),
+    ("resource without its scope", "prompts:review", {"read": "file:///docs/private/plan.txt"}, 403, "resource.scope"),
+], ids=lambda v: v[0].replace(" ", "_") if isinstance(v, tuple) else v)
+def test_tool_prompt_and_resource_refusals_for_every_client(stack, minter, client, case):
+    what, scope, call, status, reason = case
+    agent = agent_for(stack, f"gen-no-{client}-{reason}")
+    token = minter.mint(claims(agent, scope), act=[agent])
+    out = mcp_call(stack["url"], headers={"Txn-Token": token}, client=client, **call)
+    assert not out["ok"], out
+    err = out["error"]
+    assert (err["status"], err["code"], err["body"]["error"]["data"]["reason"]) == (status, -31403, reason), (what, err)
+    assert isinstance(err["body"].get("id"), int), "the refusal carries the request's id"
+    if reason.endswith(".scope"):
+        assert err["headers"]["www-authenticate"].startswith('Txn-Token error="insufficient_scope", scope="')
+    name = call.get("tool") or call.get("prompt") or call.get("read")
+    assert not any(r["mcp"]["name"] == name and r["x_txngate"].get("x-txngate-agent") == agent
+                   for r in reached_server(stack)), "the refused call never reached the server"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_tampered_mcp_name_is_refused_and_never_reaches_the_server(stack, minter, client):
+    """The header says public.txt, the body reads the private plan: 400, -32020, whatever the client's
+    generation (txngate validates Mcp-Name whenever present), and the MCP server never sees the request."""
+    agent = agent_for(stack, f"tamper-{client}")
+    token = minter.mint(claims(agent, "docs:read calendar:read"), act=[agent])
+    forged = f"file:///docs/public.txt?{client}-{stack['mode']}"
+    out = mcp_call(stack["url"], headers={"Txn-Token": token}, client=client, read="file:///docs/private/plan.txt",
+                   override_headers={"Mcp-Name": forged})
+    assert not out["ok"], out
+    err = out["error"]
+    assert (err["status"], err["code"], err["stage"]) == (400, -32020, "read_resource"), err
+    assert err["body"]["error"]["data"]["reason"] == "mcp.header_mismatch"
+    assert isinstance(err["body"].get("id"), int)
+    # A tool call under a forged name, too.
+    out = mcp_call(stack["url"], headers={"Txn-Token": token}, client=client, tool="calendar_read", args={"day": "mon"},
+                   override_headers={"Mcp-Name": "search_web"})
+    assert (out["error"]["status"], out["error"]["code"]) == (400, -32020), out
+    seen = [r["mcp"] for r in reached_server(stack) if r["x_txngate"].get("x-txngate-agent") == agent]
+    assert seen, "the connection's opening requests did reach the server"
+    assert not any(r["method"] in ("resources/read", "tools/call") for r in seen), seen
+    assert not any(r["h_name"] in (forged, "search_web") for r in reached_server(stack))
+
+
+def test_modern_requests_without_routing_headers_are_refused(stack, minter):
+    agent = agent_for(stack, "noheader")
+    token = minter.mint(claims(agent, "calendar:read"), act=[agent])
+    out = mcp_call(stack["url"], headers={"Txn-Token": token}, tool="calendar_read", args={"day": "mon"},
+                   drop_headers=["Mcp-Name"])
+    err = out["error"]
+    assert (err["status"], err["code"], err["body"]["error"]["data"]["reason"]) == (400, -32020, "mcp.header_missing"), out
+    # A plain ASCII name wrapped in base64 is decoded before comparing: allowed.
+    body = raw_http.tools_call_body("calendar_read", {"day": "mon"}, 5)
+    modern = {"Txn-Token": token, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call"}
+    r = raw_http.post_jsonrpc(stack["url"], body, {**modern, "Mcp-Name": "=?base64?Y2FsZW5kYXJfcmVhZA==?="})
+    assert r["status"] == 200, r
+    r = raw_http.post_jsonrpc(stack["url"], body, {**modern, "Mcp-Name": "=?base64?Y2FsZW5kYXJfcmVhZA=?="})
+    assert (r["status"], r["json"]["error"]["data"]["reason"], r["json"]["id"]) == (400, "mcp.header_invalid", 5), r
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_prompt_and_resource_lists_are_filtered_and_private(stack, minter, client):
+    agent = agent_for(stack, f"lists-{client}")
+    token = minter.mint(claims(agent, "prompts:review"), act=[agent])
+    out = mcp_call(stack["url"], headers={"Txn-Token": token}, client=client, list_tools=True, list_prompts=True,
+                   list_resources=True)
+    assert out["ok"], out
+    assert set(out["prompts"]) == {"code_review", "résumé"}
+    assert out["resources"] == ["file:///docs/public.txt"], "docs:read not granted: only the public document"
+    assert out["templates"] == [], "file:///docs/reports/{year}.txt needs docs:read"
+    assert set(out["tools"]) == set(), "no tool scope in this token"
+    wide = minter.mint(claims(agent, "docs:read"), act=[agent])
+    out = mcp_call(stack["url"], headers={"Txn-Token": wide}, client=client, list_prompts=True, list_resources=True)
+    assert out["prompts"] == [] and out["templates"] == ["file:///docs/reports/{year}.txt"], out
+    assert set(out["resources"]) == {"file:///docs/public.txt", "file:///docs/private/plan.txt", "file:///docs/café.txt"}
+    if client == "py":
+        for n, body in enumerate([raw_http.tools_list_body(21), {"jsonrpc": "2.0", "id": 22, "method": "prompts/list"},
+                                  {"jsonrpc": "2.0", "id": 23, "method": "resources/list"},
+                                  {"jsonrpc": "2.0", "id": 24, "method": "resources/templates/list"}]):
+            r = raw_http.post_jsonrpc(stack["url"], body, {"Txn-Token": token})
+            assert r["status"] == 200, r
+            assert r["json"]["result"]["cacheScope"] == "private", (body, r["json"])
+            assert "private" in r["headers"]["cache-control"], r["headers"]
 
 
 def test_oversized_body_is_refused_with_413_without_reaching_the_server(stack, minter):
@@ -278,7 +424,7 @@ def test_peer_binding_refuses_a_token_naming_another_agent(workdir, wasm, minter
             stolen = call(minter.mint(claims(a2, "calendar:read"), act=[a2]), client_a1)
             assert stolen.status_code == 403, stolen.text
             error = stolen.json()["error"]
-            assert error["code"] == -32003 and error["data"]["reason"] == "delegation.peer_mismatch"
+            assert error["code"] == -31403 and error["data"]["reason"] == "delegation.peer_mismatch"
             denied = [a for a in envoy.audit() if a["verdict"] == "deny"]
             assert denied[-1]["peer"] == a1 and denied[-1]["req_wl"] == a2
 

@@ -213,7 +213,7 @@ describe("fail closed", () => {
       const r = await post(worker.url, { body: toolCall(1, "calendar_read", { day: "mon" }) });
       assert.equal(r.status, 401, r.text);
       assert.equal(r.json.error.data.reason, "token.missing");
-      assert.match(r.headers.get("www-authenticate"), /resource_metadata="https:\/\/mcp\.example\.com\//);
+      assert.equal(r.headers.get("www-authenticate"), 'Txn-Token error="invalid_token", error_description="token.missing"');
     } finally {
       await worker.stop();
     }

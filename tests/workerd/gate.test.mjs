@@ -91,15 +91,18 @@ describe("txngate Worker in workerd", () => {
     const r = await post(jsonWorker.url, { token, body: toolCall(4, "calendar_read", { day: "wed" }) });
     assert.equal(r.status, 401);
     assert.equal(r.json.error.data.reason, "token.signature");
-    assert.equal(r.json.error.code, -32001);
+    assert.equal(r.json.error.code, -31401);
+    assert.equal(r.json.id, 4, "the refusal carries the request's id");
   });
 
-  test("401 without a token: WWW-Authenticate with resource metadata, JSON-RPC error -32001", async () => {
+  test("401 without a token: a Txn-Token challenge (no Bearer, no resource metadata), JSON-RPC error -31401", async () => {
+    // The policy still sets mcp.resource_metadata (deprecated): it is no longer advertised.
     const out = await mcpCall(`${worker.url}/mcp`, { tool: "send_email", args: EMAIL });
     assert.equal(out.ok, false);
     assert.equal(out.error.status, 401);
-    assert.equal(out.error.code, -32001);
-    assert.match(out.error.headers["www-authenticate"], /^Bearer error="invalid_token", error_description="token\.missing", resource_metadata="https:\/\/mcp\.test\.example\//);
+    assert.equal(out.error.code, -31401);
+    assert.equal(out.error.stage, "initialize");
+    assert.equal(out.error.headers["www-authenticate"], 'Txn-Token error="invalid_token", error_description="token.missing"');
     assert.equal(out.error.body.error.data.reason, "token.missing");
     assert.equal(origin.requests.filter((l) => !l.includes("txn-token=present")).length, 0, "nothing without a token reached the origin");
   });
@@ -119,13 +122,13 @@ describe("txngate Worker in workerd", () => {
     assert.equal(r.json.error.data.reason, "token.typ");
   });
 
-  test("403 for a tool outside the effective scope: insufficient_scope, JSON-RPC error -32003", async () => {
+  test("403 for a tool outside the effective scope: insufficient_scope, JSON-RPC error -31403", async () => {
     const token = mint(keys.ed, claims(), { act: [A1] });
     const out = await mcpCall(`${worker.url}/mcp`, { token, tool: "calendar_write", args: { day: "fri", title: "x" } });
     assert.equal(out.ok, false);
     assert.equal(out.error.status, 403);
-    assert.equal(out.error.code, -32003);
-    assert.equal(out.error.headers["www-authenticate"], 'Bearer error="insufficient_scope", scope="calendar:write"');
+    assert.equal(out.error.code, -31403);
+    assert.equal(out.error.headers["www-authenticate"], 'Txn-Token error="insufficient_scope", scope="calendar:write"');
     assert.equal(out.error.body.error.data.reason, "tool.scope");
   });
 
@@ -157,6 +160,7 @@ describe("txngate Worker in workerd", () => {
     r = await post(jsonWorker.url, { token, body: '{"jsonrpc":"2.0",' });
     assert.equal(r.status, 400);
     assert.equal(r.json.error.code, -32700);
+    assert.ok(!("id" in r.json), "no usable id: the member is omitted, not null");
   });
 
   test("400 for two Txn-Token header lines (the runtime joins them; the Worker splits them back)", async () => {

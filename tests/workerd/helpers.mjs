@@ -1,5 +1,5 @@
 // Shared helpers of the workerd suite: the built Worker in workerd (through wrangler's Miniflare), the real
-// MCP server as origin, the official MCP Python client, loopback JWKS / counting servers, and tokens from the
+// MCP server as origin, the official MCP clients (Python SDK 2.x, TypeScript SDK), loopback JWKS / counting servers, and tokens from the
 // project CLI (or PyJWT from the venv until the CLI is built).
 //
 // Every process started here is recorded and stopped by PID (after each test file, and on exit); every
@@ -101,15 +101,35 @@ export async function startMcpServer({ json = false } = {}) {
   return { url: `http://127.0.0.1:${port}`, port: Number(port), requests, stop: () => stopChild(child) };
 }
 
-/** One call through the official MCP Python client (tests/e2e/mcp_call.py); resolves with its JSON line. */
-export function mcpCall(url, { token, headers = [], tool, args, list = false, timeout = 15 } = {}) {
-  const argv = [join(ROOT, "tests/e2e/mcp_call.py"), "--url", url, "--timeout", String(timeout)];
+/**
+ * The MCP clients the suite runs: the official Python SDK 2.x speaking 2026-07-28 ("py", routing headers,
+ * server/discover) and 2025-11-25 ("py-legacy", initialize), and the official TypeScript SDK ("ts", 2025-11-25).
+ */
+export const CLIENTS = ["py", "py-legacy", "ts"];
+
+/**
+ * One exchange through an official MCP client (tests/e2e/mcp_call.py, or tests/e2e/mcp_call_ts.mjs for
+ * `client: "ts"`); resolves with its JSON line. `overrides`: {name: value} headers tampered after the SDK set
+ * its own (see mcp_call.py --override-header); `drop`: header names removed the same way.
+ */
+export function mcpCall(url, { token, headers = [], tool, args, list = false, listPrompts = false, listResources = false, prompt, promptArgs, read, overrides = {}, drop = [], client = "py", timeout = 15 } = {}) {
+  if (!CLIENTS.includes(client)) throw new Error(`mcpCall: unknown client ${client}`);
+  const [command, script] = client === "ts" ? [process.execPath, "tests/e2e/mcp_call_ts.mjs"] : [PYTHON, "tests/e2e/mcp_call.py"];
+  const argv = [join(ROOT, script), "--url", url, "--timeout", String(timeout)];
+  if (client === "py-legacy") argv.push("--legacy");
   if (token !== undefined) argv.push("--header", `Txn-Token: ${token}`);
   for (const h of headers) argv.push("--header", h);
+  for (const [name, value] of Object.entries(overrides)) argv.push("--override-header", `${name}: ${value}`);
+  for (const name of drop) argv.push("--drop-header", name);
   if (list) argv.push("--list");
+  if (listPrompts) argv.push("--list-prompts");
+  if (listResources) argv.push("--list-resources");
   if (tool) argv.push("--tool", tool, "--args", JSON.stringify(args ?? {}));
+  if (prompt) argv.push("--prompt", prompt);
+  if (promptArgs) argv.push("--prompt-args", JSON.stringify(promptArgs));
+  if (read) argv.push("--read", read);
   return new Promise((res, rej) => {
-    const child = spawnTracked(PYTHON, argv);
+    const child = spawnTracked(command, argv);
     let out = "";
     let err = "";
     child.stdout.on("data", (d) => (out += d));
@@ -121,10 +141,29 @@ export function mcpCall(url, { token, headers = [], tool, args, list = false, ti
       try {
         res(JSON.parse(line));
       } catch {
-        rej(new Error(`mcp_call.py printed no JSON line; stdout=${out} stderr=${err}`));
+        rej(new Error(`${script} printed no JSON line; stdout=${out} stderr=${err}`));
       }
     });
   });
+}
+
+/**
+ * The origin's request log (mcp_server.py), parsed: one object per HTTP request with `http`, `path`,
+ * `txnToken` (bool), `xTxngate` (object) and `mcp` (h_method, h_name, h_version: routing headers as received;
+ * method, name, id: from the JSON-RPC body).
+ */
+export function originRequests(origin) {
+  const out = [];
+  for (const line of origin.requests) {
+    const at = line.indexOf(" mcp={");
+    if (at < 0) continue;
+    const [, http, path, token] = line.slice(0, at).split(" ");
+    const xAt = line.indexOf("x-txngate=");
+    try {
+      out.push({ http, path, txnToken: token === "txn-token=present", xTxngate: JSON.parse(line.slice(xAt + 10, at)), mcp: JSON.parse(line.slice(at + 5)) });
+    } catch {}
+  }
+  return out;
 }
 
 /** A JSON-RPC request body. */
@@ -290,14 +329,14 @@ export function removeDir(dir) {
 
 export const AGENT = (name) => `spiffe://${TRUST_DOMAIN}/agent/${name}`;
 
-/** The suite's policy: inline keys unless `issuer` is given. */
-export function policy({ jwks, issuer, tools, mcp } = {}) {
+/** The suite's policy: inline keys unless `issuer` is given; `prompts` / `resources` sections when given. */
+export function policy({ jwks, issuer, tools, mcp, prompts, resources, maxScopes } = {}) {
   return {
     trust_domain: TRUST_DOMAIN,
     issuers: [issuer ?? { name: "tts", iss: ISS, jwks, algorithms: ["EdDSA", "ES256", "RS256", "PS256"] }],
     agents: {
       [`spiffe://${TRUST_DOMAIN}/orchestrator`]: { max_scopes: ["*"] },
-      [`spiffe://${TRUST_DOMAIN}/agent/*`]: { max_scopes: ["calendar:*", "email:send"] },
+      [`spiffe://${TRUST_DOMAIN}/agent/*`]: { max_scopes: maxScopes ?? ["calendar:*", "email:send"] },
     },
     delegation: { max_depth: 2 },
     mcp: { path_prefix: "/mcp", max_body_bytes: 4096, resource_metadata: "https://mcp.test.example/.well-known/oauth-protected-resource", ...mcp },
@@ -311,6 +350,8 @@ export function policy({ jwks, issuer, tools, mcp } = {}) {
       calendar_write: { scopes: ["calendar:write"] },
       delete_repo: { effect: "deny" },
     },
+    ...(prompts ? { prompts } : {}),
+    ...(resources ? { resources } : {}),
   };
 }
 

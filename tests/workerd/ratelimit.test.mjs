@@ -74,7 +74,7 @@ describe("rate limits in the Durable Object", () => {
       const out = await mcpCall(`${b.url}/mcp`, { token, tool: "send_email", args: EMAIL });
       assert.equal(out.ok, false);
       assert.equal(out.error.status, 429);
-      assert.equal(out.error.code, -32029);
+      assert.equal(out.error.code, -31429);
       assert.equal(out.error.body.error.data.reason, "ratelimit.exceeded");
       const retry = Number(out.error.headers["retry-after"]);
       assert.ok(retry >= 1 && retry <= 360, `Retry-After ${out.error.headers["retry-after"]}`);

@@ -11,9 +11,13 @@ import time
 import pytest
 
 import raw_http
-from procs import E2E_DIR, Proc, ProcError, free_port, mcp_call, mcp_server, pid_alive, port_accepts
+from procs import (
+    CLIENTS, E2E_DIR, Proc, ProcError, free_port, mcp_call, mcp_server, pid_alive, port_accepts, server_requests,
+)
 
-TOOLS = {"send_email", "calendar_read", "calendar_write", "search_web", "delete_repo"}
+TOOLS = {"send_email", "calendar_read", "calendar_write", "search_web", "delete_repo", "météo", "données_privées"}
+PROMPTS = {"code_review", "résumé", "secret_plan"}
+RESOURCES = {"file:///docs/public.txt", "file:///docs/private/plan.txt", "file:///docs/café.txt", "file:///etc/passwd.txt"}
 
 
 @pytest.mark.parametrize("json_response", [True, False], ids=["json", "sse"])
@@ -64,6 +68,36 @@ def test_server_and_client(json_response, tmp_path):
 
     assert not pid_alive(pid), f"server pid {pid} still alive after stop"
     assert not port_accepts(port)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_client_lists_gets_and_reads_and_the_server_logs_what_arrived(client, tmp_path):
+    with mcp_server(json_response=True, log_dir=tmp_path) as server:
+        url = f"http://127.0.0.1:{server.wait_listening()}/mcp"
+        out = mcp_call(url, client=client, list_tools=True, list_prompts=True, list_resources=True, tool="météo",
+                       args={"city": "Nice"}, prompt="résumé", prompt_args={"name": "Zoé"}, read="file:///docs/café.txt")
+        assert out["ok"], out
+        assert out["protocol"] == ("2026-07-28" if client == "py" else "2025-11-25")
+        assert (set(out["tools"]), set(out["prompts"]), set(out["resources"])) == (TOOLS, PROMPTS, RESOURCES)
+        assert out["templates"] == ["file:///docs/reports/{year}.txt"]
+        assert out["result"]["structured"]["result"] == "sunny in Nice"
+        assert out["resource"]["contents"][0]["text"] == "menu du café"
+        assert out["prompt"]["messages"][0]["role"] == "user"
+        seen = {r["mcp"]["method"]: r["mcp"] for r in server_requests(server.stderr_text())}
+        if client == "py":
+            assert "server/discover" in seen and "initialize" not in seen
+            assert seen["tools/call"]["h_name"] == "=?base64?bcOpdMOpbw==?=" and seen["tools/call"]["name"] == "météo"
+            assert seen["resources/read"]["h_method"] == "resources/read"
+        else:
+            assert "initialize" in seen and seen["tools/call"]["h_name"] is None
+
+        # A tampered header: the SDK's own server refuses a modern mismatch; the TypeScript client (2025-11-25)
+        # gets it through, which is why the gateway must check it.
+        tampered = mcp_call(url, client=client, tool="calendar_read", args={"day": "mon"},
+                            override_headers={"Mcp-Name": "search_web"})
+        if client == "py":
+            assert (tampered["error"]["status"], tampered["error"]["code"]) == (400, -32020), tampered
+        assert any(r["mcp"]["h_name"] == "search_web" for r in server_requests(server.stderr_text()))
 
 
 def test_mcp_call_reports_errors_as_json(tmp_path):

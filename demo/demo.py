@@ -15,8 +15,9 @@ harness runs first and every host must also agree with it, request by request.
 
 The harness gets each request as one JSONL line (`txngate-harness replay`, virtual clock, two VMs sharing
 the rate-limit store like two Envoy workers). Envoy and the Worker get real MCP traffic: the official MCP
-Python client (tests/e2e/mcp_call.py, run in-process: initialize, then the call) with a `Txn-Token` header,
-in front of tests/e2e/mcp_server.py (FastMCP, streamable HTTP, SSE responses). Reasons of refusals come
+Python client 2.x (tests/e2e/mcp_call.py, run in-process, MCP 2026-07-28: server/discover, then the call with
+its Mcp-Method / Mcp-Name routing headers) with a `Txn-Token` header, in front of tests/e2e/mcp_server.py (the
+SDK's MCPServer, streamable HTTP, SSE responses). Reasons of refusals come
 from the JSON-RPC error the client got; the budget, the agent and the reason of allowed requests from the
 host's audit line (matched by the token's SHA-256, the JSON-RPC method and the tool).
 
@@ -49,13 +50,14 @@ WORKER_SCRIPT = Path(os.environ.get("TXNGATE_WORKER_SCRIPT", ROOT / "worker" / "
 WORKER_HOST = Path(__file__).resolve().parent / "worker_host.mjs"
 LOG_ROOT = ROOT / "target" / "demo"
 
-CALL_TIMEOUT_S = 10.0       # one MCP exchange (initialize + call) through Envoy or the Worker
+CALL_TIMEOUT_S = 10.0       # one MCP exchange (server/discover + call) through Envoy or the Worker
 AUDIT_WAIT_S = 10.0         # audit lines of the last requests reaching the host's log
 REPLAY_TIMEOUT_S = 120.0
 MINT_TIMEOUT_S = 30.0
 VERDICT_FIELDS = ("verdict", "status", "reason")
 REASON_WIDTH = 19
 INTERRUPTED: list[int] = []  # signals received (SIGINT, SIGTERM, SIGHUP)
+OPENING = ("server/discover", "initialize")  # the first request of an MCP connection (2026-07-28, 2025-11-25)
 
 
 def rel(path: Path) -> Path:
@@ -410,9 +412,10 @@ def drive(session: Session, url: str, tokens: dict[str, str], logdir: Path) -> l
     done: list[Exchange] = []
     with open(logdir / "client.log", "w") as client_log:
         for call in session.calls:
-            ns = argparse.Namespace(url=url, header=[(session.header, tokens[call.token])], list=call.list,
-                                    tool=None if call.list else call.tool, args=call.arguments,
-                                    timeout=CALL_TIMEOUT_S)
+            ns = mcp_call.parser().parse_args(["--url", url, "--timeout", str(CALL_TIMEOUT_S)])
+            ns.header = [(session.header, tokens[call.token])]
+            ns.list = call.list
+            ns.tool, ns.args = (None, {}) if call.list else (call.tool, call.arguments)
             t0 = time.monotonic()
             client_log.write(f"--- step {call.step}.{call.rep} {call.method} {call.tool or ''} as {call.token}\n")
             client_log.flush()
@@ -448,12 +451,13 @@ def client_outcome(ex: Exchange) -> Outcome:
 def match_audit(session: Session, exchanges: list[Exchange], outcomes: list[Outcome],
                 read_log: Callable[[], list[str]]) -> int:
     """Gives each exchange the audit line of its decisive request (the tools/call or tools/list, or the
-    initialize a refused token stopped). Returns how many other audit lines the log holds.
+    opening request a refused token stopped). Returns how many other audit lines the log holds.
 
-    Every exchange is one MCP session: initialize, notifications/initialized, the call (after a tools/call the
-    SDK also lists the tools, to validate the result against the tool's output schema). Exchanges run one
-    after the other, so a token's audit lines, in log order, split at each initialize into one segment per
-    exchange that used the token; the decisive line is the segment's first line with the call's JSON-RPC
+    Every exchange is one MCP 2026-07-28 connection: server/discover (and, when discover is refused, the
+    client's fallback initialize), the call (after a tools/call the SDK also lists the tools, to validate the
+    result against the tool's output schema). Exchanges run one after the other, so a token's audit lines, in
+    log order, split at each opening request (a discover; an initialize not following its discover) into one
+    segment per exchange that used the token; the decisive line is the segment's first line with the call's JSON-RPC
     method (and tool). A token refused before it is verified is logged without its hash: such an exchange
     takes the next unused refusal without a hash and with the status the client got."""
     def assign(records: list[tuple[dict, str]]) -> tuple[list[int | None], set[int]]:
@@ -462,7 +466,11 @@ def match_audit(session: Session, exchanges: list[Exchange], outcomes: list[Outc
             sha = r.get("token_sha256")
             if sha is None:
                 continue
-            if r.get("rpc_method") == "initialize" or sha not in segments:
+            method = r.get("rpc_method")
+            current = segments.get(sha, [[]])[-1]
+            fallback = method == "initialize" and current and all(
+                records[j][0].get("rpc_method") == "server/discover" for j in current)
+            if (method in OPENING and not fallback) or sha not in segments:
                 segments.setdefault(sha, []).append([])
             segments[sha][-1].append(i)
         taken: dict[str, int] = {}
@@ -479,9 +487,10 @@ def match_audit(session: Session, exchanges: list[Exchange], outcomes: list[Outc
                             and r.get("verdict") == "deny" and r.get("status") == err.get("status")), None)
             elif segment is not None:
                 taken[sha] = k + 1
-                method = "initialize" if err.get("stage") == "initialize" else ex.call.method
-                hit = next((i for i in segment if records[i][0].get("rpc_method") == method
-                            and (ex.call.list or method == "initialize" or records[i][0].get("tool") == ex.call.tool)),
+                opening = err.get("stage") == "initialize"
+                hit = next((i for i in segment if (records[i][0].get("rpc_method") in OPENING if opening else
+                                                   records[i][0].get("rpc_method") == ex.call.method
+                                                   and (ex.call.list or records[i][0].get("tool") == ex.call.tool))),
                            None)
             if hit is not None:
                 used.add(hit)
@@ -590,7 +599,7 @@ def run_worker(session: Session, logdir: Path) -> tuple[list[Outcome], str, str]
 
 
 def handshake_note(extra: int, log: Path) -> str:
-    return (f"{extra} more in {rel(log)}: each exchange's MCP handshake (initialize, notifications/initialized) and "
+    return (f"{extra} more in {rel(log)}: each exchange's opening request (server/discover) and "
             "the tools/list the SDK sends after a tools/call, decided and audited like every request")
 
 

@@ -14,12 +14,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use serde_json::{json, Value};
+use txngate_core::gate::is_filtered_status;
 use txngate_core::keys::KeySource;
 use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
 use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
-    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, Outcome, Request,
-    ToolsListFilter, Verdict,
+    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, ListFilter, Outcome, Request,
+    Verdict,
 };
 
 use crate::hybrid::{self, Hybrid};
@@ -938,9 +939,9 @@ struct Http {
     pending: Option<Captured>,
     max_body: usize,
     response_headers: Vec<(String, String)>,
-    tools_list: Option<ToolsListFilter>,
+    list_filter: Option<ListFilter>,
     rpc_id: Option<Value>,
-    /// Content type of a `tools/list` response being buffered for filtering.
+    /// Content type of a list response (`tools/list`, ...) being buffered for filtering.
     filtering: Option<String>,
 }
 
@@ -953,7 +954,7 @@ impl Http {
             pending: None,
             max_body: 0,
             response_headers: Vec::new(),
-            tools_list: None,
+            list_filter: None,
             rpc_id: None,
             filtering: None,
         }
@@ -1007,12 +1008,12 @@ impl Http {
                 );
             }
         }
-        if decision.tools_list.is_some() {
+        if decision.list_filter.is_some() {
             // The response must be readable to be filtered.
             let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
         }
         self.response_headers = decision.response_headers;
-        self.tools_list = decision.tools_list;
+        self.list_filter = decision.list_filter;
         self.phase = Phase::Allowed;
         Action::Continue
     }
@@ -1055,7 +1056,7 @@ impl Http {
     }
 
     fn finish_response(&mut self, size: Option<usize>) -> Action {
-        let (Some(content_type), Some(filter)) = (self.filtering.take(), self.tools_list.as_ref())
+        let (Some(content_type), Some(filter)) = (self.filtering.take(), self.list_filter.as_ref())
         else {
             return Action::Continue;
         };
@@ -1072,7 +1073,7 @@ impl Http {
             return self.fail_closed(
                 502,
                 "tools_list.too_large",
-                "the tools/list response is too large to filter",
+                "the list response is too large to filter",
             );
         }
         match filter.apply(&content_type, &body) {
@@ -1083,7 +1084,7 @@ impl Http {
                     return self.fail_closed(
                         502,
                         "tools_list.filter",
-                        "could not replace the tools/list response",
+                        "could not replace the list response",
                     );
                 }
                 Action::Continue
@@ -1091,7 +1092,7 @@ impl Http {
             Err(e) => self.fail_closed(
                 502,
                 "tools_list.filter",
-                &format!("the tools/list response could not be filtered: {e}"),
+                &format!("the list response could not be filtered: {e}"),
             ),
         }
     }
@@ -1191,7 +1192,7 @@ impl HttpContext for Http {
         for (name, value) in &self.response_headers {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
         }
-        if self.tools_list.is_none() || end_of_stream {
+        if self.list_filter.is_none() || end_of_stream {
             return Action::Continue;
         }
         let header = |name: &str| {
@@ -1200,7 +1201,10 @@ impl HttpContext for Http {
                 .flatten()
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
         };
-        let successful = header(":status").is_some_and(|s| s.starts_with('2'));
+        // The same rule as the Worker's: every 2xx list response is filtered.
+        let successful = header(":status")
+            .and_then(|s| s.trim().parse::<u16>().ok())
+            .is_some_and(is_filtered_status);
         if !successful {
             return Action::Continue;
         }
@@ -1219,7 +1223,7 @@ impl HttpContext for Http {
             return self.fail_closed(
                 502,
                 "tools_list.too_large",
-                "the tools/list response is too large to filter",
+                "the list response is too large to filter",
             );
         }
         if !end_of_stream {

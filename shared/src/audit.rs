@@ -56,6 +56,12 @@ pub struct AuditRecord {
     pub rpc_id: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// The prompt of a `prompts/get`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The URI of a `resources/read`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +99,8 @@ impl AuditRecord {
             rpc_method: None,
             rpc_id: None,
             tool: None,
+            prompt: None,
+            resource: None,
             arguments_sha256: None,
             arguments: None,
             scope: None,

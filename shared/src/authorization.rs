@@ -1,79 +1,178 @@
-//! Tool authorization: the rule for a tool call (its own, else `*`), its required scopes against the caller's
-//! effective scope, and its argument constraints against the token's claims.
+//! Authorization of name-bearing MCP calls (`tools/call`, `prompts/get`, `resources/read`): the rule the
+//! name or URI falls under, its required scopes against the caller's effective scope, and its argument
+//! constraints against the token's claims; and which list entries a caller may see.
 
 use core::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::mcp::ToolCall;
-use crate::policy::{Effect, Policy, ToolRule};
+use crate::names::{NameMatch, NamedRules};
+use crate::policy::{Effect, Mode, Policy, Rule};
 use crate::scope::ScopeSet;
 
-/// Why a tool call was refused.
+/// What a call acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Tool,
+    Prompt,
+    Resource,
+}
+
+impl Kind {
+    /// The noun used in reasons (`tool.scope`), audit fields and messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Tool => "tool",
+            Self::Prompt => "prompt",
+            Self::Resource => "resource",
+        }
+    }
+}
+
+/// Why a call was refused. `name` is the tool or prompt name, or the resource URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ToolError {
-    /// No rule for the tool and no `*` rule.
-    NoRule { tool: String },
+pub enum AuthzError {
+    /// No rule for the name and no `*` rule.
+    NoRule { kind: Kind, name: String },
     /// The rule's effect is `deny`.
-    Denied { tool: String, rule: String },
+    Denied {
+        kind: Kind,
+        name: String,
+        rule: String,
+    },
     /// The effective scope lacks these required scopes.
-    Scope { tool: String, missing: Vec<String> },
+    Scope {
+        kind: Kind,
+        name: String,
+        missing: Vec<String>,
+    },
     /// An argument does not match its claim.
     Constraint {
-        tool: String,
+        kind: Kind,
+        name: String,
         argument: String,
         claim: String,
         problem: &'static str,
     },
+    /// The name equals a rule only up to case or fullwidth forms.
+    NameVariant {
+        kind: Kind,
+        name: String,
+        rule: String,
+    },
+    /// The name is outside MCP's recommended alphabet and no rule names it exactly.
+    NameAlphabet { kind: Kind, name: String },
 }
 
-impl ToolError {
-    pub fn reason(&self) -> &'static str {
+impl AuthzError {
+    pub fn kind(&self) -> Kind {
         match self {
-            Self::NoRule { .. } => "tool.no_rule",
-            Self::Denied { .. } => "tool.denied",
-            Self::Scope { .. } => "tool.scope",
-            Self::Constraint { .. } => "tool.constraint",
+            Self::NoRule { kind, .. }
+            | Self::Denied { kind, .. }
+            | Self::Scope { kind, .. }
+            | Self::Constraint { kind, .. }
+            | Self::NameVariant { kind, .. }
+            | Self::NameAlphabet { kind, .. } => *kind,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        use Kind::{Prompt, Resource, Tool};
+        match (self, self.kind()) {
+            (Self::NoRule { .. }, Tool) => "tool.no_rule",
+            (Self::NoRule { .. }, Prompt) => "prompt.no_rule",
+            (Self::NoRule { .. }, Resource) => "resource.no_rule",
+            (Self::Denied { .. }, Tool) => "tool.denied",
+            (Self::Denied { .. }, Prompt) => "prompt.denied",
+            (Self::Denied { .. }, Resource) => "resource.denied",
+            (Self::Scope { .. }, Tool) => "tool.scope",
+            (Self::Scope { .. }, Prompt) => "prompt.scope",
+            (Self::Scope { .. }, Resource) => "resource.scope",
+            (Self::Constraint { .. }, Tool) => "tool.constraint",
+            (Self::Constraint { .. }, Prompt | Resource) => "prompt.constraint",
+            (Self::NameVariant { .. }, Tool) => "tool.name_variant",
+            (Self::NameVariant { .. }, Prompt | Resource) => "prompt.name_variant",
+            (Self::NameAlphabet { .. }, Tool) => "tool.name_alphabet",
+            (Self::NameAlphabet { .. }, Prompt | Resource) => "prompt.name_alphabet",
         }
     }
 }
 
-impl fmt::Display for ToolError {
+impl fmt::Display for AuthzError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let noun = self.kind().noun();
         match self {
-            Self::NoRule { tool } => write!(f, "no rule allows tool {tool:?}"),
-            Self::Denied { tool, rule } => write!(f, "tool {tool:?} is denied by rule {rule:?}"),
-            Self::Scope { tool, missing } => {
-                write!(f, "tool {tool:?} needs scope {}", missing.join(" "))
+            Self::NoRule { name, .. } => write!(f, "no rule allows {noun} {name:?}"),
+            Self::Denied { name, rule, .. } => {
+                write!(f, "{noun} {name:?} is denied by rule {rule:?}")
+            }
+            Self::Scope { name, missing, .. } => {
+                write!(f, "{noun} {name:?} needs scope {}", missing.join(" "))
             }
             Self::Constraint {
-                tool,
+                name,
                 argument,
                 claim,
                 problem,
-            } => {
-                write!(
-                    f,
-                    "tool {tool:?}: argument {argument} {problem} claim {claim}"
-                )
-            }
+                ..
+            } => write!(
+                f,
+                "{noun} {name:?}: argument {argument} {problem} claim {claim}"
+            ),
+            Self::NameVariant { name, rule, .. } => write!(
+                f,
+                "{noun} {name:?} differs from the rule {rule:?} only by case or fullwidth forms \
+                 ({noun} names are case-sensitive)"
+            ),
+            Self::NameAlphabet { name, .. } => write!(
+                f,
+                "{noun} {name:?} is outside A-Z a-z 0-9 _ - . (1-128) and no rule names it exactly"
+            ),
         }
     }
 }
 
-impl std::error::Error for ToolError {}
+impl std::error::Error for AuthzError {}
 
-/// Checks a call against its rule. `claims` are the verified token's claims.
+/// The rule a tool or prompt name falls under.
+pub fn named_rule<'p>(
+    rules: &'p NamedRules,
+    kind: Kind,
+    name: &str,
+) -> Result<&'p Rule, AuthzError> {
+    match rules.lookup(name) {
+        NameMatch::Rule(rule) => Ok(rule),
+        NameMatch::Variant { rule } => Err(AuthzError::NameVariant {
+            kind,
+            name: name.to_string(),
+            rule: rule.to_string(),
+        }),
+        NameMatch::Alphabet => Err(AuthzError::NameAlphabet {
+            kind,
+            name: name.to_string(),
+        }),
+        NameMatch::NoRule => Err(AuthzError::NoRule {
+            kind,
+            name: name.to_string(),
+        }),
+    }
+}
+
+/// Checks a call against its rule. `arguments` are the call's `params.arguments` (None for resources);
+/// `claims` are the verified token's claims.
 pub fn authorize(
-    rule: &ToolRule,
-    call: &ToolCall,
+    rule: &Rule,
+    kind: Kind,
+    name: &str,
+    arguments: Option<&Value>,
     effective: &ScopeSet,
     claims: &Map<String, Value>,
-) -> Result<(), ToolError> {
+) -> Result<(), AuthzError> {
     if rule.effect == Effect::Deny {
-        return Err(ToolError::Denied {
-            tool: call.name.clone(),
+        return Err(AuthzError::Denied {
+            kind,
+            name: name.to_string(),
             rule: rule.name.clone(),
         });
     }
@@ -84,21 +183,27 @@ pub fn authorize(
         .cloned()
         .collect();
     if !missing.is_empty() {
-        return Err(ToolError::Scope {
-            tool: call.name.clone(),
+        return Err(AuthzError::Scope {
+            kind,
+            name: name.to_string(),
             missing,
         });
     }
+    if rule.constraints.is_empty() {
+        return Ok(());
+    }
+    let empty = Value::Object(Map::new());
+    let arguments = arguments.unwrap_or(&empty);
     let claims = Value::Object(claims.clone());
     for c in &rule.constraints {
-        let fail = |problem| ToolError::Constraint {
-            tool: call.name.clone(),
+        let fail = |problem| AuthzError::Constraint {
+            kind,
+            name: name.to_string(),
             argument: c.argument.clone(),
             claim: c.claim.clone(),
             problem,
         };
-        let argument = call
-            .arguments
+        let argument = arguments
             .pointer(&c.argument)
             .ok_or_else(|| fail("is missing; required by"))?;
         let claim = claims
@@ -115,15 +220,85 @@ pub fn authorize(
     Ok(())
 }
 
-/// Whether a caller with `effective` scope may see `tool` in `tools/list`: a rule that allows it and whose
-/// scopes are granted (argument constraints depend on the call, so they do not hide a tool). Dry-run rules
-/// never hide anything.
+/// Whether a rule lets a caller with `effective` scope see its entries in a list: it allows and its scopes
+/// are granted (argument constraints depend on the call, so they hide nothing). Dry-run rules hide nothing.
+pub fn rule_is_visible(rule: &Rule, effective: &ScopeSet) -> bool {
+    rule.mode == Mode::DryRun
+        || (rule.effect == Effect::Allow && rule.scopes.iter().all(|s| effective.allows(s)))
+}
+
+/// Whether a caller with `effective` scope may see `tool` in `tools/list`.
 pub fn is_visible(policy: &Policy, effective: &ScopeSet, tool: &str) -> bool {
-    match policy.tool_rule(tool) {
-        None => false,
-        Some(rule) if rule.mode == crate::policy::Mode::DryRun => true,
-        Some(rule) => {
-            rule.effect == Effect::Allow && rule.scopes.iter().all(|s| effective.allows(s))
+    policy
+        .tools()
+        .lookup(tool)
+        .rule()
+        .is_some_and(|r| rule_is_visible(r, effective))
+}
+
+/// Whether a caller may see `prompt` in `prompts/list` (every prompt when the policy has no `prompts`).
+pub fn is_prompt_visible(policy: &Policy, effective: &ScopeSet, prompt: &str) -> bool {
+    policy.prompts().is_none_or(|rules| {
+        rules
+            .lookup(prompt)
+            .rule()
+            .is_some_and(|r| rule_is_visible(r, effective))
+    })
+}
+
+/// Whether a caller may see the resource `uri` in `resources/list` (every one without `resources`).
+pub fn is_resource_visible(policy: &Policy, effective: &ScopeSet, uri: &str) -> bool {
+    policy.resources().is_none_or(|rules| {
+        rules
+            .lookup(uri)
+            .is_some_and(|r| rule_is_visible(r, effective))
+    })
+}
+
+/// Whether a caller may see a resource template in `resources/templates/list`: the template's text before
+/// its first `{` could begin a URI that a rule visible to the caller matches. An approximation (it ignores
+/// which rule would win for a given URI); reads are still authorized per URI.
+pub fn is_template_visible(policy: &Policy, effective: &ScopeSet, template: &str) -> bool {
+    policy.resources().is_none_or(|rules| {
+        let prefix = template.split('{').next().unwrap_or("");
+        rules.could_begin(prefix, &|r| rule_is_visible(r, effective))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+
+    #[test]
+    fn every_reason_names_its_kind() {
+        for kind in [Kind::Tool, Kind::Prompt, Kind::Resource] {
+            let name = String::from("x");
+            let errors = [
+                AuthzError::NoRule {
+                    kind,
+                    name: name.clone(),
+                },
+                AuthzError::Denied {
+                    kind,
+                    name: name.clone(),
+                    rule: "*".into(),
+                },
+                AuthzError::Scope {
+                    kind,
+                    name: name.clone(),
+                    missing: vec!["a".into()],
+                },
+            ];
+            for e in errors {
+                assert_eq!(e.reason().split('.').next(), Some(kind.noun()), "{e:?}");
+                assert!(e.to_string().contains(kind.noun()), "{e}");
+            }
         }
     }
 }

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::audit::{AuditRecord, LimitAudit};
-use crate::authorization::{self, ToolError};
+use crate::authorization::{self, AuthzError, Kind};
 use crate::cache::{HashMemo, TokenCache};
 use crate::delegation::{self, Delegation, DelegationError};
 use crate::encoding::sha256_hex;
 use crate::json::canonical;
 use crate::keys::{Algorithm, KeyError, KeyLookup, KeyRing, PublicKey, SkippedKey};
+use crate::listing::{self, ListError, ListKind};
 use crate::mcp::{self, McpError, McpMessage};
-use crate::policy::{ArgumentsAudit, Mode, Policy, PolicyError, StoreErrorPolicy, ToolLimit};
+use crate::policy::{
+    ArgumentsAudit, LimitKey, Mode, Policy, PolicyError, Rule, RuleLimit, StoreErrorPolicy,
+};
 use crate::ratelimit::{self, LimitRule, LimitState, RateLimitStore, SlotTable, StoreError};
 use crate::scope::ScopeSet;
 use crate::token::{HostVerified, IssuerContext, TokenError, UntrustedToken, VerifiedToken};
@@ -62,8 +65,10 @@ pub struct Decision {
     /// Allowed: verified identity headers to set on the upstream request (after stripping every client-sent
     /// header that starts with [`IDENTITY_HEADER_PREFIX`]).
     pub upstream_headers: Vec<(String, String)>,
-    /// Allowed `tools/list`: filter the response with this.
-    pub tools_list: Option<ToolsListFilter>,
+    /// Allowed list request whose results are filtered per caller (`tools/list` always; `prompts/list`,
+    /// `resources/list` and `resources/templates/list` when the policy has their section): filter any 2xx
+    /// response with this (`response_headers` then carry `Cache-Control: private`).
+    pub list_filter: Option<ListFilter>,
 }
 
 /// Identity headers txngate sets; clients may never send their own.
@@ -81,22 +86,46 @@ pub fn is_identity_header(name: &str) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case(IDENTITY_HEADER_PREFIX))
 }
 
-/// Filters a `tools/list` response down to what the caller may call.
+/// Filters a list response down to what the caller may use.
 #[derive(Debug, Clone)]
-pub struct ToolsListFilter {
+pub struct ListFilter {
+    kind: ListKind,
     policy: Arc<Policy>,
     effective: ScopeSet,
 }
 
-impl ToolsListFilter {
-    pub fn is_visible(&self, tool: &str) -> bool {
-        authorization::is_visible(&self.policy, &self.effective, tool)
+/// The name the filter had before prompts and resources were filtered too.
+pub type ToolsListFilter = ListFilter;
+
+impl ListFilter {
+    pub fn kind(&self) -> ListKind {
+        self.kind
     }
 
-    /// Filters a complete response body (`application/json` or `text/event-stream`).
-    pub fn apply(&self, content_type: &str, body: &[u8]) -> Result<Vec<u8>, McpError> {
-        mcp::filter_tools_list(content_type, body, &|name| self.is_visible(name))
+    /// Whether the caller may see the entry named `name` (a tool or prompt name, a resource URI, a resource
+    /// template).
+    pub fn is_visible(&self, name: &str) -> bool {
+        let (policy, effective) = (&self.policy, &self.effective);
+        match self.kind {
+            ListKind::Tools => authorization::is_visible(policy, effective, name),
+            ListKind::Prompts => authorization::is_prompt_visible(policy, effective, name),
+            ListKind::Resources => authorization::is_resource_visible(policy, effective, name),
+            ListKind::ResourceTemplates => {
+                authorization::is_template_visible(policy, effective, name)
+            }
+        }
     }
+
+    /// Filters a complete response body (`application/json` or `text/event-stream`) and marks the result
+    /// `"cacheScope": "private"`.
+    pub fn apply(&self, content_type: &str, body: &[u8]) -> Result<Vec<u8>, ListError> {
+        listing::filter_list(self.kind, content_type, body, &|name| self.is_visible(name))
+    }
+}
+
+/// Whether a list status is filtered: every 2xx (both adapters apply this one rule).
+pub fn is_filtered_status(status: u16) -> bool {
+    (200..300).contains(&status)
 }
 
 /// The result of one decision.
@@ -165,9 +194,13 @@ pub struct PendingLimit {
     token: Arc<VerifiedToken>,
     delegation: Delegation,
     key: String,
-    limit: ToolLimit,
-    tool: String,
-    visible_filter: bool,
+    limit: RuleLimit,
+    kind: Kind,
+    /// The tool or prompt name, or the resource URI.
+    name: String,
+    /// The `RateLimit-Policy` name: the tool or prompt name, the resource rule's pattern.
+    policy_name: String,
+    dry_run: bool,
 }
 
 impl PendingLimit {
@@ -180,8 +213,13 @@ impl PendingLimit {
         &self.limit.rule
     }
 
+    /// The tool or prompt name, or the resource URI, of the limited call.
     pub fn tool(&self) -> &str {
-        &self.tool
+        &self.name
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -546,10 +584,13 @@ impl Gate {
             token,
             delegation,
             limit,
-            tool,
-            visible_filter,
+            kind,
+            name,
+            policy_name,
+            dry_run,
             ..
         } = pending;
+        let noun = kind.noun();
         let audit_limit = |state: &LimitState| LimitAudit {
             key: limit.key.name(),
             limit: state.limit,
@@ -562,19 +603,16 @@ impl Gate {
         match result {
             Ok(state) => {
                 ctx.audit.limit = Some(audit_limit(&state));
-                let headers = rate_limit_headers(&tool, &state);
-                if state.allowed
-                    || ctx.audit.dry_run_reason.is_some()
-                    || self.rule_is_dry_run(&tool)
-                {
+                let headers = rate_limit_headers(&policy_name, &state);
+                if state.allowed || ctx.audit.dry_run_reason.is_some() || dry_run {
                     if !state.allowed {
                         ctx.audit.dry_run_reason =
                             ctx.audit.dry_run_reason.or(Some("ratelimit.exceeded"));
                     }
-                    return self.allow(ctx, &token, &delegation, headers, visible_filter);
+                    return self.allow(ctx, &token, &delegation, headers, None);
                 }
                 let message = format!(
-                    "rate limit for tool {tool:?} exceeded; retry in {} s",
+                    "rate limit for {noun} {name:?} exceeded; retry in {} s",
                     state.retry_after_ms.div_ceil(1000).max(1)
                 );
                 self.deny(ctx, 429, "ratelimit.exceeded", &message, headers)
@@ -582,9 +620,9 @@ impl Gate {
             Err(e) => {
                 ctx.audit.detail = Some(e.to_string());
                 if limit.on_store_error == StoreErrorPolicy::Allow {
-                    return self.allow(ctx, &token, &delegation, Vec::new(), visible_filter);
+                    return self.allow(ctx, &token, &delegation, Vec::new(), None);
                 }
-                let message = format!("rate limit for tool {tool:?} cannot be checked: {e}");
+                let message = format!("rate limit for {noun} {name:?} cannot be checked: {e}");
                 self.deny(
                     ctx,
                     503,
@@ -594,12 +632,6 @@ impl Gate {
                 )
             }
         }
-    }
-
-    fn rule_is_dry_run(&self, tool: &str) -> bool {
-        self.policy
-            .tool_rule(tool)
-            .is_some_and(|r| r.mode == Mode::DryRun)
     }
 
     fn gather(&self, request: &Request<'_>, now_ms: u64) -> Context {
@@ -699,7 +731,7 @@ impl Gate {
                     &token,
                     &delegation,
                     Vec::new(),
-                    false,
+                    None,
                 )))
             }
             Some(Err(e)) => return Step::Done(Box::new(self.deny_mcp(ctx, &e))),
@@ -714,8 +746,9 @@ impl Gate {
         ) {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
+        let list = message.is_tools_list().then_some(ListKind::Tools);
         let Some(call) = message.tool_call else {
-            let filter = message.is_tools_list();
+            let filter = list.filter(|kind| self.filters(*kind));
             return Step::Done(Box::new(self.allow(
                 ctx,
                 &token,
@@ -724,32 +757,87 @@ impl Gate {
                 filter,
             )));
         };
-        ctx.audit.tool = Some(call.name.clone());
-        match self.policy.arguments_audit {
-            ArgumentsAudit::Hash => {
-                ctx.audit.arguments_sha256 = Some(sha256_hex(&canonical(&call.arguments)))
+        let (kind, name, arguments) = (Kind::Tool, call.name, Some(call.arguments));
+        self.authorize_target(ctx, token, delegation, kind, name, arguments)
+    }
+
+    /// Whether responses to a list of `kind` are filtered: tools always, prompts and resources when the
+    /// policy has their section.
+    fn filters(&self, kind: ListKind) -> bool {
+        match kind {
+            ListKind::Tools => true,
+            ListKind::Prompts => self.policy.prompts().is_some(),
+            ListKind::Resources | ListKind::ResourceTemplates => self.policy.resources().is_some(),
+        }
+    }
+
+    /// Authorizes a name-bearing call: its rule, scopes, constraints, then its rate limit.
+    fn authorize_target(
+        &mut self,
+        mut ctx: Context,
+        token: Arc<VerifiedToken>,
+        delegation: Delegation,
+        kind: Kind,
+        name: String,
+        arguments: Option<Value>,
+    ) -> Step {
+        match kind {
+            Kind::Tool => ctx.audit.tool = Some(name.clone()),
+            Kind::Prompt => ctx.audit.prompt = Some(name.clone()),
+            Kind::Resource => ctx.audit.resource = Some(name.clone()),
+        }
+        if let Some(arguments) = &arguments {
+            match self.policy.arguments_audit {
+                ArgumentsAudit::Hash => {
+                    ctx.audit.arguments_sha256 = Some(sha256_hex(&canonical(arguments)))
+                }
+                ArgumentsAudit::Full => ctx.audit.arguments = Some(arguments.clone()),
+                ArgumentsAudit::None => {}
             }
-            ArgumentsAudit::Full => ctx.audit.arguments = Some(call.arguments.clone()),
-            ArgumentsAudit::None => {}
         }
         // Borrowed through a second handle on the policy, not cloned: a rule's scopes and constraints are
         // read-only here.
         let policy = Arc::clone(&self.policy);
-        let Some(rule) = policy.tool_rule(&call.name) else {
-            let e = ToolError::NoRule {
-                tool: call.name.clone(),
-            };
-            return Step::Done(Box::new(self.deny_tool(ctx, &e)));
+        let found: Option<Result<&Rule, AuthzError>> = match kind {
+            Kind::Tool => Some(authorization::named_rule(policy.tools(), kind, &name)),
+            Kind::Prompt => policy
+                .prompts()
+                .map(|rules| authorization::named_rule(rules, kind, &name)),
+            Kind::Resource => policy.resources().map(|rules| {
+                rules.lookup(&name).ok_or_else(|| AuthzError::NoRule {
+                    kind,
+                    name: name.clone(),
+                })
+            }),
+        };
+        let rule = match found {
+            // No section for this kind: today's behaviour, the call passes on its token and delegation.
+            None => {
+                return Step::Done(Box::new(self.allow(
+                    ctx,
+                    &token,
+                    &delegation,
+                    Vec::new(),
+                    None,
+                )))
+            }
+            Some(Err(e)) => return Step::Done(Box::new(self.deny_authz(ctx, &e))),
+            Some(Ok(rule)) => rule,
         };
         ctx.audit.rule = Some(rule.name.clone());
-        if let Err(e) =
-            authorization::authorize(rule, &call, &delegation.effective_scope, &token.claims)
-        {
+        if let Err(e) = authorization::authorize(
+            rule,
+            kind,
+            &name,
+            arguments.as_ref(),
+            &delegation.effective_scope,
+            &token.claims,
+        ) {
             if rule.mode == Mode::DryRun {
                 ctx.audit.dry_run_reason = Some(e.reason());
                 ctx.audit.detail = Some(e.to_string());
             } else {
-                return Step::Done(Box::new(self.deny_tool(ctx, &e)));
+                return Step::Done(Box::new(self.deny_authz(ctx, &e)));
             }
         }
         let Some(limit) = rule.limit.clone() else {
@@ -758,24 +846,37 @@ impl Gate {
                 &token,
                 &delegation,
                 Vec::new(),
-                false,
+                None,
             )));
         };
-        let tool = call.name.to_ascii_lowercase();
         let id = match limit.key {
-            crate::policy::LimitKey::Agent => delegation.agent.as_str(),
-            crate::policy::LimitKey::Sub => token.sub.as_str(),
-            crate::policy::LimitKey::Tool => "",
+            LimitKey::Agent => delegation.agent.as_str(),
+            LimitKey::Sub => token.sub.as_str(),
+            LimitKey::Tool => "",
         };
-        let key = ratelimit::bucket_key(&tool, limit.key.name(), id, &limit.rule);
+        let (subject, policy_name) = match kind {
+            Kind::Tool => (name.clone(), name.clone()),
+            Kind::Prompt => (name.clone(), format!("prompt:{name}")),
+            // Per rule pattern, not per URI: a bounded number of buckets.
+            Kind::Resource => (rule.name.clone(), format!("resource:{}", rule.name)),
+        };
+        let key = ratelimit::bucket_key(
+            &bucket_segment(&subject),
+            &bucket_dimension(kind, limit.key),
+            id,
+            &limit.rule,
+        );
+        let dry_run = rule.mode == Mode::DryRun;
         Step::ConsultLimiter(Box::new(PendingLimit {
             ctx,
             token,
             delegation,
             key,
             limit,
-            tool,
-            visible_filter: false,
+            kind,
+            name,
+            policy_name,
+            dry_run,
         }))
     }
 
@@ -784,8 +885,8 @@ impl Gate {
         mut ctx: Context,
         token: &VerifiedToken,
         delegation: &Delegation,
-        response_headers: Vec<(String, String)>,
-        tools_list: bool,
+        mut response_headers: Vec<(String, String)>,
+        list: Option<ListKind>,
     ) -> Outcome {
         let reason = if ctx.audit.dry_run_reason.is_some() {
             "allow.dry_run"
@@ -800,10 +901,15 @@ impl Gate {
             ("x-txngate-sub".to_string(), token.sub.clone()),
             ("x-txngate-txn".to_string(), token.txn.clone()),
         ];
-        let tools_list = tools_list.then(|| ToolsListFilter {
+        let list_filter = list.map(|kind| ListFilter {
+            kind,
             policy: Arc::clone(&self.policy),
             effective: delegation.effective_scope.clone(),
         });
+        if list_filter.is_some() {
+            // One caller's view of a list: no shared cache may serve it to another.
+            response_headers.push(("cache-control".to_string(), "private".to_string()));
+        }
         Outcome {
             decision: Decision {
                 verdict: Verdict::Allow,
@@ -812,7 +918,7 @@ impl Gate {
                 response_headers,
                 body: None,
                 upstream_headers,
-                tools_list,
+                list_filter,
             },
             audit: ctx.audit,
             refetch_issuer: ctx.refetch,
@@ -862,13 +968,13 @@ impl Gate {
         self.deny(ctx, status, e.reason(), &e.to_string(), Vec::new())
     }
 
-    fn deny_tool(&self, ctx: Context, e: &ToolError) -> Outcome {
+    fn deny_authz(&self, ctx: Context, e: &AuthzError) -> Outcome {
         let mut headers = Vec::new();
-        if let ToolError::Scope { missing, .. } = e {
+        if let AuthzError::Scope { missing, .. } = e {
             headers.push((
                 "www-authenticate".to_string(),
                 format!(
-                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    "Txn-Token error=\"insufficient_scope\", scope=\"{}\"",
                     missing.join(" ")
                 ),
             ));
@@ -924,7 +1030,7 @@ impl Gate {
                 response_headers: headers,
                 body: Some(body),
                 upstream_headers: Vec::new(),
-                tools_list: None,
+                list_filter: None,
             },
             audit: ctx.audit,
             refetch_issuer: ctx.refetch,
@@ -932,17 +1038,55 @@ impl Gate {
     }
 }
 
+/// The name part of a bucket key: `%` and `:` percent-encoded, so that a name (any string a rule may name)
+/// can never reach into the key's other segments.
+fn bucket_segment(name: &str) -> String {
+    if !name.contains([':', '%']) {
+        return name.to_string();
+    }
+    name.replace('%', "%25").replace(':', "%3A")
+}
+
+/// The dimension segment of a bucket key: tools keep today's (`agent`, `sub`, `tool`); prompts and
+/// resources get their own, so their buckets never share a key with a tool's.
+fn bucket_dimension(kind: Kind, key: LimitKey) -> String {
+    match kind {
+        Kind::Tool => key.name().to_string(),
+        Kind::Prompt | Kind::Resource => format!("{}-{}", kind.noun(), key.name()),
+    }
+}
+
+/// A structured-field string (RFC 9651 §3.3.3): printable ASCII with `"` and `\` escaped; other bytes
+/// percent-encoded (names may be any string).
+fn sf_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for b in text.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(char::from(b));
+            }
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers) plus `Retry-After`.
-fn rate_limit_headers(tool: &str, state: &LimitState) -> Vec<(String, String)> {
+fn rate_limit_headers(policy_name: &str, state: &LimitState) -> Vec<(String, String)> {
+    let name = sf_string(policy_name);
     let mut headers = vec![
         (
             "ratelimit-policy".to_string(),
-            format!("\"{tool}\";q={};w={}", state.limit, state.period_seconds),
+            format!("{name};q={};w={}", state.limit, state.period_seconds),
         ),
         (
             "ratelimit".to_string(),
             format!(
-                "\"{tool}\";r={};t={}",
+                "{name};r={};t={}",
                 state.remaining,
                 state.reset_ms.div_ceil(1000)
             ),

@@ -13,16 +13,19 @@ pub mod encoding;
 pub mod gate;
 pub mod json;
 pub mod keys;
+pub mod listing;
 pub mod mcp;
+pub mod names;
 pub mod policy;
 pub mod ratelimit;
+pub mod resource;
 pub mod scope;
 pub mod token;
 
 pub use audit::AuditRecord;
 pub use gate::{
-    is_identity_header, Body, Decision, Gate, Limiter, Outcome, PendingLimit, PendingSignature,
-    Request, Step, ToolsListFilter, Verdict,
+    is_identity_header, Body, Decision, Gate, Limiter, ListFilter, Outcome, PendingLimit,
+    PendingSignature, Request, Step, ToolsListFilter, Verdict,
 };
 pub use keys::Algorithm;
 pub use policy::{Policy, PolicyError};

@@ -13,7 +13,9 @@ use serde_json::Value;
 use crate::delegation::AgentPattern;
 use crate::json::{escape_pointer_token, parse_strict, JsonError};
 use crate::keys::{Algorithm, KeyError, KeyRing, KeySet, KeySource, Strictness};
+use crate::names::{self, NameMatch, NamedRules};
 use crate::ratelimit::LimitRule;
+use crate::resource::ResourceRules;
 use crate::scope::{ScopePattern, ScopeSet};
 
 /// A policy that cannot be loaded; `path` is the JSON pointer of the offending field ("" for the document).
@@ -95,10 +97,27 @@ pub struct PolicySpec {
     pub peer_binding: PeerBinding,
     #[serde(default)]
     pub mcp: McpSpec,
-    /// Rules per MCP tool name (matched case-insensitively); `*` applies to tools without their own rule.
-    /// A tool with no rule and no `*` is denied.
+    /// Rules per MCP tool name (`tools/call`), matched exactly and case-sensitively; `*` applies to tools
+    /// without their own rule. A tool with no rule and no `*` is denied. A name outside the alphabet MCP
+    /// recommends (`A-Z a-z 0-9 _ - .`) is refused unless a rule names it exactly, and a name that equals a
+    /// rule only up to case or fullwidth forms is refused (never matched by `*`). `tools/list` results are
+    /// filtered to the tools the caller may call.
     #[serde(default)]
-    pub tools: BTreeMap<String, ToolSpec>,
+    pub tools: BTreeMap<String, RuleSpec>,
+    /// Rules per MCP prompt name (`prompts/get`), matched like `tools`; constraints point into the prompt's
+    /// `arguments`. Absent: `prompts/get` passes for any caller whose token and delegation pass (audited, no
+    /// per-name rule) and `prompts/list` is not filtered. Present (even `{}`): a prompt without a rule and
+    /// without `*` is denied, and `prompts/list` results are filtered per caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<BTreeMap<String, RuleSpec>>,
+    /// Rules per MCP resource URI pattern (`resources/read`): a key without `*` is an exact URI; `*` matches
+    /// any run of characters except `/`, `**` any run including `/`; the lone key `*` is the default rule.
+    /// The exact rule wins, then the pattern with the most literal characters, ties broken by the pattern
+    /// text. Patterns never match a URI with a `.` or `..` segment. Absent: `resources/read` passes for any
+    /// caller whose token and delegation pass and `resources/list` and `resources/templates/list` are not
+    /// filtered. Present (even `{}`): a URI without a rule is denied and both lists are filtered per caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<BTreeMap<String, ResourceSpec>>,
     #[serde(default)]
     pub audit: AuditSpec,
     /// Bounds of the rate-limit store.
@@ -253,16 +272,18 @@ impl Default for McpSpec {
     }
 }
 
+/// A tool or prompt rule.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ToolSpec {
+pub struct RuleSpec {
     #[serde(default)]
     pub effect: Effect,
     /// Scopes the caller's effective scope must include (each matched by a granted scope or pattern).
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// Argument checks: each argument (JSON pointer into `params.arguments`) must equal the claim (JSON pointer
-    /// into the token claims), or be a member of it when the claim is an array.
+    /// Argument checks: each argument (JSON pointer into `params.arguments` of the tool call or prompt
+    /// request) must equal the claim (JSON pointer into the token claims), or be a member of it when the claim
+    /// is an array.
     #[serde(default)]
     pub constraints: Vec<ConstraintSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,6 +291,27 @@ pub struct ToolSpec {
     /// `dry_run` evaluates and audits the rule but lets the call through.
     #[serde(default)]
     pub mode: Mode,
+}
+
+/// A resource rule: a tool rule without constraints (`resources/read` has no arguments).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    #[serde(default)]
+    pub effect: Effect,
+    /// Scopes the caller's effective scope must include (each matched by a granted scope or pattern).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Rate-limit buckets count per rule pattern, not per URI (a bounded number of buckets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// `dry_run` evaluates and audits the rule but lets the call through.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Never valid: read only so that loading can refuse it with its path and a reason.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub constraints: Option<Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -300,7 +342,8 @@ pub struct ConstraintSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
-    /// What one bucket counts: per acting agent, per token subject (user), or the tool as a whole.
+    /// What one bucket counts: per acting agent, per token subject (user), or the tool (prompt, resource rule)
+    /// as a whole.
     #[serde(default)]
     pub key: LimitKey,
     /// Calls allowed per `period_seconds` on average.
@@ -438,30 +481,31 @@ pub fn json_schema() -> Value {
 // Compiled form
 // ---------------------------------------------------------------------------------------------------------
 
-/// A tool call argument check.
+/// An argument check of a tool or prompt rule.
 #[derive(Debug, Clone)]
 pub struct Constraint {
     pub argument: String,
     pub claim: String,
 }
 
-/// A rate limit attached to a tool rule.
+/// A rate limit attached to a rule.
 #[derive(Debug, Clone)]
-pub struct ToolLimit {
+pub struct RuleLimit {
     pub key: LimitKey,
     pub rule: LimitRule,
     pub on_store_error: StoreErrorPolicy,
 }
 
-/// One compiled tool rule.
+/// One compiled tool, prompt or resource rule.
 #[derive(Debug, Clone)]
-pub struct ToolRule {
-    /// The rule's name in the policy (`send_email`, or `*`).
+pub struct Rule {
+    /// The rule's key in the policy (`send_email`, `file:///docs/**`, or `*`).
     pub name: String,
     pub effect: Effect,
     pub scopes: Vec<String>,
+    /// Always empty for resource rules.
     pub constraints: Vec<Constraint>,
-    pub limit: Option<ToolLimit>,
+    pub limit: Option<RuleLimit>,
     pub mode: Mode,
 }
 
@@ -557,8 +601,11 @@ pub struct Policy {
     pub max_delegation_depth: usize,
     pub peer_binding: PeerBinding,
     pub mcp: McpRules,
-    tools: HashMap<String, ToolRule>,
-    default_tool: Option<ToolRule>,
+    tools: NamedRules,
+    /// None when the policy has no `prompts` section (prompts/get is not authorized per name).
+    prompts: Option<NamedRules>,
+    /// None when the policy has no `resources` section (resources/read is not authorized per URI).
+    resources: Option<ResourceRules>,
     pub arguments_audit: ArgumentsAudit,
     pub max_limit_keys: u32,
     /// Issuers with their inline keys; the Gate's key ring starts from this.
@@ -580,22 +627,39 @@ impl Policy {
         Self::compile(spec)
     }
 
-    /// The rule for a tool: its own (case-insensitive), else `*`, else none (denied).
-    pub fn tool_rule(&self, tool: &str) -> Option<&ToolRule> {
-        let found = if tool.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.tools.get(&tool.to_ascii_lowercase())
-        } else {
-            self.tools.get(tool)
-        };
-        found.or(self.default_tool.as_ref())
+    /// The tool rules.
+    pub fn tools(&self) -> &NamedRules {
+        &self.tools
     }
 
-    /// Tools with a rate limit (hosts with a remote limiter only call it for these).
+    /// The prompt rules, if the policy has a `prompts` section.
+    pub fn prompts(&self) -> Option<&NamedRules> {
+        self.prompts.as_ref()
+    }
+
+    /// The resource rules, if the policy has a `resources` section.
+    pub fn resources(&self) -> Option<&ResourceRules> {
+        self.resources.as_ref()
+    }
+
+    /// The rule a tool call falls under: its exact rule, else `*` (unless the name is a variant of a rule
+    /// or outside the recommended alphabet), else none (denied).
+    pub fn tool_rule(&self, tool: &str) -> Option<&Rule> {
+        match self.tools.lookup(tool) {
+            NameMatch::Rule(rule) => Some(rule),
+            NameMatch::Variant { .. } | NameMatch::Alphabet | NameMatch::NoRule => None,
+        }
+    }
+
+    /// Whether any rule has a rate limit (hosts with a remote limiter only call it for these).
     pub fn has_rate_limits(&self) -> bool {
-        self.tools
-            .values()
-            .chain(self.default_tool.iter())
-            .any(|r| r.limit.is_some())
+        let named = |rules: &NamedRules| rules.rules().any(|r| r.limit.is_some());
+        named(&self.tools)
+            || self.prompts.as_ref().is_some_and(named)
+            || self
+                .resources
+                .as_ref()
+                .is_some_and(|r| r.rules().any(|r| r.limit.is_some()))
     }
 
     /// The document this policy was compiled from.
@@ -611,7 +675,13 @@ impl Policy {
         let token = compile_token(&spec.token)?;
         let agents = compile_agents(&spec.agents)?;
         let mcp = compile_mcp(&spec.mcp)?;
-        let (tools, default_tool) = compile_tools(&spec.tools)?;
+        let tools = compile_named("tools", &spec.tools)?;
+        let prompts = spec
+            .prompts
+            .as_ref()
+            .map(|p| compile_named("prompts", p))
+            .transpose()?;
+        let resources = spec.resources.as_ref().map(compile_resources).transpose()?;
         if spec.limits.max_keys == 0 {
             return Err(PolicyError::invalid(
                 "/limits/max_keys",
@@ -626,7 +696,8 @@ impl Policy {
             peer_binding: spec.peer_binding,
             mcp,
             tools,
-            default_tool,
+            prompts,
+            resources,
             arguments_audit: spec.audit.arguments,
             max_limit_keys: spec.limits.max_keys,
             key_ring,
@@ -908,34 +979,79 @@ fn compile_mcp(spec: &McpSpec) -> Result<McpRules, PolicyError> {
     })
 }
 
-fn compile_tools(
-    tools: &BTreeMap<String, ToolSpec>,
-) -> Result<(HashMap<String, ToolRule>, Option<ToolRule>), PolicyError> {
-    let mut map: HashMap<String, ToolRule> = HashMap::new();
-    let mut default = None;
-    for (name, spec) in tools {
-        let at = format!("/tools/{}", escape_pointer_token(name));
-        if name != "*" && !crate::mcp::is_valid_tool_name(name) {
-            return Err(PolicyError::invalid(
-                at,
-                "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /",
-            ));
+/// Compiles a `tools` or `prompts` section.
+fn compile_named(
+    section: &str,
+    rules: &BTreeMap<String, RuleSpec>,
+) -> Result<NamedRules, PolicyError> {
+    let mut out = NamedRules::default();
+    for (name, spec) in rules {
+        let at = format!("/{section}/{}", escape_pointer_token(name));
+        if name != "*" {
+            names::check_rule_key(name).map_err(|m| PolicyError::invalid(at.clone(), m))?;
         }
-        let rule = compile_tool(name, spec, &at)?;
-        if name == "*" {
-            default = Some(rule);
-        } else if map.insert(name.to_ascii_lowercase(), rule).is_some() {
-            return Err(PolicyError::invalid(
+        let limit = compile_limit(spec.rate_limit.as_ref(), &at)?;
+        let rule = compile_rule(
+            name,
+            spec.effect,
+            &spec.scopes,
+            &spec.constraints,
+            limit,
+            spec.mode,
+            &at,
+        )?;
+        out.insert(rule).map_err(|other| {
+            PolicyError::invalid(
                 at,
-                "another tool rule differs from this one only by case",
-            ));
-        }
+                format!("differs from the rule {other:?} only by case or fullwidth forms"),
+            )
+        })?;
     }
-    Ok((map, default))
+    Ok(out)
 }
 
-fn compile_tool(name: &str, spec: &ToolSpec, at: &str) -> Result<ToolRule, PolicyError> {
-    for (j, scope) in spec.scopes.iter().enumerate() {
+fn compile_resources(rules: &BTreeMap<String, ResourceSpec>) -> Result<ResourceRules, PolicyError> {
+    let mut out = ResourceRules::default();
+    for (key, spec) in rules {
+        let at = format!("/resources/{}", escape_pointer_token(key));
+        if spec.constraints.is_some() {
+            return Err(PolicyError::invalid(
+                format!("{at}/constraints"),
+                "resource rules take no constraints: resources/read has no arguments",
+            ));
+        }
+        let limit = compile_limit(spec.rate_limit.as_ref(), &at)?;
+        let rule = compile_rule(key, spec.effect, &spec.scopes, &[], limit, spec.mode, &at)?;
+        out.insert(rule)
+            .map_err(|e| PolicyError::invalid(at, e.to_string()))?;
+    }
+    Ok(out)
+}
+
+fn compile_limit(spec: Option<&RateLimitSpec>, at: &str) -> Result<Option<RuleLimit>, PolicyError> {
+    let Some(rl) = spec else {
+        return Ok(None);
+    };
+    let burst = rl.burst.unwrap_or(rl.limit);
+    let rule = LimitRule::new(rl.limit, rl.period_seconds, burst)
+        .map_err(|(field, m)| PolicyError::invalid(format!("{at}/rate_limit/{field}"), m))?;
+    Ok(Some(RuleLimit {
+        key: rl.key,
+        rule,
+        on_store_error: rl.on_store_error,
+    }))
+}
+
+fn compile_rule(
+    name: &str,
+    effect: Effect,
+    scopes: &[String],
+    constraints: &[ConstraintSpec],
+    limit: Option<RuleLimit>,
+    mode: Mode,
+    at: &str,
+) -> Result<Rule, PolicyError> {
+    for (j, scope) in scopes.iter().enumerate() {
         match ScopePattern::parse(scope) {
             Ok(ScopePattern::Exact(_)) => {}
             Ok(ScopePattern::Prefix(_)) => {
@@ -952,8 +1068,8 @@ fn compile_tool(name: &str, spec: &ToolSpec, at: &str) -> Result<ToolRule, Polic
             }
         }
     }
-    let mut constraints = Vec::with_capacity(spec.constraints.len());
-    for (j, c) in spec.constraints.iter().enumerate() {
+    let mut compiled = Vec::with_capacity(constraints.len());
+    for (j, c) in constraints.iter().enumerate() {
         for (field, pointer) in [("argument", &c.argument), ("claim", &c.claim)] {
             if !is_json_pointer(pointer) || pointer.is_empty() {
                 return Err(PolicyError::invalid(
@@ -962,33 +1078,18 @@ fn compile_tool(name: &str, spec: &ToolSpec, at: &str) -> Result<ToolRule, Polic
                 ));
             }
         }
-        constraints.push(Constraint {
+        compiled.push(Constraint {
             argument: c.argument.clone(),
             claim: c.claim.clone(),
         });
     }
-    let limit = match &spec.rate_limit {
-        None => None,
-        Some(rl) => {
-            let burst = rl.burst.unwrap_or(rl.limit);
-            let rule =
-                LimitRule::new(rl.limit, rl.period_seconds, burst).map_err(|(field, m)| {
-                    PolicyError::invalid(format!("{at}/rate_limit/{field}"), m)
-                })?;
-            Some(ToolLimit {
-                key: rl.key,
-                rule,
-                on_store_error: rl.on_store_error,
-            })
-        }
-    };
-    Ok(ToolRule {
+    Ok(Rule {
         name: name.to_string(),
-        effect: spec.effect,
-        scopes: spec.scopes.clone(),
-        constraints,
+        effect,
+        scopes: scopes.to_vec(),
+        constraints: compiled,
         limit,
-        mode: spec.mode,
+        mode,
     })
 }
 
@@ -1044,7 +1145,10 @@ mod tests {
     fn example_from_the_brief_compiles() {
         let p = load(&example()).unwrap();
         assert_eq!(p.tool_rule("send_email").unwrap().name, "send_email");
-        assert_eq!(p.tool_rule("SEND_EMAIL").unwrap().name, "send_email");
+        assert!(
+            p.tool_rule("SEND_EMAIL").is_none(),
+            "a case variant is refused, not sent to *"
+        );
         assert_eq!(p.tool_rule("other").unwrap().effect, Effect::Deny);
         assert!(p.agents.ceiling("spiffe://trust.example/agent/a").is_some());
         assert!(p
@@ -1199,6 +1303,127 @@ mod tests {
         let mut v = example();
         v["tools"]["Send_Email"] = json!({});
         assert!(load(&v).unwrap_err().path().starts_with("/tools/"));
+    }
+
+    #[test]
+    fn prompts_and_resources_sections() {
+        let p = load(&example()).unwrap();
+        assert!(p.prompts().is_none() && p.resources().is_none());
+        let mut v = example();
+        v["prompts"] = json!({"code_review": {"scopes": ["prompts:review"],
+            "constraints": [{"argument": "/repo", "claim": "/tctx/repo"}]}, "*": {"effect": "deny"}});
+        v["resources"] = json!({
+            "file:///docs/**": {"scopes": ["docs:read"], "rate_limit": {"limit": 5, "period_seconds": 60}},
+            "file:///docs/public.txt": {},
+            "*": {"effect": "deny"}});
+        let p = load(&v).unwrap();
+        let prompts = p.prompts().unwrap();
+        assert_eq!(
+            prompts
+                .lookup("code_review")
+                .rule()
+                .unwrap()
+                .constraints
+                .len(),
+            1
+        );
+        assert_eq!(prompts.lookup("other").rule().unwrap().name, "*");
+        let resources = p.resources().unwrap();
+        assert_eq!(
+            resources.lookup("file:///docs/a/b").unwrap().name,
+            "file:///docs/**"
+        );
+        assert_eq!(
+            resources.lookup("file:///docs/public.txt").unwrap().name,
+            "file:///docs/public.txt"
+        );
+        assert_eq!(resources.lookup("https://x").unwrap().name, "*");
+        assert!(p.has_rate_limits());
+        // Present but empty: default deny.
+        let mut v = example();
+        v["prompts"] = json!({});
+        v["resources"] = json!({});
+        let p = load(&v).unwrap();
+        assert!(p.prompts().unwrap().lookup("x").rule().is_none());
+        assert!(p.resources().unwrap().lookup("file:///x").is_none());
+    }
+
+    #[test]
+    fn prompt_and_resource_faults_carry_their_path() {
+        let cases = [
+            (
+                json!({"prompts": {"a": {"scopes": ["x*"]}}}),
+                "/prompts/a/scopes/0",
+            ),
+            (
+                json!({"prompts": {"a": {"constraints": [{"argument": "to", "claim": "/c"}]}}}),
+                "/prompts/a/constraints/0/argument",
+            ),
+            (
+                json!({"prompts": {"a": {"rate_limit": {"limit": 0, "period_seconds": 1}}}}),
+                "/prompts/a/rate_limit/limit",
+            ),
+            (
+                json!({"prompts": {"Review": {}, "review": {}}}),
+                "/prompts/review",
+            ),
+            (json!({"prompts": {"a\u{1}": {}}}), "/prompts/a\u{1}"),
+            (json!({"prompts": {"": {}}}), "/prompts/"),
+            (json!({"prompts": {"a": {"extra": 1}}}), "/prompts/a/extra"),
+            (
+                json!({"resources": {"file:///a/*": {"constraints": []}}}),
+                "/resources/file:~1~1~1a~1*/constraints",
+            ),
+            (
+                json!({"resources": {"file:///a/***": {}}}),
+                "/resources/file:~1~1~1a~1***",
+            ),
+            (
+                json!({"resources": {"x": {"scopes": [""]}}}),
+                "/resources/x/scopes/0",
+            ),
+            (
+                json!({"resources": {"x": {"rate_limit": {"limit": 1, "period_seconds": 0}}}}),
+                "/resources/x/rate_limit/period_seconds",
+            ),
+            (
+                json!({"resources": {"x": {"effect": "maybe"}}}),
+                "/resources/x/effect",
+            ),
+            (
+                json!({"tools": {"Send": {}, "ｓｅｎｄ": {}}}),
+                "/tools/ｓｅｎｄ",
+            ),
+        ];
+        for (patch, path) in cases {
+            let mut v = example();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            let e = load(&v).unwrap_err();
+            assert_eq!(e.path(), path, "{patch}: {e}");
+        }
+        let mut v = example();
+        v["resources"] = json!({"file:///a": {"constraints": [{"argument": "/a", "claim": "/b"}]}});
+        let e = load(&v).unwrap_err();
+        assert!(e.to_string().contains("no arguments"), "{e}");
+    }
+
+    #[test]
+    fn any_name_without_control_characters_may_be_a_rule() {
+        let mut v = example();
+        v["tools"]["a b/ü:c"] = json!({});
+        v["prompts"] = json!({"Weird Prompt!": {}});
+        let p = load(&v).unwrap();
+        assert!(p.tool_rule("a b/ü:c").is_some());
+        assert!(p
+            .prompts()
+            .unwrap()
+            .lookup("Weird Prompt!")
+            .rule()
+            .is_some());
+        v["tools"] = json!({"x".repeat(129): {}});
+        assert!(load(&v).is_err());
     }
 
     #[test]

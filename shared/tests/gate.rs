@@ -544,7 +544,7 @@ fn tool_rules() {
         .unwrap();
     assert_eq!(
         www.1,
-        "Bearer error=\"insufficient_scope\", scope=\"calendar:write\""
+        "Txn-Token error=\"insufficient_scope\", scope=\"calendar:write\""
     );
     assert_eq!(
         reason_of(&mut gate, &Req::mcp(&tok, call("delete_repo", json!({})))),
@@ -573,10 +573,10 @@ fn tool_rules() {
         .1,
         "allow"
     );
-    // Case variants share the rule (and its bucket), never bypass it.
+    // Names are case-sensitive: a case variant of a rule is refused outright, never sent to `*`.
     assert_eq!(
         reason_of(&mut gate, &Req::mcp(&tok, call("DELETE_REPO", json!({})))),
-        (403, "tool.denied")
+        (403, "tool.name_variant")
     );
     let o = decide(&mut gate, &Req::mcp(&tok, call("audit_me", json!({}))));
     assert_eq!(
@@ -639,7 +639,7 @@ fn tools_list_is_filtered_for_the_caller() {
     );
     let filter = o
         .decision
-        .tools_list
+        .list_filter
         .expect("tools/list responses are filtered");
     let list = json!({"jsonrpc":"2.0","id":3,"result":{"tools":[
         {"name":"send_email"},{"name":"calendar_read"},{"name":"calendar_write"},{"name":"delete_repo"},{"name":"other"},{"name":"audit_me"}]}});

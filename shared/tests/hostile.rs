@@ -1718,55 +1718,56 @@ fn rfc8259_9_deep_nesting_is_refused_without_stack_overflow() {
 // MCP tool names
 // ---------------------------------------------------------------------------------------------------------
 
-/// MCP tool names are matched case-insensitively (ASCII): every spelling of a tool hits the same rule, its
-/// constraints, and the same rate-limit bucket. Ten calls spread over five spellings use up the limit of ten;
-/// the 11th, in a sixth spelling, gets 429; a denied tool is denied in every case.
+/// MCP tool names are case-sensitive (issue #12): a spelling that equals a rule only up to ASCII case (or
+/// fullwidth forms) is refused with `tool.name_variant`, never authorized under that rule nor under `*`, and
+/// uses up nothing of the rule's rate-limit bucket: ten exact calls still pass, the 11th gets 429.
 #[test]
-fn mcp_tool_names_differing_by_case_share_rule_and_bucket() {
+fn mcp_tool_names_differing_by_case_are_refused_and_spare_the_bucket() {
     let mut gate = gate();
     let token = good();
     let headers = token_headers(&token);
-    let spellings = [
-        "send_email",
-        "SEND_EMAIL",
-        "Send_Email",
-        "sEnD_eMaIl",
-        "send_EMAIL",
-    ];
+    let variants = ["SEND_EMAIL", "Send_Email", "sEnD_eMaIl", "send_EMAIL"];
     let mut store = MemoryStore::new();
-    for i in 0..10u64 {
-        let name = spellings[i as usize % spellings.len()];
+    for (i, name) in variants.iter().enumerate() {
         let body = call(name, json!({"to":"bob@example.com"}));
-        let o = decide_with(&mut gate, &headers, &body, &mut store, NOW * 1000 + i);
-        assert_eq!(o.decision.reason, "allow", "call {i} as {name}");
+        let o = decide_with(
+            &mut gate,
+            &headers,
+            &body,
+            &mut store,
+            NOW * 1000 + i as u64,
+        );
+        assert_eq!(
+            (o.decision.status, o.decision.reason),
+            (403, "tool.name_variant"),
+            "{name}"
+        );
+        assert!(o.audit.limit.is_none());
+    }
+    for i in 0..10u64 {
+        let body = call("send_email", json!({"to":"bob@example.com"}));
+        let o = decide_with(&mut gate, &headers, &body, &mut store, NOW * 1000 + 10 + i);
+        assert_eq!(o.decision.reason, "allow", "call {i}");
         assert_eq!(o.audit.rule.as_deref(), Some("send_email"));
         assert_eq!(o.audit.limit.as_ref().unwrap().remaining, 9 - i as u32);
     }
-    let body = call("SEND_email", json!({"to":"bob@example.com"}));
-    let o = decide_with(&mut gate, &headers, &body, &mut store, NOW * 1000 + 10);
+    let body = call("send_email", json!({"to":"bob@example.com"}));
+    let o = decide_with(&mut gate, &headers, &body, &mut store, NOW * 1000 + 20);
     assert_eq!(
         (o.decision.status, o.decision.reason),
         (429, "ratelimit.exceeded")
     );
-    // The constraint follows the rule, whatever the spelling.
-    for name in spellings {
-        assert_eq!(
-            verdict(
-                &mut gate,
-                &token,
-                &call(name, json!({"to":"eve@example.com"}))
-            ),
-            (403, "tool.constraint"),
-            "{name}"
-        );
-    }
-    for name in ["delete_repo", "DELETE_REPO", "Delete_Repo", "dElEtE_rEpO"] {
+    for name in ["DELETE_REPO", "Delete_Repo", "dElEtE_rEpO"] {
         assert_eq!(
             verdict(&mut gate, &token, &call(name, json!({}))),
-            (403, "tool.denied"),
+            (403, "tool.name_variant"),
             "{name}"
         );
     }
+    assert_eq!(
+        verdict(&mut gate, &token, &call("delete_repo", json!({}))),
+        (403, "tool.denied")
+    );
 }
 
 /// MCP tool names are 1-128 characters of `A-Z a-z 0-9 _ - . /`. A spelling outside that alphabet that a

@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures_util::future::{select, Either};
 use js_sys::Uint8Array;
 use serde_json::{json, Value};
+use txngate_core::gate::is_filtered_status;
 use txngate_core::{is_identity_header, Decision, Outcome};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -177,10 +178,11 @@ pub async fn forward(
     init.set_status(response.status());
     init.set_status_text(&response.status_text());
 
+    // The same rule as the Envoy filter's: every 2xx list response is filtered.
     let filter = decision
-        .tools_list
+        .list_filter
         .as_ref()
-        .filter(|_| response.status() == 200);
+        .filter(|_| is_filtered_status(response.status()));
     let Some(filter) = filter else {
         init.set_headers(&out_headers);
         return web_sys::Response::new_with_opt_readable_stream_and_init(
@@ -189,8 +191,8 @@ pub async fn forward(
         )
         .unwrap_or_else(|e| internal_error("origin.response", &js_error(&e), rpc_id));
     };
-    // tools/list: buffer, filter to what this caller may call. A response we cannot filter is not passed
-    // on (it would reveal tools the caller may not see).
+    // A list (tools/list, ...): buffer, filter to what this caller may use. A response we cannot filter is
+    // not passed on (it would reveal entries the caller may not see).
     let content_type = response
         .headers()
         .get("content-type")
@@ -208,7 +210,7 @@ pub async fn forward(
         Ok(Capped::TooLarge) => {
             return internal_error(
                 "origin.tools_list",
-                "tools/list response too large to filter",
+                "list response too large to filter",
                 rpc_id,
             )
         }
@@ -219,7 +221,7 @@ pub async fn forward(
         Err(e) => {
             return internal_error(
                 "origin.tools_list",
-                &format!("cannot filter tools/list: {e}"),
+                &format!("cannot filter the list response: {e}"),
                 rpc_id,
             )
         }

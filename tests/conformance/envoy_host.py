@@ -154,7 +154,7 @@ class Envoy(Host):
         if out.reason is None:
             out.detail, out.error = "allowed, but no audit line for this token in Envoy's log", True
         if case.response is not None:
-            out.response = check_tools(case, headers.get("content-type", ""), text)
+            out.response = check_tools(case, headers.get("content-type", ""), text, headers.get("cache-control"))
         return out
 
     def audit_reason(self, token: str, count: int) -> str | None:

@@ -310,7 +310,7 @@ class Harness(Host):
             if case.response is not None:
                 resp = o.get("response") or {}
                 headers = {k.lower(): v for k, v in resp.get("headers") or []}
-                out.response = check_tools(case, headers.get("content-type", ""), resp.get("body") or "")
+                out.response = check_tools(case, headers.get("content-type", ""), resp.get("body") or "", headers.get("cache-control"))
         else:
             out = Outcome(None, o.get("status"), None)
             problems.append("neither a local reply nor a forwarded request")

@@ -32,7 +32,11 @@ _CASE_FIELDS = {"id", "description", "policy", "request", "token", "peer", "prio
 _REQUEST_FIELDS = {"method", "path", "headers", "body", "pad_body_to"}
 _TOKEN_FIELDS = {"key", "claims", "act", "header", "iat", "exp", "nbf", "tamper"}
 _LITERAL_FIELDS = {"literal", "repeat"}
-_RESPONSE_FIELDS = {"status", "content_type", "body", "expect_tools"}
+_RESPONSE_FIELDS = {"status", "content_type", "body", "expect_tools", "expect_names", "expect_cache_scope",
+                    "expect_cache_control"}
+#: The listed items of each list result, and the member naming each (tools/list, prompts/list, resources/list,
+#: resources/templates/list).
+_LIST_MEMBERS = (("tools", "name"), ("prompts", "name"), ("resources", "uri"), ("resourceTemplates", "uriTemplate"))
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 
@@ -149,8 +153,9 @@ def _validate_case(raw: dict, where: str, reasons: set[str]) -> None:
     _check(isinstance(raw.get("prior_calls", 0), int) and raw.get("prior_calls", 0) >= 0, where, "prior_calls >= 0")
     resp = raw.get("response")
     if resp is not None:
-        _check(isinstance(resp, dict) and not (set(resp) - _RESPONSE_FIELDS) and "expect_tools" in resp, where,
-               f"response fields: {sorted(_RESPONSE_FIELDS)} (expect_tools required)")
+        _check(isinstance(resp, dict) and not (set(resp) - _RESPONSE_FIELDS)
+               and ("expect_tools" in resp) != ("expect_names" in resp), where,
+               f"response fields: {sorted(_RESPONSE_FIELDS)} (one of expect_tools, expect_names required)")
         _check(exp["verdict"] == "allow", where, "a response check needs an allowed request")
 
 
@@ -381,8 +386,9 @@ def upstream_response_text(response: dict) -> tuple[str, bytes]:
     return ct, payload.encode()
 
 
-def tools_in_response(content_type: str, body: str) -> list[str] | None:
-    """Tool names in a tools/list response body (JSON or SSE); None if it is neither."""
+def list_result(content_type: str, body: str) -> tuple[list[str], dict] | None:
+    """(names, result) of a list response body (JSON or SSE): tools and prompts by name, resources by uri,
+    resource templates by uriTemplate; None if it is no list result."""
     docs = []
     if content_type.split(";")[0].strip().lower() == "text/event-stream":
         for event in body.replace("\r\n", "\n").split("\n\n"):
@@ -398,17 +404,35 @@ def tools_in_response(content_type: str, body: str) -> list[str] | None:
         except ValueError:
             return None
     for doc in docs:
-        tools = (doc.get("result") or {}).get("tools") if isinstance(doc, dict) else None
-        if isinstance(tools, list):
-            return [t.get("name") for t in tools if isinstance(t, dict)]
+        result = doc.get("result") if isinstance(doc, dict) else None
+        if not isinstance(result, dict):
+            continue
+        for member, key in _LIST_MEMBERS:
+            items = result.get(member)
+            if isinstance(items, list):
+                return [i.get(key) for i in items if isinstance(i, dict)], result
     return None
 
 
-def check_tools(case: Case, content_type: str, body: str) -> tuple[bool, str]:
-    expected = case.response["expect_tools"]
-    got = tools_in_response(content_type, body)
-    if got is None:
-        return False, f"response is not a tools/list result ({content_type}): {body[:200]!r}"
+def tools_in_response(content_type: str, body: str) -> list[str] | None:
+    """Tool names in a tools/list response body (JSON or SSE); None if it is neither."""
+    found = list_result(content_type, body)
+    return found[0] if found else None
+
+
+def check_tools(case: Case, content_type: str, body: str, cache_control: str | None = None) -> tuple[bool, str]:
+    """The response part of a case: the names the caller sees (`expect_tools`, or `expect_names` for any list),
+    and when asked the result's `cacheScope` and the response's Cache-Control (which must contain the value)."""
+    resp = case.response
+    expected = resp["expect_tools"] if "expect_tools" in resp else resp["expect_names"]
+    found = list_result(content_type, body)
+    if found is None:
+        return False, f"response is not a list result ({content_type}): {body[:200]!r}"
+    got, result = found
     if got != expected:
-        return False, f"tools/list response: expected {expected}, got {got}"
-    return True, "tools/list response filtered as expected"
+        return False, f"list response: expected {expected}, got {got}"
+    if "expect_cache_scope" in resp and result.get("cacheScope") != resp["expect_cache_scope"]:
+        return False, f"list response: cacheScope {result.get('cacheScope')!r}, expected {resp['expect_cache_scope']!r}"
+    if "expect_cache_control" in resp and resp["expect_cache_control"] not in (cache_control or ""):
+        return False, f"Cache-Control {cache_control!r} lacks {resp['expect_cache_control']!r}"
+    return True, "list response filtered as expected"

@@ -149,5 +149,5 @@ class Worker(Host):
         if out.reason is None:
             out.detail, out.error = "allowed, but no audit line for this token in workerd's log", True
         if case.response is not None:
-            out.response = check_tools(case, headers.get("content-type", ""), text)
+            out.response = check_tools(case, headers.get("content-type", ""), text, headers.get("cache-control"))
         return out

@@ -341,7 +341,7 @@ def test_a_tampered_mcp_name_is_refused_and_never_reaches_the_server(stack, mint
     seen = [r["mcp"] for r in reached_server(stack) if r["x_txngate"].get("x-txngate-agent") == agent]
     assert seen, "the connection's opening requests did reach the server"
     assert not any(r["method"] in ("resources/read", "tools/call") for r in seen), seen
-    assert not any(r["h_name"] in (forged, "search_web") for r in reached_server(stack))
+    assert not any(r["mcp"]["h_name"] in (forged, "search_web") for r in reached_server(stack))
 
 
 def test_modern_requests_without_routing_headers_are_refused(stack, minter):

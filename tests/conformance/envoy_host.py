@@ -121,7 +121,8 @@ class Envoy(Host):
         try:
             conn.putrequest(wire.method, wire.path, skip_accept_encoding=True)
             for name, value in wire.headers:
-                conn.putheader(name, value)
+                # Raw UTF-8 bytes for a value outside Latin-1 (a vector's non-ASCII routing header).
+                conn.putheader(name, value.encode("utf-8"))
             conn.putheader(CASE_HEADER, case.id)
             if wire.body is not None:
                 conn.putheader("content-length", str(len(wire.body)))

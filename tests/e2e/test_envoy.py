@@ -264,6 +264,12 @@ def reached_server(stack) -> list[dict]:
     return server_requests(stack["server"].stderr_text())
 
 
+def skip_local_replies_on_sse(stack) -> None:
+    """Refusals are Envoy local replies: the origin's wire format (JSON or SSE) plays no part, so they run once."""
+    if stack["mode"] == "sse":
+        pytest.skip("a refusal never reaches the origin: the JSON stack covers it")
+
+
 def test_tool_prompt_and_resource_with_base64_names_are_allowed_for_every_client(stack, minter):
     for client in CLIENTS:
         agent = agent_for(stack, f"gen-ok-{client}")
@@ -305,6 +311,7 @@ def test_tool_prompt_and_resource_with_base64_names_are_allowed_for_every_client
     ("resource without its scope", "prompts:review", {"read": "file:///docs/private/plan.txt"}, 403, "resource.scope"),
 ], ids=lambda v: v[0].replace(" ", "_") if isinstance(v, tuple) else v)
 def test_tool_prompt_and_resource_refusals_for_every_client(stack, minter, client, case):
+    skip_local_replies_on_sse(stack)
     what, scope, call, status, reason = case
     agent = agent_for(stack, f"gen-no-{client}-{reason}")
     token = minter.mint(claims(agent, scope), act=[agent])
@@ -324,6 +331,7 @@ def test_tool_prompt_and_resource_refusals_for_every_client(stack, minter, clien
 def test_a_tampered_mcp_name_is_refused_and_never_reaches_the_server(stack, minter, client):
     """The header says public.txt, the body reads the private plan: 400, -32020, whatever the client's
     generation (txngate validates Mcp-Name whenever present), and the MCP server never sees the request."""
+    skip_local_replies_on_sse(stack)
     agent = agent_for(stack, f"tamper-{client}")
     token = minter.mint(claims(agent, "docs:read calendar:read"), act=[agent])
     forged = f"file:///docs/public.txt?{client}-{stack['mode']}"
@@ -345,6 +353,7 @@ def test_a_tampered_mcp_name_is_refused_and_never_reaches_the_server(stack, mint
 
 
 def test_modern_requests_without_routing_headers_are_refused(stack, minter):
+    skip_local_replies_on_sse(stack)
     agent = agent_for(stack, "noheader")
     token = minter.mint(claims(agent, "calendar:read"), act=[agent])
     out = mcp_call(stack["url"], headers={"Txn-Token": token}, tool="calendar_read", args={"day": "mon"},

@@ -13,7 +13,7 @@ use crate::delegation::{self, Delegation, DelegationError};
 use crate::encoding::sha256_hex;
 use crate::json::canonical;
 use crate::keys::{Algorithm, KeyError, KeyLookup, KeyRing, PublicKey, SkippedKey};
-use crate::mcp::{self, McpError, McpMessage};
+use crate::mcp::{self, McpError, McpMessage, Target};
 use crate::policy::{ArgumentsAudit, Mode, Policy, PolicyError, StoreErrorPolicy, ToolLimit};
 use crate::ratelimit::{self, LimitRule, LimitState, RateLimitStore, SlotTable, StoreError};
 use crate::scope::ScopeSet;
@@ -610,20 +610,23 @@ impl Gate {
         let message = if self.needs_body(request.method, request.path) {
             let max = self.policy.mcp.max_body_bytes;
             Some(match request.body {
-                Body::Absent => Err(McpError::BodyMissing),
-                Body::TooLarge => Err(McpError::TooLarge { max }),
-                Body::Complete([]) => Err(McpError::BodyMissing),
+                Body::Absent => Err(McpError::BodyMissing.into()),
+                Body::TooLarge => Err(McpError::TooLarge { max }.into()),
+                Body::Complete([]) => Err(McpError::BodyMissing.into()),
                 Body::Complete(bytes) => {
-                    mcp::parse_message(bytes, max, self.policy.mcp.max_json_depth)
+                    mcp::parse_request(bytes, max, self.policy.mcp.max_json_depth)
                 }
             })
         } else {
             None
         };
-        let rpc_id = message
-            .as_ref()
-            .and_then(|m| m.as_ref().ok())
-            .and_then(|m| m.id.clone());
+        // The id is kept even when the body's content was refused: the error answers it.
+        let rpc_id = match &message {
+            Some(Ok(m)) => m.id.clone(),
+            Some(Err(refusal)) => refusal.id.clone(),
+            None => None,
+        };
+        let message = message.map(|m| m.map_err(|refusal| refusal.error));
         // What was attempted is audited even when the token is refused.
         if let Some(Ok(m)) = &message {
             audit.rpc_method = m.method.clone();
@@ -714,7 +717,7 @@ impl Gate {
         ) {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
-        let Some(call) = message.tool_call else {
+        let Some(Target::Tool(call)) = message.target else {
             let filter = message.is_tools_list();
             return Step::Done(Box::new(self.allow(
                 ctx,
@@ -724,6 +727,14 @@ impl Gate {
                 filter,
             )));
         };
+        // The parser now only checks names structurally; until authorization refuses names outside the
+        // recommended alphabet itself (`tool.name_alphabet`), they are refused here as before.
+        if !mcp::is_valid_tool_name(&call.name) {
+            let e = McpError::ToolName {
+                detail: "tool names are 1-128 characters of A-Z a-z 0-9 _ - . /",
+            };
+            return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
+        }
         ctx.audit.tool = Some(call.name.clone());
         match self.policy.arguments_audit {
             ArgumentsAudit::Hash => {

@@ -1,14 +1,17 @@
 //! MCP bodies: requests through `mcp::parse_message` and `check_headers`, responses through
-//! `filter_tools_list` as JSON and as SSE; the same bytes as a request path through `mcp::normalize_path`.
-//! Invariants: a parsed `tools/call` always has a valid tool name and object arguments; a filtered JSON
+//! `listing::filter_list` (tools/list) as JSON and as SSE; the same bytes as a request path through `mcp::normalize_path`.
+//! Invariants: a parsed `tools/call`, `prompts/get` or `resources/read` always has a non-empty name (URI)
+//! without control characters within its length bound, and object arguments; a filtered JSON
 //! `tools/list` never still lists a hidden tool; a normalised path is absolute, lower-case, without empty
 //! segments.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use txngate_core::listing::{filter_list, ListKind};
 use txngate_core::mcp::{
-    check_headers, filter_tools_list, is_valid_tool_name, normalize_path, parse_message,
+    check_headers, normalize_path, parse_message, Target, MAX_NAME_BYTES,
+    MAX_URI_BYTES,
 };
 
 /// Tools whose name starts with `h` are hidden from the caller.
@@ -18,17 +21,28 @@ fn visible(name: &str) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(message) = parse_message(data, 65536, 32) {
-        if let Some(call) = &message.tool_call {
-            assert!(is_valid_tool_name(&call.name), "{:?}", call.name);
-            assert!(call.arguments.is_object());
-            // Any spelling of tools/call is a tool call; the Mcp-Method header must repeat the body's exactly.
-            assert!(message.method.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("tools/call")));
-            assert!(check_headers(&message, message.method.as_deref(), Some(&call.name)).is_ok());
+        if let Some(target) = &message.target {
+            let name = target.name();
+            let max = match target {
+                Target::Resource(_) => MAX_URI_BYTES,
+                _ => MAX_NAME_BYTES,
+            };
+            assert!(!name.is_empty() && name.len() <= max, "{name:?}");
+            assert!(!name.chars().any(char::is_control), "{name:?}");
+            if let Target::Tool(call) = target {
+                assert!(call.arguments.is_object());
+            }
+            if let Target::Prompt(get) = target {
+                assert!(get.arguments.is_object());
+            }
+            // Any spelling of a name-bearing method is one; the Mcp-Method header must repeat the body's exactly.
+            assert!(message.method.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(target.method())));
+            assert!(check_headers(&message, message.method.as_deref(), Some(name)).is_ok());
         }
         let _ = check_headers(&message, Some("tools/list"), Some("x"));
     }
 
-    if let Ok(out) = filter_tools_list("application/json", data, &visible) {
+    if let Ok(out) = filter_list(ListKind::Tools, "application/json", data, &visible) {
         if out != data {
             let value: Value = match serde_json::from_slice(&out) {
                 Ok(v) => v,
@@ -44,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = filter_tools_list("text/event-stream; charset=utf-8", data, &visible);
+    let _ = filter_list(ListKind::Tools, "text/event-stream; charset=utf-8", data, &visible);
 
     let path = normalize_path(&String::from_utf8_lossy(data));
     assert!(path.starts_with('/'), "{path:?}");

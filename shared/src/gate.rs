@@ -14,7 +14,7 @@ use crate::encoding::sha256_hex;
 use crate::json::canonical;
 use crate::keys::{Algorithm, KeyError, KeyLookup, KeyRing, PublicKey, SkippedKey};
 use crate::listing::{self, ListError, ListKind};
-use crate::mcp::{self, McpError, McpMessage};
+use crate::mcp::{self, McpError, McpMessage, Target};
 use crate::policy::{
     ArgumentsAudit, LimitKey, Mode, Policy, PolicyError, Rule, RuleLimit, StoreErrorPolicy,
 };
@@ -642,20 +642,23 @@ impl Gate {
         let message = if self.needs_body(request.method, request.path) {
             let max = self.policy.mcp.max_body_bytes;
             Some(match request.body {
-                Body::Absent => Err(McpError::BodyMissing),
-                Body::TooLarge => Err(McpError::TooLarge { max }),
-                Body::Complete([]) => Err(McpError::BodyMissing),
+                Body::Absent => Err(McpError::BodyMissing.into()),
+                Body::TooLarge => Err(McpError::TooLarge { max }.into()),
+                Body::Complete([]) => Err(McpError::BodyMissing.into()),
                 Body::Complete(bytes) => {
-                    mcp::parse_message(bytes, max, self.policy.mcp.max_json_depth)
+                    mcp::parse_request(bytes, max, self.policy.mcp.max_json_depth)
                 }
             })
         } else {
             None
         };
-        let rpc_id = message
-            .as_ref()
-            .and_then(|m| m.as_ref().ok())
-            .and_then(|m| m.id.clone());
+        // The id is kept even when the body's content was refused: the error answers it.
+        let rpc_id = match &message {
+            Some(Ok(m)) => m.id.clone(),
+            Some(Err(refusal)) => refusal.id.clone(),
+            None => None,
+        };
+        let message = message.map(|m| m.map_err(|refusal| refusal.error));
         // What was attempted is audited even when the token is refused.
         if let Some(Ok(m)) = &message {
             audit.rpc_method = m.method.clone();
@@ -746,8 +749,8 @@ impl Gate {
         ) {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
-        let list = message.is_tools_list().then_some(ListKind::Tools);
-        let Some(call) = message.tool_call else {
+        let list = message.list_kind();
+        let Some(target) = message.target else {
             let filter = list.filter(|kind| self.filters(*kind));
             return Step::Done(Box::new(self.allow(
                 ctx,
@@ -757,7 +760,11 @@ impl Gate {
                 filter,
             )));
         };
-        let (kind, name, arguments) = (Kind::Tool, call.name, Some(call.arguments));
+        let (kind, name, arguments) = match target {
+            Target::Tool(call) => (Kind::Tool, call.name, Some(call.arguments)),
+            Target::Prompt(get) => (Kind::Prompt, get.name, Some(get.arguments)),
+            Target::Resource(read) => (Kind::Resource, read.uri, None),
+        };
         self.authorize_target(ctx, token, delegation, kind, name, arguments)
     }
 

@@ -6,36 +6,7 @@ use core::fmt;
 
 use serde_json::Value;
 
-/// The list methods whose results are filtered per caller.
-// Until the message model names it (mcp::ListKind), the kind lives here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ListKind {
-    Tools,
-    Prompts,
-    Resources,
-    ResourceTemplates,
-}
-
-impl ListKind {
-    /// The member of the result that holds the entries.
-    pub fn array_key(self) -> &'static str {
-        match self {
-            Self::Tools => "tools",
-            Self::Prompts => "prompts",
-            Self::Resources => "resources",
-            Self::ResourceTemplates => "resourceTemplates",
-        }
-    }
-
-    /// The member of each entry that names it.
-    pub fn name_key(self) -> &'static str {
-        match self {
-            Self::Tools | Self::Prompts => "name",
-            Self::Resources => "uri",
-            Self::ResourceTemplates => "uriTemplate",
-        }
-    }
-}
+pub use crate::mcp::ListKind;
 
 /// Why a list response could not be filtered (the host must not pass it on).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use crate::mcp::is_recommended_name as is_recommended;
 use crate::policy::Rule;
 
 /// Longest rule key of a `tools` or `prompts` section: no longer name is ever accepted on the wire.
@@ -111,14 +112,6 @@ pub fn fold(name: &str) -> String {
         })
         .map(|c| c.to_ascii_lowercase())
         .collect()
-}
-
-/// MCP's recommended alphabet: 1-128 characters of `A-Z a-z 0-9 _ - .`.
-fn is_recommended(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 #[cfg(test)]

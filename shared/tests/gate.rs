@@ -493,7 +493,7 @@ fn mcp_body_rules() {
         (b"{".to_vec(), 400, "mcp.parse", -32700),
         (br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#.to_vec(), 400, "mcp.batch", -32600),
         (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"calendar_read","name":"send_email"}}"#.to_vec(), 400, "mcp.duplicate_key", -32700),
-        (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send email"}}"#.to_vec(), 400, "mcp.tool_name", -32602),
+        (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#.to_vec(), 400, "mcp.tool_name", -32602),
     ] {
         let o = decide(&mut gate, &Req::mcp(&tok, body));
         assert_eq!((o.decision.status, o.decision.reason), (status, reason));

@@ -1726,7 +1726,13 @@ fn mcp_tool_names_differing_by_case_are_refused_and_spare_the_bucket() {
     let mut gate = gate();
     let token = good();
     let headers = token_headers(&token);
-    let variants = ["SEND_EMAIL", "Send_Email", "sEnD_eMaIl", "send_EMAIL"];
+    let variants = [
+        "SEND_EMAIL",
+        "Send_Email",
+        "sEnD_eMaIl",
+        "send_EMAIL",
+        "ｓｅｎｄ_email",
+    ];
     let mut store = MemoryStore::new();
     for (i, name) in variants.iter().enumerate() {
         let body = call(name, json!({"to":"bob@example.com"}));
@@ -1770,11 +1776,12 @@ fn mcp_tool_names_differing_by_case_are_refused_and_spare_the_bucket() {
     );
 }
 
-/// MCP tool names are 1-128 characters of `A-Z a-z 0-9 _ - . /`. A spelling outside that alphabet that a
-/// person (or a normalising server) would read as a real tool: Cyrillic look-alikes, full-width letters,
-/// zero-width characters, surrounding or trailing spaces, NUL, a newline, is refused as `mcp.tool_name` (400,
-/// JSON-RPC -32602) rather than matched loosely; so under a deny rule it is never an allow, although the
-/// policy's `*` rule allows every tool without a rule of its own.
+/// A spelling outside MCP's recommended alphabet (`A-Z a-z 0-9 _ - .`) that a person (or a normalising
+/// server) would read as a real tool: Cyrillic look-alikes, full-width letters, zero-width characters,
+/// surrounding or trailing spaces, NUL, a newline, is never matched loosely, so under a deny rule it is never
+/// an allow, although the policy's `*` rule allows every tool without a rule of its own. Structural faults
+/// (empty, control characters) are 400 `mcp.tool_name` (-32602); a full-width spelling of a rule is 403
+/// `tool.name_variant`; any other is 403 `tool.name_alphabet` (no rule names it exactly).
 #[test]
 fn mcp_confusable_tool_names_are_refused_never_allowed() {
     let mut gate = gate();
@@ -1800,13 +1807,18 @@ fn mcp_confusable_tool_names_are_refused_never_allowed() {
     ];
     for name in names {
         let o = decide(&mut gate, &token, &call(name, json!({})));
-        assert_eq!(
-            (o.decision.status, o.decision.reason),
-            (400, "mcp.tool_name"),
-            "{name:?}"
-        );
-        let reply: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
-        assert_eq!(reply["error"]["code"], -32602);
+        let expected = if name.is_empty() || name.chars().any(char::is_control) {
+            (400, "mcp.tool_name")
+        } else if name.starts_with('\u{ff44}') {
+            (403, "tool.name_variant")
+        } else {
+            (403, "tool.name_alphabet")
+        };
+        assert_eq!((o.decision.status, o.decision.reason), expected, "{name:?}");
+        if expected.0 == 400 {
+            let reply: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+            assert_eq!(reply["error"]["code"], -32602);
+        }
     }
     let long = "a".repeat(129);
     assert_eq!(

@@ -450,7 +450,7 @@ impl Case {
                 outcome.decision.verdict == Verdict::Allow && outcome.decision.reason == "allow"
             }
             Work::Parse { body } => mcp::parse_message(body, 65_536, 32)
-                .is_ok_and(|m| m.tool_call.is_some_and(|c| c.name == "send_email")),
+                .is_ok_and(|m| m.tool_call().is_some_and(|c| c.name == "send_email")),
             Work::Part {
                 which,
                 token,

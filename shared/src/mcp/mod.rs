@@ -1,0 +1,847 @@
+//! MCP on the wire: JSON-RPC 2.0 bodies of Streamable HTTP requests, the `Mcp-Method`/`Mcp-Name` headers that
+//! must agree with them, and the list responses a caller should only see its own entries in.
+//!
+//! Batches (JSON arrays, MCP 2025-03-26 only) are refused with 400: every later revision dropped them, and
+//! authorizing some calls of a batch but not others has no faithful rendering as one HTTP answer.
+
+use core::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::json::{parse_strict, JsonError};
+
+mod path;
+
+pub use path::{is_normalized, normalize_path};
+
+/// Longest tool or prompt name accepted at all (bytes). MCP recommends at most 128 characters.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest resource URI accepted (bytes): 2048 is the common URL limit of browsers and proxies.
+pub const MAX_URI_BYTES: usize = 2048;
+/// The `params._meta` key where 2026-07-28 bodies repeat the `MCP-Protocol-Version` header.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// Why an MCP request body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum McpError {
+    /// A POST to the MCP endpoint without a body (or the host could not read it).
+    BodyMissing,
+    TooLarge {
+        max: usize,
+    },
+    Json {
+        detail: String,
+    },
+    DuplicateKey {
+        path: String,
+        key: String,
+    },
+    TooDeep {
+        max: usize,
+    },
+    /// Valid JSON but not a JSON-RPC 2.0 message.
+    Invalid {
+        detail: &'static str,
+    },
+    Batch,
+    /// `tools/call` without a usable `params.name` (missing, not a string, empty, too long, control characters).
+    ToolName {
+        detail: &'static str,
+    },
+    /// `prompts/get` without a usable `params.name`.
+    PromptName {
+        detail: &'static str,
+    },
+    /// `resources/read` without a usable `params.uri`.
+    ResourceUri {
+        detail: &'static str,
+    },
+    /// `params.arguments` of `tools/call` or `prompts/get` present but not an object.
+    Arguments {
+        method: &'static str,
+    },
+    /// `params._meta` not an object, or its protocol version not a string.
+    Meta {
+        detail: &'static str,
+    },
+    /// An `Mcp-Method` or `Mcp-Name` header that disagrees with the body.
+    HeaderMismatch {
+        header: &'static str,
+        header_value: String,
+        body_value: String,
+    },
+}
+
+impl McpError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BodyMissing => "mcp.body_missing",
+            Self::TooLarge { .. } => "mcp.body_too_large",
+            Self::Json { .. } => "mcp.parse",
+            Self::DuplicateKey { .. } => "mcp.duplicate_key",
+            Self::TooDeep { .. } => "mcp.depth",
+            Self::Invalid { .. } => "mcp.invalid",
+            Self::Batch => "mcp.batch",
+            Self::ToolName { .. } => "mcp.tool_name",
+            Self::PromptName { .. } => "mcp.prompt_name",
+            Self::ResourceUri { .. } => "mcp.resource_uri",
+            Self::Arguments { .. } => "mcp.arguments",
+            Self::Meta { .. } => "mcp.meta",
+            Self::HeaderMismatch { .. } => "mcp.header_mismatch",
+        }
+    }
+
+    /// The JSON-RPC error code a client sees.
+    pub fn rpc_code(&self) -> i64 {
+        match self {
+            Self::Json { .. } | Self::DuplicateKey { .. } | Self::TooDeep { .. } => -32700,
+            Self::ToolName { .. }
+            | Self::PromptName { .. }
+            | Self::ResourceUri { .. }
+            | Self::Arguments { .. }
+            | Self::Meta { .. } => -32602,
+            Self::HeaderMismatch { .. } => -32020,
+            Self::BodyMissing | Self::TooLarge { .. } | Self::Invalid { .. } | Self::Batch => {
+                -32600
+            }
+        }
+    }
+
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> u16 {
+        if matches!(self, Self::TooLarge { .. }) {
+            413
+        } else {
+            400
+        }
+    }
+}
+
+impl fmt::Display for McpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BodyMissing => f.write_str("MCP POST without a body"),
+            Self::TooLarge { max } => write!(f, "MCP body larger than {max} bytes"),
+            Self::Json { detail } => write!(f, "MCP body is not JSON: {detail}"),
+            Self::DuplicateKey { path, key } => {
+                let at = if path.is_empty() { "/" } else { path };
+                write!(f, "MCP body has duplicate key {key:?} at {at}")
+            }
+            Self::TooDeep { max } => write!(f, "MCP body nested deeper than {max} levels"),
+            Self::Invalid { detail } => write!(f, "not a JSON-RPC 2.0 message: {detail}"),
+            Self::Batch => {
+                f.write_str("JSON-RPC batches are not accepted; send one message per request")
+            }
+            Self::ToolName { detail } => write!(f, "tools/call: {detail}"),
+            Self::PromptName { detail } => write!(f, "prompts/get: {detail}"),
+            Self::ResourceUri { detail } => write!(f, "resources/read: {detail}"),
+            Self::Arguments { method } => {
+                write!(f, "{method}: params.arguments must be an object")
+            }
+            Self::Meta { detail } => write!(f, "params._meta: {detail}"),
+            Self::HeaderMismatch {
+                header,
+                header_value,
+                body_value,
+            } => {
+                write!(
+                    f,
+                    "{header} header {header_value:?} does not match the body's {body_value:?}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for McpError {}
+
+/// A body refused after its `id` was read: the error response still carries that id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The request's id when it had a usable one (string or number).
+    pub id: Option<Value>,
+    pub error: McpError,
+}
+
+impl From<McpError> for Refusal {
+    fn from(error: McpError) -> Self {
+        Self { id: None, error }
+    }
+}
+
+/// A `tools/call` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    /// `params.arguments`, always an object (`{}` when absent or null).
+    pub arguments: Value,
+}
+
+/// A `prompts/get` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptGet {
+    pub name: String,
+    /// `params.arguments`, always an object (`{}` when absent or null).
+    pub arguments: Value,
+}
+
+/// A `resources/read` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRead {
+    pub uri: String,
+}
+
+/// What a name-bearing method acts on: the value `Mcp-Name` must repeat and authorization decides on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Tool(ToolCall),
+    Prompt(PromptGet),
+    Resource(ResourceRead),
+}
+
+impl Target {
+    /// The name (tools, prompts) or URI (resources): the value of `Mcp-Name`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Tool(call) => &call.name,
+            Self::Prompt(get) => &get.name,
+            Self::Resource(read) => &read.uri,
+        }
+    }
+
+    /// The method as the specification spells it.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Tool(_) => TOOLS_CALL,
+            Self::Prompt(_) => PROMPTS_GET,
+            Self::Resource(_) => RESOURCES_READ,
+        }
+    }
+}
+
+const TOOLS_CALL: &str = "tools/call";
+const PROMPTS_GET: &str = "prompts/get";
+const RESOURCES_READ: &str = "resources/read";
+
+/// The list methods whose results are filtered per caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    /// The method as the specification spells it.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Tools => "tools/list",
+            Self::Prompts => "prompts/list",
+            Self::Resources => "resources/list",
+            Self::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
+    /// The member of the result that holds the entries.
+    pub fn array_key(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    /// The member of each entry that names it.
+    pub fn name_key(self) -> &'static str {
+        match self {
+            Self::Tools | Self::Prompts => "name",
+            Self::Resources => "uri",
+            Self::ResourceTemplates => "uriTemplate",
+        }
+    }
+
+    /// Any ASCII spelling of a list method: a server that matched loosely must not return an unfiltered list.
+    pub fn of_method(method: &str) -> Option<Self> {
+        [
+            Self::Tools,
+            Self::Prompts,
+            Self::Resources,
+            Self::ResourceTemplates,
+        ]
+        .into_iter()
+        .find(|kind| method.eq_ignore_ascii_case(kind.method()))
+    }
+}
+
+/// One JSON-RPC message from an MCP client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpMessage {
+    /// The request id (string or number); None for notifications and responses.
+    pub id: Option<Value>,
+    /// None for a response to a server-initiated request.
+    pub method: Option<String>,
+    /// `tools/call`, `prompts/get`, `resources/read` (any ASCII spelling): what the call acts on.
+    pub target: Option<Target>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, sent by 2026-07-28 clients in every body.
+    pub protocol_version_meta: Option<String>,
+}
+
+impl McpMessage {
+    /// The list method of this message, if it is one (any ASCII spelling).
+    pub fn list_kind(&self) -> Option<ListKind> {
+        self.method.as_deref().and_then(ListKind::of_method)
+    }
+
+    pub fn is_tools_list(&self) -> bool {
+        self.list_kind() == Some(ListKind::Tools)
+    }
+
+    pub fn tool_call(&self) -> Option<&ToolCall> {
+        match &self.target {
+            Some(Target::Tool(call)) => Some(call),
+            _ => None,
+        }
+    }
+
+    pub fn prompt_get(&self) -> Option<&PromptGet> {
+        match &self.target {
+            Some(Target::Prompt(get)) => Some(get),
+            _ => None,
+        }
+    }
+
+    pub fn resource_read(&self) -> Option<&ResourceRead> {
+        match &self.target {
+            Some(Target::Resource(read)) => Some(read),
+            _ => None,
+        }
+    }
+}
+
+/// The alphabet MCP recommends for tool and prompt names (2026-07-28 server/tools "Tool Names"): 1-128
+/// characters of `A-Z a-z 0-9 _ - .`. The parser does not enforce it (the SDKs accept other names with a
+/// warning); authorization refuses names outside it unless a rule names them exactly.
+pub fn is_recommended_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Policy rule keys as accepted before issue #12: 1-128 of `A-Z a-z 0-9 _ - . /`.
+/// Superseded by [`is_recommended_name`]; kept while the policy loader still calls it.
+pub fn is_valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+}
+
+/// Parses one MCP client message.
+pub fn parse_message(
+    body: &[u8],
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<McpMessage, McpError> {
+    parse_request(body, max_bytes, max_depth).map_err(|r| r.error)
+}
+
+/// Parses one MCP client message; a refusal keeps the message's id when it had a usable one, so the error
+/// response can carry it whatever was wrong with the rest of the body.
+pub fn parse_request(
+    body: &[u8],
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<McpMessage, Refusal> {
+    if body.len() > max_bytes {
+        return Err(McpError::TooLarge { max: max_bytes }.into());
+    }
+    let value = parse_strict(body, max_depth).map_err(|e| match e {
+        JsonError::DuplicateKey { path, key } => McpError::DuplicateKey { path, key },
+        JsonError::TooDeep { max_depth } => McpError::TooDeep { max: max_depth },
+        other => McpError::Json {
+            detail: other.to_string(),
+        },
+    })?;
+    let mut object = match value {
+        Value::Object(o) => o,
+        Value::Array(_) => return Err(McpError::Batch.into()),
+        _ => {
+            return Err(McpError::Invalid {
+                detail: "expected a JSON object",
+            }
+            .into())
+        }
+    };
+    // The id first: every later refusal answers it.
+    let id = match object.get("id") {
+        None => None,
+        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(_) => {
+            return Err(McpError::Invalid {
+                detail: "\"id\" must be a string or a number",
+            }
+            .into())
+        }
+    };
+    let refuse = |error: McpError| Refusal {
+        id: id.clone(),
+        error,
+    };
+    if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(refuse(McpError::Invalid {
+            detail: "\"jsonrpc\" must be \"2.0\"",
+        }));
+    }
+    let method = match object.get("method") {
+        None => None,
+        Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
+        Some(_) => {
+            return Err(refuse(McpError::Invalid {
+                detail: "\"method\" must be a non-empty string",
+            }))
+        }
+    };
+    if method.is_none() && !(object.contains_key("result") || object.contains_key("error")) {
+        return Err(refuse(McpError::Invalid {
+            detail: "neither a request (method) nor a response (result/error)",
+        }));
+    }
+    // Taken out of the document, so the arguments move into the target instead of being deep-copied.
+    let mut params = match object.remove("params") {
+        None => None,
+        Some(Value::Object(p)) => Some(p),
+        Some(_) => {
+            return Err(refuse(McpError::Invalid {
+                detail: "\"params\" must be an object",
+            }))
+        }
+    };
+    let protocol_version_meta = read_meta(params.as_ref()).map_err(refuse)?;
+    // Method names are matched as spelt by the official SDKs, but a server that matched them loosely must not
+    // receive a `TOOLS/CALL` that skipped authorization: any spelling of a name-bearing method is one.
+    let target = match method.as_deref() {
+        Some(m) if m.eq_ignore_ascii_case(TOOLS_CALL) => {
+            let (name, arguments) = read_named(&mut params, TOOLS_CALL, |detail| {
+                McpError::ToolName { detail }
+            })
+            .map_err(refuse)?;
+            Some(Target::Tool(ToolCall { name, arguments }))
+        }
+        Some(m) if m.eq_ignore_ascii_case(PROMPTS_GET) => {
+            let (name, arguments) = read_named(&mut params, PROMPTS_GET, |detail| {
+                McpError::PromptName { detail }
+            })
+            .map_err(refuse)?;
+            Some(Target::Prompt(PromptGet { name, arguments }))
+        }
+        Some(m) if m.eq_ignore_ascii_case(RESOURCES_READ) => {
+            let uri = read_uri(&mut params).map_err(refuse)?;
+            Some(Target::Resource(ResourceRead { uri }))
+        }
+        _ => None,
+    };
+    Ok(McpMessage {
+        id,
+        method,
+        target,
+        protocol_version_meta,
+    })
+}
+
+/// `params._meta["io.modelcontextprotocol/protocolVersion"]`, when there.
+fn read_meta(params: Option<&Map<String, Value>>) -> Result<Option<String>, McpError> {
+    let Some(meta) = params.and_then(|p| p.get("_meta")) else {
+        return Ok(None);
+    };
+    let Value::Object(meta) = meta else {
+        return Err(McpError::Meta {
+            detail: "must be an object",
+        });
+    };
+    match meta.get(META_PROTOCOL_VERSION) {
+        None => Ok(None),
+        Some(Value::String(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(McpError::Meta {
+            detail: "the protocol version must be a string",
+        }),
+    }
+}
+
+/// Structural checks only (the value is compared with `Mcp-Name` and rule keys exactly, so it needs no
+/// normalising): a non-empty string of at most `max` bytes without control characters.
+fn check_name(value: Option<Value>, member: Member, max: usize) -> Result<String, &'static str> {
+    let text = match value {
+        Some(Value::String(text)) => text,
+        Some(_) => return Err(member.not_string),
+        None => return Err(member.missing),
+    };
+    if text.is_empty() {
+        return Err(member.empty);
+    }
+    if text.len() > max {
+        return Err(member.too_long);
+    }
+    if text.chars().any(char::is_control) {
+        return Err(member.control);
+    }
+    Ok(text)
+}
+
+/// The details of one checked member, spelt out once per member so they can stay `&'static str`.
+#[derive(Clone, Copy)]
+struct Member {
+    missing: &'static str,
+    not_string: &'static str,
+    empty: &'static str,
+    too_long: &'static str,
+    control: &'static str,
+}
+
+const NAME: Member = Member {
+    missing: "params.name is missing",
+    not_string: "params.name must be a string",
+    empty: "params.name is empty",
+    too_long: "params.name is longer than 128 bytes",
+    control: "params.name contains a control character",
+};
+
+const URI: Member = Member {
+    missing: "params.uri is missing",
+    not_string: "params.uri must be a string",
+    empty: "params.uri is empty",
+    too_long: "params.uri is longer than 2048 bytes",
+    control: "params.uri contains a control character",
+};
+
+fn read_named(
+    params: &mut Option<Map<String, Value>>,
+    method: &'static str,
+    name_error: fn(&'static str) -> McpError,
+) -> Result<(String, Value), McpError> {
+    let name = check_name(
+        params.as_mut().and_then(|p| p.remove("name")),
+        NAME,
+        MAX_NAME_BYTES,
+    )
+    .map_err(name_error)?;
+    let arguments = match params.as_mut().and_then(|p| p.remove("arguments")) {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err(McpError::Arguments { method }),
+    };
+    Ok((name, arguments))
+}
+
+fn read_uri(params: &mut Option<Map<String, Value>>) -> Result<String, McpError> {
+    check_name(
+        params.as_mut().and_then(|p| p.remove("uri")),
+        URI,
+        MAX_URI_BYTES,
+    )
+    .map_err(|detail| McpError::ResourceUri { detail })
+}
+
+/// MCP 2026-07-28: `Mcp-Method` must equal the body's method and `Mcp-Name` its target's name or URI.
+pub fn check_headers(
+    message: &McpMessage,
+    mcp_method: Option<&str>,
+    mcp_name: Option<&str>,
+) -> Result<(), McpError> {
+    if let Some(header) = mcp_method {
+        let body = message.method.as_deref().unwrap_or("");
+        if header != body {
+            return Err(McpError::HeaderMismatch {
+                header: "Mcp-Method",
+                header_value: header.to_string(),
+                body_value: body.to_string(),
+            });
+        }
+    }
+    if let Some(header) = mcp_name {
+        let body = message.target.as_ref().map_or("", Target::name);
+        if header != body {
+            return Err(McpError::HeaderMismatch {
+                header: "Mcp-Name",
+                header_value: header.to_string(),
+                body_value: body.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A JSON-RPC error response body.
+pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> String {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": {"code": code, "message": message, "data": data},
+    });
+    body.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn parse(body: &str) -> Result<McpMessage, McpError> {
+        parse_message(body.as_bytes(), 65536, 32)
+    }
+
+    #[test]
+    fn tool_call_is_read() {
+        let m = parse(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"send_email","arguments":{"to":"a@b"}}}"#).unwrap();
+        assert_eq!(m.id, Some(json!(7)));
+        let call = m.tool_call().unwrap();
+        assert_eq!(call.name, "send_email");
+        assert_eq!(call.arguments, json!({"to":"a@b"}));
+    }
+
+    #[test]
+    fn any_spelling_of_tools_call_is_a_tool_call() {
+        let m = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"TOOLS/Call","params":{"name":"delete_repo"}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.tool_call().unwrap().name, "delete_repo");
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"method":"Tools/List"}"#)
+            .unwrap()
+            .is_tools_list());
+    }
+
+    #[test]
+    fn other_messages() {
+        assert!(parse(r#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#)
+            .unwrap()
+            .is_tools_list());
+        assert!(
+            parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+                .unwrap()
+                .id
+                .is_none()
+        );
+        assert!(parse(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)
+            .unwrap()
+            .method
+            .is_none());
+    }
+
+    #[test]
+    fn prompts_and_resources_are_targets() {
+        let m = parse(r#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"code_review","arguments":{"lang":"rust"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#).unwrap();
+        assert_eq!(
+            m.prompt_get(),
+            Some(&PromptGet {
+                name: "code_review".into(),
+                arguments: json!({"lang":"rust"})
+            })
+        );
+        assert_eq!(m.protocol_version_meta.as_deref(), Some("2026-07-28"));
+        let m = parse(r#"{"jsonrpc":"2.0","id":3,"method":"Prompts/Get","params":{"name":"x"}}"#)
+            .unwrap();
+        assert_eq!(m.prompt_get().unwrap().arguments, json!({}));
+        assert_eq!(m.target.as_ref().unwrap().method(), "prompts/get");
+        let m = parse(r#"{"jsonrpc":"2.0","id":4,"method":"RESOURCES/read","params":{"uri":"file:///docs/a b.txt"}}"#).unwrap();
+        assert_eq!(m.resource_read().unwrap().uri, "file:///docs/a b.txt");
+        assert_eq!(m.target.unwrap().name(), "file:///docs/a b.txt");
+        // Names outside the recommended alphabet parse: authorization decides on them.
+        let m =
+            parse(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"天気 /x"}}"#)
+                .unwrap();
+        assert_eq!(m.tool_call().unwrap().name, "天気 /x");
+        let m =
+            parse(r#"{"jsonrpc":"2.0","id":6,"method":"server/discover","params":{"_meta":{}}}"#)
+                .unwrap();
+        assert!(m.target.is_none() && m.list_kind().is_none());
+    }
+
+    #[test]
+    fn list_kinds() {
+        for (method, kind) in [
+            ("tools/list", ListKind::Tools),
+            ("PROMPTS/LIST", ListKind::Prompts),
+            ("resources/list", ListKind::Resources),
+            ("resources/Templates/list", ListKind::ResourceTemplates),
+        ] {
+            let body = json!({"jsonrpc":"2.0","id":1,"method":method}).to_string();
+            assert_eq!(parse(&body).unwrap().list_kind(), Some(kind), "{method}");
+        }
+        assert_eq!(ListKind::of_method("tools/call"), None);
+        assert_eq!(ListKind::ResourceTemplates.name_key(), "uriTemplate");
+    }
+
+    #[test]
+    fn recommended_names() {
+        assert!(is_recommended_name("send_email-v2.1"));
+        assert!(is_recommended_name(&"a".repeat(128)));
+        for name in ["", "a/b", "a b", "é", "send_\u{0435}mail"] {
+            assert!(!is_recommended_name(name), "{name:?}");
+        }
+        assert!(!is_recommended_name(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn refusals_with_reasons() {
+        let long_name = "a".repeat(129);
+        let long_uri = format!("file:///{}", "a".repeat(2041));
+        for (body, reason) in [
+            (
+                r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#.to_string(),
+                "mcp.batch",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}"#.into(),
+                "mcp.duplicate_key",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#.into(),
+                "mcp.duplicate_key",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1,"x":2}}}"#.into(),
+                "mcp.duplicate_key",
+            ),
+            (r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#.into(), "mcp.invalid"),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#.into(), "mcp.invalid"),
+            (r#"{"jsonrpc":"2.0","id":1}"#.into(), "mcp.invalid"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[]}"#.into(), "mcp.invalid"),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#.into(), "mcp.tool_name"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#.into(),
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_email\n"}}"#.into(),
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\u0000"}}"#.into(),
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#.into(),
+                "mcp.tool_name",
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":long_name}}).to_string(),
+                "mcp.tool_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#.into(),
+                "mcp.arguments",
+            ),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{}}"#.into(), "mcp.prompt_name"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":["a"]}}"#.into(),
+                "mcp.prompt_name",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"a","arguments":"x"}}"#.into(),
+                "mcp.arguments",
+            ),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"resources/read"}"#.into(), "mcp.resource_uri"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":""}}"#.into(),
+                "mcp.resource_uri",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a\u007f"}}"#.into(),
+                "mcp.resource_uri",
+            ),
+            (
+                json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":long_uri}}).to_string(),
+                "mcp.resource_uri",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":7}}"#.into(),
+                "mcp.meta",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":20260728}}}"#.into(),
+                "mcp.meta",
+            ),
+            ("{".into(), "mcp.parse"),
+        ] {
+            assert_eq!(parse(&body).unwrap_err().reason(), reason, "{body}");
+        }
+        let uri = format!("file:///{}", "a".repeat(2040));
+        let ok = json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":uri}});
+        assert!(parse(&ok.to_string()).is_ok());
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":{}}}}}"#,
+            "[".repeat(40) + &"]".repeat(40)
+        );
+        assert_eq!(parse(&deep).unwrap_err().reason(), "mcp.depth");
+        assert_eq!(
+            parse_message(&[b' '; 10], 5, 8).unwrap_err(),
+            McpError::TooLarge { max: 5 }
+        );
+    }
+
+    /// Whatever is wrong after the id was read, the refusal keeps the id; before it, there is none.
+    #[test]
+    fn refusals_keep_the_id() {
+        let refusal = |body: &str| parse_request(body.as_bytes(), 65536, 32).unwrap_err();
+        for body in [
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":""}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"a","arguments":1}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"prompts/get"}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{"uri":3}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"x","params":1}"#,
+            r#"{"jsonrpc":"1.0","id":9,"method":"x"}"#,
+            r#"{"method":7,"id":9,"jsonrpc":"2.0"}"#,
+        ] {
+            assert_eq!(refusal(body).id, Some(json!(9)), "{body}");
+        }
+        assert_eq!(
+            refusal(r#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call"}"#).id,
+            Some(json!("a-1"))
+        );
+        for body in [
+            "{",
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","id":{},"method":"tools/call"}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
+        ] {
+            assert_eq!(refusal(body).id, None, "{body}");
+        }
+    }
+
+    #[test]
+    fn headers_must_match_body() {
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#)
+            .unwrap();
+        assert!(check_headers(&m, Some("tools/call"), Some("a")).is_ok());
+        assert!(check_headers(&m, None, None).is_ok());
+        assert_eq!(
+            check_headers(&m, Some("tools/list"), None)
+                .unwrap_err()
+                .reason(),
+            "mcp.header_mismatch"
+        );
+        assert_eq!(
+            check_headers(&m, None, Some("b")).unwrap_err().rpc_code(),
+            -32020
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(body in prop::collection::vec(any::<u8>(), 0..128)) {
+            let _ = parse_message(&body, 1024, 16);
+        }
+    }
+}

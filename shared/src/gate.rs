@@ -230,8 +230,8 @@ struct Context {
     message: Option<Result<McpMessage, McpError>>,
     is_mcp: bool,
     rpc_id: Option<Value>,
-    mcp_method_header: Option<String>,
-    mcp_name_header: Option<String>,
+    /// `Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`, every entry kept (a repetition is refused).
+    routing: mcp::RoutingHeaders,
     audit: AuditRecord,
     refetch: Option<usize>,
     /// The JSON-RPC error code of an MCP refusal, when it is not the status's default.
@@ -632,23 +632,22 @@ impl Gate {
             audit.rpc_method = m.method.clone();
             audit.rpc_id = m.id.clone();
         }
-        // Repeated headers are read as one comma-joined value (RFC 9110 §5.3), as every host would see them.
-        let header = |name: &str| {
-            let values: Vec<&str> = request
-                .headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim())
-                .collect();
-            (!values.is_empty()).then(|| values.join(", "))
+        let routing = if is_mcp {
+            mcp::RoutingHeaders::from_pairs(
+                request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+        } else {
+            mcp::RoutingHeaders::default()
         };
         Context {
             now_ms,
             peer: request.peer.map(str::to_string),
             is_mcp,
             rpc_id,
-            mcp_method_header: header("mcp-method"),
-            mcp_name_header: header("mcp-name"),
+            routing,
             message,
             audit,
             refetch: None,
@@ -710,11 +709,7 @@ impl Gate {
         };
         ctx.audit.rpc_method = message.method.clone();
         ctx.audit.rpc_id = message.id.clone();
-        if let Err(e) = mcp::check_headers(
-            &message,
-            ctx.mcp_method_header.as_deref(),
-            ctx.mcp_name_header.as_deref(),
-        ) {
+        if let Err(e) = mcp::routing::check(&message, &ctx.routing) {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
         let Some(Target::Tool(call)) = message.target else {

@@ -917,11 +917,16 @@ fn hosts_agree_on_joined_headers_and_empty_bodies() {
     // One header value holding two tokens joined by a comma is two tokens.
     let mut req = Req::mcp(&format!("{tok}, {tok}"), send_email());
     assert_eq!(reason_of(&mut gate, &req), (400, "token.multiple"));
-    // A repeated Mcp-Name is read joined, and so cannot match the body.
+    // A repeated Mcp-Name is refused, as two entries (Envoy) or joined into one value (fetch), even when
+    // each copy matches the body.
     req = Req::mcp(&tok, send_email());
     req.headers.push(("mcp-name".into(), "send_email".into()));
     req.headers.push(("Mcp-Name".into(), "send_email".into()));
-    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.header_mismatch"));
+    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.header_repeated"));
+    req = Req::mcp(&tok, send_email());
+    req.headers
+        .push(("mcp-name".into(), "send_email, send_email".into()));
+    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.header_repeated"));
     // An empty body is no body.
     assert_eq!(
         reason_of(&mut gate, &Req::mcp(&tok, Vec::new())),

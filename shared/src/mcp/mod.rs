@@ -12,9 +12,11 @@ use crate::json::{parse_strict, JsonError};
 
 mod list;
 mod path;
+pub mod routing;
 
 pub use list::filter_tools_list;
 pub use path::{is_normalized, normalize_path};
+pub use routing::RoutingHeaders;
 
 /// Longest tool or prompt name accepted at all (bytes). MCP recommends at most 128 characters.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -67,7 +69,20 @@ pub enum McpError {
     Meta {
         detail: &'static str,
     },
-    /// An `Mcp-Method` or `Mcp-Name` header that disagrees with the body.
+    /// A routing header (`Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`) sent more than once.
+    HeaderRepeated {
+        header: &'static str,
+    },
+    /// A routing header the request's protocol version requires is absent.
+    HeaderMissing {
+        header: &'static str,
+    },
+    /// A routing header value that cannot be read: bad characters, malformed or non-canonical base64.
+    HeaderInvalid {
+        header: &'static str,
+        detail: &'static str,
+    },
+    /// A routing header that disagrees with the body (`Mcp-Name` after decoding).
     HeaderMismatch {
         header: &'static str,
         header_value: String,
@@ -90,6 +105,9 @@ impl McpError {
             Self::ResourceUri { .. } => "mcp.resource_uri",
             Self::Arguments { .. } => "mcp.arguments",
             Self::Meta { .. } => "mcp.meta",
+            Self::HeaderRepeated { .. } => "mcp.header_repeated",
+            Self::HeaderMissing { .. } => "mcp.header_missing",
+            Self::HeaderInvalid { .. } => "mcp.header_invalid",
             Self::HeaderMismatch { .. } => "mcp.header_mismatch",
         }
     }
@@ -103,7 +121,12 @@ impl McpError {
             | Self::ResourceUri { .. }
             | Self::Arguments { .. }
             | Self::Meta { .. } => -32602,
-            Self::HeaderMismatch { .. } => -32020,
+            // HeaderMismatch (MCP 2026-07-28 basic/transports "Server Validation"): also for missing and
+            // malformed routing headers.
+            Self::HeaderRepeated { .. }
+            | Self::HeaderMissing { .. }
+            | Self::HeaderInvalid { .. }
+            | Self::HeaderMismatch { .. } => -32020,
             Self::BodyMissing | Self::TooLarge { .. } | Self::Invalid { .. } | Self::Batch => {
                 -32600
             }
@@ -142,6 +165,11 @@ impl fmt::Display for McpError {
                 write!(f, "{method}: params.arguments must be an object")
             }
             Self::Meta { detail } => write!(f, "params._meta: {detail}"),
+            Self::HeaderRepeated { header } => write!(f, "{header} header sent more than once"),
+            Self::HeaderMissing { header } => {
+                write!(f, "{header} header is required by this protocol version")
+            }
+            Self::HeaderInvalid { header, detail } => write!(f, "{header} header: {detail}"),
             Self::HeaderMismatch {
                 header,
                 header_value,
@@ -547,35 +575,6 @@ fn read_uri(params: &mut Option<Map<String, Value>>) -> Result<String, McpError>
     .map_err(|detail| McpError::ResourceUri { detail })
 }
 
-/// MCP 2026-07-28: `Mcp-Method` must equal the body's method and `Mcp-Name` its target's name or URI.
-pub fn check_headers(
-    message: &McpMessage,
-    mcp_method: Option<&str>,
-    mcp_name: Option<&str>,
-) -> Result<(), McpError> {
-    if let Some(header) = mcp_method {
-        let body = message.method.as_deref().unwrap_or("");
-        if header != body {
-            return Err(McpError::HeaderMismatch {
-                header: "Mcp-Method",
-                header_value: header.to_string(),
-                body_value: body.to_string(),
-            });
-        }
-    }
-    if let Some(header) = mcp_name {
-        let body = message.target.as_ref().map_or("", Target::name);
-        if header != body {
-            return Err(McpError::HeaderMismatch {
-                header: "Mcp-Name",
-                header_value: header.to_string(),
-                body_value: body.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// A JSON-RPC error response body.
 pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> String {
     let body = serde_json::json!({
@@ -820,24 +819,6 @@ mod tests {
         ] {
             assert_eq!(refusal(body).id, None, "{body}");
         }
-    }
-
-    #[test]
-    fn headers_must_match_body() {
-        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#)
-            .unwrap();
-        assert!(check_headers(&m, Some("tools/call"), Some("a")).is_ok());
-        assert!(check_headers(&m, None, None).is_ok());
-        assert_eq!(
-            check_headers(&m, Some("tools/list"), None)
-                .unwrap_err()
-                .reason(),
-            "mcp.header_mismatch"
-        );
-        assert_eq!(
-            check_headers(&m, None, Some("b")).unwrap_err().rpc_code(),
-            -32020
-        );
     }
 
     proptest! {

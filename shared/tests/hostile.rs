@@ -1847,8 +1847,9 @@ fn mcp_confusable_tool_names_are_refused_never_allowed() {
 
 /// Transaction Tokens draft: "never log a token verbatim". Every decision in this file already checks it
 /// (`decide_with`); this test adds the outcomes that carry the most detail (a `full` arguments audit, an
-/// allow with identity headers, a refused signature, a cache hit, a rate-limit refusal, a refusal with a
-/// `resource_metadata` challenge) and checks the SHA-256 is there instead.
+/// allow with identity headers, a refused signature, a cache hit, a rate-limit refusal, a refusal under a
+/// policy with `resource_metadata`) and checks the SHA-256 is there instead. The deprecated
+/// `mcp.resource_metadata` is not advertised: the challenge is `Txn-Token`, never OAuth discovery.
 #[test]
 fn transaction_tokens_the_token_is_never_logged() {
     let mut p = policy();
@@ -1874,6 +1875,19 @@ fn transaction_tokens_the_token_is_never_logged() {
     assert_eq!(outcomes[11].decision.reason, "ratelimit.exceeded");
     outcomes.push(decide(&mut gate, &tampered, &send_email()));
     assert_eq!(outcomes.last().unwrap().decision.reason, "token.signature");
+    let challenge = outcomes
+        .last()
+        .unwrap()
+        .decision
+        .response_headers
+        .iter()
+        .find(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(
+        challenge,
+        "Txn-Token error=\"invalid_token\", error_description=\"token.signature\""
+    );
     let hash = txngate_core::encoding::sha256_hex(token.as_bytes());
     for o in &outcomes {
         assert_not_logged(&token, o);

@@ -131,7 +131,7 @@ describe("both MCP generations through the Worker", () => {
   test("filtered lists are marked private: cacheScope in the result, Cache-Control on the response", async () => {
     const { token } = agentToken("lists-raw", "prompts:review");
     for (const [id, method] of [[1, "tools/list"], [2, "prompts/list"], [3, "resources/list"], [4, "resources/templates/list"]]) {
-      const r = await post(worker.url, { token, body: rpc(id, method), headers: { "mcp-protocol-version": "2026-07-28", "mcp-method": method } });
+      const r = await post(worker.url, { token, body: rpc(id, method) });
       assert.equal(r.status, 200, r.text);
       const message = r.json ?? JSON.parse(r.text.split("\n").filter((l) => l.startsWith("data:")).pop().slice(5));
       assert.equal(message.result.cacheScope, "private", `${method}: ${r.text}`);

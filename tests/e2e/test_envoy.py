@@ -264,6 +264,9 @@ def reached_server(stack) -> list[dict]:
     return server_requests(stack["server"].stderr_text())
 
 
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
 def skip_local_replies_on_sse(stack) -> None:
     """Refusals are Envoy local replies: the origin's wire format (JSON or SSE) plays no part, so they run once."""
     if stack["mode"] == "sse":
@@ -362,6 +365,7 @@ def test_modern_requests_without_routing_headers_are_refused(stack, minter):
     assert (err["status"], err["code"], err["body"]["error"]["data"]["reason"]) == (400, -32020, "mcp.header_missing"), out
     # A plain ASCII name wrapped in base64 is decoded before comparing: allowed.
     body = raw_http.tools_call_body("calendar_read", {"day": "mon"}, 5)
+    body["params"]["_meta"] = MODERN_META  # the SDK's server requires the 2026-07-28 envelope
     modern = {"Txn-Token": token, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call"}
     r = raw_http.post_jsonrpc(stack["url"], body, {**modern, "Mcp-Name": "=?base64?Y2FsZW5kYXJfcmVhZA==?="})
     assert r["status"] == 200, r

@@ -144,7 +144,10 @@ describe("both MCP generations through the Worker", () => {
     const out = await mcpCall(`${worker.url}/mcp`, { token, tool: "calendar_read", args: { day: "mon" }, drop: ["Mcp-Name"] });
     assert.deepEqual([out.error?.status, out.error?.code, out.error?.body?.error?.data?.reason], [400, -32020, "mcp.header_missing"], JSON.stringify(out));
     const modern = { "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call" };
-    let r = await post(worker.url, { token, body: toolCall(5, "calendar_read", { day: "mon" }), headers: { ...modern, "mcp-name": "=?base64?Y2FsZW5kYXJfcmVhZA==?=" } });
+    // The SDK's server requires the 2026-07-28 envelope in params._meta.
+    const meta = { "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {} };
+    const body = rpc(5, "tools/call", { name: "calendar_read", arguments: { day: "mon" }, _meta: meta });
+    let r = await post(worker.url, { token, body, headers: { ...modern, "mcp-name": "=?base64?Y2FsZW5kYXJfcmVhZA==?=" } });
     assert.equal(r.status, 200, r.text);
     r = await post(worker.url, { token, body: toolCall(6, "calendar_read", { day: "mon" }), headers: { ...modern, "mcp-name": "=?base64?Y2FsZW5kYXJfcmVhZA=?=" } });
     assert.equal(r.status, 400, r.text);

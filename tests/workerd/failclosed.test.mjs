@@ -86,7 +86,7 @@ describe("fail closed", () => {
       const r = await post(worker.url, { token: mint(key, claims(), { act: [A1] }), body: toolCall(42, "calendar_read", { day: "mon" }) });
       assert.equal(r.status, 502);
       assert.equal(r.json.id, 42);
-      assert.equal(r.json.error.code, -32603);
+      assert.equal(r.json.error.code, -31502);
       assert.equal(r.json.error.data.reason, "origin.fetch");
       assert.ok(!/127\.0\.0\.1|refused|ECONN|network/i.test(r.text), r.text);
       assert.ok(worker.logs.some((l) => l.includes('"txngate":"origin.fetch"')), "the detail is in the log");
@@ -117,7 +117,7 @@ describe("fail closed", () => {
       const r = await post(worker.url, { token: mint(key, claims(), { act: [A1] }), body: toolCall(44, "calendar_read", { day: "mon" }) });
       assert.equal(r.status, 502, r.text);
       assert.equal(r.json.id, 44);
-      assert.equal(r.json.error.code, -32603);
+      assert.equal(r.json.error.code, -31502);
       assert.equal(r.json.error.data.reason, "origin.fetch");
       assert.ok(!/127\.0\.0\.1|reset|ECONN|network|socket/i.test(r.text), r.text);
       assert.equal(resetting.state.hits, 1, "the origin saw the request");

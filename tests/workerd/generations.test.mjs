@@ -102,7 +102,7 @@ describe("both MCP generations through the Worker", () => {
       assert.deepEqual([out.error?.status, out.error?.code, out.error?.stage], [400, -32020, "read_resource"], JSON.stringify(out));
       assert.equal(out.error.body.error.data.reason, "mcp.header_mismatch");
       assert.equal(typeof out.error.body.id, "number");
-      out = await mcpCall(`${worker.url}/mcp`, { client, token, tool: "calendar_read", args: { day: "mon" }, overrides: { "Mcp-Name": "météo" } });
+      out = await mcpCall(`${worker.url}/mcp`, { client, token, tool: "calendar_read", args: { day: "mon" }, overrides: { "Mcp-Name": "delete_repo" } });
       assert.deepEqual([out.error?.status, out.error?.code], [400, -32020], JSON.stringify(out));
       const seen = seenBy(agent);
       assert.ok(seen.length > 0, "the opening requests reached the origin");

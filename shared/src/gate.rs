@@ -603,7 +603,8 @@ impl Gate {
         match result {
             Ok(state) => {
                 ctx.audit.limit = Some(audit_limit(&state));
-                let headers = rate_limit_headers(&policy_name, &state);
+                let mut headers = rate_limit_headers(&policy_name, &state);
+                headers.extend(authorized_read_headers(kind));
                 if state.allowed || ctx.audit.dry_run_reason.is_some() || dry_run {
                     if !state.allowed {
                         ctx.audit.dry_run_reason =
@@ -620,7 +621,13 @@ impl Gate {
             Err(e) => {
                 ctx.audit.detail = Some(e.to_string());
                 if limit.on_store_error == StoreErrorPolicy::Allow {
-                    return self.allow(ctx, &token, &delegation, Vec::new(), None);
+                    return self.allow(
+                        ctx,
+                        &token,
+                        &delegation,
+                        authorized_read_headers(kind),
+                        None,
+                    );
                 }
                 let message = format!("rate limit for {noun} {name:?} cannot be checked: {e}");
                 self.deny(
@@ -847,7 +854,7 @@ impl Gate {
                 ctx,
                 &token,
                 &delegation,
-                Vec::new(),
+                authorized_read_headers(kind),
                 None,
             )));
         };
@@ -1021,6 +1028,15 @@ impl Gate {
             audit: ctx.audit,
             refetch_issuer: ctx.refetch,
         }
+    }
+}
+
+/// Response headers of a call authorized by a rule: a `resources/read` result (cacheable in MCP) was served
+/// to this caller's authorization, so no shared HTTP cache may serve it to a caller txngate never saw.
+fn authorized_read_headers(kind: Kind) -> Vec<(String, String)> {
+    match kind {
+        Kind::Resource => vec![("cache-control".to_string(), "private".to_string())],
+        Kind::Tool | Kind::Prompt => Vec::new(),
     }
 }
 

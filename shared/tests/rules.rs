@@ -275,6 +275,11 @@ fn resources_are_authorized_by_uri_pattern() {
         assert_eq!(o.audit.resource.as_deref(), Some(uri));
         assert_eq!(o.audit.rule.as_deref(), Some(rule), "{uri}");
     }
+    // An authorized read is for this caller only: no shared HTTP cache may serve it to another.
+    let o = decide(&mut gate, &tok, read("file:///docs/public.txt"));
+    assert_eq!(header(&o, "cache-control"), Some("private"));
+    let o = decide(&mut gate, &tok, prompt("summarize", json!({})));
+    assert!(header(&o, "cache-control").is_none());
     let scope_less = token_for("spiffe://trust.example/agent/a", "email:send");
     assert_eq!(
         verdict(&mut gate, &scope_less, read("file:///docs/x")),
@@ -299,6 +304,10 @@ fn without_their_sections_prompts_and_resources_pass_on_token_and_delegation() {
     assert!(o.audit.rule.is_none());
     let o = decide(&mut gate, &tok, read("file:///etc/passwd"));
     assert_eq!(o.decision.reason, "allow");
+    assert!(
+        header(&o, "cache-control").is_none(),
+        "no rule, nothing per caller"
+    );
     assert_eq!(o.audit.resource.as_deref(), Some("file:///etc/passwd"));
     // Their lists are not filtered; tools/list always is.
     for method in ["prompts/list", "resources/list", "resources/templates/list"] {
@@ -350,6 +359,9 @@ fn rate_limits_have_per_kind_buckets() {
     ] {
         let o = decide_in(&mut gate, &tok, read(uri), &mut limiter);
         assert_eq!(o.decision.reason, reason, "{uri}");
+        if reason == "allow" {
+            assert_eq!(header(&o, "cache-control"), Some("private"));
+        }
     }
     assert!(limiter.keys.iter().all(|k| k == &limiter.keys[0]));
     assert!(

@@ -44,7 +44,7 @@ def test_vectors_cover_every_area_with_enough_cases():
         assert any(c.expect["verdict"] == "allow" for c in recipes), key
         assert any(c.expect["reason"] == "token.signature" for c in recipes), key
     # Few policies: real Envoy and workerd restart per policy.
-    assert len({c.policy for c in CASES}) <= 4
+    assert len({c.policy for c in CASES}) <= 8
     for case in CASES:
         load_policy(case.policy)
         for host in case.hosts:

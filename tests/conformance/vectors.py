@@ -32,11 +32,14 @@ _CASE_FIELDS = {"id", "description", "policy", "request", "token", "peer", "prio
 _REQUEST_FIELDS = {"method", "path", "headers", "body", "pad_body_to"}
 _TOKEN_FIELDS = {"key", "claims", "act", "header", "iat", "exp", "nbf", "tamper"}
 _LITERAL_FIELDS = {"literal", "repeat"}
-_RESPONSE_FIELDS = {"status", "content_type", "body", "expect_tools", "expect_names", "expect_cache_scope",
-                    "expect_cache_control"}
-#: The listed items of each list result, and the member naming each (tools/list, prompts/list, resources/list,
-#: resources/templates/list).
-_LIST_MEMBERS = (("tools", "name"), ("prompts", "name"), ("resources", "uri"), ("resourceTemplates", "uriTemplate"))
+#: The list a response check reads: expect field → (result member, entry member).
+_LIST_EXPECTATIONS = {
+    "expect_tools": ("tools", "name"),
+    "expect_prompts": ("prompts", "name"),
+    "expect_resources": ("resources", "uri"),
+    "expect_resource_templates": ("resourceTemplates", "uriTemplate"),
+}
+_RESPONSE_FIELDS = {"status", "content_type", "body", "expect_cache_scope", "expect_cache_control", *_LIST_EXPECTATIONS}
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 
@@ -154,8 +157,8 @@ def _validate_case(raw: dict, where: str, reasons: set[str]) -> None:
     resp = raw.get("response")
     if resp is not None:
         _check(isinstance(resp, dict) and not (set(resp) - _RESPONSE_FIELDS)
-               and ("expect_tools" in resp) != ("expect_names" in resp), where,
-               f"response fields: {sorted(_RESPONSE_FIELDS)} (one of expect_tools, expect_names required)")
+               and len(set(resp) & set(_LIST_EXPECTATIONS)) == 1, where,
+               f"response fields: {sorted(_RESPONSE_FIELDS)} (exactly one of {sorted(_LIST_EXPECTATIONS)})")
         _check(exp["verdict"] == "allow", where, "a response check needs an allowed request")
 
 
@@ -202,17 +205,31 @@ def lint_buckets(cases: list[Case]) -> None:
         owners[key] = case.id
 
 
+_NAMED_SECTIONS = {"tools/call": ("tools", "name"), "prompts/get": ("prompts", "name"), "resources/read": ("resources", "uri")}
+
+
 def bucket_of(case: Case) -> tuple | None:
-    """(policy, tool, key kind, id) of the bucket a case's tools/call consumes, if its rule has a rate limit."""
+    """(policy, section, name, key kind, id) of the bucket a case's tools/call, prompts/get or resources/read
+    consumes, if its rule has a rate limit. Names are exact (case-sensitive); a resource URI is reduced to a
+    conservative stand-in: any pattern rule with a limit counts as its bucket (its key), so cases that may share
+    one are flagged."""
     body = case.request.get("body")
-    if not isinstance(body, dict) or body.get("method") != "tools/call" or case.token is None or "claims" not in case.token:
+    if not isinstance(body, dict) or body.get("method") not in _NAMED_SECTIONS or case.token is None or "claims" not in case.token:
         return None
+    section, member = _NAMED_SECTIONS[body["method"]]
     params = body.get("params")
-    name = params.get("name") if isinstance(params, dict) else None
+    name = params.get(member) if isinstance(params, dict) else None
     if not isinstance(name, str):
         return None
-    tools = load_policy(case.policy).get("tools", {})
-    rule = next((r for n, r in tools.items() if n.lower() == name.lower()), tools.get("*"))
+    rules = load_policy(case.policy).get(section) or {}
+    if section == "resources":
+        rule_name = name if name in rules else next(
+            (k for k, r in sorted(rules.items()) if "*" in k and k != "*" and "rate_limit" in r
+             and fnmatch.fnmatchcase(name, k.replace("**", "*"))), "*")
+        rule = rules.get(rule_name)
+        name = rule_name
+    else:
+        rule = rules.get(name, rules.get("*"))
     if not rule or "rate_limit" not in rule:
         return None
     kind = rule["rate_limit"]["key"]
@@ -220,7 +237,7 @@ def bucket_of(case: Case) -> tuple | None:
     act = case.token.get("act") or []
     agent = act[0] if act else claims.get("req_wl")
     ident = {"agent": agent, "sub": claims.get("sub"), "tool": ""}[kind]
-    return (case.policy, name.lower(), kind, ident)
+    return (case.policy, section, name, kind, ident)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -386,9 +403,16 @@ def upstream_response_text(response: dict) -> tuple[str, bytes]:
     return ct, payload.encode()
 
 
-def list_result(content_type: str, body: str) -> tuple[list[str], dict] | None:
-    """(names, result) of a list response body (JSON or SSE): tools and prompts by name, resources by uri,
-    resource templates by uriTemplate; None if it is no list result."""
+def tools_in_response(content_type: str, body: str, member: str = "tools", field: str = "name") -> list[str] | None:
+    """Entry names in a list response body (JSON or SSE): tools/list by default; None if it is neither."""
+    result = list_result(content_type, body, member)
+    if result is None:
+        return None
+    return [t.get(field) for t in result[member] if isinstance(t, dict)]
+
+
+def list_result(content_type: str, body: str, member: str) -> dict | None:
+    """The `result` object of a list response (JSON or SSE) that has the array `member`; None otherwise."""
     docs = []
     if content_type.split(";")[0].strip().lower() == "text/event-stream":
         for event in body.replace("\r\n", "\n").split("\n\n"):
@@ -405,34 +429,26 @@ def list_result(content_type: str, body: str) -> tuple[list[str], dict] | None:
             return None
     for doc in docs:
         result = doc.get("result") if isinstance(doc, dict) else None
-        if not isinstance(result, dict):
-            continue
-        for member, key in _LIST_MEMBERS:
-            items = result.get(member)
-            if isinstance(items, list):
-                return [i.get(key) for i in items if isinstance(i, dict)], result
+        if isinstance(result, dict) and isinstance(result.get(member), list):
+            return result
     return None
 
 
-def tools_in_response(content_type: str, body: str) -> list[str] | None:
-    """Tool names in a tools/list response body (JSON or SSE); None if it is neither."""
-    found = list_result(content_type, body)
-    return found[0] if found else None
-
-
 def check_tools(case: Case, content_type: str, body: str, cache_control: str | None = None) -> tuple[bool, str]:
-    """The response part of a case: the names the caller sees (`expect_tools`, or `expect_names` for any list),
-    and when asked the result's `cacheScope` and the response's Cache-Control (which must contain the value)."""
-    resp = case.response
-    expected = resp["expect_tools"] if "expect_tools" in resp else resp["expect_names"]
-    found = list_result(content_type, body)
-    if found is None:
-        return False, f"response is not a list result ({content_type}): {body[:200]!r}"
-    got, result = found
+    """The list response check of a case: its `expect_*` entries, `expect_cache_scope` when given
+    (`null`: the result has no cacheScope), and `expect_cache_control` (a value the response's Cache-Control
+    must contain) when given."""
+    expect = next(k for k in _LIST_EXPECTATIONS if k in case.response)
+    member, field = _LIST_EXPECTATIONS[expect]
+    expected = case.response[expect]
+    result = list_result(content_type, body, member)
+    if result is None:
+        return False, f"response is not a {member} list result ({content_type}): {body[:200]!r}"
+    got = [t.get(field) for t in result[member] if isinstance(t, dict)]
     if got != expected:
-        return False, f"list response: expected {expected}, got {got}"
-    if "expect_cache_scope" in resp and result.get("cacheScope") != resp["expect_cache_scope"]:
-        return False, f"list response: cacheScope {result.get('cacheScope')!r}, expected {resp['expect_cache_scope']!r}"
-    if "expect_cache_control" in resp and resp["expect_cache_control"] not in (cache_control or ""):
-        return False, f"Cache-Control {cache_control!r} lacks {resp['expect_cache_control']!r}"
-    return True, "list response filtered as expected"
+        return False, f"{member} list response: expected {expected}, got {got}"
+    if "expect_cache_scope" in case.response and result.get("cacheScope") != case.response["expect_cache_scope"]:
+        return False, f"{member} list response: cacheScope {result.get('cacheScope')!r}, expected {case.response['expect_cache_scope']!r}"
+    if "expect_cache_control" in case.response and case.response["expect_cache_control"] not in (cache_control or ""):
+        return False, f"Cache-Control {cache_control!r} lacks {case.response['expect_cache_control']!r}"
+    return True, f"{member} list response filtered as expected"

@@ -1851,7 +1851,9 @@ fn mcp_2026_routing_header_smuggling_is_refused() {
             base64::engine::general_purpose::STANDARD.encode(s)
         )
     };
-    let cases: Vec<(&Vec<u8>, Vec<(&str, String)>, &str)> = vec![
+    /// A body, the routing headers sent with it, the expected reason.
+    type Smuggle<'a> = (&'a Vec<u8>, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Smuggle> = vec![
         (
             &read,
             vec![("Mcp-Name", "file:///docs/%61".into())],

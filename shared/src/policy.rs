@@ -265,7 +265,8 @@ impl Default for DelegationSpec {
 /// `act.sub`, or `req_wl` without `act`) must be a known agent and narrows the scope; prior actors are audited
 /// and bound nothing. Choose it when tokens come from token services that follow RFC 8693 to the letter and
 /// prior actors may be outside your policy (other trust domains, user agents you do not list). `max_depth`
-/// applies in both.
+/// applies in both. RFC 8693 §4.1 says a consumer "MUST only consider" the current actor: `narrow` departs from
+/// it on the strict side only (it never allows what `informational` refuses); `informational` is that reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriorActors {

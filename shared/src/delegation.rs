@@ -489,6 +489,26 @@ mod tests {
             }
         }
 
+        /// `narrow` departs from RFC 8693 §4.1 on the strict side only: whatever it allows, `informational`
+        /// allows too, with at least the same scope.
+        #[test]
+        fn narrow_never_allows_what_informational_refuses(
+            scope in "(calendar:read|email:send|email:read|admin)( (calendar:read|email:send|email:read|admin)){0,3}",
+            chain in prop::collection::vec(prop::sample::select(vec![
+                "spiffe://t/agent/x", "spiffe://t/agent/mailer", "spiffe://t/orchestrator", "spiffe://evil/x",
+            ]), 0..4)) {
+            let chain: Vec<String> = chain.into_iter().map(str::to_string).collect();
+            let narrow = evaluate(&policy("off"), &scopes(&scope), &chain, "spiffe://t/gw", None);
+            let informational =
+                evaluate(&policy_with("off", "informational"), &scopes(&scope), &chain, "spiffe://t/gw", None);
+            if let Ok(n) = narrow {
+                let i = informational.unwrap();
+                for s in ["calendar:read", "email:send", "email:read", "admin"] {
+                    prop_assert!(!n.effective_scope.allows(s) || i.effective_scope.allows(s));
+                }
+            }
+        }
+
         #[test]
         fn glob_matching_never_panics(pattern in "[a*/]{1,8}", id in "[a/é]{0,12}") {
             if let Ok(p) = AgentPattern::parse(&pattern) {

@@ -178,11 +178,11 @@ impl fmt::Display for TokenError {
             }
             Self::Header { detail } => write!(f, "token header: {detail}"),
             Self::Type { found, allowed } => {
-                let expected = if allowed.is_empty() {
-                    "\"txntoken+jwt\"".to_string()
-                } else {
-                    let quoted: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
-                    format!("one of this issuer's typ values [{}]", quoted.join(", "))
+                let quoted: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+                let expected = match quoted.as_slice() {
+                    [] => "\"txntoken+jwt\"".to_string(),
+                    [one] => one.clone(),
+                    more => format!("one of {}", more.join(", ")),
                 };
                 match found {
                     Some(t) => write!(f, "token typ is {t:?}, expected {expected}"),

@@ -205,7 +205,9 @@ impl std::error::Error for KeyError {}
 
 /// The parsed key. Ed25519 and P-256 keys are decoded (and so checked for being on their curve, and for small
 /// order) in every build; RSA keys are checked on their bytes, and only the `rust-verify` build also builds an
-/// RSA key object, since only that build can verify with it.
+/// RSA key object, since only that build can verify with it. P-384 points are checked on the curve only by the
+/// `rust-verify` build (`p384`); elsewhere the coordinates' lengths are checked and the host's WebCrypto import
+/// checks the point.
 #[derive(Clone)]
 #[cfg_attr(not(feature = "rust-verify"), allow(dead_code))]
 enum Material {

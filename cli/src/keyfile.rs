@@ -15,6 +15,8 @@ use txngate_core::Algorithm;
 pub enum SigningKey {
     Ed25519(ed25519_compact::SecretKey),
     P256(p256::ecdsa::SigningKey),
+    /// ES384: RFC 6979 deterministic ECDSA over P-384 / SHA-384, `r ‖ s` (96 bytes).
+    P384(p384::ecdsa::SigningKey),
     Rsa(Box<StrongKey<rsa::RsaPrivateKey>>, Algorithm),
 }
 
@@ -29,6 +31,11 @@ impl PrivateJwk {
         match &self.key {
             SigningKey::Ed25519(sk) => Ed25519.sign(sk, message).as_bytes().into_owned(),
             SigningKey::P256(sk) => Es256.sign(sk, message).as_bytes().into_owned(),
+            SigningKey::P384(sk) => {
+                use p384::ecdsa::signature::Signer as _;
+                let sig: p384::ecdsa::Signature = sk.sign(message);
+                sig.to_bytes().to_vec()
+            }
             SigningKey::Rsa(sk, alg) => {
                 let rsa = if *alg == Algorithm::PS256 {
                     Rsa::ps256()
@@ -48,7 +55,8 @@ impl PrivateJwk {
 pub fn generate(alg: Algorithm, kid: &str) -> Result<(Value, Value)> {
     let mut rng = OsRng;
     let (private, public) = match alg {
-        Algorithm::EdDSA => {
+        // The same Ed25519 key pair under either name; the JWK's `alg` says which one it is bound to.
+        Algorithm::EdDSA | Algorithm::Ed25519 => {
             let mut seed = [0u8; 32];
             rng.fill_bytes(&mut seed);
             let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
@@ -67,6 +75,17 @@ pub fn generate(alg: Algorithm, kid: &str) -> Result<(Value, Value)> {
             (
                 json!({"kty":"EC","crv":"P-256","x":x,"y":y,"d":d}),
                 json!({"kty":"EC","crv":"P-256","x":x,"y":y}),
+            )
+        }
+        Algorithm::ES384 => {
+            let sk = p384::ecdsa::SigningKey::random(&mut rng);
+            let point = sk.verifying_key().to_encoded_point(false);
+            let x = encode_b64url(point.x().ok_or_else(|| anyhow!("P-384 point without x"))?);
+            let y = encode_b64url(point.y().ok_or_else(|| anyhow!("P-384 point without y"))?);
+            let d = encode_b64url(&sk.to_bytes());
+            (
+                json!({"kty":"EC","crv":"P-384","x":x,"y":y,"d":d}),
+                json!({"kty":"EC","crv":"P-384","x":x,"y":y}),
             )
         }
         Algorithm::RS256 | Algorithm::PS256 => {
@@ -119,7 +138,8 @@ fn member(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>> {
     decode_b64url(text).ok_or_else(|| anyhow!("private JWK: member {name:?} is not base64url"))
 }
 
-/// Reads a private JWK written by `keygen` (or any Ed25519 / P-256 / RSA private JWK with `alg`).
+/// Reads a private JWK written by `keygen` (or any Ed25519 / P-256 / P-384 / RSA private JWK; `alg` picks
+/// between EdDSA and Ed25519, and between RS256 and PS256).
 pub fn read_private(text: &str) -> Result<PrivateJwk> {
     let v: Value = serde_json::from_str(text).context("private JWK is not JSON")?;
     let obj = v
@@ -137,13 +157,27 @@ pub fn read_private(text: &str) -> Result<PrivateJwk> {
                 .try_into()
                 .map_err(|_| anyhow!("Ed25519 seed must be 32 bytes"))?;
             let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(seed));
-            (SigningKey::Ed25519(pair.sk), Algorithm::EdDSA)
+            let alg = match named {
+                Some(Algorithm::Ed25519) => Algorithm::Ed25519,
+                _ => Algorithm::EdDSA,
+            };
+            (SigningKey::Ed25519(pair.sk), alg)
         }
         "EC" => {
             let d = member(obj, "d")?;
-            let sk = p256::ecdsa::SigningKey::from_slice(&d)
-                .map_err(|e| anyhow!("P-256 private key: {e}"))?;
-            (SigningKey::P256(sk), Algorithm::ES256)
+            match obj.get("crv").and_then(Value::as_str) {
+                Some("P-384") => {
+                    let sk = p384::ecdsa::SigningKey::from_slice(&d)
+                        .map_err(|e| anyhow!("P-384 private key: {e}"))?;
+                    (SigningKey::P384(sk), Algorithm::ES384)
+                }
+                Some("P-256") | None => {
+                    let sk = p256::ecdsa::SigningKey::from_slice(&d)
+                        .map_err(|e| anyhow!("P-256 private key: {e}"))?;
+                    (SigningKey::P256(sk), Algorithm::ES256)
+                }
+                Some(other) => bail!("private JWK: unsupported curve {other:?}"),
+            }
         }
         "RSA" => {
             let big = |n: &str| member(obj, n).map(|b| rsa::BigUint::from_bytes_be(&b));

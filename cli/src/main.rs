@@ -102,7 +102,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Compile a policy; exit 1 with the JSON path of the first fault.
+    /// Compile a policy; exit 1 with the JSON path of the first fault. Warnings (the policy loads but says
+    /// something it probably should not) are printed on standard error, exit 0.
     Validate { file: PathBuf },
     /// Print the policy JSON Schema.
     Schema,
@@ -112,8 +113,13 @@ enum PolicyCommand {
 enum AlgArg {
     #[value(name = "EdDSA")]
     EdDsa,
+    /// RFC 9864's fully specified name for Ed25519 signatures.
+    #[value(name = "Ed25519")]
+    Ed25519,
     #[value(name = "ES256")]
     Es256,
+    #[value(name = "ES384")]
+    Es384,
     #[value(name = "RS256")]
     Rs256,
     #[value(name = "PS256")]
@@ -124,7 +130,9 @@ impl From<AlgArg> for Algorithm {
     fn from(a: AlgArg) -> Self {
         match a {
             AlgArg::EdDsa => Self::EdDSA,
+            AlgArg::Ed25519 => Self::Ed25519,
             AlgArg::Es256 => Self::ES256,
+            AlgArg::Es384 => Self::ES384,
             AlgArg::Rs256 => Self::RS256,
             AlgArg::Ps256 => Self::PS256,
         }
@@ -195,8 +203,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let bytes = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             match Policy::from_json(&bytes) {
-                Ok(_) => {
-                    println!("{}: ok", file.display());
+                Ok(policy) => {
+                    let warnings = policy.warnings();
+                    for w in &warnings {
+                        eprintln!("{}: warning: {w}", file.display());
+                    }
+                    match warnings.len() {
+                        0 => println!("{}: ok", file.display()),
+                        n => println!(
+                            "{}: ok ({n} warning{})",
+                            file.display(),
+                            if n == 1 { "" } else { "s" }
+                        ),
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {

@@ -126,7 +126,7 @@ const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"n
 
 #[test]
 fn keygen_mint_check_allows_each_algorithm() {
-    for alg in ["EdDSA", "ES256", "RS256"] {
+    for alg in ["EdDSA", "Ed25519", "ES256", "ES384", "RS256"] {
         let s = Setup::new(alg);
         let tok = s.mint(&claims(), &["--act", "spiffe://trust.example/agent/mailer"]);
         let (code, out) = s.check(&tok, CALL, &[]);
@@ -222,6 +222,60 @@ fn policy_validate_points_at_the_bad_field() {
         None,
     );
     assert_eq!(o.status.code(), Some(1));
+}
+
+/// The fully specified and the new algorithms sign tokens whose header names the key's one algorithm; a
+/// token naming the other name of the same Ed25519 key is refused (one name per key).
+#[test]
+fn ed25519_and_es384_tokens() {
+    let s = Setup::new("Ed25519");
+    let tok = s.mint(&claims(), &[]);
+    let header: Value = serde_json::from_slice(
+        &txngate_core::encoding::decode_b64url(tok.split('.').next().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "Ed25519");
+    let renamed = s.mint(&claims(), &["--header", r#"{"alg":"EdDSA"}"#]);
+    let (code, out) = s.check(&renamed, CALL, &[]);
+    assert_eq!(
+        (code, out["decision"]["reason"].as_str()),
+        (3, Some("token.alg_mismatch"))
+    );
+
+    let s = Setup::new("ES384");
+    let tok = s.mint(&claims(), &[]);
+    let signature = tok.rsplit('.').next().unwrap();
+    assert_eq!(
+        txngate_core::encoding::decode_b64url(signature)
+            .unwrap()
+            .len(),
+        96
+    );
+    let (code, _) = s.check(&flip_char(&tok, tok.len() - 5), CALL, &[]);
+    assert_eq!(code, 3);
+}
+
+/// `policy validate` exits 0 on a policy that loads, and prints its warnings (issuer without `iss`,
+/// `mcp.resource_metadata`).
+#[test]
+fn policy_validate_prints_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.json");
+    std::fs::write(&file, r#"{"trust_domain":"t","issuers":[{"name":"i","jwks_uri":"https://i/j"}],"mcp":{"resource_metadata":"https://gw/.well-known/oauth-protected-resource"}}"#).unwrap();
+    let o = txngate(&["policy", "validate", file.to_str().unwrap()], None);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: policy: at /issuers/0:"), "{err}");
+    assert!(
+        err.contains("at /mcp/resource_metadata: no longer advertised"),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("ok (2 warnings)"), "{}", stdout(&o));
+    std::fs::write(&file, r#"{"trust_domain":"t","issuers":[{"name":"i","iss":"https://i","jwks_uri":"https://i/j"}]}"#).unwrap();
+    let o = txngate(&["policy", "validate", file.to_str().unwrap()], None);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).is_empty());
+    assert!(stdout(&o).trim().ends_with(": ok"));
 }
 
 #[test]

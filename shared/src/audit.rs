@@ -2,7 +2,63 @@
 //! itself never appears, only its SHA-256; arguments appear hashed, in full or not at all, per policy.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// The agent fields of a token's `agentic_ctx` claim (draft-araut-oauth-transaction-tokens-for-agents-02
+/// §3.6.1, its normative fields, under the draft's names). Only these are kept: deployment-specific members
+/// (posture, provenance, identity details) may be sensitive and are unbounded, so they stay in the token. A
+/// member of the wrong JSON type, longer than 1024 bytes or with control characters is left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgenticAudit {
+    /// The agent currently executing the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_actor: Option<String>,
+    /// The agent that started the transaction chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub originator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_metadata: Option<ChainMetadataAudit>,
+}
+
+/// `agentic_ctx.chain_metadata`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainMetadataAudit {
+    /// Agent transitions in the chain (1 at first issuance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop_count: Option<u64>,
+    /// The lowest assurance level of any agent in the chain (deployment-defined values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_assurance_level: Option<String>,
+}
+
+impl AgenticAudit {
+    /// The agent fields of `claims["agentic_ctx"]`, or None when the claim is absent or carries none.
+    pub fn from_claims(claims: &Map<String, Value>) -> Option<Self> {
+        let ctx = claims.get("agentic_ctx")?.as_object()?;
+        let text = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .filter(|s| !s.is_empty() && s.len() <= 1024 && !s.chars().any(char::is_control))
+                .map(str::to_string)
+        };
+        let chain_metadata = ctx
+            .get("chain_metadata")
+            .and_then(Value::as_object)
+            .map(|m| ChainMetadataAudit {
+                hop_count: m.get("hop_count").and_then(Value::as_u64),
+                min_assurance_level: text(m.get("min_assurance_level")),
+            })
+            .filter(|m| m.hop_count.is_some() || m.min_assurance_level.is_some());
+        let audit = Self {
+            current_actor: text(ctx.get("current_actor")),
+            originator: text(ctx.get("originator")),
+            chain_metadata,
+        };
+        (audit.current_actor.is_some()
+            || audit.originator.is_some()
+            || audit.chain_metadata.is_some())
+        .then_some(audit)
+    }
+}
 
 /// The rate-limit part of an audit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +100,9 @@ pub struct AuditRecord {
     pub actors: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub req_wl: Option<String>,
+    /// The agent fields of the token's `agentic_ctx` claim, when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agentic_ctx: Option<AgenticAudit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,6 +151,7 @@ impl AuditRecord {
             agent: None,
             actors: Vec::new(),
             req_wl: None,
+            agentic_ctx: None,
             peer: None,
             issuer: None,
             method: method.to_string(),
@@ -164,7 +224,28 @@ pub fn rfc3339(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn agentic_ctx_keeps_the_drafts_agent_fields_only() {
+        let claims = serde_json::json!({"agentic_ctx": {
+            "current_actor": "spiffe://t/agent/billing",
+            "originator": "3p-assistant",
+            "chain_metadata": {"hop_count": 2, "min_assurance_level": "low", "extra": 1},
+            "posture": {"tee": "nitro"}
+        }});
+        let audit = AgenticAudit::from_claims(claims.as_object().unwrap()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&audit).unwrap(),
+            serde_json::json!({"current_actor": "spiffe://t/agent/billing", "originator": "3p-assistant",
+                               "chain_metadata": {"hop_count": 2, "min_assurance_level": "low"}})
+        );
+        let odd = serde_json::json!({"agentic_ctx": {"current_actor": 7, "originator": "a\nb",
+                                                     "chain_metadata": {"hop_count": -1}}});
+        assert_eq!(AgenticAudit::from_claims(odd.as_object().unwrap()), None);
+        assert_eq!(AgenticAudit::from_claims(&Map::new()), None);
+    }
 
     #[test]
     fn rfc3339_known_dates() {

@@ -1,10 +1,17 @@
 //! Delegation: who is acting. The `act` claim (RFC 8693) nests actors outermost-first; the outermost `act.sub`
-//! is the agent making this call, the inner ones delegated to it. Every actor must be a known agent, and the
-//! call may do only what the token grants and every actor's ceiling allows: permissions only narrow.
+//! is the agent making this call (the current actor), the inner ones delegated to it (prior actors).
+//!
+//! Two policies for prior actors (`delegation.prior_actors`):
+//! - `narrow` (default): every actor must be a known agent, and the call may do only what the token grants
+//!   and every actor's ceiling allows: permissions only narrow along the chain.
+//! - `informational` (RFC 8693 §4.1: "only the top-level claims and the current actor are to be considered
+//!   in evaluating access control decisions"): only the current actor must be a known agent and narrows the
+//!   token's scope; prior actors are recorded in the audit record and bound nothing. `max_depth` applies in
+//!   both.
 
 use core::fmt;
 
-use crate::policy::{PeerBinding, Policy};
+use crate::policy::{PeerBinding, Policy, PriorActors};
 use crate::scope::ScopeSet;
 
 /// A SPIFFE ID pattern: `*` matches within one path segment, `**` across segments.
@@ -202,7 +209,12 @@ pub fn evaluate(
         act_chain.to_vec()
     };
     let mut effective = token_scope.clone();
-    for actor in &actors {
+    // Which actors narrow: all of them, or (RFC 8693 §4.1) only the current one.
+    let deciding = match policy.spec().delegation.prior_actors {
+        PriorActors::Narrow => actors.len(),
+        PriorActors::Informational => 1,
+    };
+    for actor in actors.iter().take(deciding) {
         let ceiling =
             policy
                 .agents
@@ -246,6 +258,10 @@ mod tests {
     use serde_json::json;
 
     fn policy(binding: &str) -> Policy {
+        policy_with(binding, "narrow")
+    }
+
+    fn policy_with(binding: &str, prior_actors: &str) -> Policy {
         let v = json!({
             "trust_domain": "t",
             "issuers": [{"name": "i", "jwks_uri": "https://i/jwks"}],
@@ -255,7 +271,7 @@ mod tests {
                 "spiffe://t/agent/mailer": {"max_scopes": ["email:*"]},
                 "spiffe://t/gw": {"max_scopes": ["*"]}
             },
-            "delegation": {"max_depth": 2},
+            "delegation": {"max_depth": 2, "prior_actors": prior_actors},
             "peer_binding": binding
         });
         Policy::from_json(&serde_json::to_vec(&v).unwrap()).unwrap()
@@ -340,6 +356,76 @@ mod tests {
         );
     }
 
+    /// RFC 8693 §4.1: with `informational`, prior actors neither need to be known nor narrow; the current
+    /// actor still must be known and still narrows, and the depth bound still holds.
+    #[test]
+    fn informational_prior_actors_only_the_current_actor_decides() {
+        let p = policy_with("off", "informational");
+        let chain = vec![
+            "spiffe://t/agent/research".to_string(),
+            "spiffe://elsewhere/unknown".to_string(),
+        ];
+        let d = evaluate(
+            &p,
+            &scopes("calendar:read email:send admin"),
+            &chain,
+            "spiffe://t/gw",
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.agent, "spiffe://t/agent/research");
+        assert_eq!(d.actors, chain);
+        assert_eq!(d.effective_scope.to_claim(), "calendar:read email:send");
+        // The same chain under `narrow`: the unknown prior actor refuses it.
+        assert_eq!(
+            evaluate(&policy("off"), &scopes("a"), &chain, "spiffe://t/gw", None)
+                .unwrap_err()
+                .reason(),
+            "delegation.unknown_agent"
+        );
+        // A narrow prior actor does not narrow under `informational`.
+        let chain = vec![
+            "spiffe://t/orchestrator".to_string(),
+            "spiffe://t/agent/mailer".to_string(),
+        ];
+        let d = evaluate(
+            &p,
+            &scopes("admin email:read"),
+            &chain,
+            "spiffe://t/gw",
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.effective_scope.to_claim(), "admin email:read");
+        let d = evaluate(
+            &policy("off"),
+            &scopes("admin email:read"),
+            &chain,
+            "spiffe://t/gw",
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.effective_scope.to_claim(), "email:read");
+        // The current actor must still be known.
+        let chain = vec![
+            "spiffe://evil/x".to_string(),
+            "spiffe://t/orchestrator".to_string(),
+        ];
+        assert_eq!(
+            evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", None).unwrap_err(),
+            DelegationError::UnknownAgent {
+                agent: "spiffe://evil/x".into()
+            }
+        );
+        let chain: Vec<String> = (0..3).map(|i| format!("spiffe://t/agent/{i}")).collect();
+        assert_eq!(
+            evaluate(&p, &scopes("a"), &chain, "spiffe://t/gw", None)
+                .unwrap_err()
+                .reason(),
+            "delegation.depth"
+        );
+    }
+
     #[test]
     fn depth_is_bounded() {
         let chain: Vec<String> = (0..3).map(|i| format!("spiffe://t/agent/{i}")).collect();
@@ -400,6 +486,26 @@ mod tests {
             let b = evaluate(&p, &scopes(&scope), &longer, "spiffe://t/gw", None).unwrap();
             for s in ["calendar:read", "email:send", "email:read", "admin"] {
                 prop_assert!(!b.effective_scope.allows(s) || a.effective_scope.allows(s));
+            }
+        }
+
+        /// `narrow` departs from RFC 8693 §4.1 on the strict side only: whatever it allows, `informational`
+        /// allows too, with at least the same scope.
+        #[test]
+        fn narrow_never_allows_what_informational_refuses(
+            scope in "(calendar:read|email:send|email:read|admin)( (calendar:read|email:send|email:read|admin)){0,3}",
+            chain in prop::collection::vec(prop::sample::select(vec![
+                "spiffe://t/agent/x", "spiffe://t/agent/mailer", "spiffe://t/orchestrator", "spiffe://evil/x",
+            ]), 0..4)) {
+            let chain: Vec<String> = chain.into_iter().map(str::to_string).collect();
+            let narrow = evaluate(&policy("off"), &scopes(&scope), &chain, "spiffe://t/gw", None);
+            let informational =
+                evaluate(&policy_with("off", "informational"), &scopes(&scope), &chain, "spiffe://t/gw", None);
+            if let Ok(n) = narrow {
+                let i = informational.unwrap();
+                for s in ["calendar:read", "email:send", "email:read", "admin"] {
+                    prop_assert!(!n.effective_scope.allows(s) || i.effective_scope.allows(s));
+                }
             }
         }
 

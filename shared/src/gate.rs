@@ -518,6 +518,14 @@ impl Gate {
             };
             return self.deny_token(ctx, &e);
         }
+        // The `typ` allow-list is the selected key's issuer's (default exactly `txntoken+jwt`).
+        let allowed_typ = self
+            .keys
+            .issuer(issuer)
+            .map_or(&[][..], |i| i.typ.as_slice());
+        if let Err(e) = untrusted.check_type(allowed_typ) {
+            return self.deny_token(ctx, &e);
+        }
         ctx.audit.issuer = self.keys.issuer(issuer).map(|i| i.name.clone());
         let pending = PendingSignature {
             ctx,
@@ -716,6 +724,7 @@ impl Gate {
         ctx.audit.txn = Some(token.txn.clone());
         ctx.audit.sub = Some(token.sub.clone());
         ctx.audit.req_wl = Some(token.req_wl.clone());
+        ctx.audit.agentic_ctx = crate::audit::AgenticAudit::from_claims(&token.claims);
         if ctx.audit.issuer.is_none() {
             ctx.audit.issuer = self.keys.issuer(token.issuer).map(|i| i.name.clone());
         }

@@ -14,24 +14,48 @@ use serde_json::{Map, Value};
 use crate::encoding::{decode_b64url, sha256_hex};
 use crate::json::{parse_strict, JsonError};
 
-/// The JWS algorithms txngate verifies. Anything else (none, HS*, ES384, ...) is refused by name.
+/// The JWS algorithms txngate verifies. Anything else (none, HS*, ES512, Ed448, ...) is refused by name.
+/// `EdDSA` and `Ed25519` (RFC 9864's fully specified name for the same Ed25519 signature) are two names, and
+/// a key is bound to one of them: a token must name the one its key is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
     EdDSA,
+    /// RFC 9864: EdDSA over Ed25519, fully specified.
+    Ed25519,
     ES256,
+    /// ECDSA over P-384 with SHA-384 (RFC 7518 §3.4).
+    ES384,
     RS256,
     PS256,
 }
 
 impl Algorithm {
-    pub const ALL: [Self; 4] = [Self::EdDSA, Self::ES256, Self::RS256, Self::PS256];
+    pub const ALL: [Self; 6] = [
+        Self::EdDSA,
+        Self::Ed25519,
+        Self::ES256,
+        Self::ES384,
+        Self::RS256,
+        Self::PS256,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::EdDSA => "EdDSA",
+            Self::Ed25519 => "Ed25519",
             Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
             Self::RS256 => "RS256",
             Self::PS256 => "PS256",
+        }
+    }
+
+    /// The length of a well-formed JWS signature, where it is fixed by the algorithm (RFC 7518 §3.4: `r ‖ s`).
+    pub fn signature_len(self) -> Option<usize> {
+        match self {
+            Self::EdDSA | Self::Ed25519 | Self::ES256 => Some(64),
+            Self::ES384 => Some(96),
+            Self::RS256 | Self::PS256 => None,
         }
     }
 
@@ -142,11 +166,11 @@ impl fmt::Display for KeyError {
                 write!(f, "key {index}: member {member:?} is not canonical unpadded base64url")
             }
             Self::UnsupportedKeyType { index, kty, crv } => match crv {
-                Some(crv) => write!(f, "key {index}: unsupported key type {kty:?} with curve {crv:?} (supported: OKP/Ed25519, EC/P-256, RSA)"),
-                None => write!(f, "key {index}: unsupported key type {kty:?} (supported: OKP/Ed25519, EC/P-256, RSA)"),
+                Some(crv) => write!(f, "key {index}: unsupported key type {kty:?} with curve {crv:?} (supported: OKP/Ed25519, EC/P-256, EC/P-384, RSA)"),
+                None => write!(f, "key {index}: unsupported key type {kty:?} (supported: OKP/Ed25519, EC/P-256, EC/P-384, RSA)"),
             },
             Self::UnsupportedAlgorithm { index, alg } => {
-                write!(f, "key {index}: unsupported alg {alg:?} (supported: EdDSA, ES256, RS256, PS256)")
+                write!(f, "key {index}: unsupported alg {alg:?} (supported: EdDSA, Ed25519, ES256, ES384, RS256, PS256)")
             }
             Self::AlgorithmNotAllowed { index, alg, allowed } => {
                 let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
@@ -181,7 +205,9 @@ impl std::error::Error for KeyError {}
 
 /// The parsed key. Ed25519 and P-256 keys are decoded (and so checked for being on their curve, and for small
 /// order) in every build; RSA keys are checked on their bytes, and only the `rust-verify` build also builds an
-/// RSA key object, since only that build can verify with it.
+/// RSA key object, since only that build can verify with it. P-384 points are checked on the curve only by the
+/// `rust-verify` build (`p384`); elsewhere the coordinates' lengths are checked and the host's WebCrypto import
+/// checks the point.
 #[derive(Clone)]
 #[cfg_attr(not(feature = "rust-verify"), allow(dead_code))]
 enum Material {
@@ -197,6 +223,14 @@ enum Material {
     /// A P-256 key (checked on the curve) in a build without the core's verifiers.
     #[cfg(not(feature = "rust-verify"))]
     P256,
+    /// A P-384 key, checked on the curve at load (`p384`).
+    #[cfg(feature = "rust-verify")]
+    P384(p384::ecdsa::VerifyingKey),
+    /// A P-384 key in a build without the core's verifiers (the Worker): its coordinates have the right
+    /// length; the point itself is checked by the host's WebCrypto import, and a key it refuses verifies
+    /// nothing (fail closed). `p384` is not linked there, to keep the Worker small.
+    #[cfg(not(feature = "rust-verify"))]
+    P384,
     #[cfg(feature = "rust-verify")]
     Rsa(StrongKey<rsa::RsaPublicKey>),
     /// An RSA key in a build without the core's verifiers: the host verifies with its JWK.
@@ -251,11 +285,16 @@ impl PublicKey {
     pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
         // jwt-compact's fixed-size signature constructors copy without checking the length (a panic on a
         // short signature), so the length is checked here first.
-        if matches!(self.alg, Algorithm::EdDSA | Algorithm::ES256) && signature.len() != 64 {
+        if self
+            .alg
+            .signature_len()
+            .is_some_and(|len| signature.len() != len)
+        {
             return false;
         }
         match (&self.material, self.alg) {
-            (Material::Ed25519(key), Algorithm::EdDSA) => {
+            // `EdDSA` and `Ed25519` are two names of one signature scheme (RFC 9864).
+            (Material::Ed25519(key), Algorithm::EdDSA | Algorithm::Ed25519) => {
                 match ed25519_dalek::Signature::from_slice(signature) {
                     Ok(sig) => key.verify_strict(signing_input, &sig).is_ok(),
                     Err(_) => false,
@@ -263,6 +302,14 @@ impl PublicKey {
             }
             (Material::P256(table), Algorithm::ES256) => {
                 es256::verify(table, signing_input, signature)
+            }
+            // ECDSA verification (SHA-384 digest, `r` and `s` in [1, n-1]); a high `s` is valid ECDSA.
+            (Material::P384(key), Algorithm::ES384) => {
+                use p384::ecdsa::signature::Verifier as _;
+                match p384::ecdsa::Signature::from_slice(signature) {
+                    Ok(sig) => key.verify(signing_input, &sig).is_ok(),
+                    Err(_) => false,
+                }
             }
             (Material::Rsa(key), Algorithm::RS256 | Algorithm::PS256) => {
                 let expected_len = rsa::traits::PublicKeyParts::size(key.as_ref());
@@ -474,9 +521,10 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                 );
                 #[cfg(not(feature = "rust-verify"))]
                 let material = Material::Ed25519;
+                // Preference order for a key without `alg`: EdDSA (the name such keys always had) first.
                 (
                     material,
-                    vec![Algorithm::EdDSA],
+                    vec![Algorithm::EdDSA, Algorithm::Ed25519],
                     public_members(obj, &["kty", "crv", "x"]),
                 )
             }
@@ -502,6 +550,31 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                 (
                     material,
                     vec![Algorithm::ES256],
+                    public_members(obj, &["kty", "crv", "x", "y"]),
+                )
+            }
+            ("EC", Some("P-384")) => {
+                let x = bytes_member(obj, index, "x")?;
+                let y = bytes_member(obj, index, "y")?;
+                if x.len() != 48 || y.len() != 48 {
+                    return Err(KeyError::InvalidPoint { index });
+                }
+                #[cfg(feature = "rust-verify")]
+                let material = {
+                    let mut sec1 = Vec::with_capacity(97);
+                    sec1.push(0x04);
+                    sec1.extend_from_slice(&x);
+                    sec1.extend_from_slice(&y);
+                    Material::P384(
+                        p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                            .map_err(|_| KeyError::InvalidPoint { index })?,
+                    )
+                };
+                #[cfg(not(feature = "rust-verify"))]
+                let material = Material::P384;
+                (
+                    material,
+                    vec![Algorithm::ES384],
                     public_members(obj, &["kty", "crv", "x", "y"]),
                 )
             }
@@ -569,6 +642,8 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                 .collect();
             match candidates.as_slice() {
                 [one] => *one,
+                // An Ed25519 key fits two names of one scheme: the first allowed (EdDSA, then Ed25519).
+                [first, ..] if fits.contains(&Algorithm::EdDSA) => *first,
                 [] => {
                     let first = fits.first().copied().unwrap_or(Algorithm::RS256);
                     return Err(KeyError::AlgorithmNotAllowed {
@@ -777,8 +852,13 @@ pub enum KeySource {
 #[derive(Debug, Clone)]
 pub struct IssuerKeys {
     pub name: String,
+    /// The `iss` this issuer's tokens carry. RFC 8725 §3.8: a token with an `iss` is accepted only from a key
+    /// of an issuer that declares that very `iss`; an issuer without one verifies only tokens without `iss`.
     pub iss: Option<String>,
     pub algorithms: Vec<Algorithm>,
+    /// JOSE `typ` values accepted from this issuer (media types: compared case-insensitively, with or
+    /// without the `application/` prefix, RFC 7515 §4.1.9).
+    pub typ: Vec<String>,
     pub source: KeySource,
     keys: Option<Arc<KeySet>>,
     fetched_at_ms: Option<u64>,
@@ -787,6 +867,11 @@ pub struct IssuerKeys {
 }
 
 impl IssuerKeys {
+    /// Whether a token header's `typ` is one this issuer may use.
+    pub fn accepts_typ(&self, typ: &str) -> bool {
+        self.typ.iter().any(|allowed| same_media_type(allowed, typ))
+    }
+
     /// The current set, fresh or stale (None until a remote set is first fetched).
     pub fn key_set(&self) -> Option<&KeySet> {
         self.keys.as_deref()
@@ -796,6 +881,21 @@ impl IssuerKeys {
         self.fetched_at_ms
     }
 }
+
+/// Media type names compare case-insensitively, and a JOSE `typ` may omit the `application/` prefix (RFC 7515
+/// §4.1.9): `application/TxnToken+JWT` is `txntoken+jwt`. Nothing else is folded (no parameters, no spaces).
+pub fn same_media_type(a: &str, b: &str) -> bool {
+    fn bare(t: &str) -> &str {
+        t.get(..12)
+            .filter(|p| p.eq_ignore_ascii_case("application/"))
+            .map_or(t, |_| t.get(12..).unwrap_or(""))
+    }
+    let (a, b) = (bare(a), bare(b));
+    !a.is_empty() && a.eq_ignore_ascii_case(b)
+}
+
+/// The `typ` every issuer accepts unless its policy entry says otherwise (the Transaction Tokens draft).
+pub const TXN_TOKEN_TYP: &str = "txntoken+jwt";
 
 /// What the key ring says about a key lookup.
 #[derive(Debug)]
@@ -837,11 +937,32 @@ impl KeyRing {
         source: KeySource,
         inline: Option<KeySet>,
     ) {
+        self.add_issuer_with_types(
+            name,
+            iss,
+            algorithms,
+            vec![TXN_TOKEN_TYP.to_string()],
+            source,
+            inline,
+        );
+    }
+
+    /// [`KeyRing::add_issuer`] with the issuer's accepted `typ` values.
+    pub fn add_issuer_with_types(
+        &mut self,
+        name: String,
+        iss: Option<String>,
+        algorithms: Vec<Algorithm>,
+        typ: Vec<String>,
+        source: KeySource,
+        inline: Option<KeySet>,
+    ) {
         let keys = inline.map(Arc::new);
         self.issuers.push(IssuerKeys {
             name,
             iss,
             algorithms,
+            typ,
             source,
             keys,
             fetched_at_ms: None,
@@ -1026,6 +1147,90 @@ mod tests {
         assert_eq!(key.jwk()["alg"], "EdDSA");
     }
 
+    /// An Ed25519 key is bound to one of its two names (RFC 9864): its `alg` when given, else `EdDSA` when
+    /// allowed, else `Ed25519`.
+    #[test]
+    fn ed25519_key_names() {
+        let jwk = |alg: Option<&str>| {
+            let mut v = json!({"kty":"OKP","crv":"Ed25519","x":ED_X});
+            if let Some(alg) = alg {
+                v["alg"] = alg.into();
+            }
+            v
+        };
+        let bound = |alg: Option<&str>, allowed: &[Algorithm]| {
+            parse_jwk(0, &jwk(alg), allowed).map(|k| k.algorithm())
+        };
+        assert_eq!(bound(None, &Algorithm::ALL), Ok(Algorithm::EdDSA));
+        assert_eq!(bound(None, &[Algorithm::Ed25519]), Ok(Algorithm::Ed25519));
+        assert_eq!(
+            bound(Some("Ed25519"), &Algorithm::ALL),
+            Ok(Algorithm::Ed25519)
+        );
+        assert_eq!(bound(Some("EdDSA"), &Algorithm::ALL), Ok(Algorithm::EdDSA));
+        assert!(matches!(
+            bound(Some("Ed25519"), &[Algorithm::EdDSA]),
+            Err(KeyError::AlgorithmNotAllowed { .. })
+        ));
+        assert!(matches!(
+            bound(Some("EdDSA"), &[Algorithm::Ed25519]),
+            Err(KeyError::AlgorithmNotAllowed { .. })
+        ));
+        assert!(matches!(
+            bound(Some("Ed448"), &Algorithm::ALL),
+            Err(KeyError::UnsupportedAlgorithm { .. })
+        ));
+        let key = parse_jwk(0, &jwk(Some("Ed25519")), &Algorithm::ALL).unwrap();
+        assert_eq!(key.jwk()["alg"], "Ed25519");
+    }
+
+    /// ES384: P-384 points are checked at load (with `rust-verify`), signatures are 96 bytes `r ‖ s` over
+    /// SHA-384, and the key verifies nothing else.
+    #[cfg(feature = "rust-verify")]
+    #[test]
+    fn es384_keys_and_signatures() {
+        use p384::ecdsa::signature::Signer as _;
+        let sk = p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap();
+        let point = sk.verifying_key().to_encoded_point(false);
+        let b64 = crate::encoding::encode_b64url;
+        let jwk = json!({"kty":"EC","crv":"P-384","x":b64(point.x().unwrap()),"y":b64(point.y().unwrap())});
+        let key = parse_jwk(0, &jwk, &Algorithm::ALL).unwrap();
+        assert_eq!(key.algorithm(), Algorithm::ES384);
+        let sig: p384::ecdsa::Signature = sk.sign(b"a.b");
+        let sig = sig.to_bytes();
+        assert_eq!(sig.len(), 96);
+        assert!(key.verify(b"a.b", &sig));
+        assert!(!key.verify(b"a.c", &sig));
+        assert!(!key.verify(b"a.b", &sig[..64]));
+        assert!(!key.verify(b"a.b", &[0u8; 96]));
+        let mut flipped = sig.to_vec();
+        flipped[95] ^= 1;
+        assert!(!key.verify(b"a.b", &flipped));
+        // Off the curve, wrong lengths, a foreign alg.
+        let mut off = jwk.clone();
+        off["y"] = b64(&[1u8; 48]).into();
+        assert_eq!(
+            parse_jwk(0, &off, &Algorithm::ALL).unwrap_err(),
+            KeyError::InvalidPoint { index: 0 }
+        );
+        let mut short = jwk.clone();
+        short["x"] = b64(&[1u8; 32]).into();
+        assert_eq!(
+            parse_jwk(0, &short, &Algorithm::ALL).unwrap_err(),
+            KeyError::InvalidPoint { index: 0 }
+        );
+        let mut es256 = jwk.clone();
+        es256["alg"] = "ES256".into();
+        assert!(matches!(
+            parse_jwk(0, &es256, &Algorithm::ALL),
+            Err(KeyError::AlgorithmNotAllowed { .. })
+        ));
+        assert!(matches!(
+            parse_jwk(0, &jwk, &[Algorithm::ES256]),
+            Err(KeyError::AlgorithmNotAllowed { .. })
+        ));
+    }
+
     #[test]
     fn small_order_ed25519_key_is_refused() {
         // The identity point (0, 1) encodes as 01 00..00.
@@ -1175,7 +1380,7 @@ mod tests {
 
     #[test]
     fn fetched_sets_skip_foreign_algorithms_but_not_weak_keys() {
-        let set = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"},{"kty":"EC","crv":"P-384","x":"AA","y":"AA","kid":"b"}]});
+        let set = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"a"},{"kty":"EC","crv":"P-521","x":"AA","y":"AA","kid":"b"}]});
         let (keys, skipped) =
             KeySet::from_value(&set, &[Algorithm::EdDSA], Strictness::Fetched).unwrap();
         assert_eq!(keys.len(), 1);

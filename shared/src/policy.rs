@@ -71,6 +71,25 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+/// Something a policy may say but probably should not: the policy loads, and `txngate policy validate` prints
+/// the warning (exit 0). `path` is the JSON pointer of the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyWarning {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        write!(f, "policy: at {path}: {}", self.message)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Wire form
 // ---------------------------------------------------------------------------------------------------------
@@ -131,7 +150,10 @@ pub struct PolicySpec {
 pub struct IssuerSpec {
     /// A label for logs and metrics.
     pub name: String,
-    /// When set, the token's `iss` claim must equal it.
+    /// The `iss` claim this issuer's tokens carry. RFC 8725 §3.8: a token with an `iss` is accepted only when
+    /// the key that verified it belongs to an issuer entry declaring that same `iss`; an entry without `iss`
+    /// verifies only tokens without an `iss` claim (401 `token.issuer` otherwise). `policy validate` warns
+    /// about entries without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// The public keys, inline as a JWK set. Exactly one of `jwks` and `jwks_uri`.
@@ -152,16 +174,31 @@ pub struct IssuerSpec {
     /// At most one refetch per this many seconds when tokens name an unknown `kid`.
     #[serde(default = "defaults::min_refetch_seconds")]
     pub min_refetch_seconds: u32,
-    /// The JWS algorithms this issuer may use. Each key is bound to one of them.
+    /// The JWS algorithms this issuer may use. Each key is bound to one of them: its JWK `alg` when present
+    /// (`EdDSA` or `Ed25519` for an Ed25519 key), else the one algorithm its type fits (an Ed25519 key without
+    /// `alg` is bound to `EdDSA` when it is listed, else to `Ed25519`; an RSA key needs `alg` when both RS256
+    /// and PS256 are listed). A token must name its key's algorithm exactly.
     #[serde(default = "defaults::algorithms")]
     pub algorithms: Vec<AlgorithmName>,
+    /// The JOSE `typ` header values accepted from this issuer, compared case-insensitively and with or
+    /// without the `application/` prefix (RFC 7515 §4.1.9). Default exactly `["txntoken+jwt"]` (the Transaction
+    /// Tokens draft). List a legacy value such as `txn_token` only to accept a Transaction Token Service that
+    /// still emits it; a refused value is 401 `token.typ`.
+    #[serde(default = "defaults::typ")]
+    pub typ: Vec<String>,
 }
 
 /// A supported JWS algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AlgorithmName {
+    /// Ed25519 under its polymorphic name (RFC 8037; deprecated by RFC 9864 in favour of `Ed25519`).
     EdDSA,
+    /// Ed25519, fully specified (RFC 9864).
+    Ed25519,
+    /// ECDSA P-256 / SHA-256.
     ES256,
+    /// ECDSA P-384 / SHA-384.
+    ES384,
     RS256,
     PS256,
 }
@@ -170,7 +207,9 @@ impl From<AlgorithmName> for Algorithm {
     fn from(a: AlgorithmName) -> Self {
         match a {
             AlgorithmName::EdDSA => Self::EdDSA,
+            AlgorithmName::Ed25519 => Self::Ed25519,
             AlgorithmName::ES256 => Self::ES256,
+            AlgorithmName::ES384 => Self::ES384,
             AlgorithmName::RS256 => Self::RS256,
             AlgorithmName::PS256 => Self::PS256,
         }
@@ -223,14 +262,36 @@ pub struct DelegationSpec {
     /// Deepest accepted `act` nesting (0 forbids delegation).
     #[serde(default = "defaults::max_depth")]
     pub max_depth: u32,
+    /// What prior actors (the `act` entries inside the current actor's) mean for authorization.
+    #[serde(default)]
+    pub prior_actors: PriorActors,
 }
 
 impl Default for DelegationSpec {
     fn default() -> Self {
         Self {
             max_depth: defaults::max_depth(),
+            prior_actors: PriorActors::default(),
         }
     }
+}
+
+/// `narrow` (default): every actor in the `act` chain must match an `agents` entry and the call gets the
+/// token's scope narrowed by every actor's `max_scopes`: permissions only narrow along the chain, so no agent
+/// can pass on more than it may do itself. Choose it when the chain is built by parties you trust to report it
+/// (your own Transaction Token Service) and you want the chain-wide promise.
+/// `informational` (RFC 8693 §4.1: prior actors are informational only): only the current actor (the outermost
+/// `act.sub`, or `req_wl` without `act`) must be a known agent and narrows the scope; prior actors are audited
+/// and bound nothing. Choose it when tokens come from token services that follow RFC 8693 to the letter and
+/// prior actors may be outside your policy (other trust domains, user agents you do not list). `max_depth`
+/// applies in both. RFC 8693 §4.1 says a consumer "MUST only consider" the current actor: `narrow` departs from
+/// it on the strict side only (it never allows what `informational` refuses); `informational` is that reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorActors {
+    #[default]
+    Narrow,
+    Informational,
 }
 
 /// `off`: the peer identity is recorded only. `require`: the host must know the peer (mTLS SPIFFE ID) and it
@@ -434,10 +495,15 @@ mod defaults {
     pub fn algorithms() -> Vec<AlgorithmName> {
         vec![
             AlgorithmName::EdDSA,
+            AlgorithmName::Ed25519,
             AlgorithmName::ES256,
+            AlgorithmName::ES384,
             AlgorithmName::RS256,
             AlgorithmName::PS256,
         ]
+    }
+    pub fn typ() -> Vec<String> {
+        vec![crate::keys::TXN_TOKEN_TYP.to_string()]
     }
     pub fn header() -> String {
         "txn-token".into()
@@ -763,6 +829,24 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
             .iter()
             .map(|a| Algorithm::from(*a))
             .collect();
+        if issuer.typ.is_empty() {
+            return Err(PolicyError::invalid(
+                at("typ"),
+                "at least one typ is required (default [\"txntoken+jwt\"])",
+            ));
+        }
+        for (j, typ) in issuer.typ.iter().enumerate() {
+            let bare = typ
+                .get(..12)
+                .filter(|p| p.eq_ignore_ascii_case("application/"))
+                .map_or(typ.as_str(), |_| typ.get(12..).unwrap_or(""));
+            if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+                return Err(PolicyError::invalid(
+                    format!("/issuers/{i}/typ/{j}"),
+                    "must be a media type name such as txntoken+jwt (printable ASCII, no spaces or parameters)",
+                ));
+            }
+        }
         let (source, inline) = match (&issuer.jwks, &issuer.jwks_uri) {
             (Some(jwks), None) => {
                 let (set, _) = KeySet::from_value(jwks, &algorithms, Strictness::Inline).map_err(
@@ -843,10 +927,14 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
                 ))
             }
         };
-        ring.add_issuer(
+        if issuer.iss.as_deref().is_some_and(|iss| iss.is_empty()) {
+            return Err(PolicyError::invalid(at("iss"), "must not be empty"));
+        }
+        ring.add_issuer_with_types(
             issuer.name.clone(),
             issuer.iss.clone(),
             algorithms,
+            issuer.typ.clone(),
             source,
             inline,
         );
@@ -867,6 +955,52 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
         }
     }
     Ok(ring)
+}
+
+impl Policy {
+    /// Warnings about the document this policy was compiled from (see [`PolicyWarning`]).
+    pub fn warnings(&self) -> Vec<PolicyWarning> {
+        let mut out = issuer_warnings(&self.spec.issuers);
+        if self.spec.mcp.resource_metadata.is_some() {
+            out.push(PolicyWarning {
+                path: "/mcp/resource_metadata".into(),
+                message: "no longer advertised: Txn-Token refusals use the Txn-Token challenge \
+                          (a Bearer resource_metadata challenge would start OAuth discovery for a token \
+                          txngate never reads); remove the field"
+                    .into(),
+            });
+        }
+        out
+    }
+}
+
+fn issuer_warnings(issuers: &[IssuerSpec]) -> Vec<PolicyWarning> {
+    let mut out = Vec::new();
+    for (i, issuer) in issuers.iter().enumerate() {
+        if issuer.iss.is_none() {
+            out.push(PolicyWarning {
+                path: format!("/issuers/{i}"),
+                message: format!(
+                    "issuer {:?} has no iss: its keys verify only tokens without an iss claim, and a \
+                     token with one is refused (RFC 8725 section 3.8); set iss to the value its tokens carry",
+                    issuer.name
+                ),
+            });
+        }
+        for (j, typ) in issuer.typ.iter().enumerate() {
+            if !crate::keys::same_media_type(typ, crate::keys::TXN_TOKEN_TYP) {
+                out.push(PolicyWarning {
+                    path: format!("/issuers/{i}/typ/{j}"),
+                    message: format!(
+                        "issuer {:?} accepts typ {typ:?} besides txntoken+jwt: keep it only while its \
+                         Transaction Token Service still emits it (RFC 8725 section 3.11)",
+                        issuer.name
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn compile_token(spec: &TokenSpec) -> Result<TokenRules, PolicyError> {
@@ -1424,6 +1558,86 @@ mod tests {
             .is_some());
         v["tools"] = json!({"x".repeat(129): {}});
         assert!(load(&v).is_err());
+    }
+
+    #[test]
+    fn issuer_typ_and_algorithms() {
+        let p = load(&example()).unwrap();
+        let issuer = p.key_ring.issuer(0).unwrap();
+        assert_eq!(issuer.typ, vec!["txntoken+jwt".to_string()]);
+        assert!(issuer.accepts_typ("application/TXNTOKEN+jwt"));
+        assert!(!issuer.accepts_typ("txn_token"));
+
+        let mut v = example();
+        v["issuers"][0]["typ"] = json!(["txntoken+jwt", "txn_token"]);
+        let p = load(&v).unwrap();
+        assert!(p.key_ring.issuer(0).unwrap().accepts_typ("txn_token"));
+        let warned: Vec<String> = p.warnings().into_iter().map(|w| w.path).collect();
+        assert!(
+            warned.contains(&"/issuers/0/typ/1".to_string()),
+            "{warned:?}"
+        );
+
+        for (bad, path) in [
+            (json!([]), "/issuers/0/typ"),
+            (json!(["txntoken+jwt", ""]), "/issuers/0/typ/1"),
+            (json!(["txntoken+jwt; v=1"]), "/issuers/0/typ/0"),
+            (json!(["application/"]), "/issuers/0/typ/0"),
+            (json!("txntoken+jwt"), "/issuers/0/typ"),
+        ] {
+            let mut v = example();
+            v["issuers"][0]["typ"] = bad.clone();
+            assert_eq!(load(&v).unwrap_err().path(), path, "{bad}");
+        }
+
+        let mut v = example();
+        v["issuers"][0]["algorithms"] = json!(["Ed25519", "ES384"]);
+        let p = load(&v).unwrap();
+        let key = &p.key_ring.issuer(0).unwrap().key_set().unwrap().keys()[0];
+        assert_eq!(key.algorithm(), Algorithm::Ed25519);
+        let defaults = Policy::from_json(
+            br#"{"trust_domain":"t","issuers":[{"name":"i","jwks_uri":"https://i/jwks"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            defaults.key_ring.issuer(0).unwrap().algorithms,
+            Algorithm::ALL.to_vec()
+        );
+    }
+
+    #[test]
+    fn warnings_name_issuers_without_iss_and_resource_metadata() {
+        let p = load(&example()).unwrap();
+        let w = p.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].path, "/issuers/0");
+        assert!(w[0].to_string().contains("8725"), "{}", w[0]);
+
+        let mut v = example();
+        v["issuers"][0]["iss"] = json!("https://tts.trust.example");
+        assert!(load(&v).unwrap().warnings().is_empty());
+        v["mcp"]["resource_metadata"] =
+            json!("https://gw.example/.well-known/oauth-protected-resource");
+        let w = load(&v).unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].path, "/mcp/resource_metadata");
+        assert!(w[0].message.contains("no longer advertised"));
+        v["issuers"][0]["iss"] = json!("");
+        assert_eq!(load(&v).unwrap_err().path(), "/issuers/0/iss");
+    }
+
+    #[test]
+    fn prior_actors_defaults_to_narrow() {
+        let p = load(&example()).unwrap();
+        assert_eq!(p.spec().delegation.prior_actors, PriorActors::Narrow);
+        let mut v = example();
+        v["delegation"]["prior_actors"] = json!("informational");
+        assert_eq!(
+            load(&v).unwrap().spec().delegation.prior_actors,
+            PriorActors::Informational
+        );
+        v["delegation"]["prior_actors"] = json!("ignore");
+        assert_eq!(load(&v).unwrap_err().path(), "/delegation/prior_actors");
     }
 
     #[test]

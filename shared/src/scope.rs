@@ -1,5 +1,8 @@
 //! OAuth scopes with trailing-wildcard patterns (`calendar:*`), and the intersection that makes delegation
 //! narrow: a scope survives a chain only if the token grants it and every actor's ceiling allows it.
+//!
+//! Patterns exist only in the policy (agent ceilings). A token's scope values are opaque strings (RFC 6749
+//! §3.3, RFC 8693 §4.2): a token scope `a*` or `a*b` is that exact scope, never a wildcard.
 
 use core::fmt;
 
@@ -38,6 +41,24 @@ impl ScopePattern {
             }),
             None => Ok(Self::Exact(text.to_string())),
         }
+    }
+
+    /// A token's scope value, taken as the opaque string it is (`*` has no meaning in it). Only empty values,
+    /// whitespace and control characters are refused.
+    pub fn opaque(text: &str) -> Result<Self, ScopeSyntaxError> {
+        if text.is_empty() {
+            return Err(ScopeSyntaxError {
+                scope: text.to_string(),
+                problem: "empty scope",
+            });
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ScopeSyntaxError {
+                scope: text.to_string(),
+                problem: "whitespace or control character",
+            });
+        }
+        Ok(Self::Exact(text.to_string()))
     }
 
     pub fn matches(&self, scope: &str) -> bool {
@@ -107,8 +128,18 @@ pub struct ScopeSet {
 }
 
 impl ScopeSet {
-    /// Reads an OAuth `scope` claim: space-delimited (RFC 6749 §3.3).
+    /// Reads a token's OAuth `scope` claim: space-delimited (RFC 6749 §3.3) opaque values. A `*` in a token
+    /// scope is an ordinary character: the token grants that exact scope and nothing it might look like.
     pub fn parse_claim(text: &str) -> Result<Self, ScopeSyntaxError> {
+        let scopes = text
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(ScopePattern::opaque);
+        Ok(Self::from_patterns(scopes.collect::<Result<Vec<_>, _>>()?))
+    }
+
+    /// Reads space-delimited policy patterns (`calendar:*`), as agent ceilings are written.
+    pub fn parse_patterns(text: &str) -> Result<Self, ScopeSyntaxError> {
         let patterns = text
             .split(' ')
             .filter(|s| !s.is_empty())
@@ -182,7 +213,28 @@ mod tests {
     use proptest::prelude::*;
 
     fn set(text: &str) -> ScopeSet {
-        ScopeSet::parse_claim(text).unwrap()
+        ScopeSet::parse_patterns(text).unwrap()
+    }
+
+    /// A token scope is opaque: `a*` grants the scope `a*` only, `a*b` is not a syntax error, and neither
+    /// widens anything, whatever the ceiling.
+    #[test]
+    fn token_scopes_are_opaque() {
+        let token = ScopeSet::parse_claim("a* a*b * email:*").unwrap();
+        for literal in ["a*", "a*b", "*", "email:*"] {
+            assert!(token.allows(literal), "{literal}");
+        }
+        for widened in ["a", "ab", "a:read", "anything", "email:send", ""] {
+            assert!(!token.allows(widened), "{widened}");
+        }
+        // Narrowed by a ceiling, it stays the literal scope it was.
+        let eff = token.intersect(&set("a* email:send"));
+        assert_eq!(eff.to_claim(), "a* a*b");
+        assert!(!eff.allows("a:read"));
+        assert!(!token
+            .intersect(&ScopeSet::everything())
+            .allows("email:send"));
+        assert!(ScopeSet::parse_claim("a\tb").is_err());
     }
 
     #[test]
@@ -252,7 +304,7 @@ mod tests {
         #[test]
         fn claim_round_trips(a in arb_set()) {
             prop_assume!(!a.is_empty());
-            prop_assert_eq!(ScopeSet::parse_claim(&a.to_claim()).unwrap(), a);
+            prop_assert_eq!(ScopeSet::parse_patterns(&a.to_claim()).unwrap(), a);
         }
     }
 }

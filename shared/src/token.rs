@@ -39,9 +39,12 @@ pub enum TokenError {
     Header {
         detail: String,
     },
-    /// `typ` missing or not `txntoken+jwt`: an access or ID token must never pass as a Transaction Token.
+    /// `typ` missing, not a string, or not in the verifying issuer's `typ` list (default `txntoken+jwt`): an
+    /// access or ID token must never pass as a Transaction Token.
     Type {
         found: Option<String>,
+        /// The accepted values (empty when refused before an issuer was known: `typ` missing or not a string).
+        allowed: Vec<String>,
     },
     AlgNone,
     /// `alg` not supported or not allowed for the key's issuer.
@@ -90,9 +93,11 @@ pub enum TokenError {
     MissingClaim {
         claim: &'static str,
     },
+    /// RFC 8725 §3.8: the token's `iss` is not the one the verifying key's issuer declares (`expected`), or
+    /// the token has an `iss` and that issuer declares none (`expected` None).
     Issuer {
         found: Option<String>,
-        expected: String,
+        expected: Option<String>,
     },
     Audience {
         trust_domain: String,
@@ -172,11 +177,17 @@ impl fmt::Display for TokenError {
                 write!(f, "token {segment} is not canonical unpadded base64url")
             }
             Self::Header { detail } => write!(f, "token header: {detail}"),
-            Self::Type { found: Some(t) } => {
-                write!(f, "token typ is {t:?}, expected \"txntoken+jwt\"")
-            }
-            Self::Type { found: None } => {
-                f.write_str("token has no typ, expected \"txntoken+jwt\"")
+            Self::Type { found, allowed } => {
+                let quoted: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+                let expected = match quoted.as_slice() {
+                    [] => "\"txntoken+jwt\"".to_string(),
+                    [one] => one.clone(),
+                    more => format!("one of {}", more.join(", ")),
+                };
+                match found {
+                    Some(t) => write!(f, "token typ is {t:?}, expected {expected}"),
+                    None => write!(f, "token has no typ, expected {expected}"),
+                }
             }
             Self::AlgNone => f.write_str("unsigned tokens (alg none) are never accepted"),
             Self::Algorithm { found } => {
@@ -215,9 +226,19 @@ impl fmt::Display for TokenError {
             Self::Claims { detail } => write!(f, "token claims: {detail}"),
             Self::ClaimType { claim, expected } => write!(f, "claim {claim:?} must be {expected}"),
             Self::MissingClaim { claim } => write!(f, "required claim {claim:?} is missing"),
-            Self::Issuer { found, expected } => {
+            Self::Issuer {
+                found,
+                expected: Some(expected),
+            } => {
                 write!(f, "iss is {found:?}, expected {expected:?}")
             }
+            Self::Issuer {
+                found,
+                expected: None,
+            } => write!(
+                f,
+                "iss is {found:?} but the issuer whose key verified it declares no iss (RFC 8725 section 3.8)"
+            ),
             Self::Audience { trust_domain } => {
                 write!(f, "aud does not name this trust domain ({trust_domain:?})")
             }
@@ -248,6 +269,7 @@ pub struct UntrustedToken<'a> {
     signature: Vec<u8>,
     alg: Algorithm,
     kid: Option<String>,
+    typ: String,
 }
 
 impl<'a> UntrustedToken<'a> {
@@ -304,7 +326,7 @@ impl<'a> UntrustedToken<'a> {
                 detail: "not a JSON object".into(),
             });
         };
-        let (alg, kid) = check_header(&header)?;
+        let (alg, kid, typ) = check_header(&header)?;
         let signing_input = raw
             .get(..header_b64.len() + 1 + payload_b64.len())
             .unwrap_or_default();
@@ -315,6 +337,27 @@ impl<'a> UntrustedToken<'a> {
             signature,
             alg,
             kid,
+            typ,
+        })
+    }
+
+    /// The header's `typ`, to be checked against the selected key's issuer ([`UntrustedToken::check_type`]).
+    pub fn typ(&self) -> &str {
+        &self.typ
+    }
+
+    /// The issuer-specific part of the header rules: `typ` must be one of `allowed` (media types, see
+    /// [`crate::keys::same_media_type`]). Checked once the `kid` selected a key, before its signature.
+    pub fn check_type(&self, allowed: &[String]) -> Result<(), TokenError> {
+        if allowed
+            .iter()
+            .any(|a| crate::keys::same_media_type(a, &self.typ))
+        {
+            return Ok(());
+        }
+        Err(TokenError::Type {
+            found: Some(self.typ.clone()),
+            allowed: allowed.to_vec(),
         })
     }
 
@@ -345,7 +388,11 @@ impl<'a> UntrustedToken<'a> {
     }
 }
 
-fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String>), TokenError> {
+/// The header rules that need no key: `alg`, `typ` present as a string (its value is checked per issuer),
+/// no JWE, no embedded keys, no nesting, no `crit`.
+fn check_header(
+    header: &Map<String, Value>,
+) -> Result<(Algorithm, Option<String>, String), TokenError> {
     let alg = match header.get("alg") {
         Some(Value::String(alg)) => alg,
         Some(_) => {
@@ -365,20 +412,21 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String
     if header.contains_key("enc") {
         return Err(TokenError::Encrypted);
     }
-    match header.get("typ") {
-        Some(Value::String(typ)) if is_txn_token_type(typ) => {}
-        Some(Value::String(typ)) => {
-            return Err(TokenError::Type {
-                found: Some(typ.clone()),
-            })
-        }
+    let typ = match header.get("typ") {
+        Some(Value::String(typ)) => typ.clone(),
         Some(_) => {
             return Err(TokenError::Type {
                 found: Some("(not a string)".into()),
+                allowed: Vec::new(),
             })
         }
-        None => return Err(TokenError::Type { found: None }),
-    }
+        None => {
+            return Err(TokenError::Type {
+                found: None,
+                allowed: Vec::new(),
+            })
+        }
+    };
     if let Some(member) = EMBEDDED_KEY_MEMBERS
         .into_iter()
         .find(|m| header.contains_key(*m))
@@ -414,16 +462,7 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String
     };
     let alg =
         Algorithm::from_name(alg).ok_or_else(|| TokenError::Algorithm { found: alg.clone() })?;
-    Ok((alg, kid))
-}
-
-/// `txntoken+jwt`, optionally with the `application/` prefix (RFC 7515 §4.1.9), compared case-insensitively.
-fn is_txn_token_type(typ: &str) -> bool {
-    let t = typ
-        .get(..12)
-        .filter(|p| p.eq_ignore_ascii_case("application/"))
-        .map_or(typ, |_| typ.get(12..).unwrap_or(""));
-    t.eq_ignore_ascii_case("txntoken+jwt")
+    Ok((alg, kid, typ))
 }
 
 /// Claims of a token whose signature verified and whose claims are well-formed. Time is checked separately
@@ -507,18 +546,18 @@ impl VerifiedToken {
                 })
             }
         };
-        if let Some(expected) = issuer.expected_iss {
-            if iss.as_deref() != Some(expected) {
-                return Err(TokenError::Issuer {
-                    found: iss,
-                    expected: expected.to_string(),
-                });
-            }
+        // RFC 8725 §3.8: a token naming an issuer must be verified by that issuer's key. An issuer entry
+        // without `iss` vouches for no named issuer, so it accepts only tokens without `iss`.
+        if iss.as_deref() != issuer.expected_iss {
+            return Err(TokenError::Issuer {
+                found: iss,
+                expected: issuer.expected_iss.map(str::to_string),
+            });
         }
         check_audience(&claims, trust_domain)?;
-        for context in ["tctx", "rctx"] {
-            if claims.get(context).is_some_and(|v| !v.is_object()) {
-                let claim = if context == "tctx" { "tctx" } else { "rctx" };
+        // `agentic_ctx`: draft-araut-oauth-transaction-tokens-for-agents (a JSON object when present).
+        for claim in ["tctx", "rctx", "agentic_ctx"] {
+            if claims.get(claim).is_some_and(|v| !v.is_object()) {
                 return Err(TokenError::ClaimType {
                     claim,
                     expected: "an object",
@@ -842,8 +881,7 @@ mod tests {
             (json!({"alg":"es256","typ":"txntoken+jwt"}), "token.alg"),
             (json!({"typ":"txntoken+jwt"}), "token.header"),
             (json!({"alg":"EdDSA"}), "token.typ"),
-            (json!({"alg":"EdDSA","typ":"JWT"}), "token.typ"),
-            (json!({"alg":"EdDSA","typ":"at+jwt"}), "token.typ"),
+            (json!({"alg":"EdDSA","typ":7}), "token.typ"),
             (
                 json!({"alg":"EdDSA","typ":"txntoken+jwt","crit":["exp"]}),
                 "token.crit",
@@ -883,6 +921,36 @@ mod tests {
                 reason,
                 "{header}"
             );
+        }
+    }
+
+    /// The `typ` value is checked against the selected key's issuer: the default list is exactly
+    /// `txntoken+jwt`; an issuer may accept a legacy value deliberately, and nothing else.
+    #[test]
+    fn typ_is_checked_per_issuer() {
+        let default = vec!["txntoken+jwt".to_string()];
+        let legacy = vec!["txntoken+jwt".to_string(), "txn_token".to_string()];
+        let typed = |typ: &str| token_with_header(&json!({"alg":"EdDSA","typ":typ}));
+        for (typ, allowed, ok) in [
+            ("txntoken+jwt", &default, true),
+            ("application/TxnToken+JWT", &default, true),
+            ("JWT", &default, false),
+            ("at+jwt", &default, false),
+            ("txn_token", &default, false),
+            ("txn_token", &legacy, true),
+            ("application/TXN_TOKEN", &legacy, true),
+            ("txn_token ", &legacy, false),
+            ("", &legacy, false),
+        ] {
+            let raw = typed(typ);
+            let token = UntrustedToken::parse(&raw, 8192).unwrap();
+            assert_eq!(token.typ(), typ);
+            let result = token.check_type(allowed);
+            assert_eq!(result.is_ok(), ok, "{typ:?} against {allowed:?}");
+            if let Err(e) = result {
+                assert_eq!(e.reason(), "token.typ");
+                assert!(e.to_string().contains("txntoken+jwt"), "{e}");
+            }
         }
     }
 

@@ -565,6 +565,15 @@ fn rfc8725_3_1_alg_must_match_the_keys_one_algorithm() {
             "EdDSA on RSA key",
             ed_token(&header("EdDSA", "rsa"), &payload),
         ),
+        // RFC 9864: Ed25519 is the same signature as EdDSA, but a key is bound to one name.
+        (
+            "Ed25519 on a key bound to EdDSA",
+            ed_token(&header("Ed25519", "ed"), &payload),
+        ),
+        (
+            "ES384 on P-256 key",
+            ec_token(&header("ES384", "ec"), &payload),
+        ),
     ];
     expect_all(&mut gate, &cases, (401, "token.alg_mismatch"));
 
@@ -574,9 +583,11 @@ fn rfc8725_3_1_alg_must_match_the_keys_one_algorithm() {
         "Es256",
         "eddsa",
         "EDDSA",
-        "Ed25519",
+        "ed25519",
+        "ED25519",
+        "Ed448",
         "ES256K",
-        "ES384",
+        "es384",
         "ES512",
         "RS384",
         "PS512",

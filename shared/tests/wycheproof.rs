@@ -1,5 +1,6 @@
 //! Wycheproof vectors through the signature path every host uses (`PublicKey::verify`, jwt-compact inside):
-//! ECDSA P-256 (IEEE P1363 = JWS ES256), Ed25519 (JWS EdDSA), RSASSA-PKCS1-v1_5 2048/SHA-256 (JWS RS256).
+//! ECDSA P-256 (IEEE P1363 = JWS ES256), Ed25519 (JWS EdDSA and, RFC 9864, Ed25519), RSASSA-PKCS1-v1_5
+//! 2048/SHA-256 (JWS RS256). The vendored subset has no P-384 file; ES384 is covered by the keys tests.
 //! Every `valid` case must verify and every `invalid` case must fail; `acceptable` cases are counted and
 //! must fail too (txngate takes the strict side). A key refused at load must only carry non-valid cases.
 #![allow(
@@ -94,6 +95,14 @@ fn ecdsa_p256_p1363_all_agree() {
 #[test]
 fn ed25519_all_agree() {
     let t = run("ed25519_test.json", "publicKeyJwk", Algorithm::EdDSA);
+    assert!(t.cases >= 140, "{t:?}");
+    assert!(t.disagreements.is_empty(), "{:#?}", t.disagreements);
+}
+
+/// The same vectors with the keys bound to RFC 9864's fully specified name: one verifier, two names.
+#[test]
+fn ed25519_fully_specified_name_all_agree() {
+    let t = run("ed25519_test.json", "publicKeyJwk", Algorithm::Ed25519);
     assert!(t.cases >= 140, "{t:?}");
     assert!(t.disagreements.is_empty(), "{:#?}", t.disagreements);
 }

@@ -23,7 +23,7 @@ README = ROOT / "README.md"
 
 SUPPORTED_VERSION = 1
 HOST_NAMES = ("native", "harness", "envoy", "worker")
-KEY_NAMES = ("ed", "ec", "rsa")
+KEY_NAMES = ("ed", "ec", "rsa", "ed25519", "ec384")
 TAMPERS = ("signature", "payload", "pad", "truncate_signature")
 DEFAULT_IAT = 0
 DEFAULT_EXP = 60

@@ -118,6 +118,11 @@ async fn import(
         .ok()?
         .dyn_into()
         .ok()?;
+    // WebCrypto checks a JWK's `alg` against the algorithm it imports for, and runtimes know only "EdDSA" for
+    // Ed25519 keys; RFC 9864's "Ed25519" is dropped here (the core already bound the key to it).
+    if alg == Algorithm::Ed25519 {
+        Reflect::delete_property(&jwk, &JsValue::from_str("alg")).ok()?;
+    }
     let params = import_params(alg).ok()?;
     let usages = Array::of1(&JsValue::from_str("verify"));
     let promise = subtle
@@ -137,8 +142,9 @@ fn object(pairs: &[(&str, JsValue)]) -> Result<Object, JsValue> {
 fn import_params(alg: Algorithm) -> Result<Object, JsValue> {
     let s = JsValue::from_str;
     match alg {
-        Algorithm::EdDSA => object(&[("name", s("Ed25519"))]),
+        Algorithm::EdDSA | Algorithm::Ed25519 => object(&[("name", s("Ed25519"))]),
         Algorithm::ES256 => object(&[("name", s("ECDSA")), ("namedCurve", s("P-256"))]),
+        Algorithm::ES384 => object(&[("name", s("ECDSA")), ("namedCurve", s("P-384"))]),
         Algorithm::RS256 => object(&[("name", s("RSASSA-PKCS1-v1_5")), ("hash", s("SHA-256"))]),
         Algorithm::PS256 => object(&[("name", s("RSA-PSS")), ("hash", s("SHA-256"))]),
     }
@@ -147,8 +153,10 @@ fn import_params(alg: Algorithm) -> Result<Object, JsValue> {
 fn verify_params(alg: Algorithm) -> Result<Object, JsValue> {
     let s = JsValue::from_str;
     match alg {
-        Algorithm::EdDSA => object(&[("name", s("Ed25519"))]),
+        Algorithm::EdDSA | Algorithm::Ed25519 => object(&[("name", s("Ed25519"))]),
         Algorithm::ES256 => object(&[("name", s("ECDSA")), ("hash", s("SHA-256"))]),
+        // WebCrypto's ECDSA signature is IEEE P1363 `r ‖ s`, as JWS carries it (96 bytes for P-384).
+        Algorithm::ES384 => object(&[("name", s("ECDSA")), ("hash", s("SHA-384"))]),
         Algorithm::RS256 => object(&[("name", s("RSASSA-PKCS1-v1_5"))]),
         // RFC 7518 §3.5: PS256 uses a salt as long as the hash.
         Algorithm::PS256 => object(&[

@@ -276,11 +276,11 @@ impl Default for DelegationSpec {
     }
 }
 
-/// `narrow` (default): every actor in the `act` chain must match an `agents` entry and the call gets the
+/// `narrow`: every actor in the `act` chain must match an `agents` entry and the call gets the
 /// token's scope narrowed by every actor's `max_scopes`: permissions only narrow along the chain, so no agent
 /// can pass on more than it may do itself. Choose it when the chain is built by parties you trust to report it
 /// (your own Transaction Token Service) and you want the chain-wide promise.
-/// `informational` (RFC 8693 §4.1: prior actors are informational only): only the current actor (the outermost
+/// `informational` (the default, RFC 8693 §4.1: prior actors are informational only): only the current actor (the outermost
 /// `act.sub`, or `req_wl` without `act`) must be a known agent and narrows the scope; prior actors are audited
 /// and bound nothing. Choose it when tokens come from token services that follow RFC 8693 to the letter and
 /// prior actors may be outside your policy (other trust domains, user agents you do not list). `max_depth`
@@ -289,8 +289,8 @@ impl Default for DelegationSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriorActors {
-    #[default]
     Narrow,
+    #[default]
     Informational,
 }
 
@@ -1627,14 +1627,14 @@ mod tests {
     }
 
     #[test]
-    fn prior_actors_defaults_to_narrow() {
+    fn prior_actors_defaults_to_informational() {
         let p = load(&example()).unwrap();
-        assert_eq!(p.spec().delegation.prior_actors, PriorActors::Narrow);
+        assert_eq!(p.spec().delegation.prior_actors, PriorActors::Informational);
         let mut v = example();
-        v["delegation"]["prior_actors"] = json!("informational");
+        v["delegation"]["prior_actors"] = json!("narrow");
         assert_eq!(
             load(&v).unwrap().spec().delegation.prior_actors,
-            PriorActors::Informational
+            PriorActors::Narrow
         );
         v["delegation"]["prior_actors"] = json!("ignore");
         assert_eq!(load(&v).unwrap_err().path(), "/delegation/prior_actors");

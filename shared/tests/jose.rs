@@ -352,14 +352,16 @@ fn token_scopes_are_opaque_strings() {
 }
 
 /// RFC 8693 §4.1 with `prior_actors: informational`: an unknown prior actor passes and narrows nothing; the
-/// current actor still must be known; the audit keeps the whole chain. `narrow` (default) refuses the chain.
+/// current actor still must be known; the audit keeps the whole chain. `narrow` refuses the chain.
 #[test]
 fn prior_actors_informational_and_narrow() {
     let chain = json!({"sub": "spiffe://trust.example/agent/mailer",
                        "act": {"sub": "spiffe://partner.example/assistant",
                                "act": {"sub": "spiffe://trust.example/orchestrator"}}});
     let c = with(claims(), json!({"act": chain}));
-    let mut narrow = gate_with(&policy());
+    let mut p = policy();
+    p["delegation"]["prior_actors"] = json!("narrow");
+    let mut narrow = gate_with(&p);
     assert_eq!(
         verdict(&mut narrow, &token("b", &c, json!({})), &send_email()),
         (403, "delegation.unknown_agent")

@@ -16,6 +16,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use serde_json::{json, Value};
 use txngate_core::gate::is_filtered_status;
 use txngate_core::keys::KeySource;
+use txngate_core::mcp::adapter_error_body;
 use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
 use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
@@ -402,13 +403,10 @@ fn send_deny(decision: &Decision) {
     );
 }
 
-/// A failure of the adapter itself (not a policy decision): always a refusal.
+/// A failure of the adapter itself (not a policy decision): always a refusal. Rendered by the core as the
+/// Worker renders its own (a JSON-RPC error when the request had an id, txngate's code for the status).
 fn send_adapter_error(status: u16, reason: &str, message: &str, rpc_id: Option<&Value>) {
-    let body = json!({
-        "jsonrpc": "2.0",
-        "id": rpc_id.cloned().unwrap_or(Value::Null),
-        "error": {"code": -32603, "message": format!("txngate: {message}"), "data": {"reason": reason, "status": status}},
-    });
+    let body = adapter_error_body(status, reason, &format!("txngate: {message}"), rpc_id);
     let headers = [
         ("content-type".to_string(), "application/json".to_string()),
         ("cache-control".to_string(), "no-store".to_string()),
@@ -418,7 +416,7 @@ fn send_adapter_error(status: u16, reason: &str, message: &str, rpc_id: Option<&
         &json!({"verdict": "deny", "reason": reason, "status": status, "detail": message})
             .to_string(),
     );
-    send_local(status, &headers, &body.to_string());
+    send_local(status, &headers, &body);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! MCP bodies: requests through `mcp::parse_message` and `check_headers`, responses through
+//! MCP bodies: requests through `mcp::parse_message` and `routing::check`, responses through
 //! `listing::filter_list` (tools/list) as JSON and as SSE; the same bytes as a request path through `mcp::normalize_path`.
 //! Invariants: a parsed `tools/call`, `prompts/get` or `resources/read` always has a non-empty name (URI)
 //! without control characters within its length bound, and object arguments; a filtered JSON
@@ -9,9 +9,9 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use txngate_core::listing::{filter_list, ListKind};
+use txngate_core::mcp::routing::{self, encode_value, RoutingHeaders};
 use txngate_core::mcp::{
-    check_headers, normalize_path, parse_message, Target, MAX_NAME_BYTES,
-    MAX_URI_BYTES,
+    normalize_path, parse_message, Target, MAX_NAME_BYTES, MAX_URI_BYTES,
 };
 
 /// Tools whose name starts with `h` are hidden from the caller.
@@ -35,11 +35,25 @@ fuzz_target!(|data: &[u8]| {
             if let Target::Prompt(get) = target {
                 assert!(get.arguments.is_object());
             }
-            // Any spelling of a name-bearing method is one; the Mcp-Method header must repeat the body's exactly.
+            // Any spelling of a name-bearing method is one; headers that repeat the body (the name encoded as
+            // a client must) always pass, whatever the body's protocol version.
             assert!(message.method.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(target.method())));
-            assert!(check_headers(&message, message.method.as_deref(), Some(name)).is_ok());
+            let method = message.method.clone().unwrap_or_default();
+            let version = message.protocol_version_meta.clone();
+            let headers = RoutingHeaders {
+                method: vec![method],
+                name: vec![encode_value(name)],
+                protocol_version: version.into_iter().collect(),
+            };
+            if !message.method.as_deref().unwrap_or("").contains(',')
+                && !message.protocol_version_meta.as_deref().unwrap_or("").contains(',')
+                && message.method.as_deref().unwrap_or("").bytes().all(|b| (0x20..=0x7e).contains(&b))
+                && message.protocol_version_meta.as_deref().unwrap_or("").bytes().all(|b| (0x20..=0x7e).contains(&b))
+            {
+                assert!(routing::check(&message, &headers).is_ok());
+            }
         }
-        let _ = check_headers(&message, Some("tools/list"), Some("x"));
+        let _ = routing::check(&message, &RoutingHeaders::from_pairs([("Mcp-Name", "=?base64?eA==?=")]));
     }
 
     if let Ok(out) = filter_list(ListKind::Tools, "application/json", data, &visible) {

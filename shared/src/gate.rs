@@ -268,8 +268,8 @@ struct Context {
     message: Option<Result<McpMessage, McpError>>,
     is_mcp: bool,
     rpc_id: Option<Value>,
-    mcp_method_header: Option<String>,
-    mcp_name_header: Option<String>,
+    /// `Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`, every entry kept (a repetition is refused).
+    routing: mcp::RoutingHeaders,
     audit: AuditRecord,
     refetch: Option<usize>,
     /// The JSON-RPC error code of an MCP refusal, when it is not the status's default.
@@ -666,28 +666,27 @@ impl Gate {
             None => None,
         };
         let message = message.map(|m| m.map_err(|refusal| refusal.error));
-        // What was attempted is audited even when the token is refused.
+        // What was attempted is audited even when the token or the body is refused.
+        audit.rpc_id = rpc_id.clone();
         if let Some(Ok(m)) = &message {
             audit.rpc_method = m.method.clone();
-            audit.rpc_id = m.id.clone();
         }
-        // Repeated headers are read as one comma-joined value (RFC 9110 §5.3), as every host would see them.
-        let header = |name: &str| {
-            let values: Vec<&str> = request
-                .headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim())
-                .collect();
-            (!values.is_empty()).then(|| values.join(", "))
+        let routing = if is_mcp {
+            mcp::RoutingHeaders::from_pairs(
+                request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+        } else {
+            mcp::RoutingHeaders::default()
         };
         Context {
             now_ms,
             peer: request.peer.map(str::to_string),
             is_mcp,
             rpc_id,
-            mcp_method_header: header("mcp-method"),
-            mcp_name_header: header("mcp-name"),
+            routing,
             message,
             audit,
             refetch: None,
@@ -749,11 +748,7 @@ impl Gate {
         };
         ctx.audit.rpc_method = message.method.clone();
         ctx.audit.rpc_id = message.id.clone();
-        if let Err(e) = mcp::check_headers(
-            &message,
-            ctx.mcp_method_header.as_deref(),
-            ctx.mcp_name_header.as_deref(),
-        ) {
+        if let Err(e) = mcp::routing::check(&message, &ctx.routing) {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
         let list = message.list_kind();
@@ -947,13 +942,13 @@ impl Gate {
         };
         let mut headers = Vec::new();
         if status == 401 {
-            let mut challenge = format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            // The Txn-Token scheme, never `Bearer` nor `resource_metadata`: an MCP client seeing those starts
+            // OAuth discovery for an access token txngate never reads. (`mcp.resource_metadata` in the
+            // policy is still accepted but no longer advertised.)
+            let challenge = format!(
+                "Txn-Token error=\"invalid_token\", error_description=\"{}\"",
                 e.reason()
             );
-            if let Some(url) = &self.policy.mcp.resource_metadata {
-                challenge.push_str(&format!(", resource_metadata=\"{url}\""));
-            }
             headers.push(("www-authenticate".to_string(), challenge));
         } else if status == 503 {
             headers.push(("retry-after".to_string(), "5".to_string()));
@@ -972,14 +967,9 @@ impl Gate {
     }
 
     fn deny_mcp(&self, ctx: Context, e: &McpError) -> Outcome {
-        let status = if matches!(e, McpError::TooLarge { .. }) {
-            413
-        } else {
-            400
-        };
         let mut ctx = ctx;
         ctx.rpc_code = Some(e.rpc_code());
-        self.deny(ctx, status, e.reason(), &e.to_string(), Vec::new())
+        self.deny(ctx, e.status(), e.reason(), &e.to_string(), Vec::new())
     }
 
     fn deny_authz(&self, ctx: Context, e: &AuthzError) -> Outcome {
@@ -1011,29 +1001,18 @@ impl Gate {
         ctx.audit.detail = Some(message.clone());
         headers.push(("content-type".to_string(), "application/json".to_string()));
         headers.push(("cache-control".to_string(), "no-store".to_string()));
+        // MCP endpoint: a JSON-RPC error answering the request's id (omitted when it had none), with the
+        // body error's own code or txngate's code for the status (`mcp::status_rpc_code`).
         let body = if ctx.is_mcp {
-            let code = ctx.rpc_code.unwrap_or(match status {
-                400 | 413 => -32600,
-                401 => -32001,
-                403 => -32003,
-                429 => -32029,
-                _ => -32603,
-            });
-            let id = ctx.rpc_id.as_ref();
+            let code = ctx.rpc_code.unwrap_or_else(|| mcp::status_rpc_code(status));
             mcp::error_body(
-                id,
+                ctx.rpc_id.as_ref(),
                 code,
                 &format!("txngate: {message}"),
                 json!({"reason": reason, "status": status}),
             )
         } else {
-            let error = match status {
-                401 => "invalid_token",
-                403 => "insufficient_scope",
-                400 | 413 => "invalid_request",
-                429 => "rate_limited",
-                _ => "temporarily_unavailable",
-            };
+            let error = mcp::status_error_name(status);
             json!({"error": error, "error_description": message, "reason": reason}).to_string()
         };
         Outcome {

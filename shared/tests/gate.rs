@@ -430,10 +430,13 @@ fn missing_and_repeated_headers() {
         .iter()
         .find(|(k, _)| k == "www-authenticate")
         .unwrap();
-    assert!(www.1.starts_with("Bearer error=\"invalid_token\""));
+    assert_eq!(
+        www.1,
+        "Txn-Token error=\"invalid_token\", error_description=\"token.missing\""
+    );
     let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
     assert_eq!(body["id"], 42);
-    assert_eq!(body["error"]["code"], -32001);
+    assert_eq!(body["error"]["code"], -31401);
     let tok = token(&claims());
     let mut req = Req::mcp(&tok, send_email());
     req.headers.push(("txn-token".into(), tok.clone()));
@@ -546,6 +549,8 @@ fn tool_rules() {
         www.1,
         "Txn-Token error=\"insufficient_scope\", scope=\"calendar:write\""
     );
+    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], -31403);
     assert_eq!(
         reason_of(&mut gate, &Req::mcp(&tok, call("delete_repo", json!({})))),
         (403, "tool.denied")
@@ -678,7 +683,7 @@ fn eleventh_call_gets_429_with_retry_after() {
     assert_eq!(h["ratelimit-policy"], "\"send_email\";q=10;w=60");
     assert!(h["ratelimit"].starts_with("\"send_email\";r=0;"));
     let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
-    assert_eq!(body["error"]["code"], -32029);
+    assert_eq!(body["error"]["code"], -31429);
     // Another agent of the same user has its own bucket.
     let other = token(&with(
         claims(),
@@ -917,11 +922,16 @@ fn hosts_agree_on_joined_headers_and_empty_bodies() {
     // One header value holding two tokens joined by a comma is two tokens.
     let mut req = Req::mcp(&format!("{tok}, {tok}"), send_email());
     assert_eq!(reason_of(&mut gate, &req), (400, "token.multiple"));
-    // A repeated Mcp-Name is read joined, and so cannot match the body.
+    // A repeated Mcp-Name is refused, as two entries (Envoy) or joined into one value (fetch), even when
+    // each copy matches the body.
     req = Req::mcp(&tok, send_email());
     req.headers.push(("mcp-name".into(), "send_email".into()));
     req.headers.push(("Mcp-Name".into(), "send_email".into()));
-    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.header_mismatch"));
+    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.header_repeated"));
+    req = Req::mcp(&tok, send_email());
+    req.headers
+        .push(("mcp-name".into(), "send_email, send_email".into()));
+    assert_eq!(reason_of(&mut gate, &req), (400, "mcp.header_repeated"));
     // An empty body is no body.
     assert_eq!(
         reason_of(&mut gate, &Req::mcp(&tok, Vec::new())),
@@ -948,4 +958,237 @@ fn refused_tokens_within_the_size_cap_are_audited_by_hash() {
         .audit
         .token_sha256
         .is_none());
+}
+
+fn body_of(o: &Outcome) -> Value {
+    serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap()
+}
+
+/// Every refusal of a body with a usable id answers that id, whatever the refusal is about (the token, the
+/// routing headers, the body's own content); without one the `id` member is absent, never `null`.
+#[test]
+fn refusals_answer_the_request_id() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    for (body, reason, code) in [
+        (
+            json!({"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{"name":""}}),
+            "mcp.tool_name",
+            -32602,
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{"name":"send\u{7}email"}}),
+            "mcp.tool_name",
+            -32602,
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{"name":"send_email","arguments":[]}}),
+            "mcp.arguments",
+            -32602,
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":"r-1","method":"prompts/get","params":{}}),
+            "mcp.prompt_name",
+            -32602,
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":"r-1","method":"resources/read","params":{"uri":5}}),
+            "mcp.resource_uri",
+            -32602,
+        ),
+        (
+            json!({"jsonrpc":"2.0","id":"r-1","method":"tools/list","params":7}),
+            "mcp.invalid",
+            -32600,
+        ),
+    ] {
+        let o = decide(
+            &mut gate,
+            &Req::mcp(&tok, serde_json::to_vec(&body).unwrap()),
+        );
+        assert_eq!(
+            (o.decision.status, o.decision.reason),
+            (400, reason),
+            "{body}"
+        );
+        let reply = body_of(&o);
+        assert_eq!(reply["id"], "r-1", "{body}");
+        assert_eq!(reply["error"]["code"], code, "{body}");
+        assert_eq!(reply["error"]["data"]["reason"], reason);
+        assert_eq!(o.audit.rpc_id, Some(json!("r-1")));
+    }
+    // The token is refused first, and that refusal answers the id too.
+    let o = decide(
+        &mut gate,
+        &Req::mcp(
+            "x",
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":""}}"#.to_vec(),
+        ),
+    );
+    assert_eq!(o.decision.reason, "token.malformed");
+    assert_eq!(body_of(&o)["id"], 3);
+    // No usable id: no id member.
+    for body in [
+        b"{".to_vec(),
+        br#"{"jsonrpc":"2.0","id":null,"method":"tools/list"}"#.to_vec(),
+        br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":""}}"#.to_vec(),
+    ] {
+        let o = decide(&mut gate, &Req::mcp(&tok, body.clone()));
+        assert_eq!(o.decision.status, 400);
+        let reply = body_of(&o);
+        assert!(reply.get("id").is_none(), "{reply}");
+        assert_eq!(reply["jsonrpc"], "2.0");
+    }
+    let mut req = Req::mcp("", send_email());
+    req.headers.clear();
+    req.body = None;
+    let o = decide(&mut gate, &req);
+    assert_eq!(o.decision.reason, "token.missing");
+    assert!(body_of(&o).get("id").is_none());
+}
+
+/// The routing headers of MCP 2026-07-28 through the whole gate: per method, base64, repetition, required on
+/// the new version, the version against `_meta`; every refusal 400 / -32020 with the request's id.
+#[test]
+fn routing_headers_through_the_gate() {
+    let mut gate = gate_with(&policy());
+    let tok = token(&claims());
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    let modern = |method: &str, mut params: Value| {
+        params["_meta"] = meta.clone();
+        serde_json::to_vec(&json!({"jsonrpc":"2.0","id":5,"method":method,"params":params}))
+            .unwrap()
+    };
+    let with_headers = |body: Vec<u8>, headers: &[(&str, &str)]| {
+        let mut req = Req::mcp(&tok, body);
+        req.headers
+            .extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        req
+    };
+    let v = ("MCP-Protocol-Version", "2026-07-28");
+    let cases: Vec<(Req, u16, &str)> = vec![
+        (
+            with_headers(
+                modern(
+                    "tools/call",
+                    json!({"name":"send_email","arguments":{"to":"bob@example.com"}}),
+                ),
+                &[v, ("Mcp-Method", "tools/call"), ("Mcp-Name", "send_email")],
+            ),
+            200,
+            "allow",
+        ),
+        (
+            with_headers(
+                modern(
+                    "tools/call",
+                    json!({"name":"send_email","arguments":{"to":"bob@example.com"}}),
+                ),
+                &[
+                    v,
+                    ("Mcp-Method", "tools/call"),
+                    ("Mcp-Name", "=?base64?c2VuZF9lbWFpbA==?="),
+                ],
+            ),
+            200,
+            "allow",
+        ),
+        (
+            with_headers(
+                modern("prompts/get", json!({"name":"code_review"})),
+                &[
+                    v,
+                    ("Mcp-Method", "prompts/get"),
+                    ("Mcp-Name", "code_review"),
+                ],
+            ),
+            200,
+            "allow",
+        ),
+        (
+            with_headers(
+                modern("resources/read", json!({"uri":"file:///docs/é.txt"})),
+                &[
+                    v,
+                    ("Mcp-Method", "resources/read"),
+                    ("Mcp-Name", "=?base64?ZmlsZTovLy9kb2NzL8OpLnR4dA==?="),
+                ],
+            ),
+            200,
+            "allow",
+        ),
+        (
+            with_headers(
+                modern("server/discover", json!({})),
+                &[v, ("Mcp-Method", "server/discover")],
+            ),
+            200,
+            "allow",
+        ),
+        (
+            with_headers(
+                modern("resources/read", json!({"uri":"file:///docs/a.txt"})),
+                &[
+                    v,
+                    ("Mcp-Method", "resources/read"),
+                    ("Mcp-Name", "file:///etc/passwd"),
+                ],
+            ),
+            400,
+            "mcp.header_mismatch",
+        ),
+        (
+            with_headers(
+                modern("tools/call", json!({"name":"send_email"})),
+                &[v, ("Mcp-Method", "tools/call")],
+            ),
+            400,
+            "mcp.header_missing",
+        ),
+        (
+            with_headers(
+                modern("tools/call", json!({"name":"send_email"})),
+                &[
+                    v,
+                    ("Mcp-Method", "tools/call"),
+                    ("Mcp-Method", "tools/call"),
+                    ("Mcp-Name", "send_email"),
+                ],
+            ),
+            400,
+            "mcp.header_repeated",
+        ),
+        (
+            with_headers(
+                modern("tools/call", json!({"name":"send_email"})),
+                &[
+                    v,
+                    ("Mcp-Method", "tools/call"),
+                    ("Mcp-Name", "=?base64?c2VuZF9lbWFpbA?="),
+                ],
+            ),
+            400,
+            "mcp.header_invalid",
+        ),
+        (
+            with_headers(
+                modern("tools/list", json!({})),
+                &[
+                    ("MCP-Protocol-Version", "2025-11-25"),
+                    ("Mcp-Method", "tools/list"),
+                ],
+            ),
+            400,
+            "mcp.header_mismatch",
+        ),
+    ];
+    for (req, status, reason) in cases {
+        let o = decide(&mut gate, &req);
+        assert_eq!((o.decision.status, o.decision.reason), (status, reason));
+        if status == 400 {
+            let reply = body_of(&o);
+            assert_eq!(reply["id"], 5);
+            assert_eq!(reply["error"]["code"], -32020);
+        }
+    }
 }

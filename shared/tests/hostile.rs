@@ -35,6 +35,7 @@
 //! | 10 000 nested `[`/`{` in header, claims, MCP body, policy, JWKS (RFC 8259 §9) | `token.header`, `token.claims`, 400 `mcp.depth`, JSON `TooDeep` | `rfc8259_9_deep_nesting_is_refused_without_stack_overflow` |
 //! | tool names differing by case: same rule, same bucket (11th call is 429) | 429 `ratelimit.exceeded`, 403 `tool.denied` | `mcp_tool_names_differing_by_case_share_rule_and_bucket` |
 //! | confusables (Cyrillic е), spaces, NUL, zero-width, full-width tool names | 400 `mcp.tool_name` (-32602) | `mcp_confusable_tool_names_are_refused_never_allowed` |
+//! | routing-header smuggling: `Mcp-Name` in another spelling, base64 variants (URL-safe, whitespace, lower-case markers, trailing NUL), joined or repeated headers (MCP 2026-07-28 Server Validation) | 400 `mcp.header_mismatch` / `mcp.header_invalid` / `mcp.header_repeated` (-32020, the request's id) | `mcp_2026_routing_header_smuggling_is_refused` |
 //! | token, payload or signature segment in audit, body or headers | never | `decide_with` (every decision here), `transaction_tokens_the_token_is_never_logged` |
 //! | quadratic JSON pointer bookkeeping on a 64 KiB pre-auth body (fixed in `json.rs`) | linear | `regression_json_pointer_bookkeeping_is_linear` |
 //! | `POST /MCP`, `/mcp;x`, `//mcp`, `/%6dcp` skipping tool rules (fixed in `mcp.rs`/`gate.rs`) | 403 `tool.denied` | `regression_spellings_of_the_mcp_path_get_tool_authorization` |
@@ -1841,14 +1842,150 @@ fn mcp_confusable_tool_names_are_refused_never_allowed() {
     );
 }
 
+/// MCP 2026-07-28 "Server Validation": a router or policy in front of the server may act on `Mcp-Name` while
+/// the server executes `params.name` / `params.uri`, so every spelling that could make the two disagree is
+/// refused with 400 and -32020, answering the request's id: the name in another encoding (percent-encoding,
+/// case, base64 of another value, base64 with a trailing NUL), base64 that lenient decoders accept
+/// (URL-safe alphabet, embedded whitespace, missing padding), markers in another case (then a plain value,
+/// which differs), and repetition in either form a host presents it (two entries, or joined by `,`).
+#[test]
+fn mcp_2026_routing_header_smuggling_is_refused() {
+    let mut gate = gate();
+    let token = good();
+    let read = bytes(
+        &json!({"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"uri":"file:///docs/a"}}),
+    );
+    let tool = bytes(
+        &json!({"jsonrpc":"2.0","id":"r","method":"tools/call","params":{"name":"calendar_read"}}),
+    );
+    let b64 = |s: &[u8]| {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    /// A body, the routing headers sent with it, the expected reason.
+    type Smuggle<'a> = (&'a Vec<u8>, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Smuggle> = vec![
+        (
+            &read,
+            vec![("Mcp-Name", "file:///docs/%61".into())],
+            "mcp.header_mismatch",
+        ),
+        (
+            &read,
+            vec![("Mcp-Name", "FILE:///docs/a".into())],
+            "mcp.header_mismatch",
+        ),
+        (
+            &read,
+            vec![("Mcp-Name", b64(b"file:///docs/a\0"))],
+            "mcp.header_mismatch",
+        ),
+        (
+            &read,
+            vec![("Mcp-Name", b64(b"file:///docs/b"))],
+            "mcp.header_mismatch",
+        ),
+        (
+            &tool,
+            vec![("Mcp-Name", "=?BASE64?Y2FsZW5kYXJfcmVhZA==?=".into())],
+            "mcp.header_mismatch",
+        ),
+        (
+            &tool,
+            vec![("Mcp-Name", "=?base64?Y2FsZW5k YXJfcmVhZA==?=".into())],
+            "mcp.header_invalid",
+        ),
+        (
+            &tool,
+            vec![("Mcp-Name", "=?base64?Y2FsZW5kYXJfcmVhZA?=".into())],
+            "mcp.header_invalid",
+        ),
+        (
+            &tool,
+            vec![("Mcp-Name", "=?base64?Y2FsZW5kYXJfcmVhZA-_?=".into())],
+            "mcp.header_invalid",
+        ),
+        (
+            &tool,
+            vec![("Mcp-Name", "calendar_read\u{7f}".into())],
+            "mcp.header_invalid",
+        ),
+        (
+            &tool,
+            vec![("Mcp-Name", "calendar_read,delete_repo".into())],
+            "mcp.header_repeated",
+        ),
+        (
+            &tool,
+            vec![
+                ("Mcp-Name", "delete_repo".into()),
+                ("mcp-name", "calendar_read".into()),
+            ],
+            "mcp.header_repeated",
+        ),
+        (
+            &tool,
+            vec![
+                ("Mcp-Method", "tools/call".into()),
+                ("MCP-METHOD", "tools/list".into()),
+            ],
+            "mcp.header_repeated",
+        ),
+        (
+            &tool,
+            vec![("Mcp-Method", "tools/call ,tools/call".into())],
+            "mcp.header_repeated",
+        ),
+    ];
+    for (body, extra, reason) in cases {
+        let mut headers = token_headers(&token);
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let o = decide_with(
+            &mut gate,
+            &headers,
+            body,
+            &mut MemoryStore::new(),
+            NOW * 1000,
+        );
+        assert_eq!(
+            (o.decision.status, o.decision.reason),
+            (400, reason),
+            "{extra:?}"
+        );
+        let reply: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+        assert_eq!(reply["error"]["code"], -32020, "{extra:?}");
+        assert_eq!(reply["id"], "r", "{extra:?}");
+    }
+    // The same requests with headers that agree pass (the base64 form of a plain name too).
+    for (body, name) in [
+        (&read, "file:///docs/a".to_string()),
+        (&read, b64(b"file:///docs/a")),
+        (&tool, b64(b"calendar_read")),
+    ] {
+        let mut headers = token_headers(&token);
+        headers.push(("Mcp-Name".into(), name.clone()));
+        let o = decide_with(
+            &mut gate,
+            &headers,
+            body,
+            &mut MemoryStore::new(),
+            NOW * 1000,
+        );
+        assert_eq!(o.decision.reason, "allow", "{name}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Never logged
 // ---------------------------------------------------------------------------------------------------------
 
 /// Transaction Tokens draft: "never log a token verbatim". Every decision in this file already checks it
 /// (`decide_with`); this test adds the outcomes that carry the most detail (a `full` arguments audit, an
-/// allow with identity headers, a refused signature, a cache hit, a rate-limit refusal, a refusal with a
-/// `resource_metadata` challenge) and checks the SHA-256 is there instead.
+/// allow with identity headers, a refused signature, a cache hit, a rate-limit refusal, a refusal under a
+/// policy with `resource_metadata`) and checks the SHA-256 is there instead. The deprecated
+/// `mcp.resource_metadata` is not advertised: the challenge is `Txn-Token`, never OAuth discovery.
 #[test]
 fn transaction_tokens_the_token_is_never_logged() {
     let mut p = policy();
@@ -1874,6 +2011,19 @@ fn transaction_tokens_the_token_is_never_logged() {
     assert_eq!(outcomes[11].decision.reason, "ratelimit.exceeded");
     outcomes.push(decide(&mut gate, &tampered, &send_email()));
     assert_eq!(outcomes.last().unwrap().decision.reason, "token.signature");
+    let challenge = outcomes
+        .last()
+        .unwrap()
+        .decision
+        .response_headers
+        .iter()
+        .find(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(
+        challenge,
+        "Txn-Token error=\"invalid_token\", error_description=\"token.signature\""
+    );
     let hash = txngate_core::encoding::sha256_hex(token.as_bytes());
     for o in &outcomes {
         assert_not_logged(&token, o);

@@ -145,6 +145,7 @@ class Envoy(Host):
         if headers.get(MARK) != "1":
             reason = reason_from_body(text)
             out = Outcome("deny", status, reason)
+            out.body = text
             if reason is None:
                 out.detail, out.error = f"local reply without a reason: {text[:200]!r}", True
             return out

@@ -164,6 +164,7 @@ class Native(Host):
             return Outcome.failure(f"txngate check exit {done.returncode}: {done.stderr.strip()[:500]}")
         decision = json.loads(lines[-1])["decision"]
         out = Outcome(decision["verdict"], decision["status"], decision["reason"])
+        out.body = None if decision.get("body") is None else json.dumps(decision["body"])
         if (done.returncode == 0) != (decision["verdict"] == "allow"):
             out.detail = f"exit code {done.returncode} disagrees with verdict {decision['verdict']}"
             out.error = True
@@ -299,6 +300,7 @@ class Harness(Host):
         if o.get("local_reply") is not None:
             reply = o["local_reply"]
             out = Outcome("deny", reply["status"], reason_from_body(reply["body"]))
+            out.body = reply["body"]
             if out.reason is None:
                 problems.append(f"no reason in the reply body {reply['body'][:200]!r}")
             if audit and audit.get("reason") != out.reason:

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from hosts import Harness, Host, Native, Pending, cli_path, ensure_cli  # noqa: E402
-from vectors import HOST_NAMES, ROOT, Case, Minter, Outcome, VectorError, load_cases  # noqa: E402
+from vectors import HOST_NAMES, ROOT, Case, Minter, Outcome, VectorError, check_rpc, load_cases  # noqa: E402
 
 DEFAULT_HOSTS = "native,harness"
 #: Hosts the runner can run: the vector hosts plus `envoy-hybrid` (Envoy's jwt_authn verifies signatures, the
@@ -110,6 +110,9 @@ def judge(case: Case, outcome: Outcome, reason_aliases: dict[str, set[str]] | No
         return Cell("fail", outcome.detail or "", outcome)
     if outcome.response is not None and not outcome.response[0]:
         return Cell("fail", outcome.response[1], outcome)
+    rpc = check_rpc(case, outcome)
+    if rpc:
+        return Cell("fail", rpc, outcome)
     return Cell("pass", f"reason {got[2]}" if aliased and got != expected else "", outcome)
 
 

@@ -83,6 +83,8 @@ class Outcome:
     #: The host ran the case but could not check the response part (e.g. the CLI has no upstream).
     response_unchecked: str | None = None
     error: bool = False
+    #: A refusal's body as the client got it (for `expect.rpc`).
+    body: str | None = None
 
     def triple(self) -> tuple[Any, Any, Any]:
         return (self.verdict, self.status, self.reason)
@@ -145,7 +147,13 @@ def _validate_case(raw: dict, where: str, reasons: set[str]) -> None:
                     _check(isinstance(tok[t], int), where, f"token.{t} is relative seconds (an integer)")
                     _check(t not in tok["claims"], where, f"{t} both relative and in claims")
     exp = raw["expect"]
-    _check(isinstance(exp, dict) and set(exp) == {"verdict", "status", "reason"}, where, "expect has verdict, status, reason")
+    _check(isinstance(exp, dict) and {"verdict", "status", "reason"} <= set(exp) <= {"verdict", "status", "reason", "rpc"},
+           where, "expect has verdict, status, reason (and optionally rpc)")
+    if "rpc" in exp:
+        rpc = exp["rpc"]
+        _check(isinstance(rpc, dict) and set(rpc) == {"code", "id"} and isinstance(rpc["code"], int)
+               and (rpc["id"] is None or isinstance(rpc["id"], (str, int))) and exp["verdict"] == "deny",
+               where, "expect.rpc is {code: int, id: string | number | null (no id member)} on a refusal")
     _check(exp["verdict"] in ("allow", "deny"), where, "expect.verdict is allow or deny")
     _check((exp["verdict"] == "allow") == (exp["status"] == 200), where, "allow goes with 200, deny with another status")
     if reasons:
@@ -376,6 +384,30 @@ def reason_from_body(text: str) -> str | None:
             return data["reason"]
     reason = doc.get("reason")
     return reason if isinstance(reason, str) else None
+
+
+def check_rpc(case: Case, outcome: Outcome) -> str | None:
+    """None when the case has no `expect.rpc` or the refusal's JSON-RPC error matches it (code, and the id
+    member: equal, or absent when the vector says null); else what differs."""
+    want = case.expect.get("rpc")
+    if want is None:
+        return None
+    try:
+        doc = json.loads(outcome.body or "")
+    except ValueError:
+        return f"expect.rpc: the refusal body is not JSON: {(outcome.body or '')[:200]!r}"
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), dict):
+        return f"expect.rpc: the refusal body is not a JSON-RPC error: {(outcome.body or '')[:200]!r}"
+    got_code = doc["error"].get("code")
+    got_id = doc["id"] if "id" in doc else None
+    problems = []
+    if got_code != want["code"]:
+        problems.append(f"code {got_code} (expected {want['code']})")
+    if want["id"] is None and "id" in doc:
+        problems.append(f"id {doc['id']!r} (expected no id member)")
+    elif want["id"] is not None and got_id != want["id"]:
+        problems.append(f"id {'absent' if 'id' not in doc else repr(got_id)} (expected {want['id']!r})")
+    return "expect.rpc: " + ", ".join(problems) if problems else None
 
 
 def audit_records(lines: list[str]) -> list[dict]:

@@ -174,42 +174,42 @@ fn refusals_are_local_replies_with_the_cores_status_and_json_rpc_error() {
             CALENDAR_A1,
             tools_call("send_email", email_args()),
             403,
-            -32003,
+            -31403,
             "tool.scope",
         ),
         (
             EMAIL_A1,
             tools_call("send_email", json!({"to": "eve@example.com"})),
             403,
-            -32003,
+            -31403,
             "tool.constraint",
         ),
         (
             EMAIL_A1,
             tools_call("delete_repo", json!({"name": "r"})),
             403,
-            -32003,
+            -31403,
             "tool.denied",
         ),
         (
             "not-a-token",
             tools_call("send_email", email_args()),
             401,
-            -32001,
+            -31401,
             "token.malformed",
         ),
         (
             WRONG_TYP_A1,
             tools_call("send_email", email_args()),
             401,
-            -32001,
+            -31401,
             "token.typ",
         ),
         (
             CALENDAR_K2_A1,
             tools_call("calendar_read", json!({"day": "mon"})),
             401,
-            -32001,
+            -31401,
             "token.kid_unknown",
         ),
     ];
@@ -233,7 +233,7 @@ fn refusals_are_local_replies_with_the_cores_status_and_json_rpc_error() {
     let o = vm.http(mcp(CALENDAR_A1, &tools_call("send_email", email_args())));
     assert_eq!(
         o.response_header("www-authenticate"),
-        Some("Bearer error=\"insufficient_scope\", scope=\"email:send\"")
+        Some("Txn-Token error=\"insufficient_scope\", scope=\"email:send\"")
     );
     // A missing token; non-MCP paths are refused too (plain JSON error).
     let o = vm.http(HttpRequest::get("/other"));

@@ -35,7 +35,7 @@ fn a_limit_of_ten_holds_across_two_vms() {
         statuses.push(o.status().unwrap());
         if i == 10 {
             assert_eq!(o.response_header("retry-after"), Some("6"));
-            assert_eq!(rpc_error(&o)["code"], -32029);
+            assert_eq!(rpc_error(&o)["code"], -31429);
             assert_eq!(o.metric("txngate.ratelimited.send_email"), Some(1));
         }
     }

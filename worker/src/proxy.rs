@@ -98,26 +98,13 @@ pub fn internal_error(reason: &str, detail: &str, rpc_id: Option<&Value>) -> web
         "{}",
         json!({"txngate": reason, "status": status, "detail": detail})
     );
-    let (error, message) = match status {
-        504 => (
-            "gateway_timeout",
-            "txngate: the upstream server did not answer in time",
-        ),
-        502 => (
-            "bad_gateway",
-            "txngate: the upstream server could not be reached",
-        ),
-        _ => ("server_error", "txngate: internal error"),
+    let message = match status {
+        504 => "txngate: the upstream server did not answer in time",
+        502 => "txngate: the upstream server could not be reached",
+        _ => "txngate: internal error",
     };
-    let body = match rpc_id {
-        Some(id) => txngate_core::mcp::error_body(
-            Some(id),
-            -32603,
-            message,
-            json!({"reason": reason, "status": status}),
-        ),
-        None => json!({"error": error, "error_description": message, "reason": reason}).to_string(),
-    };
+    // The core renders it, as for the Envoy filter's own errors: a JSON-RPC error when the request had an id.
+    let body = txngate_core::mcp::adapter_error_body(status, reason, message, rpc_id);
     reply(status, &json_headers(), &body)
 }
 

@@ -11,8 +11,10 @@ use serde_json::{Map, Value};
 use crate::json::{parse_strict, JsonError};
 
 mod path;
+pub mod routing;
 
 pub use path::{is_normalized, normalize_path};
+pub use routing::RoutingHeaders;
 
 /// Longest tool or prompt name accepted at all (bytes). MCP recommends at most 128 characters.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -65,7 +67,20 @@ pub enum McpError {
     Meta {
         detail: &'static str,
     },
-    /// An `Mcp-Method` or `Mcp-Name` header that disagrees with the body.
+    /// A routing header (`Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`) sent more than once.
+    HeaderRepeated {
+        header: &'static str,
+    },
+    /// A routing header the request's protocol version requires is absent.
+    HeaderMissing {
+        header: &'static str,
+    },
+    /// A routing header value that cannot be read: bad characters, malformed or non-canonical base64.
+    HeaderInvalid {
+        header: &'static str,
+        detail: &'static str,
+    },
+    /// A routing header that disagrees with the body (`Mcp-Name` after decoding).
     HeaderMismatch {
         header: &'static str,
         header_value: String,
@@ -88,6 +103,9 @@ impl McpError {
             Self::ResourceUri { .. } => "mcp.resource_uri",
             Self::Arguments { .. } => "mcp.arguments",
             Self::Meta { .. } => "mcp.meta",
+            Self::HeaderRepeated { .. } => "mcp.header_repeated",
+            Self::HeaderMissing { .. } => "mcp.header_missing",
+            Self::HeaderInvalid { .. } => "mcp.header_invalid",
             Self::HeaderMismatch { .. } => "mcp.header_mismatch",
         }
     }
@@ -101,7 +119,12 @@ impl McpError {
             | Self::ResourceUri { .. }
             | Self::Arguments { .. }
             | Self::Meta { .. } => -32602,
-            Self::HeaderMismatch { .. } => -32020,
+            // HeaderMismatch (MCP 2026-07-28 basic/transports "Server Validation"): also for missing and
+            // malformed routing headers.
+            Self::HeaderRepeated { .. }
+            | Self::HeaderMissing { .. }
+            | Self::HeaderInvalid { .. }
+            | Self::HeaderMismatch { .. } => -32020,
             Self::BodyMissing | Self::TooLarge { .. } | Self::Invalid { .. } | Self::Batch => {
                 -32600
             }
@@ -140,6 +163,11 @@ impl fmt::Display for McpError {
                 write!(f, "{method}: params.arguments must be an object")
             }
             Self::Meta { detail } => write!(f, "params._meta: {detail}"),
+            Self::HeaderRepeated { header } => write!(f, "{header} header sent more than once"),
+            Self::HeaderMissing { header } => {
+                write!(f, "{header} header is required by this protocol version")
+            }
+            Self::HeaderInvalid { header, detail } => write!(f, "{header} header: {detail}"),
             Self::HeaderMismatch {
                 header,
                 header_value,
@@ -545,43 +573,71 @@ fn read_uri(params: &mut Option<Map<String, Value>>) -> Result<String, McpError>
     .map_err(|detail| McpError::ResourceUri { detail })
 }
 
-/// MCP 2026-07-28: `Mcp-Method` must equal the body's method and `Mcp-Name` its target's name or URI.
-pub fn check_headers(
-    message: &McpMessage,
-    mcp_method: Option<&str>,
-    mcp_name: Option<&str>,
-) -> Result<(), McpError> {
-    if let Some(header) = mcp_method {
-        let body = message.method.as_deref().unwrap_or("");
-        if header != body {
-            return Err(McpError::HeaderMismatch {
-                header: "Mcp-Method",
-                header_value: header.to_string(),
-                body_value: body.to_string(),
-            });
-        }
+/// The JSON-RPC error code of a refusal with HTTP `status` when no more specific code applies (the body
+/// errors of [`McpError::rpc_code`] are more specific). MCP 2026-07-28 reserves -32000..-32099 (basic/index
+/// "Error Codes"), so txngate's own refusals use `-(31000 + status)` outside it: -31401 Txn-Token refused,
+/// -31403 forbidden, -31429 rate limited, -31502/-31503/-31504 upstream, keys or store unavailable. A request
+/// that is not a valid request is -32600 and an internal failure -32603, as JSON-RPC defines them.
+pub fn status_rpc_code(status: u16) -> i64 {
+    match status {
+        400 | 413 => -32600,
+        500 => -32603,
+        other => -(31000 + i64::from(other)),
     }
-    if let Some(header) = mcp_name {
-        let body = message.target.as_ref().map_or("", Target::name);
-        if header != body {
-            return Err(McpError::HeaderMismatch {
-                header: "Mcp-Name",
-                header_value: header.to_string(),
-                body_value: body.to_string(),
-            });
-        }
-    }
-    Ok(())
 }
 
-/// A JSON-RPC error response body.
+/// The OAuth-style `error` value of a refusal outside the MCP endpoint (RFC 6750 §3.1 names where one fits).
+pub fn status_error_name(status: u16) -> &'static str {
+    match status {
+        400 | 413 => "invalid_request",
+        401 => "invalid_token",
+        403 => "insufficient_scope",
+        429 => "rate_limited",
+        500 => "server_error",
+        502 => "bad_gateway",
+        504 => "gateway_timeout",
+        _ => "temporarily_unavailable",
+    }
+}
+
+/// A JSON-RPC error response body. Without a usable request id the `id` member is omitted, as the
+/// 2026-07-28 schema allows (`JSONRPCErrorResponse.id` is optional), rather than sent as `null`.
 pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> String {
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id.cloned().unwrap_or(Value::Null),
-        "error": {"code": code, "message": message, "data": data},
-    });
-    body.to_string()
+    let mut body = Map::new();
+    body.insert("jsonrpc".into(), Value::from("2.0"));
+    if let Some(id) = id {
+        body.insert("id".into(), id.clone());
+    }
+    body.insert(
+        "error".into(),
+        serde_json::json!({"code": code, "message": message, "data": data}),
+    );
+    Value::Object(body).to_string()
+}
+
+/// The body of a refusal an adapter makes itself (its own failure, an unreachable upstream): a JSON-RPC
+/// error when the request carried a usable id (an MCP request awaiting its answer), else the OAuth-style JSON
+/// object. The Envoy filter and the Worker both render through this, so both hosts answer alike.
+pub fn adapter_error_body(
+    status: u16,
+    reason: &str,
+    message: &str,
+    rpc_id: Option<&Value>,
+) -> String {
+    match rpc_id {
+        Some(id) => error_body(
+            Some(id),
+            status_rpc_code(status),
+            message,
+            serde_json::json!({"reason": reason, "status": status}),
+        ),
+        None => serde_json::json!({
+            "error": status_error_name(status),
+            "error_description": message,
+            "reason": reason,
+        })
+        .to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -821,21 +877,46 @@ mod tests {
     }
 
     #[test]
-    fn headers_must_match_body() {
-        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#)
-            .unwrap();
-        assert!(check_headers(&m, Some("tools/call"), Some("a")).is_ok());
-        assert!(check_headers(&m, None, None).is_ok());
-        assert_eq!(
-            check_headers(&m, Some("tools/list"), None)
-                .unwrap_err()
-                .reason(),
-            "mcp.header_mismatch"
-        );
-        assert_eq!(
-            check_headers(&m, None, Some("b")).unwrap_err().rpc_code(),
-            -32020
-        );
+    fn error_bodies() {
+        let with: Value = serde_json::from_str(&error_body(
+            Some(&json!(7)),
+            -32020,
+            "m",
+            json!({"reason":"r"}),
+        ))
+        .unwrap();
+        assert_eq!(with["id"], 7);
+        let without: Value =
+            serde_json::from_str(&error_body(None, -32700, "m", json!({}))).unwrap();
+        assert!(without.get("id").is_none(), "{without}");
+        assert_eq!(without["error"]["code"], -32700);
+        for (status, code) in [
+            (400, -32600),
+            (401, -31401),
+            (403, -31403),
+            (413, -32600),
+            (429, -31429),
+            (500, -32603),
+            (502, -31502),
+            (503, -31503),
+            (504, -31504),
+        ] {
+            assert_eq!(status_rpc_code(status), code, "{status}");
+            // Outside the range JSON-RPC and MCP reserve, except the two JSON-RPC codes themselves.
+            assert!(!(-32099..=-32000).contains(&code), "{status}");
+        }
+        let adapter: Value = serde_json::from_str(&adapter_error_body(
+            502,
+            "origin.fetch",
+            "txngate: the upstream server could not be reached",
+            Some(&json!("a")),
+        ))
+        .unwrap();
+        assert_eq!(adapter["id"], "a");
+        assert_eq!(adapter["error"]["code"], -31502);
+        assert_eq!(adapter["error"]["data"]["reason"], "origin.fetch");
+        let plain: Value = serde_json::from_str(&adapter_error_body(500, "x", "m", None)).unwrap();
+        assert_eq!(plain["error"], "server_error");
     }
 
     proptest! {

@@ -981,6 +981,8 @@ struct Http {
     /// Body-holding mode: the identity headers set on the headers that went on (the full decision must
     /// give the same).
     identity: Vec<(String, String)>,
+    /// The request went through the body-holding mode (see `hold::Http::hold_headers`).
+    held: bool,
 }
 
 impl Http {
@@ -996,6 +998,7 @@ impl Http {
             rpc_id: None,
             filtering: None,
             identity: Vec::new(),
+            held: false,
         }
     }
 
@@ -1237,6 +1240,12 @@ impl HttpContext for Http {
         }
         self.filtering = Some(header("content-type").unwrap_or_default());
         let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
+        if self.held {
+            // Body-holding mode runs where Envoy may lack `allow_on_headers_stop_iteration`, and without it a
+            // Pause here would keep the response body from this filter for good. The headers go on; the body
+            // is still buffered whole and replaced by the filtered one; a failure then resets the stream.
+            return Action::Continue;
+        }
         // Hold the headers until the filtered body is ready, so a failure can still become a 502.
         Action::Pause
     }

@@ -15,6 +15,11 @@
 //!    the buffered body is released unchanged. The identity set in step 2 must be the one the full decision
 //!    gives, else the request is refused (500 `filter.identity_changed`).
 //!
+//! An allowed `tools/list` answer is filtered as in the other mode, except that its headers go on at once
+//! (pausing them needs `allow_on_headers_stop_iteration` too): the body is buffered whole and replaced by the
+//! filtered one, and a response that cannot be filtered resets the stream instead of becoming a 502 — the
+//! client never gets the unfiltered list either way.
+//!
 //! A response that arrives while the body is held (the upstream answered without waiting for the body, or
 //! Envoy answered itself, e.g. an upstream connect failure) passes to the client; the held body is then
 //! never released, and the event is logged and counted (`txngate.hold.early_response`).
@@ -64,6 +69,7 @@ impl Http {
             return self.fail_closed(500, "filter.headers", "could not remove accept-encoding");
         }
         self.identity = decision.upstream_headers;
+        self.held = true;
         self.pending = Some(captured);
         self.phase = Phase::Holding;
         Action::Continue

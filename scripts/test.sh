@@ -117,6 +117,17 @@ conformance() {
 
 e2e_plumbing() { pytest_logged plumbing tests/e2e/test_plumbing.py; }
 
+# Real Envoy configured as Istio's WasmPlugin configures it (ECDS, no allow_on_headers_stop_iteration): the filter's
+# default body-holding mode, with a wire tap on the MCP server's side. Reuses the filter-wasm stage's filter.
+envoy_wasmplugin() { pytest_logged wasmplugin tests/e2e/test_envoy_wasmplugin.py; }
+
+# The shipped filter as OCI image layouts (scripts/build-oci.sh writes target/oci), read back.
+oci_images() { scripts/build-oci.sh && pytest_logged oci tests/e2e/test_oci.py; }
+
+# examples/istio/*.yaml against Istio's CRD schemas (../shared/reference/istio/crds.yaml beside the clone, or
+# $TXNGATE_ISTIO_CRDS); their plugin configurations compiled by `txngate policy validate` and loaded in Envoy.
+istio_manifests() { pytest_logged istio tests/e2e/test_istio_manifests.py; }
+
 # Bootstrap first: everything after it needs the tools it installs.
 stage bootstrap bootstrap || true
 if [ "$failed" -gt 0 ]; then
@@ -140,6 +151,9 @@ stage e2e-plumbing e2e_plumbing
 stage envoy envoy_e2e
 stage envoy-faults envoy_faults
 stage envoy-hybrid envoy_hybrid
+stage envoy-wasmplugin envoy_wasmplugin
+stage oci oci_images
+stage istio istio_manifests
 stage worker worker_unit
 stage workerd worker_e2e
 stage conformance conformance

@@ -26,9 +26,12 @@ use txngate_core::{
 
 use crate::hybrid::{self, Hybrid};
 use crate::jwks::{self, Meta, Target};
+use crate::mode::{self, BodyMode};
 use crate::sink::{self, AuditSink};
 use crate::store::{self, LockOwner, SharedData, SharedStore};
 use crate::{BODY_WAIT_MS, MAX_TOOLS_LIST_BYTES, TICK_MS};
+
+mod hold;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -268,6 +271,8 @@ struct Vm {
     hybrid: Option<Hybrid>,
     /// Where audit records go (see [`crate::sink`]).
     sink: AuditSink,
+    /// Where a request waits for its body (see [`crate::mode`]).
+    body_mode: BodyMode,
     lock_owner: LockOwner,
     metrics: Metrics,
     awaiting: BTreeMap<u32, Awaiting>,
@@ -381,6 +386,25 @@ fn set_filter_state(audit: &AuditRecord) {
     }
 }
 
+/// Identity headers: the client's go, the verified ones come in.
+fn set_identity(captured: &Captured, upstream: &[(String, String)]) -> Result<(), &'static str> {
+    for (name, _) in captured
+        .headers
+        .iter()
+        .filter(|(name, _)| is_identity_header(name))
+    {
+        if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
+            return Err("could not remove a client-sent identity header");
+        }
+    }
+    for (name, value) in upstream {
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+            return Err("could not set the identity headers");
+        }
+    }
+    Ok(())
+}
+
 fn send_local(status: u16, headers: &[(String, String)], body: &str) {
     let headers: Vec<(&str, &str)> = headers
         .iter()
@@ -437,6 +461,7 @@ impl Root {
             gate: None,
             hybrid: None,
             sink: AuditSink::Log,
+            body_mode: BodyMode::HoldBody,
             lock_owner: LockOwner::new(hasher.finish()),
             metrics: Metrics::default(),
             awaiting: BTreeMap::new(),
@@ -825,6 +850,13 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let (config, body_mode) = match mode::split_config(&config) {
+            Ok(split) => split,
+            Err(e) => {
+                log(LogLevel::Error, &format!("txngate: {e}"));
+                return false;
+            }
+        };
         let (config, hybrid) = match hybrid::split_config(&config) {
             Ok(split) => split,
             Err(e) => {
@@ -883,6 +915,7 @@ impl RootContext for Root {
             vm.gate = Some(gate);
             vm.hybrid = hybrid;
             vm.sink = sink;
+            vm.body_mode = body_mode;
             vm.fetches = fetches;
             vm.refetch.clear();
         }
@@ -925,6 +958,9 @@ enum Phase {
     /// Paused until the body is complete; the request sits in `Vm::awaiting` until the first body callback,
     /// then in `Http::pending`.
     AwaitingBody,
+    /// Body-holding mode ([`BodyMode::HoldBody`]): the token was verified and the headers went on with the
+    /// verified identity; every byte of the body is held until the whole request is decided.
+    Holding,
     Allowed,
     /// Refused (or answered by the watchdog): nothing may continue.
     Refused,
@@ -941,6 +977,11 @@ struct Http {
     rpc_id: Option<Value>,
     /// Content type of a list response (`tools/list`, ...) being buffered for filtering.
     filtering: Option<String>,
+    /// Body-holding mode: the identity headers set on the headers that went on (the full decision must
+    /// give the same).
+    identity: Vec<(String, String)>,
+    /// The request went through the body-holding mode (see `hold::Http::hold_headers`).
+    held: bool,
 }
 
 impl Http {
@@ -955,6 +996,8 @@ impl Http {
             list_filter: None,
             rpc_id: None,
             filtering: None,
+            identity: Vec::new(),
+            held: false,
         }
     }
 
@@ -983,28 +1026,8 @@ impl Http {
             return Action::Pause;
         }
         self.rpc_id = audit.rpc_id;
-        // Identity headers: the client's go, the verified ones come in.
-        for (name, _) in captured
-            .headers
-            .iter()
-            .filter(|(name, _)| is_identity_header(name))
-        {
-            if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
-                return self.fail_closed(
-                    500,
-                    "filter.headers",
-                    "could not remove a client-sent identity header",
-                );
-            }
-        }
-        for (name, value) in &decision.upstream_headers {
-            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
-                return self.fail_closed(
-                    500,
-                    "filter.headers",
-                    "could not set the identity headers",
-                );
-            }
+        if let Err(message) = set_identity(captured, &decision.upstream_headers) {
+            return self.fail_closed(500, "filter.headers", message);
         }
         if decision.list_filter.is_some() {
             // The response must be readable to be filtered.
@@ -1111,10 +1134,11 @@ impl HttpContext for Http {
         let mut captured = Captured::gather();
         #[cfg(feature = "fault-injection")]
         fault::inject(&captured.headers);
-        let (needs_body, max_body) = match &*self.vm.borrow() {
+        let (needs_body, max_body, body_mode) = match &*self.vm.borrow() {
             Vm {
                 gate: Some(gate),
                 hybrid,
+                body_mode,
                 ..
             } => {
                 if let Some(hybrid) = hybrid {
@@ -1123,9 +1147,10 @@ impl HttpContext for Http {
                 (
                     gate.needs_body(&captured.method, &captured.path),
                     gate.max_body_bytes(),
+                    *body_mode,
                 )
             }
-            _ => (false, 0),
+            _ => (false, 0, BodyMode::default()),
         };
         if !needs_body || end_of_stream {
             return self.decide(&captured, Body::Absent);
@@ -1136,6 +1161,9 @@ impl HttpContext for Http {
             .is_some_and(|n| n > max_body as u64)
         {
             return self.decide(&captured, Body::TooLarge);
+        }
+        if body_mode == BodyMode::HoldBody {
+            return self.hold_headers(captured);
         }
         self.phase = Phase::AwaitingBody;
         self.vm.borrow_mut().awaiting.insert(
@@ -1151,6 +1179,7 @@ impl HttpContext for Http {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.phase {
             Phase::AwaitingBody => {}
+            Phase::Holding => return self.hold_body(body_size, end_of_stream),
             Phase::Refused => return Action::Pause,
             Phase::Headers | Phase::Allowed => return Action::Continue,
         }
@@ -1177,12 +1206,17 @@ impl HttpContext for Http {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.phase {
             Phase::AwaitingBody => self.finish_body(None),
+            Phase::Holding => self.finish_held(None),
             Phase::Refused => Action::Pause,
             Phase::Headers | Phase::Allowed => Action::Continue,
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.phase == Phase::Holding {
+            // A response before the held body was released (see `hold::early_response`).
+            return self.early_response();
+        }
         if self.phase != Phase::Allowed {
             // Our own local reply (or Envoy's) passing through: leave it alone.
             return Action::Continue;
@@ -1208,6 +1242,12 @@ impl HttpContext for Http {
         }
         self.filtering = Some(header("content-type").unwrap_or_default());
         let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
+        if self.held {
+            // Body-holding mode runs where Envoy may lack `allow_on_headers_stop_iteration`, and without it a
+            // Pause here would keep the response body from this filter for good. The headers go on; the body
+            // is still buffered whole and replaced by the filtered one; a failure then resets the stream.
+            return Action::Continue;
+        }
         // Hold the headers until the filtered body is ready, so a failure can still become a 502.
         Action::Pause
     }

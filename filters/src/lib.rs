@@ -14,10 +14,13 @@
 //!   with 502 when it cannot be).
 //! * Rate limits live in shared data behind the core's `SlotTable` (bounded key space); see [`store`] for
 //!   the compare-and-swap protocol that makes "create only if absent" safe on Envoy.
-//! * Body inspection needs `allow_on_headers_stop_iteration: true` in the Wasm filter configuration.
-//!   Without it Envoy never delivers the body to a filter that paused on headers; the filter notices that
-//!   no body callback came within [`BODY_WAIT_MS`] and refuses the request (the core's `mcp.body_missing`),
-//!   logging at critical level what to fix. A request waiting for its body never passes.
+//! * Bodies ([`mode`]): by default the filter verifies the token at the request headers, lets the headers
+//!   go on with the verified identity, and holds every byte of the body until the core has decided on the
+//!   whole request (works without `allow_on_headers_stop_iteration`, e.g. under Istio's `WasmPlugin`).
+//!   With `"pause_at_headers": true` it pauses the headers until the decision instead (the stricter mode,
+//!   which needs `allow_on_headers_stop_iteration: true`; without it Envoy never delivers the body, and the
+//!   filter refuses the request after [`BODY_WAIT_MS`] with `mcp.body_missing`, logging at critical level
+//!   what to fix). A request waiting for its body never passes, in either mode.
 //!
 //! One audit line (JSON) per decision is logged at info level; the verdict, reason, agent, tool and
 //! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
@@ -29,6 +32,7 @@
 
 pub mod hybrid;
 pub mod jwks;
+pub mod mode;
 pub mod sink;
 pub mod store;
 

@@ -426,6 +426,49 @@ impl Gate {
         }
     }
 
+    /// The header stage of a request whose body the host holds back until it has all of it, for hosts that
+    /// must let the request headers go on before the body arrives (Envoy without
+    /// `allow_on_headers_stop_iteration`, e.g. under Istio's `WasmPlugin`). Checks what needs no body —
+    /// the token (signature with the core's crypto, or `attestation` in hybrid mode), its delegation chain
+    /// and the peer binding — exactly as [`Gate::decide`] would, and nothing else: no tool is authorized and
+    /// no rate limit is consumed.
+    ///
+    /// Denied: the refusal to send. Allowed: the verified identity headers (`upstream_headers`) the host may
+    /// set on the headers it lets go; this is NOT a decision about the request, and the host must still call
+    /// [`Gate::decide`] (or [`Gate::decide_host_verified`]) with the whole body before releasing any of it.
+    pub fn verify_identity(
+        &mut self,
+        request: &Request<'_>,
+        now_ms: u64,
+        attestation: Option<&Result<HostVerified, TokenError>>,
+    ) -> Outcome {
+        let mut ctx = self.gather(request, now_ms);
+        // What the body would be checked against comes later, in the full decision.
+        ctx.message = None;
+        ctx.rpc_id = None;
+        let mut step = self.evaluate_token(ctx, request, now_ms, attestation);
+        loop {
+            step = match step {
+                Step::Done(outcome) => return *outcome,
+                Step::VerifySignature(pending) => {
+                    // In hybrid mode the host's verifier must have covered the token: never checked here.
+                    let valid = attestation.is_none() && pending.verify_native();
+                    self.resume_signature(*pending, valid)
+                }
+                // Not produced without a message; if it were, nothing may pass on it.
+                Step::ConsultLimiter(pending) => {
+                    return self.deny(
+                        pending.ctx,
+                        500,
+                        "gate.internal",
+                        "the header stage asked for a rate limit",
+                        Vec::new(),
+                    )
+                }
+            }
+        }
+    }
+
     /// `None` when the attestation covers the token hashed `hash`, else why not.
     fn attestation_error(
         attestation: &Result<HostVerified, TokenError>,

@@ -556,7 +556,9 @@ def test_without_stop_iteration_the_body_never_arrives_and_nothing_passes(workdi
     directory = workdir / "no-stop-iteration"
     with mcp_server(json_response=True, log_dir=directory) as server:
         port = server.wait_listening()
-        config = EnvoyConfig(policy=policy(inline_issuer(minter)), upstream_port=port, wasm=wasm, stop_iteration=False)
+        # The strict mode (`pause_at_headers`) without Envoy's option: closed, never open.
+        config = EnvoyConfig(policy=policy(inline_issuer(minter)), upstream_port=port, wasm=wasm, stop_iteration=False,
+                             pause_at_headers=True)
         with running_envoy(config, directory) as envoy:
             a = AGENT + "nostop"
             token = minter.mint(claims(a, "calendar:read"), act=[a])

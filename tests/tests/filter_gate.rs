@@ -293,7 +293,10 @@ fn mcp_post_without_a_body_is_refused() {
 #[test]
 fn without_allow_on_headers_stop_iteration_the_watchdog_refuses_the_request() {
     let host = host();
-    let mut vm = host.vm_with(VmOptions::new(policy().to_string())).unwrap();
+    // The strict mode, misconfigured: `pause_at_headers` without Envoy's option.
+    let mut p = policy();
+    p["pause_at_headers"] = json!(true);
+    let mut vm = host.vm_with(VmOptions::new(p.to_string())).unwrap();
     let o = vm.http(mcp(
         CALENDAR_A1,
         &tools_call("calendar_read", json!({"day": "mon"})),

@@ -132,6 +132,10 @@ class EnvoyConfig:
     listener_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     stop_iteration: bool = True
+    #: The filter's `"pause_at_headers"` option (filters/src/mode.rs), added to the plugin configuration when
+    #: true. None: the same as `stop_iteration` (the strict mode needs Envoy's option; without it the filter
+    #: holds the body instead, its default).
+    pause_at_headers: bool | None = None
     tls: Tls | None = None
     jwks_port: int | None = None
     exact_balance: bool = False
@@ -145,7 +149,12 @@ class EnvoyConfig:
     runtime: Mapping[str, Any] | None = None
 
     def policy_text(self) -> str:
-        return self.policy if isinstance(self.policy, str) else json.dumps(self.policy)
+        if isinstance(self.policy, str):
+            return self.policy
+        pause = self.stop_iteration if self.pause_at_headers is None else self.pause_at_headers
+        if pause and isinstance(self.policy, Mapping) and "pause_at_headers" not in self.policy:
+            return json.dumps({**self.policy, "pause_at_headers": True})
+        return json.dumps(self.policy)
 
     def wasm_filter(self) -> dict:
         config: dict[str, Any] = {

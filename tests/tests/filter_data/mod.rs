@@ -52,9 +52,22 @@ pub fn host() -> Host {
     .with_fresh_state()
 }
 
-/// A VM (one Envoy worker) configured like the shipped examples.
+/// A VM (one Envoy worker) in the strict mode: `allow_on_headers_stop_iteration` and the filter's
+/// `"pause_at_headers": true` (unless the policy sets that key itself). The body-holding mode's tests
+/// (filter_hold.rs) use [`hold_vm`].
 pub fn vm(host: &Host, policy: &Value) -> Vm {
-    host.vm_with(VmOptions::new(policy.to_string()).allow_on_headers_stop_iteration(true))
+    let mut config = policy.clone();
+    if let Some(doc) = config.as_object_mut() {
+        doc.entry("pause_at_headers").or_insert(Value::Bool(true));
+    }
+    host.vm_with(VmOptions::new(config.to_string()).allow_on_headers_stop_iteration(true))
+        .unwrap_or_else(|e| panic!("the filter refused the policy: {e}"))
+}
+
+/// A VM configured the way Istio's `WasmPlugin` configures Envoy: the policy as the plugin configuration and
+/// nothing else, no `allow_on_headers_stop_iteration`.
+pub fn hold_vm(host: &Host, policy: &Value) -> Vm {
+    host.vm_with(VmOptions::new(policy.to_string()))
         .unwrap_or_else(|e| panic!("the filter refused the policy: {e}"))
 }
 

@@ -1,0 +1,162 @@
+//! Body-holding mode ([`BodyMode::HoldBody`], the default): for a request whose body the core must read
+//! (an MCP POST), the filter cannot pause at the headers without Envoy's `allow_on_headers_stop_iteration`,
+//! which Istio's `WasmPlugin` does not set. So:
+//!
+//! 1. At the request headers the core checks what needs no body (`Gate::verify_identity`: token, delegation
+//!    chain, peer binding). Refused: a local reply, and the upstream sees nothing at all.
+//! 2. Accepted: the client's `x-txngate-*` headers are removed, the verified identity headers set,
+//!    `accept-encoding` dropped (a `tools/list` answer must be readable to be filtered), and the headers go
+//!    on: Envoy's router sends them to the upstream.
+//! 3. Every body callback returns `Pause` (Envoy's `StopIterationAndBuffer`): no byte of the body moves past
+//!    the filter. A body over `mcp.max_body_bytes` is decided at once as too large (413).
+//! 4. At the end of the stream (or the trailers) the core decides on the whole request, exactly as in the
+//!    pause-at-headers mode (token again — a cache hit —, tool rule, constraints, rate limit). Refused: a
+//!    local reply to the client; Envoy resets the upstream request, which got headers and no body. Allowed:
+//!    the buffered body is released unchanged. The identity set in step 2 must be the one the full decision
+//!    gives, else the request is refused (500 `filter.identity_changed`).
+//!
+//! An allowed `tools/list` answer is filtered as in the other mode, except that its headers go on at once
+//! (pausing them needs `allow_on_headers_stop_iteration` too): the body is buffered whole and replaced by the
+//! filtered one, and a response that cannot be filtered resets the stream instead of becoming a 502 — the
+//! client never gets the unfiltered list either way.
+//!
+//! A response that arrives while the body is held (the upstream answered without waiting for the body, or
+//! Envoy answered itself, e.g. an upstream connect failure) passes to the client; the held body is then
+//! never released, and the event is logged and counted (`txngate.hold.early_response`).
+
+use super::*;
+
+impl Http {
+    /// Step 1 and 2: the header stage. `captured` has its hybrid attestation when that mode is on.
+    pub(super) fn hold_headers(&mut self, captured: Captured) -> Action {
+        let now = now_ms();
+        let outcome = {
+            let mut vm = self.vm.borrow_mut();
+            let outcome = vm.gate.as_mut().map(|gate| {
+                gate.verify_identity(
+                    &captured.request(Body::Absent),
+                    now,
+                    captured.attestation.as_ref(),
+                )
+            });
+            match &outcome {
+                // A refusal is the request's one decision: audited like any other.
+                Some(o) if o.decision.verdict == Verdict::Deny => vm.record(o),
+                Some(o) => {
+                    if let Some(issuer) = o.refetch_issuer {
+                        vm.refetch.insert(issuer);
+                    }
+                }
+                None => {}
+            }
+            outcome
+        };
+        let Some(Outcome { decision, .. }) = outcome else {
+            self.phase = Phase::Refused;
+            send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
+            return Action::Pause;
+        };
+        if decision.verdict == Verdict::Deny {
+            self.phase = Phase::Refused;
+            send_deny(&decision);
+            return Action::Pause;
+        }
+        if let Err(message) = set_identity(&captured, &decision.upstream_headers) {
+            return self.fail_closed(500, "filter.headers", message);
+        }
+        // Whether this is a `tools/list` (whose answer is filtered) is only known from the body.
+        if hostcalls::remove_map_value(MapType::HttpRequestHeaders, "accept-encoding").is_err() {
+            return self.fail_closed(500, "filter.headers", "could not remove accept-encoding");
+        }
+        self.identity = decision.upstream_headers;
+        self.held = true;
+        self.pending = Some(captured);
+        self.phase = Phase::Holding;
+        Action::Continue
+    }
+
+    /// Step 3: a body chunk. `body_size` is everything buffered so far.
+    pub(super) fn hold_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if body_size > self.max_body {
+            return self.decide_held(Body::TooLarge);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.finish_held(Some(body_size))
+    }
+
+    /// Step 4 with the whole body (end of stream, or the trailers: `size` unknown).
+    pub(super) fn finish_held(&mut self, size: Option<usize>) -> Action {
+        let limit = self.max_body.saturating_add(1);
+        let body = hostcalls::get_buffer(
+            BufferType::HttpRequestBody,
+            0,
+            size.unwrap_or(limit).min(limit),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        if body.len() > self.max_body {
+            return self.decide_held(Body::TooLarge);
+        }
+        self.decide_held(Body::Complete(&body))
+    }
+
+    /// Step 4: the whole decision. Returns what the body callback must return: `Continue` releases the
+    /// buffered body unchanged; after a refusal `Pause` (the local reply ends the stream).
+    fn decide_held(&mut self, body: Body<'_>) -> Action {
+        let Some(captured) = self.pending.take() else {
+            return self.fail_closed(500, "filter.state", "the held request lost its headers");
+        };
+        let now = now_ms();
+        let outcome = {
+            let mut vm = self.vm.borrow_mut();
+            let outcome = vm.decide(&captured, body, now);
+            if let Some(outcome) = &outcome {
+                vm.record(outcome);
+            }
+            outcome
+        };
+        let Some(Outcome {
+            decision, audit, ..
+        }) = outcome
+        else {
+            self.phase = Phase::Refused;
+            send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
+            return Action::Pause;
+        };
+        if decision.verdict == Verdict::Deny {
+            self.phase = Phase::Refused;
+            send_deny(&decision);
+            return Action::Pause;
+        }
+        self.rpc_id = audit.rpc_id;
+        if decision.upstream_headers != self.identity {
+            return self.fail_closed(
+                500,
+                "filter.identity_changed",
+                "the decision's identity differs from the one sent with the headers",
+            );
+        }
+        self.response_headers = decision.response_headers;
+        self.tools_list = decision.tools_list;
+        self.phase = Phase::Allowed;
+        Action::Continue
+    }
+
+    /// A response while the body is held: it passes, the held body never does.
+    pub(super) fn early_response(&mut self) -> Action {
+        self.phase = Phase::Refused;
+        self.pending = None;
+        log(
+            LogLevel::Warn,
+            "txngate: a response arrived before the held request body was decided; the body is not released",
+        );
+        self.vm
+            .borrow_mut()
+            .metrics
+            .increment("txngate.hold.early_response");
+        Action::Continue
+    }
+}

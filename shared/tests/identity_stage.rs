@@ -94,7 +94,7 @@ fn a_good_token_gets_its_identity_and_the_body_is_left_to_the_full_decision() {
             ("x-txngate-txn", "txn-1")
         ]
     );
-    assert!(stage.decision.tools_list.is_none());
+    assert!(stage.decision.list_filter.is_none());
     assert_eq!(stage.audit.rpc_method, None, "the body was not read");
 
     // The full decision gives the same identity for an allowed call, and refuses what the body asks for.

@@ -140,7 +140,7 @@ impl Http {
             );
         }
         self.response_headers = decision.response_headers;
-        self.tools_list = decision.tools_list;
+        self.list_filter = decision.list_filter;
         self.phase = Phase::Allowed;
         Action::Continue
     }

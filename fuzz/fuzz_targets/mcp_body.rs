@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use txngate_core::listing::{filter_list, ListKind};
 use txngate_core::mcp::routing::{self, encode_value, RoutingHeaders};
-use txngate_core::mcp::{normalize_path, parse_message, Target, MAX_NAME_BYTES, MAX_URI_BYTES};
+use txngate_core::mcp::{
+    normalize_path, parse_message, Target, MAX_NAME_BYTES, MAX_URI_BYTES,
 };
 
 /// Tools whose name starts with `h` are hidden from the caller.

@@ -89,6 +89,7 @@ impl AuthzError {
             (Self::Scope { .. }, Tool) => "tool.scope",
             (Self::Scope { .. }, Prompt) => "prompt.scope",
             (Self::Scope { .. }, Resource) => "resource.scope",
+            // Resource rules have no constraints and resource URIs no name checks: those pairs never occur.
             (Self::Constraint { .. }, Tool) => "tool.constraint",
             (Self::Constraint { .. }, Prompt | Resource) => "prompt.constraint",
             (Self::NameVariant { .. }, Tool) => "tool.name_variant",

@@ -9,7 +9,7 @@ use crate::mcp::is_recommended_name as is_recommended;
 use crate::policy::Rule;
 
 /// Longest rule key of a `tools` or `prompts` section: no longer name is ever accepted on the wire.
-pub const MAX_RULE_KEY_BYTES: usize = 128;
+pub const MAX_RULE_KEY_BYTES: usize = crate::mcp::MAX_NAME_BYTES;
 
 /// The rules of a `tools` or `prompts` section.
 #[derive(Debug, Clone, Default)]

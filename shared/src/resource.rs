@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use crate::policy::Rule;
 
 /// Longest resource rule key: no longer URI is ever accepted on the wire.
-pub const MAX_PATTERN_BYTES: usize = 2048;
+pub const MAX_PATTERN_BYTES: usize = crate::mcp::MAX_URI_BYTES;
 
 /// Why a resource rule key is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -977,7 +977,7 @@ fn refusals_answer_the_request_id() {
             -32602,
         ),
         (
-            json!({"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{"name":"send email"}}),
+            json!({"jsonrpc":"2.0","id":"r-1","method":"tools/call","params":{"name":"send\u{7}email"}}),
             "mcp.tool_name",
             -32602,
         ),

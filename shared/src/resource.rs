@@ -7,7 +7,7 @@
 //! broken by the pattern text (lexicographic), then `*`. A pattern never matches a URI that has a `.` or
 //! `..` segment (also percent-encoded, or split by `\`): `file:///docs/**` must not reach
 //! `file:///docs/../secrets` through a server that resolves dot-segments. Such URIs only match an exact rule
-//! or `*`.
+//! (not `*` either: an allowing default must not reach what a stricter pattern guards).
 
 use core::fmt;
 use std::collections::HashMap;
@@ -276,16 +276,18 @@ impl ResourceRules {
         Ok(())
     }
 
-    /// The rule for `uri`: exact, else the first matching pattern in precedence order (none when the URI
-    /// has a dot-segment), else `*`.
+    /// The rule for `uri`: exact, else the first matching pattern in precedence order, else `*`. A URI with
+    /// a dot-segment matches only an exact rule: neither a pattern nor `*` (an allowing `*` would otherwise
+    /// let `file:///public/../secrets/key` past a stricter `file:///secrets/**`).
     pub fn lookup(&self, uri: &str) -> Option<&Rule> {
         if let Some(rule) = self.exact.get(uri) {
             return Some(rule);
         }
-        if !self.patterns.is_empty() && !has_dot_segment(uri) {
-            if let Some((_, rule)) = self.patterns.iter().find(|(p, _)| p.matches(uri)) {
-                return Some(rule);
-            }
+        if has_dot_segment(uri) {
+            return None;
+        }
+        if let Some((_, rule)) = self.patterns.iter().find(|(p, _)| p.matches(uri)) {
+            return Some(rule);
         }
         self.default.as_ref()
     }
@@ -432,6 +434,21 @@ mod tests {
             "file:///docs/../x"
         );
         assert!(r.lookup("file:///docs/a..b/.c").is_some());
+    }
+
+    /// With an allowing `*`, a dot-segment URI must not slip past a stricter pattern through the default:
+    /// `file:///public/../secrets/key` is `file:///secrets/key` to a server that resolves dot-segments.
+    #[test]
+    fn dot_segments_never_fall_to_the_default() {
+        let r = rules(&["file:///secrets/**", "*"]);
+        assert_eq!(r.lookup("file:///public/a").unwrap().name, "*");
+        for uri in [
+            "file:///public/../secrets/key",
+            "file:///public/%2e%2e/secrets/key",
+            "file:///./secrets/key",
+        ] {
+            assert!(r.lookup(uri).is_none(), "{uri}");
+        }
     }
 
     #[test]

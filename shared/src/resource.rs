@@ -7,7 +7,8 @@
 //! broken by the pattern text (lexicographic), then `*`. A pattern never matches a URI that has a `.` or
 //! `..` segment (also percent-encoded, or split by `\`): `file:///docs/**` must not reach
 //! `file:///docs/../secrets` through a server that resolves dot-segments. Such URIs only match an exact rule
-//! (not `*` either: an allowing default must not reach what a stricter pattern guards).
+//! (not `*` either: an allowing default must not reach what a stricter pattern guards). The same holds for a
+//! URI that percent-encodes an unreserved character, `/` or `\` (`%73` is `s` to a server that decodes).
 
 use core::fmt;
 use std::collections::HashMap;
@@ -220,6 +221,23 @@ pub fn has_dot_segment(uri: &str) -> bool {
     decoded.split('/').any(|s| s == "." || s == "..")
 }
 
+/// Whether `uri` percent-encodes a character a server may decode before use: an unreserved one (RFC 3986
+/// §6.2.2.2: `%73` is `s`), `/` or `\`. Byte-for-byte matching would read such a URI as another resource
+/// than the server does (`file:///secret%73/key` beside a `file:///secrets/**` rule).
+pub fn has_decodable_escape(uri: &str) -> bool {
+    let bytes = uri.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| {
+        if *b != b'%' {
+            return false;
+        }
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| core::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        hex.is_some_and(|c| c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c))
+    })
+}
+
 fn check_key(key: &str) -> Result<(), PatternError> {
     if key.is_empty() {
         return Err(PatternError::Empty);
@@ -277,13 +295,14 @@ impl ResourceRules {
     }
 
     /// The rule for `uri`: exact, else the first matching pattern in precedence order, else `*`. A URI with
-    /// a dot-segment matches only an exact rule: neither a pattern nor `*` (an allowing `*` would otherwise
-    /// let `file:///public/../secrets/key` past a stricter `file:///secrets/**`).
+    /// a dot-segment or an escape a server may decode ([`has_decodable_escape`]) matches only an exact rule:
+    /// neither a pattern nor `*` (an allowing `*` would otherwise let `file:///public/../secrets/key` or
+    /// `file:///secret%73/key` past a stricter `file:///secrets/**`).
     pub fn lookup(&self, uri: &str) -> Option<&Rule> {
         if let Some(rule) = self.exact.get(uri) {
             return Some(rule);
         }
-        if has_dot_segment(uri) {
+        if has_dot_segment(uri) || has_decodable_escape(uri) {
             return None;
         }
         if let Some((_, rule)) = self.patterns.iter().find(|(p, _)| p.matches(uri)) {
@@ -449,6 +468,30 @@ mod tests {
         ] {
             assert!(r.lookup(uri).is_none(), "{uri}");
         }
+    }
+
+    /// `%73` is `s` to any server that percent-decodes (RFC 3986 §6.2.2.2): `file:///secret%73/key` must not
+    /// reach `file:///secrets/key` through an allowing `*` either.
+    #[test]
+    fn encoded_unreserved_characters_never_fall_to_the_default() {
+        let r = rules(&["file:///secrets/**", "file:///docs/a%7e.txt", "*"]);
+        for uri in [
+            "file:///secret%73/key",
+            "file:///%73ecrets/key",
+            "file:///secrets%2Fkey",
+            "file:///secrets/%6Bey",
+        ] {
+            assert!(r.lookup(uri).is_none_or(|rule| rule.name != "*"), "{uri}");
+        }
+        assert_eq!(
+            r.lookup("file:///a%20b").unwrap().name,
+            "*",
+            "reserved and other escapes stay"
+        );
+        assert_eq!(
+            r.lookup("file:///docs/a%7e.txt").unwrap().name,
+            "file:///docs/a%7e.txt"
+        );
     }
 
     #[test]

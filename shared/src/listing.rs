@@ -88,7 +88,8 @@ fn filter_sse(
     visible: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<u8>, ListError> {
     let text = core::str::from_utf8(body).map_err(|_| ListError::SseEncoding)?;
-    let normalized = text.replace("\r\n", "\n");
+    // CRLF, LF and a lone CR all end a line (the SSE grammar).
+    let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut out = String::with_capacity(normalized.len());
     for (i, event) in normalized.split("\n\n").enumerate() {
         if i > 0 {
@@ -197,6 +198,29 @@ mod tests {
             b""
         );
         assert!(filter_list(ListKind::Tools, "application/json", b"{", &visible).is_err());
+    }
+
+    /// SSE lines may end in a lone CR (the SSE grammar, which client parsers follow): a stream of such
+    /// events must be filtered too, not passed on as one unparsable event.
+    #[test]
+    fn sse_with_cr_line_endings_is_filtered() {
+        let visible = |n: &str| n != "delete_repo";
+        let note =
+            json!({"jsonrpc":"2.0","method":"notifications/progress","params":{}}).to_string();
+        let list = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"send_email"},{"name":"delete_repo"}]}}).to_string();
+        let sse = format!("event: message\rdata: {note}\r\revent: message\rdata: {list}\r\r");
+        let out = String::from_utf8(
+            filter_list(
+                ListKind::Tools,
+                "text/event-stream",
+                sse.as_bytes(),
+                &visible,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!out.contains("delete_repo"), "{out:?}");
+        assert!(out.contains("send_email"), "{out:?}");
     }
 
     #[test]

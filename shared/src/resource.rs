@@ -8,7 +8,8 @@
 //! `..` segment (also percent-encoded, or split by `\`): `file:///docs/**` must not reach
 //! `file:///docs/../secrets` through a server that resolves dot-segments. Such URIs only match an exact rule
 //! (not `*` either: an allowing default must not reach what a stricter pattern guards). The same holds for a
-//! URI that percent-encodes an unreserved character, `/` or `\` (`%73` is `s` to a server that decodes).
+//! URI that percent-encodes an unreserved character, `/` or `\` (`%73` is `s` to a server that decodes), and
+//! for one with an uppercase scheme or host (URL parsers lowercase them).
 
 use core::fmt;
 use std::collections::HashMap;
@@ -238,6 +239,24 @@ pub fn has_decodable_escape(uri: &str) -> bool {
     })
 }
 
+/// Whether the scheme, or the authority after `//`, has an ASCII uppercase letter. URL parsers lowercase
+/// both (RFC 3986 §6.2.2.1; the WHATWG parser and the `url` crate for special schemes), so a server may read
+/// `FILE:///secrets/key` as `file:///secrets/key`.
+pub fn has_uppercase_scheme_or_host(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    if scheme.bytes().any(|b| b.is_ascii_uppercase()) {
+        return true;
+    }
+    rest.strip_prefix("//").is_some_and(|after| {
+        after
+            .split(['/', '?', '#'])
+            .next()
+            .is_some_and(|authority| authority.bytes().any(|b| b.is_ascii_uppercase()))
+    })
+}
+
 fn check_key(key: &str) -> Result<(), PatternError> {
     if key.is_empty() {
         return Err(PatternError::Empty);
@@ -295,14 +314,15 @@ impl ResourceRules {
     }
 
     /// The rule for `uri`: exact, else the first matching pattern in precedence order, else `*`. A URI with
-    /// a dot-segment or an escape a server may decode ([`has_decodable_escape`]) matches only an exact rule:
+    /// a dot-segment, an escape a server may decode ([`has_decodable_escape`]) or an uppercase scheme or host
+    /// ([`has_uppercase_scheme_or_host`]) matches only an exact rule:
     /// neither a pattern nor `*` (an allowing `*` would otherwise let `file:///public/../secrets/key` or
     /// `file:///secret%73/key` past a stricter `file:///secrets/**`).
     pub fn lookup(&self, uri: &str) -> Option<&Rule> {
         if let Some(rule) = self.exact.get(uri) {
             return Some(rule);
         }
-        if has_dot_segment(uri) || has_decodable_escape(uri) {
+        if has_dot_segment(uri) || has_decodable_escape(uri) || has_uppercase_scheme_or_host(uri) {
             return None;
         }
         if let Some((_, rule)) = self.patterns.iter().find(|(p, _)| p.matches(uri)) {
@@ -468,6 +488,27 @@ mod tests {
         ] {
             assert!(r.lookup(uri).is_none(), "{uri}");
         }
+    }
+
+    /// URL parsers (WHATWG, the `url` crate behind pydantic's `AnyUrl`) lowercase the scheme and a special
+    /// scheme's host: `FILE:///secrets/key` is `file:///secrets/key` to them, so it must not reach `*` either.
+    #[test]
+    fn uppercase_scheme_or_host_never_falls_to_the_default() {
+        let r = rules(&["file:///secrets/**", "https://api.example/admin/**", "*"]);
+        for uri in [
+            "FILE:///secrets/key",
+            "File:///secrets/key",
+            "https://API.example/admin/x",
+            "HTTPS://api.example/admin/x",
+        ] {
+            assert!(r.lookup(uri).is_none(), "{uri}");
+        }
+        assert_eq!(
+            r.lookup("https://api.example/Admin/x").unwrap().name,
+            "*",
+            "paths keep their case"
+        );
+        assert_eq!(r.lookup("file:///Secrets/key").unwrap().name, "*");
     }
 
     /// `%73` is `s` to any server that percent-decodes (RFC 3986 §6.2.2.2): `file:///secret%73/key` must not

@@ -262,18 +262,18 @@ fn resources_are_authorized_by_uri_pattern() {
             "db://*/users/*",
         ),
         ("https://example.com/", (403, "resource.denied"), "*"),
-        ("FILE:///docs/public.txt", (403, "resource.denied"), "*"),
     ] {
         let o = decide(&mut gate, &tok, read(uri));
         assert_eq!((o.decision.status, o.decision.reason), expected, "{uri}");
         assert_eq!(o.audit.resource.as_deref(), Some(uri));
         assert_eq!(o.audit.rule.as_deref(), Some(rule), "{uri}");
     }
-    // Dot-segments and decodable escapes match only an exact rule, not a pattern nor `*`.
+    // Dot-segments, decodable escapes and an uppercase scheme match only an exact rule, not a pattern nor `*`.
     for uri in [
         "file:///docs/../etc/passwd",
         "file:///docs/%2e%2e/etc/passwd",
         "file:///doc%73/public.txt",
+        "FILE:///docs/public.txt",
     ] {
         let o = decide(&mut gate, &tok, read(uri));
         assert_eq!(

@@ -65,8 +65,17 @@ fn filter_json(
     }
 }
 
-/// True when `value` was a `kind` list result (and was filtered and marked private).
+/// True when `value` was a `kind` list result (and was filtered and marked private). An array (a batch
+/// response, which no request through txngate asks for) has each member filtered, so none passes unread.
 fn filter_value(kind: ListKind, value: &mut Value, visible: &dyn Fn(&str) -> bool) -> bool {
+    if let Value::Array(members) = value {
+        let mut any = false;
+        // One level only: a batch holds objects, and nested arrays cannot be a list result.
+        for member in members.iter_mut().filter(|m| m.is_object()) {
+            any |= filter_value(kind, member, visible);
+        }
+        return any;
+    }
     let Some(result) = value.get_mut("result").and_then(Value::as_object_mut) else {
         return false;
     };
@@ -88,7 +97,8 @@ fn filter_sse(
     visible: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<u8>, ListError> {
     let text = core::str::from_utf8(body).map_err(|_| ListError::SseEncoding)?;
-    let normalized = text.replace("\r\n", "\n");
+    // CRLF, LF and a lone CR all end a line (the SSE grammar).
+    let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut out = String::with_capacity(normalized.len());
     for (i, event) in normalized.split("\n\n").enumerate() {
         if i > 0 {
@@ -197,6 +207,56 @@ mod tests {
             b""
         );
         assert!(filter_list(ListKind::Tools, "application/json", b"{", &visible).is_err());
+    }
+
+    /// An origin that answers with a JSON array (a batch response) must not get its list past the filter.
+    #[test]
+    fn batch_shaped_list_responses_are_filtered() {
+        let visible = |n: &str| n != "delete_repo";
+        let body = json!([{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"send_email"},{"name":"delete_repo"}]}}]).to_string();
+        let out = filter_list(
+            ListKind::Tools,
+            "application/json",
+            body.as_bytes(),
+            &visible,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("delete_repo"), "{out}");
+        assert!(out.contains("send_email"), "{out}");
+        let sse = format!("data: {body}\n\n");
+        let out = filter_list(
+            ListKind::Tools,
+            "text/event-stream",
+            sse.as_bytes(),
+            &visible,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("delete_repo"), "{out}");
+    }
+
+    /// SSE lines may end in a lone CR (the SSE grammar, which client parsers follow): a stream of such
+    /// events must be filtered too, not passed on as one unparsable event.
+    #[test]
+    fn sse_with_cr_line_endings_is_filtered() {
+        let visible = |n: &str| n != "delete_repo";
+        let note =
+            json!({"jsonrpc":"2.0","method":"notifications/progress","params":{}}).to_string();
+        let list = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"send_email"},{"name":"delete_repo"}]}}).to_string();
+        let sse = format!("event: message\rdata: {note}\r\revent: message\rdata: {list}\r\r");
+        let out = String::from_utf8(
+            filter_list(
+                ListKind::Tools,
+                "text/event-stream",
+                sse.as_bytes(),
+                &visible,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!out.contains("delete_repo"), "{out:?}");
+        assert!(out.contains("send_email"), "{out:?}");
     }
 
     #[test]

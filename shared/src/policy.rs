@@ -132,9 +132,10 @@ pub struct PolicySpec {
     /// Rules per MCP resource URI pattern (`resources/read`): a key without `*` is an exact URI; `*` matches
     /// any run of characters except `/`, `**` any run including `/`; the lone key `*` is the default rule.
     /// The exact rule wins, then the pattern with the most literal characters, ties broken by the pattern
-    /// text. Patterns never match a URI with a `.` or `..` segment. Absent: `resources/read` passes for any
-    /// caller whose token and delegation pass and `resources/list` and `resources/templates/list` are not
-    /// filtered. Present (even `{}`): a URI without a rule is denied and both lists are filtered per caller.
+    /// text. A URI with a `.` or `..` segment, a percent-encoded unreserved character, `/` or `\`, or an
+    /// uppercase scheme or host matches only an exact rule (neither a pattern nor `*`). Absent:
+    /// `resources/read` passes for any caller whose token and delegation pass and `resources/list` and
+    /// `resources/templates/list` are not filtered. Present (even `{}`): a URI without a rule is denied and both lists are filtered per caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<BTreeMap<String, ResourceSpec>>,
     #[serde(default)]

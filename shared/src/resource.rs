@@ -7,7 +7,9 @@
 //! broken by the pattern text (lexicographic), then `*`. A pattern never matches a URI that has a `.` or
 //! `..` segment (also percent-encoded, or split by `\`): `file:///docs/**` must not reach
 //! `file:///docs/../secrets` through a server that resolves dot-segments. Such URIs only match an exact rule
-//! or `*`.
+//! (not `*` either: an allowing default must not reach what a stricter pattern guards). The same holds for a
+//! URI that percent-encodes an unreserved character, `/` or `\` (`%73` is `s` to a server that decodes), and
+//! for one with an uppercase scheme or host (URL parsers lowercase them).
 
 use core::fmt;
 use std::collections::HashMap;
@@ -220,6 +222,41 @@ pub fn has_dot_segment(uri: &str) -> bool {
     decoded.split('/').any(|s| s == "." || s == "..")
 }
 
+/// Whether `uri` percent-encodes a character a server may decode before use: an unreserved one (RFC 3986
+/// §6.2.2.2: `%73` is `s`), `/` or `\`. Byte-for-byte matching would read such a URI as another resource
+/// than the server does (`file:///secret%73/key` beside a `file:///secrets/**` rule).
+pub fn has_decodable_escape(uri: &str) -> bool {
+    let bytes = uri.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| {
+        if *b != b'%' {
+            return false;
+        }
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| core::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        hex.is_some_and(|c| c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c))
+    })
+}
+
+/// Whether the scheme, or the authority after `//`, has an ASCII uppercase letter. URL parsers lowercase
+/// both (RFC 3986 §6.2.2.1; the WHATWG parser and the `url` crate for special schemes), so a server may read
+/// `FILE:///secrets/key` as `file:///secrets/key`.
+pub fn has_uppercase_scheme_or_host(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    if scheme.bytes().any(|b| b.is_ascii_uppercase()) {
+        return true;
+    }
+    rest.strip_prefix("//").is_some_and(|after| {
+        after
+            .split(['/', '?', '#'])
+            .next()
+            .is_some_and(|authority| authority.bytes().any(|b| b.is_ascii_uppercase()))
+    })
+}
+
 fn check_key(key: &str) -> Result<(), PatternError> {
     if key.is_empty() {
         return Err(PatternError::Empty);
@@ -276,16 +313,20 @@ impl ResourceRules {
         Ok(())
     }
 
-    /// The rule for `uri`: exact, else the first matching pattern in precedence order (none when the URI
-    /// has a dot-segment), else `*`.
+    /// The rule for `uri`: exact, else the first matching pattern in precedence order, else `*`. A URI with
+    /// a dot-segment, an escape a server may decode ([`has_decodable_escape`]) or an uppercase scheme or host
+    /// ([`has_uppercase_scheme_or_host`]) matches only an exact rule:
+    /// neither a pattern nor `*` (an allowing `*` would otherwise let `file:///public/../secrets/key` or
+    /// `file:///secret%73/key` past a stricter `file:///secrets/**`).
     pub fn lookup(&self, uri: &str) -> Option<&Rule> {
         if let Some(rule) = self.exact.get(uri) {
             return Some(rule);
         }
-        if !self.patterns.is_empty() && !has_dot_segment(uri) {
-            if let Some((_, rule)) = self.patterns.iter().find(|(p, _)| p.matches(uri)) {
-                return Some(rule);
-            }
+        if has_dot_segment(uri) || has_decodable_escape(uri) || has_uppercase_scheme_or_host(uri) {
+            return None;
+        }
+        if let Some((_, rule)) = self.patterns.iter().find(|(p, _)| p.matches(uri)) {
+            return Some(rule);
         }
         self.default.as_ref()
     }
@@ -432,6 +473,66 @@ mod tests {
             "file:///docs/../x"
         );
         assert!(r.lookup("file:///docs/a..b/.c").is_some());
+    }
+
+    /// With an allowing `*`, a dot-segment URI must not slip past a stricter pattern through the default:
+    /// `file:///public/../secrets/key` is `file:///secrets/key` to a server that resolves dot-segments.
+    #[test]
+    fn dot_segments_never_fall_to_the_default() {
+        let r = rules(&["file:///secrets/**", "*"]);
+        assert_eq!(r.lookup("file:///public/a").unwrap().name, "*");
+        for uri in [
+            "file:///public/../secrets/key",
+            "file:///public/%2e%2e/secrets/key",
+            "file:///./secrets/key",
+        ] {
+            assert!(r.lookup(uri).is_none(), "{uri}");
+        }
+    }
+
+    /// URL parsers (WHATWG, the `url` crate behind pydantic's `AnyUrl`) lowercase the scheme and a special
+    /// scheme's host: `FILE:///secrets/key` is `file:///secrets/key` to them, so it must not reach `*` either.
+    #[test]
+    fn uppercase_scheme_or_host_never_falls_to_the_default() {
+        let r = rules(&["file:///secrets/**", "https://api.example/admin/**", "*"]);
+        for uri in [
+            "FILE:///secrets/key",
+            "File:///secrets/key",
+            "https://API.example/admin/x",
+            "HTTPS://api.example/admin/x",
+        ] {
+            assert!(r.lookup(uri).is_none(), "{uri}");
+        }
+        assert_eq!(
+            r.lookup("https://api.example/Admin/x").unwrap().name,
+            "*",
+            "paths keep their case"
+        );
+        assert_eq!(r.lookup("file:///Secrets/key").unwrap().name, "*");
+    }
+
+    /// `%73` is `s` to any server that percent-decodes (RFC 3986 §6.2.2.2): `file:///secret%73/key` must not
+    /// reach `file:///secrets/key` through an allowing `*` either.
+    #[test]
+    fn encoded_unreserved_characters_never_fall_to_the_default() {
+        let r = rules(&["file:///secrets/**", "file:///docs/a%7e.txt", "*"]);
+        for uri in [
+            "file:///secret%73/key",
+            "file:///%73ecrets/key",
+            "file:///secrets%2Fkey",
+            "file:///secrets/%6Bey",
+        ] {
+            assert!(r.lookup(uri).is_none_or(|rule| rule.name != "*"), "{uri}");
+        }
+        assert_eq!(
+            r.lookup("file:///a%20b").unwrap().name,
+            "*",
+            "reserved and other escapes stay"
+        );
+        assert_eq!(
+            r.lookup("file:///docs/a%7e.txt").unwrap().name,
+            "file:///docs/a%7e.txt"
+        );
     }
 
     #[test]

@@ -262,18 +262,26 @@ fn resources_are_authorized_by_uri_pattern() {
             "db://*/users/*",
         ),
         ("https://example.com/", (403, "resource.denied"), "*"),
-        ("file:///docs/../etc/passwd", (403, "resource.denied"), "*"),
-        (
-            "file:///docs/%2e%2e/etc/passwd",
-            (403, "resource.denied"),
-            "*",
-        ),
-        ("FILE:///docs/public.txt", (403, "resource.denied"), "*"),
     ] {
         let o = decide(&mut gate, &tok, read(uri));
         assert_eq!((o.decision.status, o.decision.reason), expected, "{uri}");
         assert_eq!(o.audit.resource.as_deref(), Some(uri));
         assert_eq!(o.audit.rule.as_deref(), Some(rule), "{uri}");
+    }
+    // Dot-segments, decodable escapes and an uppercase scheme match only an exact rule, not a pattern nor `*`.
+    for uri in [
+        "file:///docs/../etc/passwd",
+        "file:///docs/%2e%2e/etc/passwd",
+        "file:///doc%73/public.txt",
+        "FILE:///docs/public.txt",
+    ] {
+        let o = decide(&mut gate, &tok, read(uri));
+        assert_eq!(
+            (o.decision.status, o.decision.reason),
+            (403, "resource.no_rule"),
+            "{uri}"
+        );
+        assert_eq!(o.audit.rule, None, "{uri}");
     }
     // An authorized read is for this caller only: no shared HTTP cache may serve it to another.
     let o = decide(&mut gate, &tok, read("file:///docs/public.txt"));

@@ -291,6 +291,43 @@ mod tests {
     )]
     use super::*;
 
+    /// A completion or subscription is checked by the rule's effect and scopes; the constraints that bind
+    /// `prompts/get` arguments are not applied (nothing is run), while `authorize` applies them.
+    #[test]
+    fn references_skip_constraints_but_not_scopes() {
+        let rule = Rule {
+            name: "code_review".into(),
+            effect: Effect::Allow,
+            scopes: vec!["prompts:review".into()],
+            constraints: vec![crate::policy::Constraint {
+                argument: "/repo".into(),
+                claim: "/tctx/repo".into(),
+            }],
+            limit: None,
+            mode: Mode::Enforce,
+        };
+        let granted = ScopeSet::parse_claim("prompts:review").unwrap();
+        let none = ScopeSet::parse_claim("other").unwrap();
+        assert!(authorize_reference(&rule, Kind::Prompt, "code_review", &granted).is_ok());
+        assert!(authorize(
+            &rule,
+            Kind::Prompt,
+            "code_review",
+            None,
+            &granted,
+            &Map::new()
+        )
+        .is_err());
+        let e = authorize_reference(&rule, Kind::Prompt, "code_review", &none).unwrap_err();
+        assert_eq!(e.reason(), "prompt.scope");
+        let denied = Rule {
+            effect: Effect::Deny,
+            ..rule
+        };
+        let e = authorize_reference(&denied, Kind::Prompt, "code_review", &granted).unwrap_err();
+        assert_eq!(e.reason(), "prompt.denied");
+    }
+
     #[test]
     fn every_reason_names_its_kind() {
         for kind in [Kind::Tool, Kind::Prompt, Kind::Resource] {

@@ -866,6 +866,119 @@ mod tests {
     }
 
     #[test]
+    fn references_are_read() {
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"code_review","title":"Review"},"argument":{"name":"language","value":"py"}}}"#).unwrap();
+        assert_eq!(
+            m.reference,
+            Some(Reference::Completion(CompletionRef::Prompt {
+                name: "code_review".into()
+            }))
+        );
+        // No Mcp-Name for these methods: they are not targets.
+        assert!(m.target.is_none());
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"COMPLETION/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{path}"}}}"#).unwrap();
+        assert_eq!(
+            m.reference,
+            Some(Reference::Completion(CompletionRef::Resource {
+                uri: "file:///{path}".into()
+            }))
+        );
+        for method in [RESOURCES_SUBSCRIBE, RESOURCES_UNSUBSCRIBE] {
+            let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":{"uri":"file:///a"}});
+            assert_eq!(
+                parse(&body.to_string()).unwrap().reference,
+                Some(Reference::ResourceSubscription {
+                    method,
+                    uri: "file:///a".into()
+                })
+            );
+        }
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true,"resourceSubscriptions":["file:///a","file:///b"]}}}"#).unwrap();
+        assert_eq!(
+            m.reference,
+            Some(Reference::Listen {
+                uris: vec!["file:///a".into(), "file:///b".into()]
+            })
+        );
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{}}"#)
+            .unwrap();
+        assert_eq!(m.reference, Some(Reference::Listen { uris: vec![] }));
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).unwrap();
+        assert!(m.reference.is_none());
+    }
+
+    #[test]
+    fn ill_typed_references_are_refused() {
+        let long = "a".repeat(129);
+        for (params, reason, detail) in [
+            (json!({}), "mcp.completion_ref", "params.ref is missing"),
+            (
+                json!({"ref": []}),
+                "mcp.completion_ref",
+                "params.ref must be an object",
+            ),
+            (
+                json!({"ref": {}}),
+                "mcp.completion_ref",
+                "params.ref.type is missing",
+            ),
+            (
+                json!({"ref": {"type": null}}),
+                "mcp.completion_ref",
+                "params.ref.type must be a string",
+            ),
+            (
+                json!({"ref": {"type": "ref/tool", "name": "x"}}),
+                "mcp.completion_ref",
+                "neither",
+            ),
+            (
+                json!({"ref": {"type": "ref/prompt"}}),
+                "mcp.completion_ref",
+                "params.ref.name is missing",
+            ),
+            (
+                json!({"ref": {"type": "ref/prompt", "name": long}}),
+                "mcp.completion_ref",
+                "longer than 128",
+            ),
+            (
+                json!({"ref": {"type": "ref/resource", "uri": ""}}),
+                "mcp.completion_ref",
+                "params.ref.uri is empty",
+            ),
+        ] {
+            let body =
+                json!({"jsonrpc":"2.0","id":1,"method":"completion/complete","params":params});
+            let e = parse(&body.to_string()).unwrap_err();
+            assert_eq!(
+                (e.reason(), e.rpc_code(), e.status()),
+                (reason, -32602, 400),
+                "{params}"
+            );
+            assert!(e.to_string().contains(detail), "{e}");
+        }
+        let e = parse(r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{}}"#)
+            .unwrap_err();
+        assert_eq!(e.reason(), "mcp.resource_uri");
+        assert_eq!(e.to_string(), "resources/subscribe: params.uri is missing");
+        for params in [
+            json!({"notifications": 1}),
+            json!({"notifications": {"resourceSubscriptions": {}}}),
+            json!({"notifications": {"resourceSubscriptions": ["file:///a\u{0}"]}}),
+        ] {
+            let body =
+                json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":params});
+            let e = parse(&body.to_string()).unwrap_err();
+            assert_eq!(
+                (e.reason(), e.rpc_code()),
+                ("mcp.subscriptions", -32602),
+                "{params}"
+            );
+        }
+    }
+
+    #[test]
     fn list_kinds() {
         for (method, kind) in [
             ("tools/list", ListKind::Tools),

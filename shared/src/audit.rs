@@ -115,12 +115,16 @@ pub struct AuditRecord {
     pub rpc_id: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
-    /// The prompt of a `prompts/get`.
+    /// The prompt of a `prompts/get`, or of a `completion/complete` for a prompt (`ref/prompt`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    /// The URI of a `resources/read`.
+    /// The URI of a `resources/read`, `resources/subscribe`/`unsubscribe` or `completion/complete` for a
+    /// resource (`ref/resource`); for `subscriptions/listen`, the URI refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// Every resource URI of a `subscriptions/listen` (`resourceSubscriptions`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,6 +165,7 @@ impl AuditRecord {
             tool: None,
             prompt: None,
             resource: None,
+            resources: Vec::new(),
             arguments_sha256: None,
             arguments: None,
             scope: None,

@@ -1,4 +1,5 @@
-//! Authorization of name-bearing MCP calls (`tools/call`, `prompts/get`, `resources/read`): the rule the
+//! Authorization of name-bearing MCP calls (`tools/call`, `prompts/get`, `resources/read`, and the methods
+//! that refer to a prompt or resource: `completion/complete`, resource subscriptions): the rule the
 //! name or URI falls under, its required scopes against the caller's effective scope, and its argument
 //! constraints against the token's claims; and which list entries a caller may see.
 
@@ -170,26 +171,7 @@ pub fn authorize(
     effective: &ScopeSet,
     claims: &Map<String, Value>,
 ) -> Result<(), AuthzError> {
-    if rule.effect == Effect::Deny {
-        return Err(AuthzError::Denied {
-            kind,
-            name: name.to_string(),
-            rule: rule.name.clone(),
-        });
-    }
-    let missing: Vec<String> = rule
-        .scopes
-        .iter()
-        .filter(|s| !effective.allows(s))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(AuthzError::Scope {
-            kind,
-            name: name.to_string(),
-            missing,
-        });
-    }
+    authorize_reference(rule, kind, name, effective)?;
     if rule.constraints.is_empty() {
         return Ok(());
     }
@@ -217,6 +199,39 @@ pub fn authorize(
         if !ok {
             return Err(fail("does not match"));
         }
+    }
+    Ok(())
+}
+
+/// Checks a method that only refers to a prompt or resource against that prompt's or resource's rule:
+/// `completion/complete`, `resources/subscribe`/`unsubscribe`, `subscriptions/listen`. The rule's effect and
+/// scopes apply; its argument constraints do not (they bind the arguments of a `prompts/get`, which such a
+/// method does not run: the `prompts/get` itself is still checked with them).
+pub fn authorize_reference(
+    rule: &Rule,
+    kind: Kind,
+    name: &str,
+    effective: &ScopeSet,
+) -> Result<(), AuthzError> {
+    if rule.effect == Effect::Deny {
+        return Err(AuthzError::Denied {
+            kind,
+            name: name.to_string(),
+            rule: rule.name.clone(),
+        });
+    }
+    let missing: Vec<String> = rule
+        .scopes
+        .iter()
+        .filter(|s| !effective.allows(s))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(AuthzError::Scope {
+            kind,
+            name: name.to_string(),
+            missing,
+        });
     }
     Ok(())
 }
@@ -275,6 +290,43 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
+
+    /// A completion or subscription is checked by the rule's effect and scopes; the constraints that bind
+    /// `prompts/get` arguments are not applied (nothing is run), while `authorize` applies them.
+    #[test]
+    fn references_skip_constraints_but_not_scopes() {
+        let rule = Rule {
+            name: "code_review".into(),
+            effect: Effect::Allow,
+            scopes: vec!["prompts:review".into()],
+            constraints: vec![crate::policy::Constraint {
+                argument: "/repo".into(),
+                claim: "/tctx/repo".into(),
+            }],
+            limit: None,
+            mode: Mode::Enforce,
+        };
+        let granted = ScopeSet::parse_claim("prompts:review").unwrap();
+        let none = ScopeSet::parse_claim("other").unwrap();
+        assert!(authorize_reference(&rule, Kind::Prompt, "code_review", &granted).is_ok());
+        assert!(authorize(
+            &rule,
+            Kind::Prompt,
+            "code_review",
+            None,
+            &granted,
+            &Map::new()
+        )
+        .is_err());
+        let e = authorize_reference(&rule, Kind::Prompt, "code_review", &none).unwrap_err();
+        assert_eq!(e.reason(), "prompt.scope");
+        let denied = Rule {
+            effect: Effect::Deny,
+            ..rule
+        };
+        let e = authorize_reference(&denied, Kind::Prompt, "code_review", &granted).unwrap_err();
+        assert_eq!(e.reason(), "prompt.denied");
+    }
 
     #[test]
     fn every_reason_names_its_kind() {

@@ -14,7 +14,7 @@ use crate::encoding::sha256_hex;
 use crate::json::canonical;
 use crate::keys::{Algorithm, KeyError, KeyLookup, KeyRing, PublicKey, SkippedKey};
 use crate::listing::{self, ListError, ListKind};
-use crate::mcp::{self, McpError, McpMessage, Target};
+use crate::mcp::{self, CompletionRef, McpError, McpMessage, Reference, Target};
 use crate::policy::{
     ArgumentsAudit, LimitKey, Mode, Policy, PolicyError, Rule, RuleLimit, StoreErrorPolicy,
 };
@@ -804,6 +804,9 @@ impl Gate {
             return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
         }
         let list = message.list_kind();
+        if let Some(reference) = message.reference {
+            return self.authorize_reference(ctx, token, delegation, reference);
+        }
         let Some(target) = message.target else {
             let filter = list.filter(|kind| self.filters(*kind));
             return Step::Done(Box::new(self.allow(
@@ -830,6 +833,83 @@ impl Gate {
             ListKind::Prompts => self.policy.prompts().is_some(),
             ListKind::Resources | ListKind::ResourceTemplates => self.policy.resources().is_some(),
         }
+    }
+
+    /// Authorizes a method that refers to a prompt or resources without acting on them: a completion needs
+    /// the caller to be allowed the prompt or resource it completes, a subscription each resource it
+    /// subscribes to (effect and scopes of the rule; constraints bind `prompts/get` arguments and are not
+    /// applied). Without the section for the kind, today's behaviour: it passes. No rate limit is consumed:
+    /// only the real call (`prompts/get`, `resources/read`) counts against its rule's limit.
+    fn authorize_reference(
+        &mut self,
+        mut ctx: Context,
+        token: Arc<VerifiedToken>,
+        delegation: Delegation,
+        reference: Reference,
+    ) -> Step {
+        let names: Vec<(Kind, String)> = match reference {
+            Reference::Completion(CompletionRef::Prompt { name }) => {
+                ctx.audit.prompt = Some(name.clone());
+                vec![(Kind::Prompt, name)]
+            }
+            Reference::Completion(CompletionRef::Resource { uri })
+            | Reference::ResourceSubscription { uri, .. } => {
+                ctx.audit.resource = Some(uri.clone());
+                vec![(Kind::Resource, uri)]
+            }
+            Reference::Listen { uris } => {
+                ctx.audit.resources = uris.clone();
+                uris.into_iter().map(|uri| (Kind::Resource, uri)).collect()
+            }
+        };
+        let policy = Arc::clone(&self.policy);
+        for (kind, name) in names {
+            let found: Option<Result<&Rule, AuthzError>> = match kind {
+                Kind::Prompt => policy
+                    .prompts()
+                    .map(|rules| authorization::named_rule(rules, kind, &name)),
+                // A URI template (`ref/resource`) is matched as written: the rule its own text falls under
+                // decides (`file:///docs/{name}` under `file:///docs/*`), a conservative approximation.
+                Kind::Resource => policy.resources().map(|rules| {
+                    rules.lookup(&name).ok_or_else(|| AuthzError::NoRule {
+                        kind,
+                        name: name.clone(),
+                    })
+                }),
+                Kind::Tool => None,
+            };
+            let refused = |mut ctx: Context| {
+                if kind == Kind::Resource {
+                    ctx.audit.resource = Some(name.clone());
+                }
+                ctx
+            };
+            let rule = match found {
+                None => continue,
+                Some(Err(e)) => {
+                    return Step::Done(Box::new(self.deny_authz(refused(ctx), &e)));
+                }
+                Some(Ok(rule)) => rule,
+            };
+            ctx.audit.rule = Some(rule.name.clone());
+            if let Err(e) =
+                authorization::authorize_reference(rule, kind, &name, &delegation.effective_scope)
+            {
+                if rule.mode == Mode::DryRun {
+                    ctx.audit.dry_run_reason = Some(e.reason());
+                    ctx.audit.detail = Some(e.to_string());
+                } else {
+                    return Step::Done(Box::new(self.deny_authz(refused(ctx), &e)));
+                }
+            }
+        }
+        Step::Done(Box::new(self.allow(
+            ctx,
+            &token,
+            &delegation,
+            Vec::new(),
+            None,
+        )))
     }
 
     /// Authorizes a name-bearing call: its rule, scopes, constraints, then its rate limit.

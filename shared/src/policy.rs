@@ -126,7 +126,9 @@ pub struct PolicySpec {
     /// Rules per MCP prompt name (`prompts/get`), matched like `tools`; constraints point into the prompt's
     /// `arguments`. Absent: `prompts/get` passes for any caller whose token and delegation pass (audited, no
     /// per-name rule) and `prompts/list` is not filtered. Present (even `{}`): a prompt without a rule and
-    /// without `*` is denied, and `prompts/list` results are filtered per caller.
+    /// without `*` is denied, and `prompts/list` results are filtered per caller. A `completion/complete`
+    /// for a prompt (`ref/prompt`) needs the prompt's rule to allow the caller (effect and scopes; not
+    /// constraints, nor the rate limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<BTreeMap<String, RuleSpec>>,
     /// Rules per MCP resource URI pattern (`resources/read`): a key without `*` is an exact URI; `*` matches
@@ -136,6 +138,10 @@ pub struct PolicySpec {
     /// uppercase scheme or host matches only an exact rule (neither a pattern nor `*`). Absent:
     /// `resources/read` passes for any caller whose token and delegation pass and `resources/list` and
     /// `resources/templates/list` are not filtered. Present (even `{}`): a URI without a rule is denied and both lists are filtered per caller.
+    /// The same rules decide `resources/subscribe`, `resources/unsubscribe`, each URI of a
+    /// `subscriptions/listen` `resourceSubscriptions`, and a `completion/complete` for a resource
+    /// (`ref/resource`; a URI template is matched as written) — by effect and scopes, without consuming the
+    /// rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<BTreeMap<String, ResourceSpec>>,
     #[serde(default)]

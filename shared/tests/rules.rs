@@ -509,3 +509,214 @@ fn sse_list_responses_are_filtered_too() {
     assert!(txngate_core::gate::is_filtered_status(204));
     assert!(!txngate_core::gate::is_filtered_status(302));
 }
+
+fn complete(reference: Value) -> Vec<u8> {
+    rpc(
+        "completion/complete",
+        json!({"ref": reference, "argument": {"name": "repo", "value": "ac"}}),
+    )
+}
+
+fn listen(uris: Value) -> Vec<u8> {
+    rpc(
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": uris}}),
+    )
+}
+
+#[test]
+fn completions_need_the_prompt_or_resource_they_complete() {
+    let mut gate = gate_with(&policy());
+    let tok = token();
+    let prompt_ref = |name: &str| complete(json!({"type": "ref/prompt", "name": name}));
+    let resource_ref = |uri: &str| complete(json!({"type": "ref/resource", "uri": uri}));
+    for (body, expected) in [
+        // Constraints bind prompts/get arguments: a completion is checked by effect and scopes only.
+        (prompt_ref("code_review"), (200, "allow")),
+        (prompt_ref("summarize"), (200, "allow")),
+        (prompt_ref("locked"), (403, "prompt.denied")),
+        (prompt_ref("admin_report"), (403, "prompt.scope")),
+        (prompt_ref("unknown_prompt"), (403, "prompt.no_rule")),
+        (prompt_ref("Code_Review"), (403, "prompt.name_variant")),
+        (prompt_ref("weird name"), (403, "prompt.name_alphabet")),
+        (prompt_ref("dry_admin"), (200, "allow.dry_run")),
+        (resource_ref("file:///docs/public.txt"), (200, "allow")),
+        // A template is matched as written: `{name}` inside one segment falls under `file:///pub/*.txt`.
+        (resource_ref("file:///pub/{name}.txt"), (200, "allow")),
+        (
+            resource_ref("file:///admin/{name}"),
+            (403, "resource.scope"),
+        ),
+        (resource_ref("db://x/users/{id}"), (403, "resource.denied")),
+        (resource_ref("file:///etc/{name}"), (403, "resource.denied")),
+        (
+            resource_ref("file:///pub/../admin/x"),
+            (403, "resource.no_rule"),
+        ),
+    ] {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(verdict(&mut gate, &tok, body), expected, "{shown}");
+    }
+    let o = decide(&mut gate, &tok, prompt_ref("locked"));
+    assert_eq!(o.audit.prompt.as_deref(), Some("locked"));
+    assert_eq!(o.audit.rule.as_deref(), Some("locked"));
+    assert!(o.audit.tool.is_none());
+    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (body["id"].clone(), body["error"]["code"].clone()),
+        (json!(9), json!(-31403))
+    );
+    let o = decide(&mut gate, &tok, resource_ref("file:///admin/{name}"));
+    assert_eq!(o.audit.resource.as_deref(), Some("file:///admin/{name}"));
+    assert!(header(&o, "www-authenticate")
+        .unwrap()
+        .contains("admin:read"));
+}
+
+#[test]
+fn completion_refs_are_parsed_structurally() {
+    let mut gate = gate_with(&policy());
+    let tok = token();
+    for params in [
+        json!({}),
+        json!({"ref": "ref/prompt"}),
+        json!({"ref": {"name": "summarize"}}),
+        json!({"ref": {"type": 1, "name": "summarize"}}),
+        json!({"ref": {"type": "ref/tool", "name": "send_email"}}),
+        json!({"ref": {"type": "REF/PROMPT", "name": "summarize"}}),
+        json!({"ref": {"type": "ref/prompt"}}),
+        json!({"ref": {"type": "ref/prompt", "name": ""}}),
+        json!({"ref": {"type": "ref/prompt", "uri": "summarize"}}),
+        json!({"ref": {"type": "ref/resource", "uri": 7}}),
+        json!({"ref": {"type": "ref/resource", "uri": "file:///a\n"}}),
+    ] {
+        let o = decide(&mut gate, &tok, rpc("completion/complete", params.clone()));
+        assert_eq!(
+            (o.decision.status, o.decision.reason),
+            (400, "mcp.completion_ref"),
+            "{params}"
+        );
+        let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], -32602, "{params}");
+        assert_eq!(body["id"], 9, "{params}");
+    }
+    // Any spelling of the method is one.
+    assert_eq!(
+        verdict(&mut gate, &tok, rpc("Completion/Complete", json!({}))),
+        (400, "mcp.completion_ref")
+    );
+}
+
+#[test]
+fn subscriptions_need_each_resource_rule() {
+    let mut gate = gate_with(&policy());
+    let tok = token();
+    for method in ["resources/subscribe", "resources/unsubscribe"] {
+        for (uri, expected) in [
+            ("file:///docs/public.txt", (200, "allow")),
+            ("file:///docs/a/b", (200, "allow")),
+            ("file:///admin/x", (403, "resource.scope")),
+            ("file:///etc/passwd", (403, "resource.denied")),
+        ] {
+            let o = decide(&mut gate, &tok, rpc(method, json!({"uri": uri})));
+            assert_eq!(
+                (o.decision.status, o.decision.reason),
+                expected,
+                "{method} {uri}"
+            );
+            assert_eq!(o.audit.resource.as_deref(), Some(uri));
+        }
+        assert_eq!(
+            verdict(&mut gate, &tok, rpc(method, json!({"uri": 1}))),
+            (400, "mcp.resource_uri")
+        );
+    }
+    let o = decide(
+        &mut gate,
+        &tok,
+        listen(json!(["file:///docs/public.txt", "file:///docs/a"])),
+    );
+    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.audit.resources.len(), 2);
+    assert!(o.audit.resource.is_none());
+    let o = decide(
+        &mut gate,
+        &tok,
+        listen(json!([
+            "file:///docs/public.txt",
+            "file:///admin/x",
+            "file:///etc/x"
+        ])),
+    );
+    assert_eq!(
+        (o.decision.status, o.decision.reason),
+        (403, "resource.scope")
+    );
+    assert_eq!(o.audit.resource.as_deref(), Some("file:///admin/x"));
+    assert_eq!(o.audit.rule.as_deref(), Some("file:///admin/*"));
+    // List-changed subscriptions name nothing: they pass.
+    assert_eq!(verdict(&mut gate, &tok, listen(json!([]))), (200, "allow"));
+    assert_eq!(
+        verdict(
+            &mut gate,
+            &tok,
+            rpc(
+                "subscriptions/listen",
+                json!({"notifications": {"promptsListChanged": true}})
+            )
+        ),
+        (200, "allow")
+    );
+    for params in [
+        json!({"notifications": []}),
+        json!({"notifications": {"resourceSubscriptions": "file:///docs/a"}}),
+        json!({"notifications": {"resourceSubscriptions": ["file:///docs/a", 3]}}),
+        json!({"notifications": {"resourceSubscriptions": [""]}}),
+    ] {
+        assert_eq!(
+            verdict(&mut gate, &tok, rpc("subscriptions/listen", params.clone())),
+            (400, "mcp.subscriptions"),
+            "{params}"
+        );
+    }
+}
+
+#[test]
+fn completions_and_subscriptions_consume_no_rate_limit() {
+    let mut gate = gate_with(&policy());
+    let tok = token();
+    let mut limiter = Recording::default();
+    for body in [
+        complete(json!({"type": "ref/prompt", "name": "review"})),
+        complete(json!({"type": "ref/resource", "uri": "file:///docs/a"})),
+        rpc("resources/subscribe", json!({"uri": "file:///docs/a"})),
+        listen(json!(["file:///docs/a", "file:///docs/b"])),
+    ] {
+        let o = decide_in(&mut gate, &tok, body, &mut limiter);
+        assert_eq!(o.decision.reason, "allow");
+        assert!(o.audit.limit.is_none());
+    }
+    assert!(limiter.keys.is_empty(), "{:?}", limiter.keys);
+}
+
+#[test]
+fn without_their_sections_completions_and_subscriptions_pass() {
+    let mut gate = gate_with(&base_policy());
+    let tok = token();
+    for body in [
+        complete(json!({"type": "ref/prompt", "name": "anything"})),
+        complete(json!({"type": "ref/resource", "uri": "file:///etc/{x}"})),
+        rpc("resources/subscribe", json!({"uri": "file:///etc/passwd"})),
+        listen(json!(["file:///etc/passwd"])),
+    ] {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        let o = decide(&mut gate, &tok, body);
+        assert_eq!(o.decision.reason, "allow", "{shown}");
+        assert!(o.audit.rule.is_none());
+    }
+    // Structure is still checked.
+    assert_eq!(
+        verdict(&mut gate, &tok, complete(json!({"type": "ref/prompt"}))),
+        (400, "mcp.completion_ref")
+    );
+}

@@ -55,8 +55,18 @@ pub enum McpError {
     PromptName {
         detail: &'static str,
     },
-    /// `resources/read` without a usable `params.uri`.
+    /// `resources/read`, `resources/subscribe` or `resources/unsubscribe` without a usable `params.uri`.
     ResourceUri {
+        method: &'static str,
+        detail: &'static str,
+    },
+    /// `completion/complete` without a usable `params.ref` (missing, not an object, unknown `type`, or its
+    /// prompt name or resource URI unusable): authorization could not tell what is being completed.
+    CompletionRef {
+        detail: &'static str,
+    },
+    /// `subscriptions/listen` whose `params.notifications` or `resourceSubscriptions` is ill-typed.
+    Subscriptions {
         detail: &'static str,
     },
     /// `params.arguments` of `tools/call` or `prompts/get` present but not an object.
@@ -101,6 +111,8 @@ impl McpError {
             Self::ToolName { .. } => "mcp.tool_name",
             Self::PromptName { .. } => "mcp.prompt_name",
             Self::ResourceUri { .. } => "mcp.resource_uri",
+            Self::CompletionRef { .. } => "mcp.completion_ref",
+            Self::Subscriptions { .. } => "mcp.subscriptions",
             Self::Arguments { .. } => "mcp.arguments",
             Self::Meta { .. } => "mcp.meta",
             Self::HeaderRepeated { .. } => "mcp.header_repeated",
@@ -117,6 +129,8 @@ impl McpError {
             Self::ToolName { .. }
             | Self::PromptName { .. }
             | Self::ResourceUri { .. }
+            | Self::CompletionRef { .. }
+            | Self::Subscriptions { .. }
             | Self::Arguments { .. }
             | Self::Meta { .. } => -32602,
             // HeaderMismatch (MCP 2026-07-28 basic/transports "Server Validation"): also for missing and
@@ -158,7 +172,9 @@ impl fmt::Display for McpError {
             }
             Self::ToolName { detail } => write!(f, "tools/call: {detail}"),
             Self::PromptName { detail } => write!(f, "prompts/get: {detail}"),
-            Self::ResourceUri { detail } => write!(f, "resources/read: {detail}"),
+            Self::ResourceUri { method, detail } => write!(f, "{method}: {detail}"),
+            Self::CompletionRef { detail } => write!(f, "completion/complete: {detail}"),
+            Self::Subscriptions { detail } => write!(f, "subscriptions/listen: {detail}"),
             Self::Arguments { method } => {
                 write!(f, "{method}: params.arguments must be an object")
             }
@@ -228,6 +244,27 @@ pub enum Target {
     Resource(ResourceRead),
 }
 
+/// A method that names a prompt or resource without acting on it through `Mcp-Name` (MCP sends that header
+/// only for `tools/call`, `prompts/get` and `resources/read`): what authorization must still check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// `completion/complete`: argument completions for a prompt or a resource (template).
+    Completion(CompletionRef),
+    /// `resources/subscribe` or `resources/unsubscribe` (2025-11-25 and earlier): `params.uri`.
+    ResourceSubscription { method: &'static str, uri: String },
+    /// `subscriptions/listen` (2026-07-28): `params.notifications.resourceSubscriptions`, possibly empty.
+    Listen { uris: Vec<String> },
+}
+
+/// `params.ref` of `completion/complete`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompletionRef {
+    /// `{"type": "ref/prompt", "name": ...}`.
+    Prompt { name: String },
+    /// `{"type": "ref/resource", "uri": ...}`: a URI or a URI template.
+    Resource { uri: String },
+}
+
 impl Target {
     /// The name (tools, prompts) or URI (resources): the value of `Mcp-Name`.
     pub fn name(&self) -> &str {
@@ -251,6 +288,10 @@ impl Target {
 const TOOLS_CALL: &str = "tools/call";
 const PROMPTS_GET: &str = "prompts/get";
 const RESOURCES_READ: &str = "resources/read";
+const COMPLETION_COMPLETE: &str = "completion/complete";
+const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
+const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
+const SUBSCRIPTIONS_LISTEN: &str = "subscriptions/listen";
 
 /// The list methods whose results are filtered per caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -313,6 +354,9 @@ pub struct McpMessage {
     pub method: Option<String>,
     /// `tools/call`, `prompts/get`, `resources/read` (any ASCII spelling): what the call acts on.
     pub target: Option<Target>,
+    /// `completion/complete`, `resources/subscribe`, `resources/unsubscribe`, `subscriptions/listen` (any
+    /// ASCII spelling): the prompt or resources they name, authorized without `Mcp-Name`.
+    pub reference: Option<Reference>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, sent by 2026-07-28 clients in every body.
     pub protocol_version_meta: Option<String>,
 }
@@ -467,15 +511,39 @@ pub fn parse_request(
             Some(Target::Prompt(PromptGet { name, arguments }))
         }
         Some(m) if m.eq_ignore_ascii_case(RESOURCES_READ) => {
-            let uri = read_uri(&mut params).map_err(refuse)?;
+            let uri = read_uri(&mut params, RESOURCES_READ).map_err(refuse)?;
             Some(Target::Resource(ResourceRead { uri }))
         }
+        _ => None,
+    };
+    let reference = match method.as_deref() {
+        Some(m) if m.eq_ignore_ascii_case(COMPLETION_COMPLETE) => Some(Reference::Completion(
+            read_completion_ref(&mut params).map_err(refuse)?,
+        )),
+        Some(m) if m.eq_ignore_ascii_case(RESOURCES_SUBSCRIBE) => {
+            let uri = read_uri(&mut params, RESOURCES_SUBSCRIBE).map_err(refuse)?;
+            Some(Reference::ResourceSubscription {
+                method: RESOURCES_SUBSCRIBE,
+                uri,
+            })
+        }
+        Some(m) if m.eq_ignore_ascii_case(RESOURCES_UNSUBSCRIBE) => {
+            let uri = read_uri(&mut params, RESOURCES_UNSUBSCRIBE).map_err(refuse)?;
+            Some(Reference::ResourceSubscription {
+                method: RESOURCES_UNSUBSCRIBE,
+                uri,
+            })
+        }
+        Some(m) if m.eq_ignore_ascii_case(SUBSCRIPTIONS_LISTEN) => Some(Reference::Listen {
+            uris: read_listen(params.as_mut()).map_err(refuse)?,
+        }),
         _ => None,
     };
     Ok(McpMessage {
         id,
         method,
         target,
+        reference,
         protocol_version_meta,
     })
 }
@@ -564,13 +632,87 @@ fn read_named(
     Ok((name, arguments))
 }
 
-fn read_uri(params: &mut Option<Map<String, Value>>) -> Result<String, McpError> {
+fn read_uri(
+    params: &mut Option<Map<String, Value>>,
+    method: &'static str,
+) -> Result<String, McpError> {
     check_name(
         params.as_mut().and_then(|p| p.remove("uri")),
         URI,
         MAX_URI_BYTES,
     )
-    .map_err(|detail| McpError::ResourceUri { detail })
+    .map_err(|detail| McpError::ResourceUri { method, detail })
+}
+
+const REF_NAME: Member = Member {
+    missing: "params.ref.name is missing",
+    not_string: "params.ref.name must be a string",
+    empty: "params.ref.name is empty",
+    too_long: "params.ref.name is longer than 128 bytes",
+    control: "params.ref.name contains a control character",
+};
+
+const REF_URI: Member = Member {
+    missing: "params.ref.uri is missing",
+    not_string: "params.ref.uri must be a string",
+    empty: "params.ref.uri is empty",
+    too_long: "params.ref.uri is longer than 2048 bytes",
+    control: "params.ref.uri contains a control character",
+};
+
+const LISTEN_URI: Member = Member {
+    missing: "a resourceSubscriptions entry is missing",
+    not_string: "resourceSubscriptions entries must be strings",
+    empty: "a resourceSubscriptions entry is empty",
+    too_long: "a resourceSubscriptions entry is longer than 2048 bytes",
+    control: "a resourceSubscriptions entry contains a control character",
+};
+
+/// `params.ref` of `completion/complete`. Its `type` is compared exactly: a reference type txngate does not
+/// know could name something no rule covers, so it is refused rather than passed.
+fn read_completion_ref(params: &mut Option<Map<String, Value>>) -> Result<CompletionRef, McpError> {
+    let fail = |detail| McpError::CompletionRef { detail };
+    let mut reference = match params.as_mut().and_then(|p| p.remove("ref")) {
+        Some(Value::Object(r)) => r,
+        None => return Err(fail("params.ref is missing")),
+        Some(_) => return Err(fail("params.ref must be an object")),
+    };
+    let kind = match reference.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        None => return Err(fail("params.ref.type is missing")),
+        Some(_) => return Err(fail("params.ref.type must be a string")),
+    };
+    match kind {
+        "ref/prompt" => check_name(reference.remove("name"), REF_NAME, MAX_NAME_BYTES)
+            .map(|name| CompletionRef::Prompt { name })
+            .map_err(fail),
+        "ref/resource" => check_name(reference.remove("uri"), REF_URI, MAX_URI_BYTES)
+            .map(|uri| CompletionRef::Resource { uri })
+            .map_err(fail),
+        _ => Err(fail(
+            "params.ref.type is neither \"ref/prompt\" nor \"ref/resource\"",
+        )),
+    }
+}
+
+/// The resource URIs of a `subscriptions/listen` filter (empty when it subscribes to none). A missing
+/// `notifications` is left to the server (it subscribes to nothing txngate authorizes).
+fn read_listen(params: Option<&mut Map<String, Value>>) -> Result<Vec<String>, McpError> {
+    let fail = |detail| McpError::Subscriptions { detail };
+    let filter = match params.and_then(|p| p.remove("notifications")) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(filter)) => filter,
+        Some(_) => return Err(fail("params.notifications must be an object")),
+    };
+    let entries = match filter.get("resourceSubscriptions") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(entries)) => entries,
+        Some(_) => return Err(fail("resourceSubscriptions must be an array of strings")),
+    };
+    entries
+        .iter()
+        .map(|entry| check_name(Some(entry.clone()), LISTEN_URI, MAX_URI_BYTES).map_err(fail))
+        .collect()
 }
 
 /// The JSON-RPC error code of a refusal with HTTP `status` when no more specific code applies (the body
@@ -721,6 +863,119 @@ mod tests {
             parse(r#"{"jsonrpc":"2.0","id":6,"method":"server/discover","params":{"_meta":{}}}"#)
                 .unwrap();
         assert!(m.target.is_none() && m.list_kind().is_none());
+    }
+
+    #[test]
+    fn references_are_read() {
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"code_review","title":"Review"},"argument":{"name":"language","value":"py"}}}"#).unwrap();
+        assert_eq!(
+            m.reference,
+            Some(Reference::Completion(CompletionRef::Prompt {
+                name: "code_review".into()
+            }))
+        );
+        // No Mcp-Name for these methods: they are not targets.
+        assert!(m.target.is_none());
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"COMPLETION/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{path}"}}}"#).unwrap();
+        assert_eq!(
+            m.reference,
+            Some(Reference::Completion(CompletionRef::Resource {
+                uri: "file:///{path}".into()
+            }))
+        );
+        for method in [RESOURCES_SUBSCRIBE, RESOURCES_UNSUBSCRIBE] {
+            let body = json!({"jsonrpc":"2.0","id":1,"method":method,"params":{"uri":"file:///a"}});
+            assert_eq!(
+                parse(&body.to_string()).unwrap().reference,
+                Some(Reference::ResourceSubscription {
+                    method,
+                    uri: "file:///a".into()
+                })
+            );
+        }
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true,"resourceSubscriptions":["file:///a","file:///b"]}}}"#).unwrap();
+        assert_eq!(
+            m.reference,
+            Some(Reference::Listen {
+                uris: vec!["file:///a".into(), "file:///b".into()]
+            })
+        );
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{}}"#)
+            .unwrap();
+        assert_eq!(m.reference, Some(Reference::Listen { uris: vec![] }));
+        let m = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).unwrap();
+        assert!(m.reference.is_none());
+    }
+
+    #[test]
+    fn ill_typed_references_are_refused() {
+        let long = "a".repeat(129);
+        for (params, reason, detail) in [
+            (json!({}), "mcp.completion_ref", "params.ref is missing"),
+            (
+                json!({"ref": []}),
+                "mcp.completion_ref",
+                "params.ref must be an object",
+            ),
+            (
+                json!({"ref": {}}),
+                "mcp.completion_ref",
+                "params.ref.type is missing",
+            ),
+            (
+                json!({"ref": {"type": null}}),
+                "mcp.completion_ref",
+                "params.ref.type must be a string",
+            ),
+            (
+                json!({"ref": {"type": "ref/tool", "name": "x"}}),
+                "mcp.completion_ref",
+                "neither",
+            ),
+            (
+                json!({"ref": {"type": "ref/prompt"}}),
+                "mcp.completion_ref",
+                "params.ref.name is missing",
+            ),
+            (
+                json!({"ref": {"type": "ref/prompt", "name": long}}),
+                "mcp.completion_ref",
+                "longer than 128",
+            ),
+            (
+                json!({"ref": {"type": "ref/resource", "uri": ""}}),
+                "mcp.completion_ref",
+                "params.ref.uri is empty",
+            ),
+        ] {
+            let body =
+                json!({"jsonrpc":"2.0","id":1,"method":"completion/complete","params":params});
+            let e = parse(&body.to_string()).unwrap_err();
+            assert_eq!(
+                (e.reason(), e.rpc_code(), e.status()),
+                (reason, -32602, 400),
+                "{params}"
+            );
+            assert!(e.to_string().contains(detail), "{e}");
+        }
+        let e = parse(r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{}}"#)
+            .unwrap_err();
+        assert_eq!(e.reason(), "mcp.resource_uri");
+        assert_eq!(e.to_string(), "resources/subscribe: params.uri is missing");
+        for params in [
+            json!({"notifications": 1}),
+            json!({"notifications": {"resourceSubscriptions": {}}}),
+            json!({"notifications": {"resourceSubscriptions": ["file:///a\u{0}"]}}),
+        ] {
+            let body =
+                json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":params});
+            let e = parse(&body.to_string()).unwrap_err();
+            assert_eq!(
+                (e.reason(), e.rpc_code()),
+                ("mcp.subscriptions", -32602),
+                "{params}"
+            );
+        }
     }
 
     #[test]

@@ -195,7 +195,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let bytes = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             match Policy::from_json(&bytes) {
-                Ok(_) => {
+                Ok(policy) => {
+                    // Valid, but approximations an operator accepts knowingly (remote rate limits).
+                    for warning in txngate_core::rls::warnings(policy.spec()) {
+                        eprintln!("{}: warning: {warning}", file.display());
+                    }
                     println!("{}: ok", file.display());
                     Ok(ExitCode::SUCCESS)
                 }

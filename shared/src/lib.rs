@@ -16,6 +16,8 @@ pub mod keys;
 pub mod mcp;
 pub mod policy;
 pub mod ratelimit;
+pub mod rls;
+pub mod rls_wire;
 pub mod scope;
 pub mod token;
 

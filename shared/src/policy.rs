@@ -40,7 +40,7 @@ impl PolicyError {
         }
     }
 
-    fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             path: path.into(),
             message: message.into(),
@@ -104,6 +104,10 @@ pub struct PolicySpec {
     /// Bounds of the rate-limit store.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// The rate limit service (Envoy's RLS protocol) that counts rules with `rate_limit.remote` across a
+    /// mesh. Required when a rule is remote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_service: Option<crate::rls::RateLimitServiceSpec>,
 }
 
 /// A Transaction Token Service whose signatures are trusted.
@@ -309,9 +313,14 @@ pub struct RateLimitSpec {
     /// Calls allowed back to back from a full bucket (default: `limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-    /// What happens when the limit store fails: `deny` (fail closed, 503) or `allow`.
+    /// What happens when the limit store fails: `deny` (fail closed, 503) or `allow`. For a remote limit
+    /// also a timeout, an error or an unreachable rate limit service.
     #[serde(default)]
     pub on_store_error: StoreErrorPolicy,
+    /// Counted by the policy's `rate_limit_service` (one budget across every Envoy of a mesh) instead of
+    /// this Envoy's shared data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::rls::RemoteLimitSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
@@ -451,6 +460,8 @@ pub struct ToolLimit {
     pub key: LimitKey,
     pub rule: LimitRule,
     pub on_store_error: StoreErrorPolicy,
+    /// Counted by the rate limit service ([`crate::rls`]).
+    pub remote: Option<crate::rls::RemoteLimit>,
 }
 
 /// One compiled tool rule.
@@ -563,6 +574,8 @@ pub struct Policy {
     pub max_limit_keys: u32,
     /// Issuers with their inline keys; the Gate's key ring starts from this.
     pub key_ring: KeyRing,
+    /// Where remote rules are counted ([`crate::rls`]).
+    pub rate_limit_service: Option<crate::rls::RateLimitService>,
     spec: PolicySpec,
 }
 
@@ -618,6 +631,7 @@ impl Policy {
                 "must be at least 1",
             ));
         }
+        let rate_limit_service = crate::rls::compile_service(&spec)?;
         Ok(Self {
             trust_domain: spec.trust_domain.clone(),
             token,
@@ -630,6 +644,7 @@ impl Policy {
             arguments_audit: spec.audit.arguments,
             max_limit_keys: spec.limits.max_keys,
             key_ring,
+            rate_limit_service,
             spec,
         })
     }
@@ -979,6 +994,7 @@ fn compile_tool(name: &str, spec: &ToolSpec, at: &str) -> Result<ToolRule, Polic
                 key: rl.key,
                 rule,
                 on_store_error: rl.on_store_error,
+                remote: crate::rls::compile_rule(at, rl)?,
             })
         }
     };

@@ -18,12 +18,13 @@ use txngate_core::keys::KeySource;
 use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
 use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
-    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, Outcome, Request,
+    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, Outcome, PendingLimit, Request,
     ToolsListFilter, Verdict,
 };
 
 use crate::hybrid::{self, Hybrid};
 use crate::jwks::{self, Meta, Target};
+use crate::rls_client;
 use crate::sink::{self, AuditSink};
 use crate::store::{self, LockOwner, SharedData, SharedStore};
 use crate::{BODY_WAIT_MS, MAX_TOOLS_LIST_BYTES, TICK_MS};
@@ -90,6 +91,14 @@ struct Metrics {
 const MAX_METRICS: usize = 2048;
 
 impl Metrics {
+    /// A rate-limit store (or rate limit service) failure, `txngate.ratelimit.<kind>`: counted whatever the
+    /// rule's `on_store_error` made of it, since an allowed call that could not be counted is exactly what an
+    /// operator must see.
+    fn store_failure(&mut self, reason: &str) {
+        let kind = reason.strip_prefix("ratelimit.").unwrap_or(reason);
+        self.increment(&format!("txngate.ratelimit.{}", segment(kind)));
+    }
+
     fn increment(&mut self, name: &str) {
         let id = match self.ids.get(name) {
             Some(id) => *id,
@@ -278,8 +287,14 @@ struct Vm {
 }
 
 impl Vm {
-    /// Decides with the core: signatures with its crypto, limits in shared data behind its `SlotTable`.
-    fn decide(&mut self, captured: &Captured, body: Body<'_>, now: u64) -> Option<Outcome> {
+    /// Decides with the core: signatures with its crypto, limits in shared data behind its `SlotTable`. A
+    /// remote limit comes back pending: the caller asks the rate limit service.
+    fn decide(
+        &mut self,
+        captured: &Captured,
+        body: Body<'_>,
+        now: u64,
+    ) -> Option<Result<Outcome, Box<PendingLimit>>> {
         let Vm {
             gate, lock_owner, ..
         } = self;
@@ -292,23 +307,16 @@ impl Vm {
                 inner: &mut slots,
                 failure: None,
             };
-            let outcome = match &captured.attestation {
-                Some(attestation) => gate.decide_host_verified(
-                    &captured.request(body),
-                    now,
-                    attestation,
-                    &mut limiter,
-                ),
-                None => gate.decide(&captured.request(body), now, &mut limiter),
-            };
+            let outcome = gate.decide_or_remote(
+                &captured.request(body),
+                now,
+                captured.attestation.as_ref(),
+                &mut limiter,
+            );
             (outcome, limiter.failure)
         };
         if let Some(reason) = failure {
-            // Counted whatever the rule's `on_store_error` made of it: an allowed call that could not be
-            // counted is exactly what an operator must see.
-            let kind = reason.strip_prefix("ratelimit.").unwrap_or(reason);
-            self.metrics
-                .increment(&format!("txngate.ratelimit.{}", segment(kind)));
+            self.metrics.store_failure(reason);
         }
         if store.stats.stolen > 0 {
             log(
@@ -318,6 +326,21 @@ impl Vm {
             self.metrics.increment("txngate.ratelimit.lock_stolen");
         }
         Some(outcome)
+    }
+
+    /// A remote limit's local bucket (`local_first`), in shared data like any local limit.
+    fn consume_local(&mut self, pending: &PendingLimit) -> Result<LimitState, StoreError> {
+        let Vm {
+            gate, lock_owner, ..
+        } = self;
+        let slots = gate.as_ref().map_or(1, |g| g.policy().max_limit_keys);
+        let mut store = SharedStore::new(HostShared, lock_owner);
+        let mut slots = SlotTable::new(&mut store, slots);
+        let result = Limiter::consume(&mut slots, pending.key(), pending.rule(), pending.now_ms());
+        if let Err(e) = &result {
+            self.metrics.store_failure(e.reason());
+        }
+        result
     }
 
     /// Audit line, filter state, metrics, refetch request.
@@ -483,7 +506,7 @@ impl Root {
                 continue;
             }
             match vm.decide(&waiting.captured, Body::Absent, now) {
-                Some(outcome) if outcome.decision.verdict == Verdict::Deny => {
+                Some(Ok(outcome)) if outcome.decision.verdict == Verdict::Deny => {
                     vm.record(&outcome);
                     send_deny(&outcome.decision);
                 }
@@ -926,9 +949,19 @@ enum Phase {
     /// Paused until the body is complete; the request sits in `Vm::awaiting` until the first body callback,
     /// then in `Http::pending`.
     AwaitingBody,
+    /// Paused on the rate limit service (`Http::remote`); resumes in `on_grpc_call_response`.
+    AwaitingLimit,
     Allowed,
     /// Refused (or answered by the watchdog): nothing may continue.
     Refused,
+}
+
+/// A request paused on the rate limit service.
+struct RemoteCall {
+    token: u32,
+    pending: Box<PendingLimit>,
+    /// Names of the client-sent identity headers, removed if the call is allowed.
+    identity_headers: Vec<String>,
 }
 
 struct Http {
@@ -942,6 +975,7 @@ struct Http {
     rpc_id: Option<Value>,
     /// Content type of a `tools/list` response being buffered for filtering.
     filtering: Option<String>,
+    remote: Option<RemoteCall>,
 }
 
 impl Http {
@@ -956,25 +990,103 @@ impl Http {
             tools_list: None,
             rpc_id: None,
             filtering: None,
+            remote: None,
         }
     }
 
     /// Decides and renders. Returns what the current callback must return.
     fn decide(&mut self, captured: &Captured, body: Body<'_>) -> Action {
         let now = now_ms();
+        let decided = self.vm.borrow_mut().decide(captured, body, now);
+        let identity_headers = || {
+            captured
+                .headers
+                .iter()
+                .filter(|(name, _)| is_identity_header(name))
+                .map(|(name, _)| name.clone())
+                .collect::<Vec<_>>()
+        };
+        match decided {
+            None => {
+                self.phase = Phase::Refused;
+                send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
+                Action::Pause
+            }
+            Some(Ok(outcome)) => self.render(&identity_headers(), outcome),
+            Some(Err(pending)) => self.consult_remote(pending, identity_headers()),
+        }
+    }
+
+    /// A remote limit: the local bucket first (`local_first`), then the rate limit service. Pauses until
+    /// its answer unless the outcome is known at once.
+    fn consult_remote(&mut self, pending: Box<PendingLimit>, identity_headers: Vec<String>) -> Action {
+        let local_first = pending.remote().is_some_and(|r| r.local_first);
+        let service = {
+            let vm = self.vm.borrow();
+            vm.gate
+                .as_ref()
+                .and_then(|g| g.policy().rate_limit_service.clone())
+        };
+        let immediate = match service {
+            None => Some(rls_client::refused(&pending, "no rate_limit_service")),
+            Some(_) if local_first => {
+                let local = self.vm.borrow_mut().consume_local(&pending);
+                match local {
+                    Ok(state) if state.allowed => None,
+                    // Refused (or unknown) locally: the service is not asked.
+                    other => Some(other),
+                }
+            }
+            Some(_) => None,
+        };
+        let result = match (immediate, service) {
+            (Some(result), _) => result,
+            (None, Some(service)) => match rls_client::dispatch(&service, &pending) {
+                Ok(token) => {
+                    self.phase = Phase::AwaitingLimit;
+                    self.remote = Some(RemoteCall {
+                        token,
+                        pending,
+                        identity_headers,
+                    });
+                    return Action::Pause;
+                }
+                Err(why) => rls_client::refused(&pending, &why),
+            },
+            (None, None) => rls_client::refused(&pending, "no rate_limit_service"),
+        };
+        self.finish_remote(pending, result, &identity_headers)
+    }
+
+    /// Finishes a remote limit with the service's answer (or its failure).
+    fn finish_remote(
+        &mut self,
+        pending: Box<PendingLimit>,
+        result: Result<LimitState, StoreError>,
+        identity_headers: &[String],
+    ) -> Action {
         let outcome = {
             let mut vm = self.vm.borrow_mut();
-            let outcome = vm.decide(captured, body, now);
-            if let Some(outcome) = &outcome {
-                vm.record(outcome);
+            if let Err(e) = &result {
+                vm.metrics.store_failure(e.reason());
             }
-            outcome
+            vm.gate
+                .as_mut()
+                .map(|gate| gate.resume_limit(*pending, result))
         };
-        let Some(outcome) = outcome else {
-            self.phase = Phase::Refused;
-            send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
-            return Action::Pause;
-        };
+        match outcome {
+            Some(outcome) => self.render(identity_headers, outcome),
+            None => {
+                self.phase = Phase::Refused;
+                send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
+                Action::Pause
+            }
+        }
+    }
+
+    /// Records and renders an outcome. `identity_headers`: the client-sent `x-txngate-*` header names.
+    fn render(&mut self, identity_headers: &[String], outcome: Outcome) -> Action {
+        self.vm.borrow_mut().record(&outcome);
         let Outcome {
             decision, audit, ..
         } = outcome;
@@ -985,11 +1097,7 @@ impl Http {
         }
         self.rpc_id = audit.rpc_id;
         // Identity headers: the client's go, the verified ones come in.
-        for (name, _) in captured
-            .headers
-            .iter()
-            .filter(|(name, _)| is_identity_header(name))
-        {
+        for name in identity_headers {
             if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
                 return self.fail_closed(
                     500,
@@ -1105,7 +1213,18 @@ impl Drop for Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    /// The rate limit service answered (or failed: `status_code` is the gRPC status, 4 on timeout).
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(call) = self.remote.take_if(|c| c.token == token_id) else {
+            return;
+        };
+        let result = rls_client::answer(&call.pending, status_code, response_size);
+        if self.finish_remote(call.pending, result, &call.identity_headers) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -1152,7 +1271,7 @@ impl HttpContext for Http {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.phase {
             Phase::AwaitingBody => {}
-            Phase::Refused => return Action::Pause,
+            Phase::Refused | Phase::AwaitingLimit => return Action::Pause,
             Phase::Headers | Phase::Allowed => return Action::Continue,
         }
         if body_size > self.max_body {
@@ -1178,7 +1297,7 @@ impl HttpContext for Http {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.phase {
             Phase::AwaitingBody => self.finish_body(None),
-            Phase::Refused => Action::Pause,
+            Phase::Refused | Phase::AwaitingLimit => Action::Pause,
             Phase::Headers | Phase::Allowed => Action::Continue,
         }
     }

@@ -13,7 +13,11 @@
 //!   RateLimit headers added to the response, and an allowed `tools/list` response filtered (fail closed
 //!   with 502 when it cannot be).
 //! * Rate limits live in shared data behind the core's `SlotTable` (bounded key space); see [`store`] for
-//!   the compare-and-swap protocol that makes "create only if absent" safe on Envoy.
+//!   the compare-and-swap protocol that makes "create only if absent" safe on Envoy. A rule with
+//!   `rate_limit.remote` is counted by the policy's rate limit service instead (Envoy's RLS protocol, one
+//!   budget across the mesh): the request pauses on a `dispatch_grpc_call` (`rls_client`) and resumes on its
+//!   callback; a timeout, an error or an unreachable service goes to the rule's `on_store_error` and is counted
+//!   as `txngate.ratelimit.remote_timeout` / `.remote_error` / `.remote_unreachable`.
 //! * Body inspection needs `allow_on_headers_stop_iteration: true` in the Wasm filter configuration.
 //!   Without it Envoy never delivers the body to a filter that paused on headers; the filter notices that
 //!   no body callback came within [`BODY_WAIT_MS`] and refuses the request (the core's `mcp.body_missing`),
@@ -41,3 +45,5 @@ pub const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+#[cfg(target_arch = "wasm32")]
+mod rls_client;

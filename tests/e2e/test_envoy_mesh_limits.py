@@ -292,9 +292,9 @@ def test_service_stopped_fails_closed_then_recovers(mesh):
     assert statuses.count(200) == N_AGENT - 1, statuses
 
 
-def test_redis_restart_loses_no_count(mesh):
-    """Counters persist (AOF, fsync always): after a Redis restart an agent gets only what its window had left.
-    While Redis is down the service fails and the filter refuses (503)."""
+def test_redis_restart_admits_no_more_than_the_window_had_left(mesh):
+    """Counters persist (AOF, fsync always): after a Redis restart an agent gets at most what its window had
+    left. While Redis is down the service fails and the filter refuses (503)."""
     redis, envoys = mesh["redis"], mesh["envoys"]
     agent = AGENT + fresh("redis")
     token = mesh["minter"].mint(claims(agent, "web:search", "user-1"), act=[agent])
@@ -307,7 +307,9 @@ def test_redis_restart_loses_no_count(mesh):
         assert reason(r).startswith("ratelimit.remote_")
     finally:
         redis.start()
-    # The service's connection manager reconnects; then the window goes on where it was.
+    # The service's connection manager reconnects; then the window goes on where it was. A call refused while
+    # Redis was away may still have been counted when the service finished it late (it holds the capacity, so
+    # the agent can get less than what was left: under-admission, never more).
     first = None
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -316,8 +318,10 @@ def test_redis_restart_loses_no_count(mesh):
             first = r.status_code
             break
         time.sleep(0.3)
-    assert first == 200, "the service is usable again after Redis restarts"
+    assert first in (200, 429), "the service is usable again after Redis restarts"
     rest = [call(envoys[i % 2], token, "search_web").status_code for i in range(2 * N_AGENT)]
-    allowed_after = 1 + rest.count(200)
-    assert allowed_after == N_AGENT - used, (first, rest)
+    allowed_after = (first == 200) + rest.count(200)
+    # Without persistence a restart forgets the window and up to N more would pass; with AOF none beyond it.
+    assert allowed_after <= N_AGENT - used, (first, rest)
+    assert rest[-1] == 429
     assert port_accepts(redis.port)

@@ -9,6 +9,9 @@
 //! "variables": ["descriptors[0].agent"]}`. As in limitador-server, the request's domain is the namespace and
 //! its descriptors are bound as `descriptors`, a list of maps from entry key to value.
 //!
+//! Admission is atomic across concurrent calls and service replicas: Limitador reservations (see
+//! `should_rate_limit`).
+//!
 //! Answers: OK / OVER_LIMIT with one status per descriptor (`duration_until_reset` from the counter's TTL in
 //! Redis); a storage error (Redis down) is gRPC status 14 UNAVAILABLE, as limitador-server answers.
 
@@ -133,17 +136,22 @@ async fn main() {
 
 async fn run() -> Result<(), String> {
     let args = args()?;
-    let text = std::fs::read_to_string(&args.limits).map_err(|e| format!("{}: {e}", args.limits))?;
-    let limits: Vec<Limit> = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", args.limits))?;
+    let text =
+        std::fs::read_to_string(&args.limits).map_err(|e| format!("{}: {e}", args.limits))?;
+    let limits: Vec<Limit> =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", args.limits))?;
     let storage = AsyncRedisStorage::new(&args.redis)
         .await
         .map_err(|e| format!("redis {}: {e}", args.redis))?;
-    let limiter = AsyncRateLimiterBuilder::new(AsyncStorage::with_counter_storage(Box::new(storage))).build();
+    let limiter =
+        AsyncRateLimiterBuilder::new(AsyncStorage::with_counter_storage(Box::new(storage))).build();
     for limit in limits {
         limiter.add_limit(limit);
     }
     let limiter = Arc::new(limiter);
-    let listener = TcpListener::bind(args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("{}: {e}", args.listen))?;
     eprintln!("ratelimit-service: listening on {}", args.listen);
     loop {
         let (socket, _) = listener.accept().await.map_err(|e| e.to_string())?;
@@ -156,7 +164,10 @@ async fn run() -> Result<(), String> {
     }
 }
 
-async fn serve_connection(socket: tokio::net::TcpStream, limiter: Arc<AsyncRateLimiter>) -> Result<(), h2::Error> {
+async fn serve_connection(
+    socket: tokio::net::TcpStream,
+    limiter: Arc<AsyncRateLimiter>,
+) -> Result<(), h2::Error> {
     let mut conn = h2::server::handshake(socket).await?;
     while let Some(request) = conn.accept().await {
         let (request, respond) = request?;
@@ -240,16 +251,38 @@ async fn should_rate_limit(
     let descriptors: Vec<HashMap<String, String>> = req
         .descriptors
         .iter()
-        .map(|d| d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect())
+        .map(|d| {
+            d.entries
+                .iter()
+                .map(|e| (e.key.clone(), e.value.clone()))
+                .collect()
+        })
         .collect();
     let mut ctx = Context::default();
     ctx.list_binding("descriptors".to_owned(), descriptors);
     let delta = u64::from(req.hits_addend.max(1));
+    let namespace = req.domain.as_str().into();
+    // Limitador's plain `check_rate_limited_and_update` reads the counters, then increments them in a second
+    // round trip: concurrent calls can all read "below the limit" and all pass. Its reservations are atomic
+    // (one Lua script checks every counter against its value plus the live holds, and holds `delta` on all or
+    // none), so admission goes through them: reserve, then commit the hits (increment, release the hold).
     let mut result = limiter
-        .check_rate_limited_and_update(&req.domain.as_str().into(), &ctx, delta)
+        .reserve(&namespace, &ctx, delta, None)
         .await
         .map_err(|e| (14, format!("storage: {e}")))?;
-    let code = if result.limited { rls::OVER_LIMIT } else { rls::OK };
+    if !result.limited {
+        if let Some(id) = &result.reservation_id {
+            limiter
+                .commit_reservation(&namespace, &ctx, Some(id), delta)
+                .await
+                .map_err(|e| (14, format!("storage: {e}")))?;
+        }
+    }
+    let code = if result.limited {
+        rls::OVER_LIMIT
+    } else {
+        rls::OK
+    };
     // The most restrictive counter first (fewest remaining), its reset time is what the caller waits for.
     result
         .counters
@@ -270,7 +303,15 @@ async fn should_rate_limit(
     let statuses = req
         .descriptors
         .iter()
-        .map(|_| status.clone().unwrap_or(rls::DescriptorStatus { code: rls::OK, ..Default::default() }))
+        .map(|_| {
+            status.clone().unwrap_or(rls::DescriptorStatus {
+                code: rls::OK,
+                ..Default::default()
+            })
+        })
         .collect();
-    Ok(rls::RateLimitResponse { overall_code: code, statuses })
+    Ok(rls::RateLimitResponse {
+        overall_code: code,
+        statuses,
+    })
 }

@@ -120,29 +120,34 @@ e2e_plumbing() { pytest_logged plumbing tests/e2e/test_plumbing.py; }
 # One budget across a mesh: two Envoys, the test-only rate limit service (limitador over Redis) and redis-server.
 # The service builds in its own workspace (tests/ratelimit-service, its own target dir) in the background from
 # right after bootstrap, niced so that the stages before this one keep the CPU; only this stage waits for it.
-rls_build_pid=""
+# Its exit status lands in a file: stages run in a pipeline (a subshell), where `wait` cannot see the job.
+RLS_BUILD_RC="$LOG_DIR/ratelimit-service-build.rc"
 start_rls_build() {
     if [ -n "${TXNGATE_STAGES:-}" ] && [[ " $TXNGATE_STAGES " != *" mesh "* ]]; then
         return 0
     fi
+    rm -f "$RLS_BUILD_RC"
     (
         t0=$(date +%s)
         nice -n 10 tests/ratelimit-service/build.sh >"$LOG_DIR/ratelimit-service-build.log" 2>&1
         rc=$?
         echo "ratelimit-service build: exit $rc after $(( $(date +%s) - t0 )) s" >>"$LOG_DIR/ratelimit-service-build.log"
-        exit $rc
+        echo "$rc" >"$RLS_BUILD_RC"
     ) &
-    rls_build_pid=$!
 }
 mesh_e2e() {
-    if [ -n "$rls_build_pid" ]; then
-        echo "waiting for the rate limit service build (pid $rls_build_pid)"
-        if ! wait "$rls_build_pid"; then
-            tail -n 40 "$LOG_DIR/ratelimit-service-build.log"
-            return 1
-        fi
-        tail -n 1 "$LOG_DIR/ratelimit-service-build.log"
+    local waited=0
+    echo "waiting for the rate limit service build (started after bootstrap)"
+    while [ ! -s "$RLS_BUILD_RC" ] && [ "$waited" -lt 3600 ]; do
+        sleep 2
+        waited=$((waited + 2))
+    done
+    tail -n 1 "$LOG_DIR/ratelimit-service-build.log" 2>/dev/null
+    if [ "$(cat "$RLS_BUILD_RC" 2>/dev/null)" != "0" ]; then
+        tail -n 40 "$LOG_DIR/ratelimit-service-build.log" 2>/dev/null
+        return 1
     fi
+    echo "(waited ${waited} s)"
     pytest_logged mesh tests/e2e/test_envoy_mesh_limits.py
 }
 

@@ -142,14 +142,15 @@ def rls_cluster(port: int) -> dict:
     }
 
 
-def start_envoy(config: EnvoyConfig, directory: Path, name: str, base_id: int, rls_port: int) -> tuple[Proc, Envoy]:
+def start_envoy(config: EnvoyConfig, directory: Path, name: str, base_id: int, rls_port: int,
+                concurrency: int = 2) -> tuple[Proc, Envoy]:
     bootstrap = config.bootstrap()
     bootstrap["static_resources"]["clusters"].append(rls_cluster(rls_port))
     path = directory / f"{name}.json"
     path.write_text(json.dumps(bootstrap, indent=1))
     from envoy_harness import ENVOY_BIN  # noqa: E402
 
-    argv = [str(ENVOY_BIN), "-c", str(path), "--concurrency", "2", "--base-id", str(base_id),
+    argv = [str(ENVOY_BIN), "-c", str(path), "--concurrency", str(concurrency), "--base-id", str(base_id),
             "-l", "info", "--drain-time-s", "0", "--file-flush-interval-msec", "100"]
     proc = Proc(argv, name=name, log_dir=directory).start()
     try:

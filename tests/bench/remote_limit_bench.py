@@ -60,7 +60,7 @@ def main() -> None:
     try:
         service.start()
         agent = mesh.AGENT + "bench"
-        token = minter.mint(mesh.claims(agent, "web:search", "user-1"), act=[agent], ttl=3600)
+        token = minter.mint(mesh.claims(agent, "web:search", "user-1"), act=[agent], ttl=300)
         for label, remote in (("local (shared data)", False), ("remote (RLS + Redis)", True)):
             policy = mesh.policy(issuer)
             rl = {"key": "agent", "limit": BIG, "period_seconds": 60}

@@ -1019,7 +1019,11 @@ impl Http {
 
     /// A remote limit: the local bucket first (`local_first`), then the rate limit service. Pauses until
     /// its answer unless the outcome is known at once.
-    fn consult_remote(&mut self, pending: Box<PendingLimit>, identity_headers: Vec<String>) -> Action {
+    fn consult_remote(
+        &mut self,
+        pending: Box<PendingLimit>,
+        identity_headers: Vec<String>,
+    ) -> Action {
         let local_first = pending.remote().is_some_and(|r| r.local_first);
         let service = {
             let vm = self.vm.borrow();

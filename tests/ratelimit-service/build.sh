@@ -52,4 +52,4 @@ PY
     touch "$patched/.txngate-patched"
 fi
 
-cargo build --manifest-path "$here/Cargo.toml" --locked "$@" 2>&1 || cargo build --manifest-path "$here/Cargo.toml" "$@"
+cargo build --manifest-path "$here/Cargo.toml" --locked "$@"

@@ -782,10 +782,11 @@ mod policy_tests {
             v
         };
         let p = load(&doc(None)).unwrap();
-        let prompt = p.prompts().unwrap().lookup("code_review");
-        let crate::names::NameMatch::Rule(prompt) = prompt else {
-            panic!("no prompt rule")
-        };
+        let prompt = match p.prompts().unwrap().lookup("code_review") {
+            crate::names::NameMatch::Rule(rule) => Some(rule),
+            _ => None,
+        }
+        .unwrap();
         let remote = prompt.limit.as_ref().unwrap().remote.as_ref().unwrap();
         assert_eq!(
             remote.entries,

@@ -10,7 +10,10 @@
 #   --worker-tools  cargo install worker-build 0.8.7 and wasm-bindgen-cli 0.2.130 (slow, once)
 #   --all           all four above (not --apt)
 #   --apt PKG...    Debian packages (e.g. --apt wrk redis-server); every word after --apt up to
-#                   the next --flag is a package; apt-get update runs once, only if one is missing
+#                   the next --flag is a package; apt-get update runs once, only if one is missing.
+#                   scripts/test.sh passes `--apt redis-server`: the `mesh` stage runs a real Redis
+#                   (tests/e2e/test_envoy_mesh_limits.py); the rate limit service in front of it is built
+#                   by tests/ratelimit-service/build.sh (cargo, from the Rust registry).
 #
 # Then `source scripts/env.sh` for PATH and the worker-build/wrangler variables.
 # Runs without a terminal or stdin (CI). Exit status is non-zero if any step fails.

@@ -20,13 +20,14 @@ use txngate_core::mcp::adapter_error_body;
 use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
 use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
-    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, ListFilter, Outcome, Request,
-    Verdict,
+    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, ListFilter, Outcome,
+    PendingLimit, Request, Verdict,
 };
 
 use crate::hybrid::{self, Hybrid};
 use crate::jwks::{self, Meta, Target};
 use crate::mode::{self, BodyMode};
+use crate::rls_client;
 use crate::sink::{self, AuditSink};
 use crate::store::{self, LockOwner, SharedData, SharedStore};
 use crate::{BODY_WAIT_MS, MAX_TOOLS_LIST_BYTES, TICK_MS};
@@ -95,6 +96,14 @@ struct Metrics {
 const MAX_METRICS: usize = 2048;
 
 impl Metrics {
+    /// A rate-limit store (or rate limit service) failure, `txngate.ratelimit.<kind>`: counted whatever the
+    /// rule's `on_store_error` made of it, since an allowed call that could not be counted is exactly what an
+    /// operator must see.
+    fn store_failure(&mut self, reason: &str) {
+        let kind = reason.strip_prefix("ratelimit.").unwrap_or(reason);
+        self.increment(&format!("txngate.ratelimit.{}", segment(kind)));
+    }
+
     fn increment(&mut self, name: &str) {
         let id = match self.ids.get(name) {
             Some(id) => *id,
@@ -285,8 +294,14 @@ struct Vm {
 }
 
 impl Vm {
-    /// Decides with the core: signatures with its crypto, limits in shared data behind its `SlotTable`.
-    fn decide(&mut self, captured: &Captured, body: Body<'_>, now: u64) -> Option<Outcome> {
+    /// Decides with the core: signatures with its crypto, limits in shared data behind its `SlotTable`. A
+    /// remote limit comes back pending: the caller asks the rate limit service.
+    fn decide(
+        &mut self,
+        captured: &Captured,
+        body: Body<'_>,
+        now: u64,
+    ) -> Option<Result<Outcome, Box<PendingLimit>>> {
         let Vm {
             gate, lock_owner, ..
         } = self;
@@ -299,23 +314,16 @@ impl Vm {
                 inner: &mut slots,
                 failure: None,
             };
-            let outcome = match &captured.attestation {
-                Some(attestation) => gate.decide_host_verified(
-                    &captured.request(body),
-                    now,
-                    attestation,
-                    &mut limiter,
-                ),
-                None => gate.decide(&captured.request(body), now, &mut limiter),
-            };
+            let outcome = gate.decide_or_remote(
+                &captured.request(body),
+                now,
+                captured.attestation.as_ref(),
+                &mut limiter,
+            );
             (outcome, limiter.failure)
         };
         if let Some(reason) = failure {
-            // Counted whatever the rule's `on_store_error` made of it: an allowed call that could not be
-            // counted is exactly what an operator must see.
-            let kind = reason.strip_prefix("ratelimit.").unwrap_or(reason);
-            self.metrics
-                .increment(&format!("txngate.ratelimit.{}", segment(kind)));
+            self.metrics.store_failure(reason);
         }
         if store.stats.stolen > 0 {
             log(
@@ -325,6 +333,21 @@ impl Vm {
             self.metrics.increment("txngate.ratelimit.lock_stolen");
         }
         Some(outcome)
+    }
+
+    /// A remote limit's local bucket (`local_first`), in shared data like any local limit.
+    fn consume_local(&mut self, pending: &PendingLimit) -> Result<LimitState, StoreError> {
+        let Vm {
+            gate, lock_owner, ..
+        } = self;
+        let slots = gate.as_ref().map_or(1, |g| g.policy().max_limit_keys);
+        let mut store = SharedStore::new(HostShared, lock_owner);
+        let mut slots = SlotTable::new(&mut store, slots);
+        let result = Limiter::consume(&mut slots, pending.key(), pending.rule(), pending.now_ms());
+        if let Err(e) = &result {
+            self.metrics.store_failure(e.reason());
+        }
+        result
     }
 
     /// Audit line, filter state, metrics, refetch request.
@@ -386,13 +409,22 @@ fn set_filter_state(audit: &AuditRecord) {
     }
 }
 
-/// Identity headers: the client's go, the verified ones come in.
-fn set_identity(captured: &Captured, upstream: &[(String, String)]) -> Result<(), &'static str> {
-    for (name, _) in captured
+/// The names of the client-sent identity headers (`x-txngate-*`), which never reach the upstream.
+fn client_identity(captured: &Captured) -> Vec<String> {
+    captured
         .headers
         .iter()
         .filter(|(name, _)| is_identity_header(name))
-    {
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Identity headers: the client's go (`client_identity`), the verified ones come in.
+fn set_identity(
+    client_identity: &[String],
+    upstream: &[(String, String)],
+) -> Result<(), &'static str> {
+    for name in client_identity {
         if hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_err() {
             return Err("could not remove a client-sent identity header");
         }
@@ -507,7 +539,7 @@ impl Root {
                 continue;
             }
             match vm.decide(&waiting.captured, Body::Absent, now) {
-                Some(outcome) if outcome.decision.verdict == Verdict::Deny => {
+                Some(Ok(outcome)) if outcome.decision.verdict == Verdict::Deny => {
                     vm.record(&outcome);
                     send_deny(&outcome.decision);
                 }
@@ -961,9 +993,27 @@ enum Phase {
     /// Body-holding mode ([`BodyMode::HoldBody`]): the token was verified and the headers went on with the
     /// verified identity; every byte of the body is held until the whole request is decided.
     Holding,
+    /// Paused on the rate limit service (`Http::remote`); resumes in `on_grpc_call_response`. In the
+    /// body-holding mode only the body waits (the headers went on already).
+    AwaitingLimit,
     Allowed,
     /// Refused (or answered by the watchdog): nothing may continue.
     Refused,
+}
+
+/// A request paused on the rate limit service.
+struct RemoteCall {
+    token: u32,
+    pending: Box<PendingLimit>,
+    render: Render,
+}
+
+/// What an allowed outcome still has to do to the request headers.
+enum Render {
+    /// The headers are paused: the client-sent identity headers (these names) go, the verified ones come in.
+    Headers { client_identity: Vec<String> },
+    /// Body-holding mode: the headers went on with `Http::identity`; the decision must give the same.
+    Held,
 }
 
 struct Http {
@@ -982,6 +1032,8 @@ struct Http {
     identity: Vec<(String, String)>,
     /// The request went through the body-holding mode (see `hold::Http::hold_headers`).
     held: bool,
+    /// The call to the rate limit service this request waits for.
+    remote: Option<RemoteCall>,
 }
 
 impl Http {
@@ -998,25 +1050,103 @@ impl Http {
             filtering: None,
             identity: Vec::new(),
             held: false,
+            remote: None,
         }
     }
 
-    /// Decides and renders. Returns what the current callback must return.
+    /// Decides and renders with the headers paused. Returns what the current callback must return.
     fn decide(&mut self, captured: &Captured, body: Body<'_>) -> Action {
+        let render = Render::Headers {
+            client_identity: client_identity(captured),
+        };
+        self.decide_with(captured, body, render)
+    }
+
+    /// Decides; a remote limit pauses on the rate limit service (see [`Http::consult_remote`]).
+    fn decide_with(&mut self, captured: &Captured, body: Body<'_>, render: Render) -> Action {
         let now = now_ms();
+        let decided = self.vm.borrow_mut().decide(captured, body, now);
+        match decided {
+            None => {
+                self.phase = Phase::Refused;
+                send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
+                Action::Pause
+            }
+            Some(Ok(outcome)) => self.render(render, outcome),
+            Some(Err(pending)) => self.consult_remote(pending, render),
+        }
+    }
+
+    /// A remote limit: the local bucket first (`local_first`), then the rate limit service. Pauses until
+    /// its answer unless the outcome is known at once.
+    fn consult_remote(&mut self, pending: Box<PendingLimit>, render: Render) -> Action {
+        let local_first = pending.remote().is_some_and(|r| r.local_first);
+        let service = {
+            let vm = self.vm.borrow();
+            vm.gate
+                .as_ref()
+                .and_then(|g| g.policy().rate_limit_service.clone())
+        };
+        let immediate = match service {
+            None => Some(rls_client::refused(&pending, "no rate_limit_service")),
+            Some(_) if local_first => {
+                let local = self.vm.borrow_mut().consume_local(&pending);
+                match local {
+                    Ok(state) if state.allowed => None,
+                    // Refused (or unknown) locally: the service is not asked.
+                    other => Some(other),
+                }
+            }
+            Some(_) => None,
+        };
+        let result = match (immediate, service) {
+            (Some(result), _) => result,
+            (None, Some(service)) => match rls_client::dispatch(&service, &pending) {
+                Ok(token) => {
+                    self.phase = Phase::AwaitingLimit;
+                    self.remote = Some(RemoteCall {
+                        token,
+                        pending,
+                        render,
+                    });
+                    return Action::Pause;
+                }
+                Err(why) => rls_client::refused(&pending, &why),
+            },
+            (None, None) => rls_client::refused(&pending, "no rate_limit_service"),
+        };
+        self.finish_remote(pending, result, render)
+    }
+
+    /// Finishes a remote limit with the service's answer (or its failure).
+    fn finish_remote(
+        &mut self,
+        pending: Box<PendingLimit>,
+        result: Result<LimitState, StoreError>,
+        render: Render,
+    ) -> Action {
         let outcome = {
             let mut vm = self.vm.borrow_mut();
-            let outcome = vm.decide(captured, body, now);
-            if let Some(outcome) = &outcome {
-                vm.record(outcome);
+            if let Err(e) = &result {
+                vm.metrics.store_failure(e.reason());
             }
-            outcome
+            vm.gate
+                .as_mut()
+                .map(|gate| gate.resume_limit(*pending, result))
         };
-        let Some(outcome) = outcome else {
-            self.phase = Phase::Refused;
-            send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
-            return Action::Pause;
-        };
+        match outcome {
+            Some(outcome) => self.render(render, outcome),
+            None => {
+                self.phase = Phase::Refused;
+                send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
+                Action::Pause
+            }
+        }
+    }
+
+    /// Records and renders an outcome.
+    fn render(&mut self, render: Render, outcome: Outcome) -> Action {
+        self.vm.borrow_mut().record(&outcome);
         let Outcome {
             decision, audit, ..
         } = outcome;
@@ -1026,12 +1156,27 @@ impl Http {
             return Action::Pause;
         }
         self.rpc_id = audit.rpc_id;
-        if let Err(message) = set_identity(captured, &decision.upstream_headers) {
-            return self.fail_closed(500, "filter.headers", message);
-        }
-        if decision.list_filter.is_some() {
-            // The response must be readable to be filtered.
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
+        match render {
+            Render::Headers { client_identity } => {
+                if let Err(message) = set_identity(&client_identity, &decision.upstream_headers) {
+                    return self.fail_closed(500, "filter.headers", message);
+                }
+                if decision.list_filter.is_some() {
+                    // The response must be readable to be filtered.
+                    let _ =
+                        hostcalls::remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
+                }
+            }
+            // accept-encoding went with the headers (`hold_headers`).
+            Render::Held => {
+                if decision.upstream_headers != self.identity {
+                    return self.fail_closed(
+                        500,
+                        "filter.identity_changed",
+                        "the decision's identity differs from the one sent with the headers",
+                    );
+                }
+            }
         }
         self.response_headers = decision.response_headers;
         self.list_filter = decision.list_filter;
@@ -1127,7 +1272,18 @@ impl Drop for Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    /// The rate limit service answered (or failed: `status_code` is the gRPC status, 4 on timeout).
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(call) = self.remote.take_if(|c| c.token == token_id) else {
+            return;
+        };
+        let result = rls_client::answer(&call.pending, status_code, response_size);
+        if self.finish_remote(call.pending, result, call.render) == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -1180,7 +1336,7 @@ impl HttpContext for Http {
         match self.phase {
             Phase::AwaitingBody => {}
             Phase::Holding => return self.hold_body(body_size, end_of_stream),
-            Phase::Refused => return Action::Pause,
+            Phase::Refused | Phase::AwaitingLimit => return Action::Pause,
             Phase::Headers | Phase::Allowed => return Action::Continue,
         }
         if body_size > self.max_body {
@@ -1207,13 +1363,13 @@ impl HttpContext for Http {
         match self.phase {
             Phase::AwaitingBody => self.finish_body(None),
             Phase::Holding => self.finish_held(None),
-            Phase::Refused => Action::Pause,
+            Phase::Refused | Phase::AwaitingLimit => Action::Pause,
             Phase::Headers | Phase::Allowed => Action::Continue,
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.phase == Phase::Holding {
+        if self.phase == Phase::Holding || (self.held && self.phase == Phase::AwaitingLimit) {
             // A response before the held body was released (see `hold::early_response`).
             return self.early_response();
         }

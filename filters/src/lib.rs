@@ -13,14 +13,19 @@
 //!   RateLimit headers added to the response, and an allowed `tools/list` response filtered (fail closed
 //!   with 502 when it cannot be).
 //! * Rate limits live in shared data behind the core's `SlotTable` (bounded key space); see [`store`] for
-//!   the compare-and-swap protocol that makes "create only if absent" safe on Envoy.
+//!   the compare-and-swap protocol that makes "create only if absent" safe on Envoy. A rule with
+//!   `rate_limit.remote` is counted by the policy's rate limit service instead (Envoy's RLS protocol, one
+//!   budget across the mesh): the request pauses on a `dispatch_grpc_call` (`rls_client`) and resumes on its
+//!   callback; a timeout, an error or an unreachable service goes to the rule's `on_store_error` and is counted
+//!   as `txngate.ratelimit.remote_timeout` / `.remote_error` / `.remote_unreachable`.
 //! * Bodies ([`mode`]): by default the filter verifies the token at the request headers, lets the headers
 //!   go on with the verified identity, and holds every byte of the body until the core has decided on the
-//!   whole request (works without `allow_on_headers_stop_iteration`, e.g. under Istio's `WasmPlugin`).
-//!   With `"pause_at_headers": true` it pauses the headers until the decision instead (the stricter mode,
-//!   which needs `allow_on_headers_stop_iteration: true`; without it Envoy never delivers the body, and the
-//!   filter refuses the request after [`BODY_WAIT_MS`] with `mcp.body_missing`, logging at critical level
-//!   what to fix). A request waiting for its body never passes, in either mode.
+//!   whole request (works without `allow_on_headers_stop_iteration`, e.g. under Istio's `WasmPlugin`); a
+//!   remote limit keeps the body held until the service answers. With `"pause_at_headers": true` it pauses
+//!   the headers until the decision instead (the stricter mode, which needs
+//!   `allow_on_headers_stop_iteration: true`; without it Envoy never delivers the body, and the filter
+//!   refuses the request after [`BODY_WAIT_MS`] with `mcp.body_missing`, logging at critical level what to
+//!   fix). A request waiting for its body never passes, in either mode.
 //!
 //! One audit line (JSON) per decision is logged at info level; the verdict, reason, agent, tool and
 //! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
@@ -45,3 +50,5 @@ pub const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+#[cfg(target_arch = "wasm32")]
+mod rls_client;

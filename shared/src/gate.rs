@@ -198,6 +198,9 @@ pub struct PendingLimit {
     kind: Kind,
     /// The tool or prompt name, or the resource URI.
     name: String,
+    /// What the bucket counts: the tool or prompt name, the resource rule's pattern (also the remote
+    /// descriptor's `tool` / `prompt` / `resource` entry).
+    subject: String,
     /// The `RateLimit-Policy` name: the tool or prompt name, the resource rule's pattern.
     policy_name: String,
     dry_run: bool,
@@ -224,6 +227,24 @@ impl PendingLimit {
 
     pub fn now_ms(&self) -> u64 {
         self.ctx.now_ms
+    }
+
+    /// The rule's remote limit, when the rate limit service counts it ([`crate::rls`]).
+    pub fn remote(&self) -> Option<&crate::rls::RemoteLimit> {
+        self.limit.remote.as_ref()
+    }
+
+    /// The `ShouldRateLimit` request for this call (None for a local limit).
+    pub fn remote_request(
+        &self,
+        service: &crate::rls::RateLimitService,
+    ) -> Option<crate::rls_wire::RateLimitRequest> {
+        let who = crate::rls::Identity {
+            name: &self.subject,
+            agent: &self.delegation.agent,
+            sub: &self.token.sub,
+        };
+        Some(self.remote()?.request(service, &self.limit.rule, who))
     }
 }
 
@@ -389,6 +410,36 @@ impl Gate {
                 Step::ConsultLimiter(pending) => {
                     let result = limiter.consume(pending.key(), pending.rule(), pending.now_ms());
                     return self.resume_limit(*pending, result);
+                }
+            }
+        }
+    }
+
+    /// Like [`Gate::decide`] (or [`Gate::decide_host_verified`] with `attestation`), except that a remote
+    /// limit ([`crate::rls`]) is not consulted: its pending limit comes back for the host to ask the rate
+    /// limit service (and, with `local_first`, its own store first), then to finish with
+    /// [`Gate::resume_limit`]. Local limits run on `limiter` as in `decide`.
+    pub fn decide_or_remote(
+        &mut self,
+        request: &Request<'_>,
+        now_ms: u64,
+        attestation: Option<&Result<HostVerified, TokenError>>,
+        limiter: &mut dyn Limiter,
+    ) -> Result<Outcome, Box<PendingLimit>> {
+        let ctx = self.gather(request, now_ms);
+        let mut step = self.evaluate_token(ctx, request, now_ms, attestation);
+        loop {
+            step = match step {
+                Step::Done(outcome) => return Ok(*outcome),
+                Step::VerifySignature(pending) => {
+                    // Host-verified mode never asks; if it did, nothing verified the signature: refuse.
+                    let valid = attestation.is_none() && pending.verify_native();
+                    self.resume_signature(*pending, valid)
+                }
+                Step::ConsultLimiter(pending) if pending.remote().is_some() => return Err(pending),
+                Step::ConsultLimiter(pending) => {
+                    let result = limiter.consume(pending.key(), pending.rule(), pending.now_ms());
+                    return Ok(self.resume_limit(*pending, result));
                 }
             }
         }
@@ -1016,6 +1067,7 @@ impl Gate {
             limit,
             kind,
             name,
+            subject,
             policy_name,
             dry_run,
         }))

@@ -19,6 +19,8 @@ pub mod names;
 pub mod policy;
 pub mod ratelimit;
 pub mod resource;
+pub mod rls;
+pub mod rls_wire;
 pub mod scope;
 pub mod token;
 

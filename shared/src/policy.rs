@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::authorization::Kind;
 use crate::delegation::AgentPattern;
 use crate::json::{escape_pointer_token, parse_strict, JsonError};
 use crate::keys::{Algorithm, KeyError, KeyRing, KeySet, KeySource, Strictness};
@@ -42,7 +43,7 @@ impl PolicyError {
         }
     }
 
-    fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             path: path.into(),
             message: message.into(),
@@ -149,6 +150,10 @@ pub struct PolicySpec {
     /// Bounds of the rate-limit store.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// The rate limit service (Envoy's RLS protocol) that counts rules with `rate_limit.remote` across a
+    /// mesh. Required when a rule is remote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_service: Option<crate::rls::RateLimitServiceSpec>,
 }
 
 /// A Transaction Token Service whose signatures are trusted.
@@ -420,9 +425,14 @@ pub struct RateLimitSpec {
     /// Calls allowed back to back from a full bucket (default: `limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-    /// What happens when the limit store fails: `deny` (fail closed, 503) or `allow`.
+    /// What happens when the limit store fails: `deny` (fail closed, 503) or `allow`. For a remote limit
+    /// also a timeout, an error or an unreachable rate limit service.
     #[serde(default)]
     pub on_store_error: StoreErrorPolicy,
+    /// Counted by the policy's `rate_limit_service` (one budget across every Envoy of a mesh) instead of
+    /// this Envoy's shared data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::rls::RemoteLimitSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
@@ -567,6 +577,8 @@ pub struct RuleLimit {
     pub key: LimitKey,
     pub rule: LimitRule,
     pub on_store_error: StoreErrorPolicy,
+    /// Counted by the rate limit service ([`crate::rls`]).
+    pub remote: Option<crate::rls::RemoteLimit>,
 }
 
 /// One compiled tool, prompt or resource rule.
@@ -683,6 +695,8 @@ pub struct Policy {
     pub max_limit_keys: u32,
     /// Issuers with their inline keys; the Gate's key ring starts from this.
     pub key_ring: KeyRing,
+    /// Where remote rules are counted ([`crate::rls`]).
+    pub rate_limit_service: Option<crate::rls::RateLimitService>,
     spec: PolicySpec,
 }
 
@@ -748,11 +762,11 @@ impl Policy {
         let token = compile_token(&spec.token)?;
         let agents = compile_agents(&spec.agents)?;
         let mcp = compile_mcp(&spec.mcp)?;
-        let tools = compile_named("tools", &spec.tools)?;
+        let tools = compile_named(Kind::Tool, &spec.tools)?;
         let prompts = spec
             .prompts
             .as_ref()
-            .map(|p| compile_named("prompts", p))
+            .map(|p| compile_named(Kind::Prompt, p))
             .transpose()?;
         let resources = spec.resources.as_ref().map(compile_resources).transpose()?;
         if spec.limits.max_keys == 0 {
@@ -761,6 +775,7 @@ impl Policy {
                 "must be at least 1",
             ));
         }
+        let rate_limit_service = crate::rls::compile_service(&spec)?;
         Ok(Self {
             trust_domain: spec.trust_domain.clone(),
             token,
@@ -774,6 +789,7 @@ impl Policy {
             arguments_audit: spec.audit.arguments,
             max_limit_keys: spec.limits.max_keys,
             key_ring,
+            rate_limit_service,
             spec,
         })
     }
@@ -977,6 +993,7 @@ impl Policy {
                     .into(),
             });
         }
+        out.extend(crate::rls::warnings(&self.spec));
         out
     }
 }
@@ -1122,16 +1139,17 @@ fn compile_mcp(spec: &McpSpec) -> Result<McpRules, PolicyError> {
 
 /// Compiles a `tools` or `prompts` section.
 fn compile_named(
-    section: &str,
+    kind: Kind,
     rules: &BTreeMap<String, RuleSpec>,
 ) -> Result<NamedRules, PolicyError> {
     let mut out = NamedRules::default();
     for (name, spec) in rules {
-        let at = format!("/{section}/{}", escape_pointer_token(name));
+        // The section is the kind's plural: `tools`, `prompts`.
+        let at = format!("/{}s/{}", kind.noun(), escape_pointer_token(name));
         if name != "*" {
             names::check_rule_key(name).map_err(|m| PolicyError::invalid(at.clone(), m))?;
         }
-        let limit = compile_limit(spec.rate_limit.as_ref(), &at)?;
+        let limit = compile_limit(kind, spec.rate_limit.as_ref(), &at)?;
         let rule = compile_rule(
             name,
             spec.effect,
@@ -1161,7 +1179,7 @@ fn compile_resources(rules: &BTreeMap<String, ResourceSpec>) -> Result<ResourceR
                 "resource rules take no constraints: resources/read has no arguments",
             ));
         }
-        let limit = compile_limit(spec.rate_limit.as_ref(), &at)?;
+        let limit = compile_limit(Kind::Resource, spec.rate_limit.as_ref(), &at)?;
         let rule = compile_rule(key, spec.effect, &spec.scopes, &[], limit, spec.mode, &at)?;
         out.insert(rule)
             .map_err(|e| PolicyError::invalid(at, e.to_string()))?;
@@ -1169,7 +1187,11 @@ fn compile_resources(rules: &BTreeMap<String, ResourceSpec>) -> Result<ResourceR
     Ok(out)
 }
 
-fn compile_limit(spec: Option<&RateLimitSpec>, at: &str) -> Result<Option<RuleLimit>, PolicyError> {
+fn compile_limit(
+    kind: Kind,
+    spec: Option<&RateLimitSpec>,
+    at: &str,
+) -> Result<Option<RuleLimit>, PolicyError> {
     let Some(rl) = spec else {
         return Ok(None);
     };
@@ -1180,6 +1202,7 @@ fn compile_limit(spec: Option<&RateLimitSpec>, at: &str) -> Result<Option<RuleLi
         key: rl.key,
         rule,
         on_store_error: rl.on_store_error,
+        remote: crate::rls::compile_rule(kind, at, rl)?,
     }))
 }
 

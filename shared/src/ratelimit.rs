@@ -132,6 +132,11 @@ pub enum StoreError {
     Corrupt { key: String },
     /// Every slot a new bucket could take is live (bounded key space).
     Full,
+    /// The rate limit service of a remote rule timed out, was unreachable or failed ([`crate::rls`]).
+    Remote {
+        kind: crate::rls::RemoteFailure,
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -140,6 +145,7 @@ impl StoreError {
             Self::Backend { .. } | Self::Corrupt { .. } => "ratelimit.store_error",
             Self::Contention { .. } => "ratelimit.contention",
             Self::Full => "ratelimit.store_full",
+            Self::Remote { kind, .. } => kind.reason(),
         }
     }
 }
@@ -157,6 +163,9 @@ impl fmt::Display for StoreError {
             }
             Self::Full => {
                 f.write_str("rate-limit store is full: every slot for this key holds a live bucket")
+            }
+            Self::Remote { kind, detail } => {
+                write!(f, "rate limit service {kind}: {detail}")
             }
         }
     }

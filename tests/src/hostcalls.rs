@@ -4,7 +4,9 @@ use crate::abi::{
     deserialize_pairs, pairs_to_headers, serialize_pairs, BufferKind, LogLevel, MapKind, Status,
 };
 use crate::state::{CallEntry, StreamData, VmState};
-use crate::types::{header, CallState, HttpCall, LocalReply, LogSource, MetricKind, PropertySet};
+use crate::types::{
+    header, CallState, GrpcTarget, HttpCall, LocalReply, LogSource, MetricKind, PropertySet,
+};
 use std::collections::BTreeSet;
 use wasmtime::error::Context as _;
 use wasmtime::{bail, format_err, Result};
@@ -151,7 +153,14 @@ fn const_map(s: &VmState, kind: MapKind) -> Option<&Vec<(String, String)>> {
             .filter(|d| (d.log_phase && d.resp_started) || d.resp_headers_avail)
             .map(|d| &d.resp_headers),
         MapKind::ResponseTrailers => stream.and_then(|d| d.resp_trailers.as_ref()),
-        MapKind::GrpcInitialMetadata | MapKind::GrpcTrailingMetadata => None,
+        MapKind::GrpcInitialMetadata => s
+            .call_response
+            .as_ref()
+            .and_then(|r| r.grpc_initial.as_ref()),
+        MapKind::GrpcTrailingMetadata => s
+            .call_response
+            .as_ref()
+            .and_then(|r| r.grpc_trailing.as_ref()),
         MapKind::CallResponseHeaders => s.call_response.as_ref().and_then(|r| r.headers.as_ref()),
         MapKind::CallResponseTrailers => s.call_response.as_ref().and_then(|r| r.trailers.as_ref()),
     }
@@ -343,10 +352,13 @@ fn get_buffer_bytes(
                 .and_then(|d| d.resp_body.clone())
                 .unwrap_or_default(),
         ),
-        BufferKind::DownstreamData
-        | BufferKind::UpstreamData
-        | BufferKind::GrpcReceive
-        | BufferKind::CallData => Some(Vec::new()),
+        BufferKind::GrpcReceive => s
+            .call_response
+            .as_ref()
+            .and_then(|r| r.grpc_message.clone()),
+        BufferKind::DownstreamData | BufferKind::UpstreamData | BufferKind::CallData => {
+            Some(Vec::new())
+        }
         BufferKind::CallResponseBody => s.call_response.as_ref().and_then(|r| r.body.clone()),
         BufferKind::VmConfiguration => Some(s.vm_config.clone()),
         BufferKind::PluginConfiguration => s.in_configure.then(|| s.plugin_config.clone()),
@@ -727,6 +739,7 @@ fn http_call(
     s.next_token += 1;
     let call = HttpCall {
         token,
+        grpc: None,
         context_id: s.effective,
         vm: s.vm_index,
         cluster,
@@ -745,9 +758,89 @@ fn http_call(
     ok()
 }
 
+/// `proxy_grpc_call`: a unary call, recorded like an http call (see [`HttpCall::grpc`]).
+#[allow(clippy::too_many_arguments)]
+fn grpc_call(
+    c: &mut C,
+    up: i32,
+    us: i32,
+    sp: i32,
+    ss: i32,
+    mp: i32,
+    ms: i32,
+    hp: i32,
+    hs: i32,
+    bp: i32,
+    bs: i32,
+    timeout: i32,
+    token_ptr: i32,
+) -> Result<i32> {
+    let cluster = read_str(c, up, us)?;
+    let service = read_str(c, sp, ss)?;
+    let method = read_str(c, mp, ms)?;
+    let raw_metadata = read(c, hp, hs)?;
+    let message = read(c, bp, bs)?;
+    let Some(metadata) = deserialize_pairs(&raw_metadata) else {
+        return st(Status::BadArgument);
+    };
+    if let Some(known) = &c.data().shared.options.clusters {
+        if !known.contains(&cluster) {
+            c.data_mut().diag(format!(
+                "dispatch_grpc_call to unknown cluster {cluster:?}: Envoy returns BadArgument (the Rust SDK 0.2.5 panics on it)"
+            ));
+            return st(Status::BadArgument);
+        }
+    }
+    if service.is_empty() || method.is_empty() {
+        c.data_mut()
+            .diag("dispatch_grpc_call without a service or method name".to_string());
+        return st(Status::BadArgument);
+    }
+    let now_ms = c.data().now_ms();
+    let s = c.data_mut();
+    let token = s.next_token;
+    s.next_token += 1;
+    let call = HttpCall {
+        token,
+        grpc: Some(GrpcTarget { service, method }),
+        context_id: s.effective,
+        vm: s.vm_index,
+        cluster,
+        headers: pairs_to_headers(metadata),
+        body: message,
+        trailers: Vec::new(),
+        timeout_ms: timeout as u32,
+        dispatched_at_ms: now_ms,
+        state: CallState::Pending,
+    };
+    s.calls.push(CallEntry {
+        call,
+        offered: false,
+    });
+    write_u32(c, token_ptr, token)?;
+    ok()
+}
+
+/// `proxy_grpc_cancel`: a pending call is dropped without any callback, as in Envoy.
+fn grpc_cancel(c: &mut C, token: i32) -> Result<i32> {
+    let s = c.data_mut();
+    match s
+        .calls
+        .iter_mut()
+        .find(|e| e.call.token == token as u32 && e.call.grpc.is_some())
+    {
+        Some(e) if e.call.state == CallState::Pending => {
+            e.call.state = CallState::Cancelled;
+            e.offered = true;
+            ok()
+        }
+        _ => st(Status::NotFound),
+    }
+}
+
 fn grpc_unsupported(c: &mut C) -> Result<i32> {
     c.data_mut()
-        .diag("gRPC callouts are not supported by the harness (InternalFailure)".to_string());
+        .diag("gRPC streams are not supported by the harness (InternalFailure)".to_string());
     st(Status::InternalFailure)
 }
 
@@ -1008,18 +1101,22 @@ pub(crate) fn define_env(r: &mut Registry) -> Result<()> {
         E,
         "proxy_grpc_call",
         |mut c: C,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32| grpc_unsupported(&mut c),
+         up: i32,
+         us: i32,
+         sp: i32,
+         ss: i32,
+         mp: i32,
+         ms: i32,
+         hp: i32,
+         hs: i32,
+         bp: i32,
+         bs: i32,
+         timeout: i32,
+         token: i32| {
+            grpc_call(
+                &mut c, up, us, sp, ss, mp, ms, hp, hs, bp, bs, timeout, token,
+            )
+        },
     )?;
     r.func(
         E,
@@ -1033,7 +1130,9 @@ pub(crate) fn define_env(r: &mut Registry) -> Result<()> {
         "proxy_grpc_send",
         |_: C, _: i32, _: i32, _: i32, _: i32| st(Status::NotFound),
     )?;
-    r.func(E, "proxy_grpc_cancel", |_: C, _: i32| st(Status::NotFound))?;
+    r.func(E, "proxy_grpc_cancel", |mut c: C, token: i32| {
+        grpc_cancel(&mut c, token)
+    })?;
     r.func(E, "proxy_grpc_close", |_: C, _: i32| st(Status::NotFound))?;
     r.func(
         E,

@@ -27,6 +27,10 @@
 //!   replaces the response if its headers were not sent yet, else resets the stream.
 //! * A trap marks the VM failed: the client gets Envoy's 503 (or, with `fail_open`, the
 //!   stream continues without the filter); later streams on that VM get the same treatment.
+//! * `dispatch_grpc_call`s (unary) are recorded as [`HttpCall`]s with [`HttpCall::grpc`] set and
+//!   answered the same way: [`CallReply::Grpc`] (initial metadata, message, trailing metadata
+//!   callbacks; the message readable as the `GrpcReceive` buffer), [`CallReply::GrpcStatus`]
+//!   (`proxy_on_grpc_close`), `Fail` (close with 14 UNAVAILABLE); expired ones close with 4.
 //! * A stream that cannot progress is reported `stalled` and kept open: answer its calls with
 //!   [`Vm::respond_http_call`] or end it with [`Vm::timeout_stream`].
 //! * Finished streams get `on_log`, `on_done`, `on_delete`.
@@ -44,8 +48,9 @@ mod world;
 pub use abi::LogLevel;
 pub use host::{Host, HostOptions};
 pub use types::{
-    header, property_key, CallReply, CallResponder, CallState, ClientResponse, Forwarded, Headers,
-    HttpCall, HttpCallResponse, HttpOutcome, HttpRequest, LocalReply, LogEntry, LogSource,
-    MetricKind, MetricValue, Metrics, PropertySet, RootOutcome, Upstream, UpstreamResponse,
+    header, property_key, CallReply, CallResponder, CallState, ClientResponse, Forwarded,
+    GrpcResponse, GrpcTarget, Headers, HttpCall, HttpCallResponse, HttpOutcome, HttpRequest,
+    LocalReply, LogEntry, LogSource, MetricKind, MetricValue, Metrics, PropertySet, RootOutcome,
+    Upstream, UpstreamResponse,
 };
 pub use vm::{StartError, Vm, VmOptions};

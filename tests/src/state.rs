@@ -37,13 +37,18 @@ pub(crate) struct StreamData {
     pub reset: bool,
 }
 
-/// Response of an http call while `on_http_call_response` runs.
-#[derive(Debug)]
+/// Response of an http call while `on_http_call_response` runs (or of a gRPC call while its
+/// callbacks run).
+#[derive(Debug, Default)]
 pub(crate) struct ActiveCallResponse {
     /// `None`: the call failed (maps and body unavailable).
     pub headers: Option<Vec<(String, String)>>,
     pub trailers: Option<Vec<(String, String)>>,
     pub body: Option<Vec<u8>>,
+    /// gRPC calls: the received message and metadata (each only in its own callback).
+    pub grpc_message: Option<Vec<u8>>,
+    pub grpc_initial: Option<Vec<(String, String)>>,
+    pub grpc_trailing: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug)]

@@ -229,6 +229,42 @@ pub enum CallReply {
     Fail,
     /// No answer for now; answer later with [`crate::Vm::respond_http_call`].
     Pending,
+    /// gRPC calls: the service answers with one message, delivered through
+    /// `proxy_on_grpc_receive` (after `proxy_on_grpc_receive_initial_metadata` and followed by
+    /// `proxy_on_grpc_receive_trailing_metadata` when the response carries metadata). `Fail` on a
+    /// gRPC call is a close with 14 UNAVAILABLE (no connection), an expired one 4 DEADLINE_EXCEEDED.
+    Grpc(GrpcResponse),
+    /// gRPC calls: the call ends with this non-zero status through `proxy_on_grpc_close`.
+    GrpcStatus(u32),
+}
+
+/// Response to a `dispatch_grpc_call`: the message (without gRPC framing, as Envoy hands it over).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcResponse {
+    pub message: Vec<u8>,
+    pub initial_metadata: Headers,
+    pub trailing_metadata: Headers,
+}
+
+impl GrpcResponse {
+    pub fn new(message: impl Into<Vec<u8>>) -> Self {
+        GrpcResponse {
+            message: message.into(),
+            ..GrpcResponse::default()
+        }
+    }
+
+    /// Shorthand for `CallReply::Grpc(self)`.
+    pub fn reply(self) -> CallReply {
+        CallReply::Grpc(self)
+    }
+}
+
+/// The gRPC method of a `dispatch_grpc_call` (`HttpCall::grpc`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GrpcTarget {
+    pub service: String,
+    pub method: String,
 }
 
 /// Response to a `dispatch_http_call`.
@@ -287,14 +323,23 @@ pub enum CallState {
         status: u16,
     },
     Failed,
-    /// The calling stream ended first (Envoy cancels its outstanding calls).
+    /// The calling stream ended first (Envoy cancels its outstanding calls), or the plugin
+    /// cancelled the gRPC call.
     Cancelled,
+    /// A gRPC call ended: 0 when its message was delivered, else the status `proxy_on_grpc_close`
+    /// reported.
+    GrpcClosed {
+        code: u32,
+    },
 }
 
-/// A `dispatch_http_call` made by the plugin.
+/// A `dispatch_http_call` made by the plugin, or a `dispatch_grpc_call` (then `grpc` is set,
+/// `headers` holds the initial metadata and `body` the request message).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpCall {
     pub token: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcTarget>,
     /// Context that dispatched it (root context id for calls from on_tick etc.).
     pub context_id: u32,
     pub vm: usize,

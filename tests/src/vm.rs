@@ -142,6 +142,7 @@ type F1 = TypedFunc<i32, ()>;
 type F1R = TypedFunc<i32, i32>;
 type F2 = TypedFunc<(i32, i32), ()>;
 type F2R = TypedFunc<(i32, i32), i32>;
+type F3 = TypedFunc<(i32, i32, i32), ()>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
 type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
@@ -156,6 +157,10 @@ struct Exports {
     response_headers: Option<F3R>,
     response_body: Option<F3R>,
     call_response: Option<F5>,
+    grpc_initial: Option<F3>,
+    grpc_receive: Option<F3>,
+    grpc_trailing: Option<F3>,
+    grpc_close: Option<F3>,
     log: Option<F1>,
     done: Option<F1R>,
     delete: Option<F1>,
@@ -372,6 +377,18 @@ impl Vm {
             response_headers: export(&instance, &mut store, "proxy_on_response_headers")?,
             response_body: export(&instance, &mut store, "proxy_on_response_body")?,
             call_response: export(&instance, &mut store, "proxy_on_http_call_response")?,
+            grpc_initial: export(
+                &instance,
+                &mut store,
+                "proxy_on_grpc_receive_initial_metadata",
+            )?,
+            grpc_receive: export(&instance, &mut store, "proxy_on_grpc_receive")?,
+            grpc_trailing: export(
+                &instance,
+                &mut store,
+                "proxy_on_grpc_receive_trailing_metadata",
+            )?,
+            grpc_close: export(&instance, &mut store, "proxy_on_grpc_close")?,
             log: export(&instance, &mut store, "proxy_on_log")?,
             done: export(&instance, &mut store, "proxy_on_done")?,
             delete: export(&instance, &mut store, "proxy_on_delete")?,
@@ -602,16 +619,15 @@ impl Vm {
         }
         entry.offered = true;
         let ctx = entry.call.context_id;
+        if entry.call.grpc.is_some() {
+            return self.deliver_grpc_reply(ctx, token, reply);
+        }
         let (active, state) = match reply {
             CallReply::Pending => return true,
-            CallReply::Fail => (
-                ActiveCallResponse {
-                    headers: None,
-                    trailers: None,
-                    body: None,
-                },
-                CallState::Failed,
-            ),
+            // A gRPC answer scripted for an http call: the call fails.
+            CallReply::Fail | CallReply::Grpc(_) | CallReply::GrpcStatus(_) => {
+                (ActiveCallResponse::default(), CallState::Failed)
+            }
             CallReply::Respond(r) => {
                 let mut headers = vec![(":status".to_string(), r.status.to_string())];
                 headers.extend(r.headers);
@@ -620,6 +636,7 @@ impl Vm {
                         headers: Some(headers),
                         trailers: (!r.trailers.is_empty()).then_some(r.trailers),
                         body: Some(r.body),
+                        ..ActiveCallResponse::default()
                     },
                     CallState::Answered { status: r.status },
                 )
@@ -638,6 +655,76 @@ impl Vm {
         );
         self.store.data_mut().call_response = None;
         r.is_some()
+    }
+
+    /// Delivers the end of a gRPC call: metadata and message callbacks, or `proxy_on_grpc_close`.
+    /// `false` if the VM trapped.
+    fn deliver_grpc_reply(&mut self, ctx: u32, token: u32, reply: CallReply) -> bool {
+        let code = match &reply {
+            CallReply::Pending => return true,
+            CallReply::Grpc(_) => 0,
+            CallReply::GrpcStatus(code) => *code,
+            CallReply::Fail => 14,
+            CallReply::Respond(_) => {
+                self.store.data_mut().diag(format!(
+                    "an http response scripted for gRPC call {token}: closing it with 13 INTERNAL"
+                ));
+                13
+            }
+        };
+        if let Some(e) = self
+            .store
+            .data_mut()
+            .calls
+            .iter_mut()
+            .find(|c| c.call.token == token)
+        {
+            e.call.state = CallState::GrpcClosed { code };
+        }
+        let CallReply::Grpc(response) = reply else {
+            let f = self.ex.grpc_close.clone();
+            return self
+                .call(f, ctx, (ctx as i32, token as i32, code as i32), ())
+                .is_some();
+        };
+        let steps = [
+            (
+                self.ex.grpc_initial.clone(),
+                (!response.initial_metadata.is_empty()).then(|| ActiveCallResponse {
+                    grpc_initial: Some(response.initial_metadata.clone()),
+                    ..ActiveCallResponse::default()
+                }),
+                response.initial_metadata.len(),
+            ),
+            (
+                self.ex.grpc_receive.clone(),
+                Some(ActiveCallResponse {
+                    grpc_message: Some(response.message.clone()),
+                    ..ActiveCallResponse::default()
+                }),
+                response.message.len(),
+            ),
+            (
+                self.ex.grpc_trailing.clone(),
+                (!response.trailing_metadata.is_empty()).then(|| ActiveCallResponse {
+                    grpc_trailing: Some(response.trailing_metadata.clone()),
+                    ..ActiveCallResponse::default()
+                }),
+                response.trailing_metadata.len(),
+            ),
+        ];
+        for (f, active, n) in steps {
+            let Some(active) = active else {
+                continue;
+            };
+            self.store.data_mut().call_response = Some(active);
+            let r = self.call(f, ctx, (ctx as i32, token as i32, n as i32), ());
+            self.store.data_mut().call_response = None;
+            if r.is_none() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Answers calls dispatched by root callbacks with the VM's responder.
@@ -802,9 +889,24 @@ impl Vm {
             .filter(|c| c.timeout_ms > 0 && c.dispatched_at_ms + u64::from(c.timeout_ms) <= now_ms)
             .map(|c| c.token)
             .collect();
+        // Envoy fails an expired http call (no response) and closes an expired gRPC call with
+        // 4 DEADLINE_EXCEEDED.
+        let grpc: Vec<u32> = self
+            .http_calls()
+            .into_iter()
+            .filter(|c| c.grpc.is_some())
+            .map(|c| c.token)
+            .collect();
         expired
             .into_iter()
-            .filter_map(|t| self.respond_http_call(t, CallReply::Fail).ok().flatten())
+            .filter_map(|t| {
+                let reply = if grpc.contains(&t) {
+                    CallReply::GrpcStatus(4)
+                } else {
+                    CallReply::Fail
+                };
+                self.respond_http_call(t, reply).ok().flatten()
+            })
             .collect()
     }
 

@@ -20,6 +20,10 @@
 //! filtered one, and a response that cannot be filtered resets the stream instead of becoming a 502 — the
 //! client never gets the unfiltered list either way.
 //!
+//! A remote rate limit ([`txngate_core::rls`]) is consulted in step 4: the body stays held
+//! (`Phase::AwaitingLimit`) while the filter waits for the rate limit service, and `on_grpc_call_response`
+//! releases it (`resume_http_request`) or sends the refusal.
+//!
 //! A response that arrives while the body is held (the upstream answered without waiting for the body, or
 //! Envoy answered itself, e.g. an upstream connect failure) passes to the client; the held body is then
 //! never released, and the event is logged and counted (`txngate.hold.early_response`).
@@ -61,7 +65,8 @@ impl Http {
             send_deny(&decision);
             return Action::Pause;
         }
-        if let Err(message) = set_identity(&captured, &decision.upstream_headers) {
+        if let Err(message) = set_identity(&client_identity(&captured), &decision.upstream_headers)
+        {
             return self.fail_closed(500, "filter.headers", message);
         }
         // Whether this is a `tools/list` (whose answer is filtered) is only known from the body.
@@ -104,51 +109,24 @@ impl Http {
     }
 
     /// Step 4: the whole decision. Returns what the body callback must return: `Continue` releases the
-    /// buffered body unchanged; after a refusal `Pause` (the local reply ends the stream).
+    /// buffered body unchanged; after a refusal `Pause` (the local reply ends the stream). A remote limit
+    /// keeps the body held (`Phase::AwaitingLimit`) until the rate limit service answers; the gRPC callback
+    /// then releases it (`resume_http_request`) or refuses.
     fn decide_held(&mut self, body: Body<'_>) -> Action {
         let Some(captured) = self.pending.take() else {
             return self.fail_closed(500, "filter.state", "the held request lost its headers");
         };
-        let now = now_ms();
-        let outcome = {
-            let mut vm = self.vm.borrow_mut();
-            let outcome = vm.decide(&captured, body, now);
-            if let Some(outcome) = &outcome {
-                vm.record(outcome);
-            }
-            outcome
-        };
-        let Some(Outcome {
-            decision, audit, ..
-        }) = outcome
-        else {
-            self.phase = Phase::Refused;
-            send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
-            return Action::Pause;
-        };
-        if decision.verdict == Verdict::Deny {
-            self.phase = Phase::Refused;
-            send_deny(&decision);
-            return Action::Pause;
-        }
-        self.rpc_id = audit.rpc_id;
-        if decision.upstream_headers != self.identity {
-            return self.fail_closed(
-                500,
-                "filter.identity_changed",
-                "the decision's identity differs from the one sent with the headers",
-            );
-        }
-        self.response_headers = decision.response_headers;
-        self.list_filter = decision.list_filter;
-        self.phase = Phase::Allowed;
-        Action::Continue
+        self.decide_with(&captured, body, Render::Held)
     }
 
     /// A response while the body is held: it passes, the held body never does.
     pub(super) fn early_response(&mut self) -> Action {
         self.phase = Phase::Refused;
         self.pending = None;
+        // A call to the rate limit service in flight: its answer no longer matters.
+        if let Some(call) = self.remote.take() {
+            let _ = hostcalls::cancel_grpc_call(call.token);
+        }
         log(
             LogLevel::Warn,
             "txngate: a response arrived before the held request body was decided; the body is not released",

@@ -106,7 +106,7 @@ def txngate_policy(issuers: list[Issuer], cache_entries: int = CACHE_ENTRIES, hy
                    limit: bool = True) -> dict:
     doc: dict[str, Any] = {
         "trust_domain": TRUST_DOMAIN,
-        "issuers": [{"name": "tts", "jwks": {"keys": [i.jwk for i in issuers]},
+        "issuers": [{"name": "tts", "iss": "https://tts.trust.example", "jwks": {"keys": [i.jwk for i in issuers]},
                      "algorithms": sorted({i.alg for i in issuers})}],
         "token": {"header": TOKEN_HEADER, "max_lifetime_seconds": 3600, "cache_entries": cache_entries},
         "agents": {"spiffe://trust.example/agent/*": {"max_scopes": ["calendar:*"]}},

@@ -231,7 +231,11 @@ class Harness(Host):
         return None
 
     def _replay(self, policy: Path, requests: Path, now: int) -> subprocess.CompletedProcess:
-        argv = [str(self.binary()), "replay", "--wasm", str(self.wasm()), "--policy", str(policy),
+        # The plugin configuration as an Envoy with allow_on_headers_stop_iteration gets it: the full decision at
+        # the headers (`pause_at_headers`), as the vectors state it. The body-holding mode has its own suites.
+        plugin = requests.with_name("plugin-config.json")
+        plugin.write_text(json.dumps({**json.loads(policy.read_text()), "pause_at_headers": True}))
+        argv = [str(self.binary()), "replay", "--wasm", str(self.wasm()), "--policy", str(plugin),
                 "--requests", str(requests), "--now-ms", str(now * 1000), "--allow-on-headers-stop-iteration"]
         env = {**os.environ, "RUST_BACKTRACE": "0"}
         return subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=env)

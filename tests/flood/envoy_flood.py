@@ -55,6 +55,7 @@ def policy(public_key: bytes, max_keys: int, period_seconds: int) -> dict:
         "trust_domain": TRUST_DOMAIN,
         "issuers": [{
             "name": "flood",
+            "iss": "flood",
             "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64(public_key), "kid": KID, "alg": "EdDSA"}]},
             "algorithms": ["EdDSA"],
         }],

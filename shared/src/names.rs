@@ -123,18 +123,10 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
-    use crate::policy::{Effect, Mode};
     use proptest::prelude::*;
 
     fn rule(name: &str) -> Rule {
-        Rule {
-            name: name.into(),
-            effect: Effect::Allow,
-            scopes: Vec::new(),
-            constraints: Vec::new(),
-            limit: None,
-            mode: Mode::Enforce,
-        }
+        Rule::allowing(name)
     }
 
     fn rules(keys: &[&str]) -> NamedRules {

@@ -594,6 +594,21 @@ pub struct Rule {
     pub mode: Mode,
 }
 
+#[cfg(test)]
+impl Rule {
+    /// A plain allowing rule under `name`, for the unit tests of the rule tables.
+    pub(crate) fn allowing(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            effect: Effect::Allow,
+            scopes: Vec::new(),
+            constraints: Vec::new(),
+            limit: None,
+            mode: Mode::Enforce,
+        }
+    }
+}
+
 /// Agent ceilings: exact IDs in a map, patterns in specificity order.
 #[derive(Debug, Clone, Default)]
 pub struct Agents {

@@ -24,9 +24,10 @@ use txngate_core::{
     PendingLimit, Request, Verdict,
 };
 
-use crate::hybrid::{self, Hybrid};
+use crate::hybrid::Hybrid;
 use crate::jwks::{self, Meta, Target};
-use crate::mode::{self, BodyMode};
+use crate::mode::BodyMode;
+use crate::plugin::PluginConfig;
 use crate::rls_client;
 use crate::sink::{self, AuditSink};
 use crate::store::{self, LockOwner, SharedData, SharedStore};
@@ -875,28 +876,19 @@ impl RootContext for Root {
             );
             return false;
         }
-        let (config, sink) = match sink::split_config(&config) {
-            Ok(split) => split,
+        let PluginConfig {
+            policy,
+            sink,
+            body_mode,
+            hybrid,
+        } = match PluginConfig::parse(&config) {
+            Ok(parsed) => parsed,
             Err(e) => {
                 log(LogLevel::Error, &format!("txngate: {e}"));
                 return false;
             }
         };
-        let (config, body_mode) = match mode::split_config(&config) {
-            Ok(split) => split,
-            Err(e) => {
-                log(LogLevel::Error, &format!("txngate: {e}"));
-                return false;
-            }
-        };
-        let (config, hybrid) = match hybrid::split_config(&config) {
-            Ok(split) => split,
-            Err(e) => {
-                log(LogLevel::Error, &format!("txngate: {e}"));
-                return false;
-            }
-        };
-        let gate = match Gate::from_json(&config) {
+        let gate = match Gate::from_json(&policy) {
             Ok(gate) => gate,
             Err(e) => {
                 log(LogLevel::Error, &format!("txngate: {e}"));

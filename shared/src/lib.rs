@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod resource;
 pub mod rls;
 pub mod rls_wire;
+pub mod rule;
 pub mod scope;
 pub mod token;
 

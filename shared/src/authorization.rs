@@ -267,12 +267,6 @@ pub fn is_template_visible(policy: &Policy, effective: &ScopeSet, template: &str
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
 
     /// A completion or subscription is checked by the rule's effect and scopes; the constraints that bind

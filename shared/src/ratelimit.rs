@@ -401,12 +401,6 @@ impl core::fmt::Display for RemoteFailure {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use proptest::prelude::*;
 

@@ -282,7 +282,6 @@ pub fn interpret(rule: &LimitRule, reply: Reply<'_>) -> Result<LimitState, Store
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::rls_wire::{encode_response, RateLimitResponse, Status};

@@ -375,7 +375,6 @@ pub fn write(root: &Path, opts: &Options, statuses: &[(&str, PartStatus)]) -> Re
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use serde_json::json;
 

@@ -803,12 +803,6 @@ pub fn adapter_error_body(
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

@@ -122,12 +122,6 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::agents::PATTERN_SCAN_MAX;
     use crate::json::JsonError;

@@ -202,7 +202,6 @@ pub(super) fn warnings(spec: &PolicySpec) -> Vec<PolicyWarning> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use crate::policy::{Policy, PolicyError};
     use serde_json::{json, Value};

@@ -1,8 +1,8 @@
 //! `txngate`: development keys and tokens, offline decisions with the same core every edge runs, and policy
 //! validation.
 
+mod human;
 mod keyfile;
-mod summary;
 
 use std::fs;
 use std::io::{IsTerminal, Read};
@@ -70,6 +70,9 @@ enum Command {
     /// refusal's detail, or the agent, the call and the budget left). With --json, or when standard output is
     /// not a terminal (a pipe, a file), one JSON object instead: the decision and the audit record.
     Check {
+        /// Print JSON (the decision and the audit record) even on a terminal.
+        #[arg(long)]
+        json: bool,
         #[arg(long)]
         policy: PathBuf,
         #[arg(long, conflicts_with = "token_file")]
@@ -97,9 +100,6 @@ enum Command {
         /// Decide the same request N times against one in-memory rate-limit store; prints one line each.
         #[arg(long, default_value_t = 1)]
         repeat: u32,
-        /// Print JSON (the decision and the audit record) even on a terminal.
-        #[arg(long)]
-        json: bool,
     },
     /// Policy tools.
     Policy {
@@ -204,7 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 peer,
                 now,
                 repeat,
-                json: summary::wants_json(json, std::io::stdout().is_terminal()),
+                json: human::wants_json(json, std::io::stdout().is_terminal()),
             };
             check(&policy, &input)
         }
@@ -510,7 +510,7 @@ fn check(policy_path: &Path, input: &CheckInput) -> Result<ExitCode> {
         if input.json {
             println!("{out}");
         } else {
-            println!("{}", summary::line(&out));
+            println!("{}", human::line(&out));
         }
     }
     Ok(if last == Verdict::Allow {

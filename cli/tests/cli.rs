@@ -306,7 +306,7 @@ fn check_prints_json_to_scripts_and_one_line_to_a_terminal() {
     let script = Path::new("/usr/bin/script");
     if !script.exists() {
         eprintln!(
-            "no /usr/bin/script: the terminal line is covered by the summary unit tests only"
+            "no /usr/bin/script: the terminal line is covered by the unit tests of cli/src/human.rs only"
         );
         return;
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Every relative link in README.md, docs/*.md and tests/README.md resolves.
+"""Every relative link in the project's Markdown files (README.md, docs/, tests/, ...) resolves.
 
 A link to a file must name one in the tree; a link with a `#fragment` into a Markdown file must name one of
 its headings (GitHub's anchors: lower case, punctuation dropped, spaces to `-`, `-1`, `-2` for repeats). Links
@@ -10,13 +10,15 @@ with a scheme (https:, mailto:) are not fetched. Standard library only; exits 1 
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_FILES = ("README.md", "docs/*.md", "tests/README.md")
+#: Not the project's own text: installed packages, build output, caches.
+SKIP_DIRS = {".git", ".venv", "node_modules", "target", "build", "dist", "__pycache__"}
 
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -77,10 +79,16 @@ def broken_links(path: Path, cache: dict[Path, set[str]]) -> list[str]:
     return problems
 
 
+def markdown_files() -> list[Path]:
+    found = []
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        found += [Path(folder) / n for n in names if n.endswith(".md")]
+    return sorted(found)
+
+
 def main(argv: list[str]) -> int:
-    files = [Path(a).resolve() for a in argv] or sorted(
-        {p for pattern in DEFAULT_FILES for p in ROOT.glob(pattern)}
-    )
+    files = [Path(a).resolve() for a in argv] or markdown_files()
     cache: dict[Path, set[str]] = {}
     problems = [p for f in files for p in broken_links(f, cache)]
     for p in problems:

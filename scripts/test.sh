@@ -53,6 +53,7 @@ core_wasm() {
 # the wasm bench module is linted for the target it is built for. `txngate-layout` (std only, seconds) fails
 # on a cycle between a crate's top-level modules or an adapter file over 600 lines.
 lint() {
+    python3 tests/docs/check_links.py || return 1 # every relative link and anchor of the Markdown files resolves
     cargo fmt --all --check &&
         cargo test --locked -p txngate-layout &&
         cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness -p xtask -p txngate-verify-bench -p txngate-layout --all-targets -- -D warnings &&

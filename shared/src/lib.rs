@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod names;
 pub mod policy;
 pub mod ratelimit;
+pub mod refresh;
 pub mod resource;
 pub mod rls;
 pub mod rls_wire;

@@ -175,6 +175,9 @@ pub enum RefreshError {
     TooLarge { bytes: Option<usize>, max: usize },
     #[error("key set refused: {0}")]
     KeySet(KeyError),
+    /// Issuer `issuer` has inline keys (or does not exist): nothing is fetched for it.
+    #[error("issuer {issuer} has no jwks_uri")]
+    NotRemote { issuer: usize },
 }
 
 /// What [`Refresher::on_response`] or [`Refresher::adopt`] did.
@@ -460,6 +463,20 @@ impl Refresher {
                 Refreshed::Rejected { error }
             }
         }
+    }
+
+    /// A set the host obtained by other means (a test, a tool), installed as fetched at `fetched_ms`
+    /// whatever was seen before. An error costs no back-off; the old set stays.
+    pub fn install(
+        &mut self,
+        issuer: usize,
+        body: &[u8],
+        fetched_ms: u64,
+    ) -> Result<Refreshed, RefreshError> {
+        let Some(r) = self.remote_mut(issuer) else {
+            return Err(RefreshError::NotRemote { issuer });
+        };
+        r.accept(body, fetched_ms)
     }
 
     /// Whether a set fetched at `fetched_ms` elsewhere is newer than every set this refresher has seen (so a

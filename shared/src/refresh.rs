@@ -924,6 +924,60 @@ mod tests {
     }
 
     #[test]
+    fn through_the_key_ring_a_bad_answer_keeps_the_old_set_until_it_is_stale() {
+        use crate::keys::{KeyLookup, KeyRing};
+        let mut ring = KeyRing::new();
+        ring.add_issuer("r".into(), None, vec![Algorithm::EdDSA], remote(), None);
+        assert!(matches!(
+            ring.lookup(Some("a"), 0),
+            KeyLookup::Unavailable { issuer: 0 }
+        ));
+        assert_eq!(issuers(&ring.poll(0)), vec![0]);
+        ring.on_response(0, ok(JWKS), 0);
+        let generation = ring.generation();
+        assert!(matches!(
+            ring.lookup(Some("a"), 1),
+            KeyLookup::Found { issuer: 0, .. }
+        ));
+        assert_eq!(issuers(&ring.poll(REFRESH)), vec![0]);
+        assert!(matches!(
+            ring.on_response(0, ok(r#"{"keys":5}"#), REFRESH),
+            Refreshed::Failed {
+                error: RefreshError::KeySet(KeyError::NotAKeySet),
+                ..
+            }
+        ));
+        assert_eq!(ring.generation(), generation, "the old set stays");
+        assert!(matches!(
+            ring.lookup(Some("a"), STALE),
+            KeyLookup::Found { .. }
+        ));
+        assert!(matches!(
+            ring.lookup(Some("a"), STALE + 1),
+            KeyLookup::Unavailable { issuer: 0 }
+        ));
+        // An unknown kid: the ring names the issuer, the refresher debounces.
+        assert!(matches!(
+            ring.lookup(Some("zz"), 2),
+            KeyLookup::UnknownKid { .. }
+        ));
+        assert!(ring.claim_refetch(0, 2));
+        assert!(!ring.claim_refetch(0, 3));
+        // A new set replaces the old one whole.
+        let f = ring.poll(STALE + 1);
+        assert_eq!((issuers(&f), f[0].blocking), (vec![0], true));
+        ring.on_response(0, ok(JWKS_B), STALE + 2);
+        assert!(matches!(
+            ring.lookup(Some("b"), STALE + 3),
+            KeyLookup::Found { .. }
+        ));
+        assert!(matches!(
+            ring.lookup(Some("a"), STALE + 3),
+            KeyLookup::UnknownKid { .. }
+        ));
+    }
+
+    #[test]
     fn shared_lease_and_window_rules() {
         assert!(lease_is_held(10, 9));
         assert!(!lease_is_held(10, 10));

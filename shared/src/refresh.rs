@@ -673,6 +673,9 @@ mod tests {
         assert_eq!(retry_at_ms, later + 1_000);
     }
 
+    /// Whether a refresh error is the one a case expects.
+    type Expected = fn(&RefreshError) -> bool;
+
     #[test]
     fn each_kind_of_failure_keeps_the_old_set_and_backs_off() {
         let bad_status = FetchResult::Response {
@@ -687,7 +690,7 @@ mod tests {
             body: b"{",
             length: MAX_JWKS_BYTES + 1,
         };
-        let cases: [(FetchResult<'_>, fn(&RefreshError) -> bool); 6] = [
+        let cases: [(FetchResult<'_>, Expected); 6] = [
             (DOWN, |e| matches!(e, RefreshError::NoResponse { .. })),
             (bad_status, |e| *e == RefreshError::Status { status: 503 }),
             (not_json, |e| {

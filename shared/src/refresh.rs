@@ -27,7 +27,7 @@ use thiserror::Error;
 use crate::encoding::sha256;
 use crate::keys::{Algorithm, KeyError, KeySet, KeySource, SkippedKey, Strictness};
 
-/// Largest JWK set accepted (bytes); a host may stop reading a body after `MAX_JWKS_BYTES + 1` bytes.
+/// Largest JWK set accepted (bytes); a host need not read a longer body (see [`Fetch::admits`]).
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Timeout of one fetch, from sending the request to the end of the body.
 pub const FETCH_TIMEOUT_MS: u64 = 5_000;
@@ -111,7 +111,7 @@ impl FetchReason {
 }
 
 /// One fetch the host should send now: `GET uri` with `accept: application/jwk-set+json, application/json`,
-/// bounded by `timeout_ms`, reading at most `max_bytes + 1` bytes of the body. Its answer goes to
+/// bounded by `timeout_ms`, reading no body over `max_bytes` ([`Fetch::admits`]). Its answer goes to
 /// [`Refresher::on_response`]; if the host does not send it, [`Refresher::release`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetch {
@@ -131,6 +131,14 @@ pub struct Fetch {
     /// Hosts whose workers share a store: an unknown-`kid` refetch takes the issuer's shared window for this
     /// long, so N workers seeing the same unknown `kid` cost one fetch (see [`window_is_open`]).
     pub refetch_window_ms: u64,
+}
+
+impl Fetch {
+    /// Whether a body of `length` bytes is worth reading: a host that knows the length before reading (Envoy
+    /// buffers the whole answer) skips reading a body the core would refuse, and reports it with its length.
+    pub fn admits(&self, length: usize) -> bool {
+        length <= self.max_bytes
+    }
 }
 
 /// Whether a shared lease written as `held_until_ms` keeps other workers from fetching at `now_ms`. A fetch
@@ -600,6 +608,7 @@ mod tests {
             (f.timeout_ms, f.max_bytes),
             (FETCH_TIMEOUT_MS, MAX_JWKS_BYTES)
         );
+        assert!(f.admits(MAX_JWKS_BYTES) && !f.admits(MAX_JWKS_BYTES + 1));
         assert_eq!(f.lease_until_ms, 1_000 + ABANDON_AFTER_MS);
         assert!(r.poll(1_001).is_empty(), "one fetch in flight at a time");
         assert!(r.is_in_flight(1, 1_001));

@@ -182,16 +182,14 @@ impl Context for Root {
                 .and_then(|s| String::from_utf8(s).ok())
                 .and_then(|s| s.parse::<u16>().ok())
         };
-        // At most one byte over the core's cap is read: enough for it to refuse the body.
+        // A body the core would refuse for its size is not copied into Wasm memory at all.
         let body = match status {
-            Some(_) if body_size > 0 => hostcalls::get_buffer(
-                BufferType::HttpCallResponseBody,
-                0,
-                body_size.min(fetch.max_bytes.saturating_add(1)),
-            )
-            .ok()
-            .flatten()
-            .unwrap_or_default(),
+            Some(_) if body_size > 0 && fetch.admits(body_size) => {
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            }
             _ => Vec::new(),
         };
         let result = match status {

@@ -177,7 +177,7 @@ pub enum RefreshError {
     NoResponse { detail: String },
     #[error("no response within {timeout_ms} ms (the host never answered)")]
     Abandoned { timeout_ms: u64 },
-    #[error("status {status} (200 expected)")]
+    #[error("HTTP {status} (200 expected)")]
     Status { status: u16 },
     #[error("response of {} bytes is over the {max} byte cap", bytes.map_or_else(|| "more".to_string(), |b| b.to_string()))]
     TooLarge { bytes: Option<usize>, max: usize },

@@ -16,6 +16,7 @@ use std::time::Duration;
 use js_sys::Uint8Array;
 use txngate_core::keys::KeySource;
 use txngate_core::refresh::{Fetch, FetchResult, Refreshed};
+use txngate_core::Gate;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Headers, RequestInit, ResponseInit};
@@ -67,43 +68,39 @@ pub async fn ensure_fresh(config: &Rc<Config>, ctx: &Context) {
 }
 
 /// After an unknown `kid` (or unavailable keys): runs what the core hands out now (the refetch, unless its
-/// back-off holds it), or waits for the fetch already running. True if the request should be evaluated
-/// again.
+/// back-off holds it), or waits for the issuer's fetch another request is running. True if the request
+/// should be evaluated again.
 pub async fn refetch(config: &Rc<Config>, issuer: usize) -> bool {
     let fetches = config.gate.borrow_mut().poll_keys(now_ms());
     let mut changed = false;
     for fetch in fetches {
         changed |= run(config, fetch).await;
     }
-    let running = config
-        .gate
-        .borrow()
-        .keys()
-        .refresher()
-        .is_in_flight(issuer, now_ms());
-    if running {
-        wait_for_others(config).await;
-        return true;
-    }
-    changed
+    let waited = wait_while(config, |gate, now| {
+        gate.keys().refresher().is_in_flight(issuer, now)
+    })
+    .await;
+    changed || waited
 }
 
-/// Waits while another request of the isolate fetches keys of an issuer that has none servable (the core
-/// gives up a fetch that never ends, so this ends too).
+/// Waits while another request of the isolate fetches keys of an issuer that has none servable.
 async fn wait_for_others(config: &Config) {
-    loop {
-        let now = now_ms();
-        let waiting = {
-            let gate = config.gate.borrow();
-            let keys = gate.keys();
-            (0..keys.issuers().len())
-                .any(|i| keys.refresher().is_in_flight(i, now) && !keys.is_usable(i, now))
-        };
-        if !waiting {
-            return;
-        }
+    wait_while(config, |gate, now| {
+        let keys = gate.keys();
+        (0..keys.issuers().len())
+            .any(|i| keys.refresher().is_in_flight(i, now) && !keys.is_usable(i, now))
+    })
+    .await;
+}
+
+/// Waits while `busy` holds (true if it did at first). It ends: the core gives up a fetch that never ends.
+async fn wait_while(config: &Config, busy: impl Fn(&Gate, u64) -> bool) -> bool {
+    let mut waited = false;
+    while busy(&config.gate.borrow(), now_ms()) {
+        waited = true;
         worker::Delay::from(Duration::from_millis(WAIT_STEP_MS)).await;
     }
+    waited
 }
 
 /// Gives a fetch back to the core if its request is cancelled before the answer (nothing counts).

@@ -107,6 +107,8 @@ impl Root {
                 Duration::from_millis(fetch.timeout_ms),
             ) {
                 Ok(token) => {
+                    // The core hands out one fetch per issuer at a time: an older entry is one it gave up.
+                    jwks_in_flight.retain(|_, f| f.issuer != fetch.issuer);
                     jwks_in_flight.insert(token, fetch);
                 }
                 Err(status) => {

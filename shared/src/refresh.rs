@@ -110,7 +110,7 @@ impl FetchReason {
     }
 }
 
-/// One fetch the host should send now: `GET uri` with `accept: application/jwk-set+json, application/json`,
+/// One fetch the host should send now: `GET uri` accepting `application/jwk-set+json` and `application/json`,
 /// bounded by `timeout_ms`, reading no body over `max_bytes` ([`Fetch::admits`]). Its answer goes to
 /// [`Refresher::on_response`]; if the host does not send it, [`Refresher::release`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -276,7 +276,6 @@ fn decode_value(message: &[u8], depth: usize) -> Result<Value, Malformed> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use serde_json::json;
 

@@ -451,12 +451,6 @@ fn take_window(data: &mut impl SharedData, key: &str, now: u64, window_ms: u64) 
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use std::cell::RefCell;
     use std::collections::BTreeMap;

@@ -93,7 +93,6 @@ impl PluginConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     mod sink {
         use super::super::*;
 

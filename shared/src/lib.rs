@@ -23,6 +23,7 @@ pub mod refresh;
 pub mod resource;
 pub mod rls;
 pub mod rls_wire;
+pub mod rule;
 pub mod scope;
 pub mod token;
 

@@ -24,6 +24,7 @@ use worker::Context;
 
 use crate::body::{declared_length, read_capped, Capped};
 use crate::config::Config;
+use crate::error::js_error;
 use crate::now_ms;
 
 const FETCHED_AT_HEADER: &str = "x-txngate-fetched-at";
@@ -269,13 +270,6 @@ async fn try_send(fetch: &Fetch) -> Result<Answer, String> {
         Capped::Complete(body) => Answer::Response { status, body },
         Capped::TooLarge => Answer::TooLarge,
     })
-}
-
-pub fn js_error(e: &wasm_bindgen::JsValue) -> String {
-    e.dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| e.as_string())
-        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 /// The Cache API key of an issuer's JWKS: a synthetic URL, so the copy never shadows the real document.

@@ -1,14 +1,14 @@
 //! The gate's remote-key methods: a host drives the key ring's refresher through these (what to fetch, the
-//! answers, sets fetched elsewhere); the rules are in `crate::refresh`.
+//! answers, sets fetched elsewhere); the rules are in `crate::keys::refresh`.
 
+use crate::keys::refresh::{Fetch, FetchResult, RefreshError, Refreshed};
 use crate::keys::SkippedKey;
-use crate::refresh::{Fetch, FetchResult, RefreshError, Refreshed};
 
 use super::*;
 
 impl Gate {
-    /// The key fetches to send now (see [`crate::refresh::Refresher::poll`]). Call it on a timer, and at once
-    /// when an [`Outcome`] names a `refetch_issuer`.
+    /// The key fetches to send now (see [`crate::keys::refresh::Refresher::poll`]). Call it on a timer,
+    /// and at once when an [`Outcome`] names a `refetch_issuer`.
     pub fn poll_keys(&mut self, now_ms: u64) -> Vec<Fetch> {
         self.keys.poll(now_ms)
     }
@@ -25,7 +25,8 @@ impl Gate {
         refreshed
     }
 
-    /// A set another worker or a cache fetched at `fetched_ms` (see [`crate::refresh::Refresher::adopt`]).
+    /// A set another worker or a cache fetched at `fetched_ms` (see
+    /// [`crate::keys::refresh::Refresher::adopt`]).
     pub fn adopt_keys(
         &mut self,
         issuer: usize,

@@ -1,11 +1,11 @@
 //! The key ring: one key set per issuer and key lookup by `kid`. Remote sets come and go through the ring's
-//! [`Refresher`] (when to fetch, back-off, staleness, unknown-`kid` debounce: `crate::refresh`); the ring
+//! [`Refresher`] (when to fetch, back-off, staleness, unknown-`kid` debounce: [`super::refresh`]); the ring
 //! applies what it decides.
 
 use std::sync::Arc;
 
+use super::refresh::{Fetch, FetchResult, RefreshError, Refreshed, Refresher, Schedule};
 use super::*;
-use crate::refresh::{Fetch, FetchResult, RefreshError, Refreshed, Refresher, Schedule};
 
 /// One issuer's current keys. Replaced atomically: a request sees the old set or the
 /// new one, never a mix.

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::{Algorithm, KeyError, KeySet, KeySource, SkippedKey, Strictness};
 use crate::encoding::sha256;
-use crate::keys::{Algorithm, KeyError, KeySet, KeySource, SkippedKey, Strictness};
 
 /// Largest JWK set accepted (bytes); a host need not read a longer body (see [`Fetch::admits`]).
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -40,7 +40,7 @@ pub const BACKOFF_FIRST_MS: u64 = 1_000;
 pub const BACKOFF_MAX_MS: u64 = 64_000;
 
 /// Delay before the next fetch after `failures` consecutive failed ones: 1 s doubling to 64 s, and never
-/// longer than the refresh period (a server that fails keeps being asked at least as often as one that works).
+/// longer than the refresh period (a failing server is asked at least as often as a working one).
 pub fn backoff_ms(failures: u32, refresh_ms: u64) -> u64 {
     let doublings = failures.saturating_sub(1).min(32);
     BACKOFF_FIRST_MS
@@ -530,12 +530,6 @@ impl Refresher {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use proptest::prelude::*;
 

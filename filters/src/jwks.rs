@@ -1,24 +1,27 @@
-//! Host-free pieces of JWKS fetching: where to send the request, how a fetched set is shared between VMs,
-//! and how failures back off. The proxy-wasm glue (`filter.rs`) does the calls.
+//! Remote keys in the filter. The core's refresher (`txngate_core::refresh`, driven through the `Gate`)
+//! decides when and what to fetch, the size cap, the timeout, the back-off and the staleness bound; this
+//! module maps its fetches onto Envoy (cluster, `:authority`, `:path`) and shares them between the VMs of one
+//! Envoy through shared data. The root context only makes the host calls (`dispatch_http_call`, reading the
+//! answer) and logs the [`Event`]s.
 //!
-//! Sharing: a VM that fetched and installed a set writes it to shared data under two keys, the body and a
-//! meta record `fetched_ms ‖ sha256(body)` (written last). Every VM's tick reads the meta record (40 bytes)
-//! and, when it is newer than what the VM has, reads the body, checks its hash (a reader between the two
-//! writes of another VM sees a mismatch and simply tries again next tick) and installs it with the original
-//! fetch time, so staleness is measured from the real fetch on every VM and all VMs converge on one set.
-//! A third key is a claim (`held_until_ms`) that keeps several VMs from fetching the same URI at once: taken
-//! for [`CLAIM_MS`] by the fetching VM, released on success, and held for the backoff after a failure, so
-//! all VMs together retry a failing server once per backoff period, not once per VM; a
-//! fourth (`refetched_at_ms`) spreads the core's per-VM debounce of unknown-`kid` refetches over all VMs.
+//! Shared data, per issuer and `jwks_uri` ([`SharedKeys`]):
+//! - `body` and `meta` (`fetched_ms ‖ sha256(body)`, written last): a VM that fetched a set writes both.
+//!   Every VM's tick reads the meta record (40 bytes) and, when the core says that fetch is newer than any it
+//!   has seen, reads the body, checks its hash (a reader between another VM's two writes sees a mismatch and
+//!   tries again next tick) and adopts it with the original fetch time, so staleness runs from the real fetch
+//!   on every VM and all VMs converge on one set.
+//! - `lease` (`held_until_ms`): taken for [`Fetch::lease_until_ms`] by the VM that sends a fetch, set to the
+//!   core's retry time after a failure and released after a success, so the VMs together send one fetch at a
+//!   time and retry a failing server once per back-off, not once per VM.
+//! - `refetch` (`taken_ms`): the unknown-`kid` window across VMs, so a burst of unknown kids spread over N
+//!   workers costs one refetch per `min_refetch_seconds`, not N.
 
 use txngate_core::encoding::sha256;
+use txngate_core::keys::{KeySource, SkippedKey};
+use txngate_core::refresh::{self, Fetch, FetchReason, FetchResult, RefreshError, Refreshed};
+use txngate_core::Gate;
 
-/// Largest JWKS response accepted (bytes).
-pub const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Timeout of one JWKS request.
-pub const FETCH_TIMEOUT_MS: u64 = 5000;
-/// A claim older than this is abandoned (the claiming VM's fetch failed or it died).
-pub const CLAIM_MS: u64 = FETCH_TIMEOUT_MS + 1000;
+use crate::store::SharedData;
 
 /// Where a `jwks_uri` is fetched: Envoy cluster, `:authority`, `:path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,21 +70,20 @@ pub fn target(uri: &str, cluster: Option<&str>) -> Option<Target> {
 /// Shared-data keys of one issuer's set. The URI is part of the name so a policy change that points an
 /// issuer elsewhere never picks up the old set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
+pub struct SharedKeys {
     pub meta: String,
     pub body: String,
-    pub claim: String,
-    /// When a VM last refetched on an unknown `kid` (`ms`): the cross-VM debounce window.
+    pub lease: String,
     pub refetch: String,
 }
 
-pub fn keys(issuer_name: &str, uri: &str) -> Keys {
+pub fn shared_keys(issuer_name: &str, uri: &str) -> SharedKeys {
     let digest = sha256(format!("{issuer_name}\n{uri}").as_bytes());
     let id: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Keys {
+    SharedKeys {
         meta: format!("txngate:jwks:{id}:meta"),
         body: format!("txngate:jwks:{id}:body"),
-        claim: format!("txngate:jwks:{id}:claim"),
+        lease: format!("txngate:jwks:{id}:claim"),
         refetch: format!("txngate:jwks:{id}:refetch"),
     }
 }
@@ -123,19 +125,328 @@ impl Meta {
     }
 }
 
-/// Milliseconds to wait after `failures` consecutive failed fetches: 1 s doubling to 64 s, never longer
-/// than the refresh period.
-pub fn backoff_ms(failures: u32, refresh_ms: u64) -> u64 {
-    let exp = failures.saturating_sub(1).min(6);
-    (1000u64 << exp).min(refresh_ms.max(1000))
-}
-
-pub fn encode_ms(ms: u64) -> [u8; 8] {
+fn encode_ms(ms: u64) -> [u8; 8] {
     ms.to_le_bytes()
 }
 
-pub fn decode_ms(bytes: &[u8]) -> Option<u64> {
+fn decode_ms(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// A remote issuer as the filter reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub issuer: usize,
+    pub name: String,
+    pub target: Target,
+    pub shared: SharedKeys,
+}
+
+/// The policy's remote issuers, with a warning for each that names no Envoy cluster; an error (the policy is
+/// refused) for a `jwks_uri` that cannot be requested.
+pub fn remotes(gate: &Gate) -> Result<(Vec<Remote>, Vec<String>), String> {
+    let mut remotes = Vec::new();
+    let mut warnings = Vec::new();
+    for (issuer, keys) in gate.keys().issuers().iter().enumerate() {
+        let KeySource::Remote { uri, cluster, .. } = &keys.source else {
+            continue;
+        };
+        let Some(target) = target(uri, cluster.as_deref()) else {
+            return Err(format!(
+                "policy: issuer {:?}: jwks_uri {uri:?} cannot be requested",
+                keys.name
+            ));
+        };
+        if cluster.is_none() {
+            warnings.push(format!(
+                "issuer {:?} has no `cluster`: fetching {uri} through Envoy cluster {:?}",
+                keys.name, target.cluster
+            ));
+        }
+        remotes.push(Remote {
+            issuer,
+            name: keys.name.clone(),
+            target,
+            shared: shared_keys(&keys.name, uri),
+        });
+    }
+    Ok((remotes, warnings))
+}
+
+/// Something the root context logs or counts (`txngate.jwks.<issuer>.<counter>`).
+#[derive(Debug)]
+pub enum Event {
+    /// A set another VM fetched was installed.
+    Adopted { issuer: String },
+    /// A set another VM shared could not be used (not tried again).
+    SharedRefused { issuer: String, error: RefreshError },
+    /// An unknown-`kid` refetch was sent.
+    Refetch { issuer: String },
+    Installed {
+        issuer: String,
+        keys: usize,
+        skipped: Vec<SkippedKey>,
+    },
+    /// Fetched again, same document.
+    Unchanged { issuer: String },
+    Failed {
+        issuer: String,
+        error: RefreshError,
+        retry_at_ms: u64,
+    },
+    /// The fetched set could not be written to shared data (other VMs fetch it themselves).
+    NotShared { issuer: String },
+}
+
+/// How loud an [`Event`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
+impl Event {
+    pub fn issuer(&self) -> &str {
+        match self {
+            Self::Adopted { issuer }
+            | Self::SharedRefused { issuer, .. }
+            | Self::Refetch { issuer }
+            | Self::Installed { issuer, .. }
+            | Self::Unchanged { issuer }
+            | Self::Failed { issuer, .. }
+            | Self::NotShared { issuer } => issuer,
+        }
+    }
+
+    /// The counter this event increments, under `txngate.jwks.<issuer>.`.
+    pub fn counter(&self) -> Option<&'static str> {
+        match self {
+            Self::Adopted { .. } => Some("adopted"),
+            Self::Refetch { .. } => Some("refetch"),
+            Self::Installed { .. } | Self::Unchanged { .. } => Some("refresh_ok"),
+            Self::Failed { .. } => Some("refresh_failed"),
+            Self::SharedRefused { .. } | Self::NotShared { .. } => None,
+        }
+    }
+
+    /// The log lines of this event (none for the routine ones).
+    pub fn log(&self) -> Vec<(Level, String)> {
+        let issuer = self.issuer();
+        match self {
+            Self::Installed { keys, skipped, .. } => {
+                let mut lines = vec![(
+                    Level::Info,
+                    format!(
+                        "txngate: jwks: issuer {issuer:?}: installed {keys} keys ({} skipped)",
+                        skipped.len()
+                    ),
+                )];
+                lines.extend(skipped.iter().map(|s| {
+                    (
+                        Level::Info,
+                        format!(
+                            "txngate: jwks: issuer {issuer:?}: skipped key {} ({:?}): {}",
+                            s.index, s.kid, s.reason
+                        ),
+                    )
+                }));
+                lines
+            }
+            Self::Failed {
+                error, retry_at_ms, ..
+            } => vec![(
+                Level::Warn,
+                format!(
+                    "txngate: jwks: issuer {issuer:?}: {error}; keeping the last good key set, next attempt at {retry_at_ms} ms"
+                ),
+            )],
+            Self::SharedRefused { error, .. } => vec![(
+                Level::Warn,
+                format!("txngate: jwks: issuer {issuer:?}: shared key set refused: {error}"),
+            )],
+            Self::NotShared { .. } => vec![(
+                Level::Warn,
+                format!("txngate: jwks: issuer {issuer:?}: could not share the fetched key set"),
+            )],
+            Self::Adopted { .. } | Self::Refetch { .. } | Self::Unchanged { .. } => Vec::new(),
+        }
+    }
+}
+
+/// One tick: adopts sets other VMs shared, then returns the fetches to send now (the core handed them out,
+/// and this VM holds their shared lease). Fetches another VM covers are given back to the core.
+pub fn poll(
+    gate: &mut Gate,
+    remotes: &[Remote],
+    data: &mut impl SharedData,
+    now: u64,
+    events: &mut Vec<Event>,
+) -> Vec<(Fetch, Target)> {
+    for remote in remotes {
+        adopt(gate, remote, data, now, events);
+    }
+    let mut sends = Vec::new();
+    for fetch in gate.poll_keys(now) {
+        let Some(remote) = remotes.iter().find(|r| r.issuer == fetch.issuer) else {
+            gate.release_keys_fetch(fetch.issuer);
+            continue;
+        };
+        let refetch = fetch.reason == FetchReason::UnknownKid;
+        if (refetch && !take_window(data, &remote.shared.refetch, now, fetch.refetch_window_ms))
+            || !take_lease(data, &remote.shared.lease, now, fetch.lease_until_ms)
+        {
+            gate.release_keys_fetch(fetch.issuer);
+            continue;
+        }
+        if refetch {
+            events.push(Event::Refetch {
+                issuer: remote.name.clone(),
+            });
+        }
+        sends.push((fetch, remote.target.clone()));
+    }
+    sends
+}
+
+/// The answer to a fetch of `issuer` (or why there is none): to the core, then to shared data.
+pub fn answer(
+    gate: &mut Gate,
+    remotes: &[Remote],
+    issuer: usize,
+    data: &mut impl SharedData,
+    result: FetchResult<'_>,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    let Some(remote) = remotes.iter().find(|r| r.issuer == issuer) else {
+        return;
+    };
+    let body = match result {
+        FetchResult::Response { body, .. } => body,
+        FetchResult::TooLarge { .. } | FetchResult::NoResponse { .. } => &[],
+    };
+    let name = remote.name.clone();
+    let fetched_ms = match gate.on_keys_response(issuer, result, now) {
+        Refreshed::Installed {
+            set,
+            skipped,
+            fetched_ms,
+        } => {
+            events.push(Event::Installed {
+                issuer: name,
+                keys: set.len(),
+                skipped,
+            });
+            fetched_ms
+        }
+        Refreshed::Unchanged { fetched_ms } => {
+            events.push(Event::Unchanged { issuer: name });
+            fetched_ms
+        }
+        Refreshed::Failed {
+            error, retry_at_ms, ..
+        } => {
+            let _ = data.set(&remote.shared.lease, &encode_ms(retry_at_ms), 0);
+            events.push(Event::Failed {
+                issuer: name,
+                error,
+                retry_at_ms,
+            });
+            return;
+        }
+        _ => return,
+    };
+    let _ = data.set(&remote.shared.lease, &encode_ms(0), 0);
+    // Shared unless another VM already shared a newer fetch.
+    let meta = Meta::of(body, fetched_ms);
+    let newer = data
+        .get(&remote.shared.meta)
+        .ok()
+        .flatten()
+        .and_then(|(bytes, _)| Meta::decode(&bytes))
+        .is_none_or(|shared| shared.fetched_ms < fetched_ms);
+    if newer
+        && !(data.set(&remote.shared.body, body, 0).unwrap_or(false)
+            && data
+                .set(&remote.shared.meta, &meta.encode(), 0)
+                .unwrap_or(false))
+    {
+        events.push(Event::NotShared {
+            issuer: remote.name.clone(),
+        });
+    }
+}
+
+/// Adopts the set another VM shared, when the core says it is newer than any this VM has seen.
+fn adopt(
+    gate: &mut Gate,
+    remote: &Remote,
+    data: &mut impl SharedData,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    let Some(meta) = data
+        .get(&remote.shared.meta)
+        .ok()
+        .flatten()
+        .and_then(|(bytes, _)| Meta::decode(&bytes))
+    else {
+        return;
+    };
+    if !gate
+        .keys()
+        .refresher()
+        .is_newer(remote.issuer, meta.fetched_ms)
+    {
+        return;
+    }
+    let Some((body, _)) = data.get(&remote.shared.body).ok().flatten() else {
+        return;
+    };
+    if !meta.matches(&body) {
+        return; // another VM is between its two writes; next tick
+    }
+    match gate.adopt_keys(remote.issuer, &body, meta.fetched_ms, now) {
+        Refreshed::Installed { .. } => events.push(Event::Adopted {
+            issuer: remote.name.clone(),
+        }),
+        Refreshed::Rejected { error } => events.push(Event::SharedRefused {
+            issuer: remote.name.clone(),
+            error,
+        }),
+        _ => {}
+    }
+}
+
+/// Takes an issuer's fetch lease until `until`: false while another VM holds it (its fetch in flight, or
+/// its failed fetch's back-off). A shared-data error answers true: a duplicate fetch is harmless.
+fn take_lease(data: &mut impl SharedData, key: &str, now: u64, until: u64) -> bool {
+    match data.get(key) {
+        Ok(None) => data.set(key, &encode_ms(until), 0).unwrap_or(false),
+        Ok(Some((value, cas))) => {
+            if decode_ms(&value).is_some_and(|held| refresh::lease_is_held(held, now)) {
+                return false;
+            }
+            data.set(key, &encode_ms(until), cas).unwrap_or(false)
+        }
+        Err(_) => true,
+    }
+}
+
+/// Takes the issuer's unknown-`kid` window from `now`: false while another VM's window runs. A shared-data
+/// error answers true: the core's per-VM debounce still holds.
+fn take_window(data: &mut impl SharedData, key: &str, now: u64, window_ms: u64) -> bool {
+    match data.get(key) {
+        Ok(None) => data.set(key, &encode_ms(now), 0).unwrap_or(true),
+        Ok(Some((value, cas))) => {
+            let taken = decode_ms(&value).unwrap_or(0);
+            if !refresh::window_is_open(taken, now, window_ms) {
+                return false;
+            }
+            data.set(key, &encode_ms(now), cas).unwrap_or(true)
+        }
+        Err(_) => true,
+    }
 }
 
 #[cfg(test)]
@@ -143,56 +454,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uris_split_into_cluster_authority_and_path() {
-        let t = target(
-            "https://tts.example:8443/.well-known/jwks.json?v=1#x",
-            Some("tts"),
-        )
-        .unwrap();
-        assert_eq!(
-            t,
-            Target {
-                cluster: "tts".into(),
-                authority: "tts.example:8443".into(),
-                path: "/.well-known/jwks.json?v=1".into()
-            }
-        );
-        let t = target("http://127.0.0.1:9000", None).unwrap();
-        assert_eq!(
-            (t.cluster.as_str(), t.authority.as_str(), t.path.as_str()),
-            ("127.0.0.1", "127.0.0.1:9000", "/")
-        );
-        assert_eq!(target("http://h?x=1", None).unwrap().path, "/?x=1");
-        assert_eq!(target("http://[::1]:80/k", None).unwrap().cluster, "[::1]");
-        assert!(target("https://user:pw@h/k", None).is_none());
-        assert!(target("https:///k", None).is_none());
-        assert!(target("ftp://h/k", None).is_none());
-        assert!(target("http://h/a b", None).is_none());
-    }
-
-    #[test]
-    fn meta_round_trips_and_checks_the_body() {
-        let m = Meta::of(b"{\"keys\":[]}", 42);
-        let back = Meta::decode(&m.encode()).unwrap();
-        assert_eq!(back, m);
-        assert!(back.matches(b"{\"keys\":[]}"));
-        assert!(!back.matches(b"{}"));
-        assert!(Meta::decode(&[0u8; 39]).is_none());
-        assert!(Meta::decode(&[0u8; 41]).is_none());
-    }
-
-    #[test]
     fn keys_depend_on_issuer_and_uri() {
-        assert_ne!(keys("a", "http://x/1"), keys("a", "http://x/2"));
-        assert_ne!(keys("a", "http://x/1"), keys("b", "http://x/1"));
-        assert!(keys("a", "u").meta.ends_with(":meta"));
+        assert_ne!(
+            shared_keys("a", "http://x/1"),
+            shared_keys("a", "http://x/2")
+        );
+        assert_ne!(
+            shared_keys("a", "http://x/1"),
+            shared_keys("b", "http://x/1")
+        );
+        assert!(shared_keys("a", "u").meta.ends_with(":meta"));
+    }
+
+    /// Shared data without versions beyond "written".
+    #[derive(Default)]
+    struct Data(std::collections::BTreeMap<String, (Vec<u8>, u32)>);
+
+    impl SharedData for Data {
+        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, String> {
+            let version = self.0.get(key).map_or(0, |(_, v)| *v);
+            if cas != 0 && cas != version {
+                return Ok(false);
+            }
+            self.0
+                .insert(key.to_string(), (value.to_vec(), version + 1));
+            Ok(true)
+        }
+        fn now_ms(&mut self) -> u64 {
+            0
+        }
     }
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff_ms(1, 300_000), 1000);
-        assert_eq!(backoff_ms(2, 300_000), 2000);
-        assert_eq!(backoff_ms(40, 300_000), 64_000);
-        assert_eq!(backoff_ms(40, 10_000), 10_000);
+    fn the_refetch_window_and_the_lease_are_shared() {
+        let mut data = Data::default();
+        assert!(take_window(&mut data, "w", 5_000, 10_000));
+        assert!(
+            !take_window(&mut data, "w", 14_999, 10_000),
+            "another VM's window runs"
+        );
+        assert!(take_window(&mut data, "w", 15_000, 10_000));
+        assert!(take_lease(&mut data, "l", 0, 6_000));
+        assert!(!take_lease(&mut data, "l", 5_999, 11_999));
+        assert!(take_lease(&mut data, "l", 6_000, 12_000));
     }
 }

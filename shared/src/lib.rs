@@ -31,5 +31,7 @@ pub use gate::{
     is_identity_header, Body, Decision, Gate, Limiter, ListFilter, Outcome, PendingLimit,
     PendingSignature, Request, Step, ToolsListFilter, Verdict,
 };
+/// Remote key sets: when to fetch, back-off, staleness (lives under `keys`, whose sets it refreshes).
+pub use keys::refresh;
 pub use keys::Algorithm;
 pub use policy::{Policy, PolicyError};

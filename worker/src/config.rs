@@ -3,7 +3,6 @@
 //! that isolate fails closed (500) with the precise message in the log and never reaches the origin.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use js_sys::Reflect;
@@ -44,12 +43,6 @@ pub struct Config {
     pub limiter_timeout_ms: u32,
     /// Bound on the origin's response headers, ms.
     pub origin_timeout_ms: u32,
-    /// Issuers whose JWKS fetch is running.
-    pub refreshing: RefCell<HashSet<usize>>,
-    /// Last failed JWKS fetch per issuer (ms), to space out retries.
-    pub jwks_failed_at: RefCell<HashMap<usize, u64>>,
-    /// The last JWKS document installed per issuer, to tell a changed set from a re-fetch of the same one.
-    pub jwks_installed: RefCell<HashMap<usize, Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -102,9 +95,6 @@ fn build(env: &Env) -> Result<Config, String> {
         limiter,
         limiter_timeout_ms,
         origin_timeout_ms,
-        refreshing: RefCell::new(HashSet::new()),
-        jwks_failed_at: RefCell::new(HashMap::new()),
-        jwks_installed: RefCell::new(HashMap::new()),
     })
 }
 

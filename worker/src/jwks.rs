@@ -1,20 +1,22 @@
-//! JWKS for `jwks_uri` issuers. The core owns the key sets and all timing rules (refresh interval, staleness
-//! bound, refetch debounce); this module only moves bytes: from the Cache API (a warm copy for new isolates
-//! in the same location), from the issuer with `fetch`, into `Gate::install_jwks`.
+//! JWKS for `jwks_uri` issuers. The core's refresher (`txngate_core::refresh`, through the `Gate`) decides
+//! what to fetch and when, the size cap, the timeout, the back-off and the staleness bound; this module only
+//! moves bytes: from the Cache API (a warm copy for new isolates in the same location), from the issuer with
+//! `fetch`, into the gate.
 //!
-//! - A request that finds an issuer without usable keys (new isolate, or past `max_stale_seconds`) waits for
-//!   the cache or a fetch; concurrent requests of the isolate wait for that one fetch. Failed fetches are
-//!   retried at most once a second meanwhile, and the core answers 503 `keys.unavailable`: fail closed.
-//! - A usable set that is due for its periodic refresh is refreshed in the background (`waitUntil`).
-//! - An unknown `kid` (the core says which issuer, already debounced) forces a fetch from the issuer, then
-//!   the request is evaluated once more.
-//! - A fetch that fails or returns a bad set keeps the last good set (the core enforces staleness).
+//! - A request that finds an issuer without a servable set (new isolate, or past `max_stale_seconds`) waits
+//!   for the cache or the fetch (`Fetch::blocking`); concurrent requests of the isolate wait for that one
+//!   fetch. Meanwhile, and after failures (the core's back-off), the core answers 503 `keys.unavailable`.
+//! - Other due fetches (periodic refresh) run in the background (`waitUntil`).
+//! - An unknown `kid` (the core says which issuer, already debounced) fetches now, unless the back-off
+//!   holds it; then the request is evaluated once more.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use js_sys::Uint8Array;
 use txngate_core::keys::KeySource;
+use txngate_core::refresh::{Fetch, FetchResult, Refreshed};
+use txngate_core::Gate;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Headers, RequestInit, ResponseInit};
@@ -25,202 +27,196 @@ use crate::config::Config;
 use crate::error::js_error;
 use crate::now_ms;
 
-/// Largest JWKS document accepted.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Fetch timeout.
-const FETCH_TIMEOUT_MS: u32 = 5_000;
-/// While an issuer has no usable keys, at most one failed fetch per this interval.
-const UNUSABLE_RETRY_MS: u64 = 1_000;
 const FETCHED_AT_HEADER: &str = "x-txngate-fetched-at";
+/// How often a request waiting for another request's fetch looks again (one request of an isolate must not
+/// await a promise another one created).
+const WAIT_STEP_MS: u64 = 20;
 
-struct Remote {
-    uri: String,
-    max_stale_ms: u64,
-    min_refetch_ms: u64,
-}
-
-fn remote(config: &Config, issuer: usize) -> Option<Remote> {
-    let gate = config.gate.borrow();
-    match &gate.keys().issuer(issuer)?.source {
-        KeySource::Remote {
-            uri,
-            max_stale_ms,
-            min_refetch_ms,
-            ..
-        } => Some(Remote {
-            uri: uri.clone(),
-            max_stale_ms: *max_stale_ms,
-            min_refetch_ms: *min_refetch_ms,
-        }),
+fn uri(config: &Config, issuer: usize) -> Option<String> {
+    match &config.gate.borrow().keys().issuer(issuer)?.source {
+        KeySource::Remote { uri, .. } => Some(uri.clone()),
         KeySource::Inline => None,
     }
 }
 
-fn failed_recently(config: &Config, issuer: usize, now: u64, interval: u64) -> bool {
-    config
-        .jwks_failed_at
-        .borrow()
-        .get(&issuer)
-        .is_some_and(|at| now.saturating_sub(*at) < interval)
-}
-
-/// Before deciding: make sure every remote issuer has usable keys if at all possible, and start background
-/// refreshes of those due.
+/// Before deciding: issuers without a servable set first try the location's cached copy; then every fetch
+/// the core hands out runs, blocking ones before the request goes on, the others in the background; and
+/// the request waits for a blocking fetch another request of the isolate is running.
 pub async fn ensure_fresh(config: &Rc<Config>, ctx: &Context) {
     let now = now_ms();
-    let due = config.gate.borrow().refresh_due(now);
-    for issuer in due {
-        let Some(remote) = remote(config, issuer) else {
-            continue;
-        };
-        if config.gate.borrow().keys().is_usable(issuer, now) {
-            let retry = remote.min_refetch_ms.max(UNUSABLE_RETRY_MS);
-            if !failed_recently(config, issuer, now, retry) {
-                background(config, ctx, issuer);
-            }
-        } else if !failed_recently(config, issuer, now, UNUSABLE_RETRY_MS) {
-            // Cache first (cheap, same location), then the issuer.
-            let installed = refresh(config, issuer, true).await;
-            if installed && config.gate.borrow().refresh_due(now_ms()).contains(&issuer) {
-                background(config, ctx, issuer);
-            }
+    let cold: Vec<usize> = {
+        let gate = config.gate.borrow();
+        gate.refresh_due(now)
+            .into_iter()
+            .filter(|issuer| !gate.keys().is_usable(*issuer, now))
+            .collect()
+    };
+    for issuer in cold {
+        from_cache(config, issuer).await;
+    }
+    let fetches = config.gate.borrow_mut().poll_keys(now_ms());
+    for fetch in fetches {
+        if fetch.blocking {
+            run(config, fetch).await;
+        } else {
+            let owner = Rc::clone(config);
+            ctx.wait_until(async move {
+                run(&owner, fetch).await;
+            });
         }
     }
+    wait_for_others(config).await;
 }
 
-/// After an unknown `kid` (or unavailable keys): fetch from the issuer now, never from the cache, unless a
-/// fetch failed within the last second (this request already waited for that one). True if the request
+/// After an unknown `kid` (or unavailable keys): runs what the core hands out now (the refetch, unless its
+/// back-off holds it), or waits for the issuer's fetch another request is running. True if the request
 /// should be evaluated again.
 pub async fn refetch(config: &Rc<Config>, issuer: usize) -> bool {
-    if failed_recently(config, issuer, now_ms(), UNUSABLE_RETRY_MS) {
-        return false;
+    let fetches = config.gate.borrow_mut().poll_keys(now_ms());
+    let mut changed = false;
+    for fetch in fetches {
+        changed |= run(config, fetch).await;
     }
-    refresh(config, issuer, false).await
+    let waited = wait_while(config, |gate, now| {
+        gate.keys().refresher().is_in_flight(issuer, now)
+    })
+    .await;
+    changed || waited
 }
 
-/// A refresh from the issuer after the response (`waitUntil`), unless one is already running.
-fn background(config: &Rc<Config>, ctx: &Context, issuer: usize) {
-    if config.refreshing.borrow().contains(&issuer) {
-        return;
-    }
-    let owner = Rc::clone(config);
-    ctx.wait_until(async move {
-        refresh(&owner, issuer, false).await;
-    });
+/// Waits while another request of the isolate fetches keys of an issuer that has none servable.
+async fn wait_for_others(config: &Config) {
+    wait_while(config, |gate, now| {
+        let keys = gate.keys();
+        (0..keys.issuers().len())
+            .any(|i| keys.refresher().is_in_flight(i, now) && !keys.is_usable(i, now))
+    })
+    .await;
 }
 
-/// Marks an issuer's fetch as running for as long as it lives, also if the request is cancelled mid-way.
+/// Waits while `busy` holds (true if it did at first). It ends: the core gives up a fetch that never ends.
+async fn wait_while(config: &Config, busy: impl Fn(&Gate, u64) -> bool) -> bool {
+    let mut waited = false;
+    while busy(&config.gate.borrow(), now_ms()) {
+        waited = true;
+        worker::Delay::from(Duration::from_millis(WAIT_STEP_MS)).await;
+    }
+    waited
+}
+
+/// Gives a fetch back to the core if its request is cancelled before the answer (nothing counts).
 struct InFlight<'a> {
     config: &'a Config,
     issuer: usize,
+    answered: bool,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.config.refreshing.borrow_mut().remove(&self.issuer);
-    }
-}
-
-/// Loads the issuer's keys now; if another request of this isolate is already fetching them, waits for that
-/// one instead (polling the flag with timers: in Workers, one request must not await a promise created by
-/// another). True if a set was installed (or the other fetch finished).
-async fn refresh(config: &Config, issuer: usize, cache_first: bool) -> bool {
-    if config.refreshing.borrow().contains(&issuer) {
-        let deadline = now_ms() + u64::from(FETCH_TIMEOUT_MS) + 1_000;
-        while config.refreshing.borrow().contains(&issuer) && now_ms() < deadline {
-            worker::Delay::from(Duration::from_millis(20)).await;
+        if !self.answered {
+            if let Ok(mut gate) = self.config.gate.try_borrow_mut() {
+                gate.release_keys_fetch(self.issuer);
+            }
         }
-        return !config.refreshing.borrow().contains(&issuer);
     }
-    config.refreshing.borrow_mut().insert(issuer);
-    let _running = InFlight { config, issuer };
-    load(config, issuer, cache_first).await
 }
 
-async fn load(config: &Config, issuer: usize, cache_first: bool) -> bool {
-    let Some(remote) = remote(config, issuer) else {
-        return false;
+/// Sends one fetch and hands the answer to the core; a new set is also put in the location's cache. True if
+/// the issuer's set was installed or confirmed.
+async fn run(config: &Config, fetch: Fetch) -> bool {
+    let mut guard = InFlight {
+        config,
+        issuer: fetch.issuer,
+        answered: false,
     };
-    if cache_first {
-        if let Some((bytes, fetched_at)) = cache_get(&remote.uri).await {
-            if now_ms().saturating_sub(fetched_at) <= remote.max_stale_ms
-                && install(config, issuer, &bytes, fetched_at, "cache")
-            {
-                return true;
-            }
-        }
-    }
-    match fetch(&remote.uri).await {
-        Ok(bytes) => {
-            let fetched_at = now_ms();
-            if install(config, issuer, &bytes, fetched_at, "fetch") {
-                cache_put(&remote.uri, &bytes, fetched_at, remote.max_stale_ms).await;
-                true
-            } else {
-                config
-                    .jwks_failed_at
-                    .borrow_mut()
-                    .insert(issuer, fetched_at);
-                false
-            }
-        }
-        Err(detail) => {
-            config.jwks_failed_at.borrow_mut().insert(issuer, now_ms());
-            log("jwks.fetch_failed", issuer, &remote.uri, Some(&detail));
-            false
-        }
-    }
-}
-
-fn install(config: &Config, issuer: usize, bytes: &[u8], fetched_at: u64, from: &str) -> bool {
-    let unchanged = config
-        .jwks_installed
-        .borrow()
-        .get(&issuer)
-        .is_some_and(|last| last.as_slice() == bytes);
-    let uri = remote(config, issuer).map(|r| r.uri).unwrap_or_default();
-    if unchanged {
-        // Same document: the set stays, only its freshness moves (verified tokens stay cached).
-        config.gate.borrow_mut().touch_jwks(issuer, fetched_at);
-        config.jwks_failed_at.borrow_mut().remove(&issuer);
-        return true;
-    }
-    let result = config
+    let answer = send(&fetch).await;
+    guard.answered = true;
+    let result = match &answer {
+        Answer::Response { status, body } => FetchResult::Response {
+            status: *status,
+            body,
+            length: body.len(),
+        },
+        Answer::TooLarge => FetchResult::TooLarge { bytes: None },
+        Answer::NoResponse(detail) => FetchResult::NoResponse { detail },
+    };
+    let refreshed = config
         .gate
         .borrow_mut()
-        .install_jwks(issuer, bytes, fetched_at);
-    match result {
-        Ok(skipped) => {
-            config
-                .jwks_installed
-                .borrow_mut()
-                .insert(issuer, bytes.to_vec());
-            config.jwks_failed_at.borrow_mut().remove(&issuer);
+        .on_keys_response(fetch.issuer, result, now_ms());
+    let body = match &answer {
+        Answer::Response { body, .. } => body.as_slice(),
+        Answer::TooLarge | Answer::NoResponse(_) => &[],
+    };
+    report(config, fetch.issuer, &fetch.uri, body, refreshed, "fetch").await
+}
+
+/// Adopts the location's cached copy of an issuer's set, if the core finds it newer and servable.
+async fn from_cache(config: &Config, issuer: usize) {
+    let Some(uri) = uri(config, issuer) else {
+        return;
+    };
+    let Some((bytes, fetched_at)) = cache_get(&uri).await else {
+        return;
+    };
+    let refreshed = config
+        .gate
+        .borrow_mut()
+        .adopt_keys(issuer, &bytes, fetched_at, now_ms());
+    report(config, issuer, &uri, &[], refreshed, "cache").await;
+}
+
+/// Logs what the core did with a set, and caches a newly fetched one. True if the set was installed or
+/// confirmed.
+async fn report(
+    config: &Config,
+    issuer: usize,
+    uri: &str,
+    fetched: &[u8],
+    refreshed: Refreshed,
+    from: &str,
+) -> bool {
+    match refreshed {
+        Refreshed::Installed {
+            skipped,
+            fetched_ms,
+            ..
+        } => {
             let skipped: Vec<String> = skipped
                 .iter()
                 .map(|s| format!("{}: {}", s.kid.as_deref().unwrap_or("-"), s.reason))
                 .collect();
-            let detail = if skipped.is_empty() {
-                None
+            let detail =
+                (!skipped.is_empty()).then(|| format!("skipped keys: {}", skipped.join("; ")));
+            let event = if from == "cache" {
+                "jwks.installed_from_cache"
             } else {
-                Some(format!("skipped keys: {}", skipped.join("; ")))
+                "jwks.installed"
             };
-            log(
-                if from == "cache" {
-                    "jwks.installed_from_cache"
-                } else {
-                    "jwks.installed"
-                },
-                issuer,
-                &uri,
-                detail.as_deref(),
-            );
+            log(event, issuer, uri, detail.as_deref());
+            if !fetched.is_empty() {
+                cache_put(config, issuer, uri, fetched, fetched_ms).await;
+            }
             true
         }
-        Err(e) => {
-            log("jwks.rejected", issuer, &uri, Some(&e.to_string()));
+        Refreshed::Unchanged { fetched_ms } => {
+            if !fetched.is_empty() {
+                cache_put(config, issuer, uri, fetched, fetched_ms).await;
+            }
+            true
+        }
+        Refreshed::Failed {
+            error, retry_at_ms, ..
+        } => {
+            let detail = format!("{error}; next attempt at {retry_at_ms} ms");
+            log("jwks.fetch_failed", issuer, uri, Some(&detail));
             false
         }
+        Refreshed::Rejected { error } => {
+            log("jwks.rejected", issuer, uri, Some(&error.to_string()));
+            false
+        }
+        _ => false,
     }
 }
 
@@ -231,7 +227,21 @@ fn log(event: &str, issuer: usize, uri: &str, detail: Option<&str>) {
     );
 }
 
-async fn fetch(uri: &str) -> Result<Vec<u8>, String> {
+/// What the issuer answered, owned.
+enum Answer {
+    Response { status: u16, body: Vec<u8> },
+    TooLarge,
+    NoResponse(String),
+}
+
+async fn send(fetch: &Fetch) -> Answer {
+    match try_send(fetch).await {
+        Ok(answer) => answer,
+        Err(detail) => Answer::NoResponse(detail),
+    }
+}
+
+async fn try_send(fetch: &Fetch) -> Result<Answer, String> {
     let init = RequestInit::new();
     init.set_method("GET");
     let headers = Headers::new().map_err(|_| "headers".to_string())?;
@@ -239,10 +249,9 @@ async fn fetch(uri: &str) -> Result<Vec<u8>, String> {
         .set("accept", "application/jwk-set+json, application/json")
         .map_err(|_| "headers".to_string())?;
     init.set_headers(&headers);
-    init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(
-        FETCH_TIMEOUT_MS,
-    )));
-    let request = web_sys::Request::new_with_str_and_init(uri, &init)
+    let timeout = u32::try_from(fetch.timeout_ms).unwrap_or(u32::MAX);
+    init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(timeout)));
+    let request = web_sys::Request::new_with_str_and_init(&fetch.uri, &init)
         .map_err(|e| format!("bad jwks_uri: {e:?}"))?;
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let response: web_sys::Response = JsFuture::from(global.fetch_with_request(&request))
@@ -250,19 +259,17 @@ async fn fetch(uri: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("fetch failed: {}", js_error(&e)))?
         .dyn_into()
         .map_err(|_| "fetch returned no Response".to_string())?;
-    if response.status() != 200 {
-        return Err(format!("HTTP {}", response.status()));
-    }
-    match read_capped(
+    let status = response.status();
+    let body = read_capped(
         response.body(),
         declared_length(&response.headers()),
-        MAX_JWKS_BYTES,
+        fetch.max_bytes,
     )
-    .await?
-    {
-        Capped::Complete(bytes) => Ok(bytes),
-        Capped::TooLarge => Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes")),
-    }
+    .await?;
+    Ok(match body {
+        Capped::Complete(body) => Answer::Response { status, body },
+        Capped::TooLarge => Answer::TooLarge,
+    })
 }
 
 /// The Cache API key of an issuer's JWKS: a synthetic URL, so the copy never shadows the real document.
@@ -296,7 +303,11 @@ async fn cache_get(uri: &str) -> Option<(Vec<u8>, u64)> {
     Some((Uint8Array::new(&buffer).to_vec(), fetched_at))
 }
 
-async fn cache_put(uri: &str, bytes: &[u8], fetched_at: u64, max_stale_ms: u64) {
+/// Caches a fetched set for as long as the core would serve it.
+async fn cache_put(config: &Config, issuer: usize, uri: &str, bytes: &[u8], fetched_at: u64) {
+    let Some(schedule) = config.gate.borrow().keys().refresher().schedule(issuer) else {
+        return;
+    };
     let Some(cache) = default_cache() else { return };
     let put = async {
         let headers = Headers::new().ok()?;
@@ -304,7 +315,7 @@ async fn cache_put(uri: &str, bytes: &[u8], fetched_at: u64, max_stale_ms: u64) 
         headers
             .set(
                 "cache-control",
-                &format!("max-age={}", (max_stale_ms / 1000).max(1)),
+                &format!("max-age={}", (schedule.max_stale_ms / 1000).max(1)),
             )
             .ok()?;
         headers
@@ -324,6 +335,6 @@ async fn cache_put(uri: &str, bytes: &[u8], fetched_at: u64, max_stale_ms: u64) 
             .ok()
     };
     if put.await.is_none() {
-        log("jwks.cache_put_failed", 0, uri, None);
+        log("jwks.cache_put_failed", issuer, uri, None);
     }
 }

@@ -46,12 +46,8 @@ impl Http {
             match &outcome {
                 // A refusal is the request's one decision: audited like any other.
                 Some(o) if o.decision.verdict == Verdict::Deny => vm.record(o),
-                Some(o) => {
-                    if let Some(issuer) = o.refetch_issuer {
-                        vm.refetch.insert(issuer);
-                    }
-                }
-                None => {}
+                // An unknown `kid` already asked the core's refresher: the next tick fetches.
+                Some(_) | None => {}
             }
             outcome
         };

@@ -5,7 +5,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -15,9 +15,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use serde_json::{json, Value};
 use txngate_core::gate::is_filtered_status;
-use txngate_core::keys::KeySource;
 use txngate_core::mcp::adapter_error_body;
 use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
+use txngate_core::refresh::{Fetch, FetchResult};
 use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
     is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, ListFilter, Outcome,
@@ -25,7 +25,7 @@ use txngate_core::{
 };
 
 use crate::hybrid::Hybrid;
-use crate::jwks::{self, Meta, Target};
+use crate::jwks;
 use crate::mode::BodyMode;
 use crate::plugin::PluginConfig;
 use crate::rls_client;
@@ -223,24 +223,6 @@ struct Awaiting {
     captured: Captured,
 }
 
-/// Fetch bookkeeping of one remote issuer.
-#[derive(Debug)]
-struct Fetch {
-    issuer: usize,
-    name: String,
-    target: Option<Target>,
-    keys: jwks::Keys,
-    refresh_ms: u64,
-    min_refetch_ms: u64,
-    in_flight: Option<(u32, u64)>,
-    failures: u32,
-    retry_at_ms: u64,
-    /// The set this VM has installed (fetch time and hash).
-    installed: Option<Meta>,
-    /// A shared set this VM could not install (not retried).
-    rejected: Option<Meta>,
-}
-
 /// Everything one VM (one root context and its HTTP contexts) shares. Single-threaded.
 #[derive(Debug)]
 struct Vm {
@@ -254,9 +236,10 @@ struct Vm {
     lock_owner: LockOwner,
     metrics: Metrics,
     awaiting: BTreeMap<u32, Awaiting>,
-    /// Issuers an HTTP context asked to refetch (unknown `kid`); the next tick fetches.
-    refetch: BTreeSet<usize>,
-    fetches: Vec<Fetch>,
+    /// Remote issuers as this VM reaches and shares them (see [`crate::jwks`]).
+    remotes: Vec<jwks::Remote>,
+    /// Key fetches sent, by `dispatch_http_call` token.
+    jwks_in_flight: BTreeMap<u32, Fetch>,
     /// Some body callback reached this VM, so `allow_on_headers_stop_iteration` is on.
     body_delivered: bool,
     warned_no_body: bool,
@@ -319,7 +302,7 @@ impl Vm {
         result
     }
 
-    /// Audit line, filter state, metrics, refetch request.
+    /// Audit line, filter state, metrics (an unknown `kid` already asked the core's refresher for a refetch).
     fn record(&mut self, outcome: &Outcome) {
         let audit = &outcome.audit;
         match self.sink {
@@ -356,9 +339,6 @@ impl Vm {
             );
             self.metrics
                 .increment(&format!("txngate.ratelimited.{rule}"));
-        }
-        if let Some(issuer) = outcome.refetch_issuer {
-            self.refetch.insert(issuer);
         }
     }
 }

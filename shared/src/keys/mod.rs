@@ -3,6 +3,7 @@
 //! or picks a key type: each key carries the one algorithm it may verify.
 
 mod compile;
+pub mod refresh;
 mod ring;
 mod spec;
 

@@ -1,10 +1,13 @@
-//! The key ring: one key set per issuer, key lookup by `kid`, and when a host should fetch again.
+//! The key ring: one key set per issuer and key lookup by `kid`. Remote sets come and go through the ring's
+//! [`Refresher`] (when to fetch, back-off, staleness, unknown-`kid` debounce: [`super::refresh`]); the ring
+//! applies what it decides.
 
 use std::sync::Arc;
 
+use super::refresh::{Fetch, FetchResult, RefreshError, Refreshed, Refresher, Schedule};
 use super::*;
 
-/// One issuer's current keys and fetch bookkeeping. Replaced atomically: a request sees the old set or the
+/// One issuer's current keys. Replaced atomically: a request sees the old set or the
 /// new one, never a mix.
 #[derive(Debug, Clone)]
 pub struct IssuerKeys {
@@ -19,7 +22,6 @@ pub struct IssuerKeys {
     pub source: KeySource,
     keys: Option<Arc<KeySet>>,
     fetched_at_ms: Option<u64>,
-    last_refetch_ms: Option<u64>,
     generation: u64,
 }
 
@@ -60,10 +62,11 @@ pub enum KeyLookup<'a> {
     },
 }
 
-/// All issuers' keys.
+/// All issuers' keys, and the fetch state of the remote ones.
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
     issuers: Vec<IssuerKeys>,
+    refresher: Refresher,
 }
 
 impl KeyRing {
@@ -100,6 +103,7 @@ impl KeyRing {
         inline: Option<KeySet>,
     ) {
         let keys = inline.map(Arc::new);
+        self.refresher.add(&source, &algorithms);
         self.issuers.push(IssuerKeys {
             name,
             iss,
@@ -108,7 +112,6 @@ impl KeyRing {
             source,
             keys,
             fetched_at_ms: None,
-            last_refetch_ms: None,
             generation: 0,
         });
     }
@@ -130,75 +133,92 @@ impl KeyRing {
         self.issuers.iter().map(|i| i.generation).sum()
     }
 
-    /// Installs a fetched JWKS for issuer `index`, replacing the old set whole. On error the old set stays.
+    /// The remote issuers' fetch state (read-only: hosts ask it whether a shared copy is newer, whether a
+    /// fetch is in flight).
+    pub fn refresher(&self) -> &Refresher {
+        &self.refresher
+    }
+
+    /// The fetches a host should send now (see [`Refresher::poll`]).
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Fetch> {
+        self.refresher.poll(now_ms)
+    }
+
+    /// The host did not send a fetch [`KeyRing::poll`] handed out (see [`Refresher::release`]).
+    pub fn release(&mut self, issuer: usize) {
+        self.refresher.release(issuer);
+    }
+
+    /// The answer to a fetch: a new set replaces the old one whole; on any failure the old set stays.
+    pub fn on_response(
+        &mut self,
+        issuer: usize,
+        result: FetchResult<'_>,
+        now_ms: u64,
+    ) -> Refreshed {
+        let refreshed = self.refresher.on_response(issuer, result, now_ms);
+        self.apply(issuer, &refreshed);
+        refreshed
+    }
+
+    /// A set fetched elsewhere at `fetched_ms` (another worker, a cache); see [`Refresher::adopt`].
+    pub fn adopt(&mut self, issuer: usize, body: &[u8], fetched_ms: u64, now_ms: u64) -> Refreshed {
+        let refreshed = self.refresher.adopt(issuer, body, fetched_ms, now_ms);
+        self.apply(issuer, &refreshed);
+        refreshed
+    }
+
+    /// Installs a JWKS the host obtained by other means as fetched at `now_ms` (no back-off on error); the
+    /// old set stays on error.
     pub fn install(
         &mut self,
         index: usize,
         jwks: &[u8],
         now_ms: u64,
-    ) -> Result<Vec<SkippedKey>, KeyError> {
-        let Some(issuer) = self.issuers.get_mut(index) else {
-            return Err(KeyError::NotAKeySet);
-        };
-        let (set, skipped) = KeySet::parse(jwks, &issuer.algorithms, Strictness::Fetched)?;
-        issuer.keys = Some(Arc::new(set));
-        issuer.fetched_at_ms = Some(now_ms);
-        issuer.generation += 1;
-        Ok(skipped)
+    ) -> Result<Vec<SkippedKey>, RefreshError> {
+        let refreshed = self.refresher.install(index, jwks, now_ms)?;
+        self.apply(index, &refreshed);
+        Ok(match refreshed {
+            Refreshed::Installed { skipped, .. } => skipped,
+            _ => Vec::new(),
+        })
     }
 
-    /// Marks a successful fetch whose content did not change (e.g. 304), extending freshness.
-    pub fn touch(&mut self, index: usize, now_ms: u64) {
-        if let Some(issuer) = self.issuers.get_mut(index) {
-            if issuer.keys.is_some() {
-                issuer.fetched_at_ms = Some(now_ms);
+    fn apply(&mut self, index: usize, refreshed: &Refreshed) {
+        let Some(issuer) = self.issuers.get_mut(index) else {
+            return;
+        };
+        match refreshed {
+            Refreshed::Installed {
+                set, fetched_ms, ..
+            } => {
+                issuer.keys = Some(Arc::clone(set));
+                issuer.fetched_at_ms = Some(*fetched_ms);
+                issuer.generation += 1;
             }
+            Refreshed::Unchanged { fetched_ms } if issuer.keys.is_some() => {
+                issuer.fetched_at_ms = Some(*fetched_ms);
+            }
+            _ => {}
         }
     }
 
-    /// Remote issuers whose periodic refresh is due (never fetched, or older than `refresh`).
+    /// Remote issuers a fetch is due for (see [`Refresher::due`]).
     pub fn refresh_due(&self, now_ms: u64) -> Vec<usize> {
-        self.issuers
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| match (&i.source, i.fetched_at_ms) {
-                (KeySource::Remote { .. }, None) => true,
-                (KeySource::Remote { refresh_ms, .. }, Some(at)) => {
-                    now_ms.saturating_sub(at) >= *refresh_ms
-                }
-                (KeySource::Inline, _) => false,
-            })
-            .map(|(n, _)| n)
-            .collect()
+        self.refresher.due(now_ms)
     }
 
-    /// Debounced refetch on an unknown `kid`: true at most once per `min_refetch` window per issuer.
+    /// Debounced refetch on an unknown `kid` (see [`Refresher::want_refetch`]).
     pub fn claim_refetch(&mut self, index: usize, now_ms: u64) -> bool {
-        let Some(issuer) = self.issuers.get_mut(index) else {
-            return false;
-        };
-        let KeySource::Remote { min_refetch_ms, .. } = issuer.source else {
-            return false;
-        };
-        if issuer
-            .last_refetch_ms
-            .is_some_and(|last| now_ms.saturating_sub(last) < min_refetch_ms)
-        {
-            return false;
-        }
-        issuer.last_refetch_ms = Some(now_ms);
-        true
+        self.refresher.want_refetch(index, now_ms)
     }
 
     fn usable(issuer: &IssuerKeys, now_ms: u64) -> Option<&Arc<KeySet>> {
-        match (&issuer.source, issuer.fetched_at_ms) {
-            (KeySource::Inline, _) => issuer.keys.as_ref(),
-            (KeySource::Remote { max_stale_ms, .. }, Some(at))
-                if now_ms.saturating_sub(at) <= *max_stale_ms =>
-            {
-                issuer.keys.as_ref()
-            }
-            (KeySource::Remote { .. }, _) => None,
+        // The one staleness policy (`Schedule::serves`): past it, fail closed.
+        match (Schedule::of(&issuer.source), issuer.fetched_at_ms) {
+            (None, _) => issuer.keys.as_ref(),
+            (Some(schedule), Some(at)) if schedule.serves(at, now_ms) => issuer.keys.as_ref(),
+            (Some(_), _) => None,
         }
     }
 

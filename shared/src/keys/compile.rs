@@ -1,4 +1,5 @@
-//! Reading keys: one JWK into a `PublicKey` with every weak-key check, a JWKS into a `KeySet`, and why a key was refused.
+//! Reading keys: one JWK into a `PublicKey` with every weak-key check, a JWKS into a `KeySet`, and why a
+//! key was refused.
 
 use core::fmt;
 

@@ -1,4 +1,5 @@
-//! What a policy says about keys: the algorithms, where an issuer's keys come from, how strictly a set is read, the accepted `typ`.
+//! What a policy says about keys: the algorithms, where an issuer's keys come from, how strictly a set is
+//! read, the accepted `typ`.
 
 use core::fmt;
 

@@ -14,7 +14,7 @@ pub use crate::reply::is_filtered_status;
 pub use pending::{Limiter, PendingLimit, PendingSignature};
 pub use request::{
     is_identity_header, Allowed, Body, Decision, Denied, ListFilter, Outcome, Request, Step,
-    ToolsListFilter, Verification, IDENTITY_HEADER_PREFIX,
+    ToolsListFilter, Verification, BODY_WAIT_MS, IDENTITY_HEADER_PREFIX,
 };
 
 use std::sync::Arc;

@@ -42,6 +42,10 @@ pub enum Body<'a> {
     Held,
 }
 
+/// How long a host that paused a request for its body waits for the first of it; then the request is
+/// decided without one (refused: a paused request never passes without its body).
+pub const BODY_WAIT_MS: u64 = 3000;
+
 /// Who checks the token's signature.
 #[derive(Debug, Clone, Copy)]
 pub enum Verification<'a> {

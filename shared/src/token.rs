@@ -82,7 +82,7 @@ pub enum TokenError {
         issuer: String,
     },
     Signature,
-    /// Hybrid mode: the host's verifier (Envoy `jwt_authn`) did not attest this very token for this request.
+    /// Host-verified mode: the host's verifier (Envoy `jwt_authn`) did not attest this very token for this request.
     HostUnverified {
         detail: &'static str,
     },
@@ -804,7 +804,7 @@ fn read_act_chain(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError
     Ok(chain)
 }
 
-/// A host's attestation that its own verifier checked the signature of one exact token (hybrid mode: Envoy's
+/// A host's attestation that its own verifier checked the signature of one exact token (host-verified mode: Envoy's
 /// `jwt_authn` verifies, txngate applies every other rule). It can only be made by comparing the claims the
 /// host's verifier published for this request with the token's own payload, so a host that did not verify
 /// (filter missing, rule not matching, token read from another header) can never produce one: the gate then

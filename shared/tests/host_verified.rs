@@ -1,4 +1,4 @@
-//! Hybrid mode: the host's verifier checked the signature and attests it (`HostVerified`); the gate applies
+//! Host-verified mode: the host's verifier checked the signature and attests it (`HostVerified`); the gate applies
 //! every other rule, and fails closed whenever the attestation is missing or is not for this token.
 #![allow(
     clippy::unwrap_used,
@@ -37,7 +37,7 @@ fn claims() -> Value {
            "req_wl": "spiffe://trust.example/agent/a", "act": {"sub": "spiffe://trust.example/agent/a"}})
 }
 
-/// A token whose signature is garbage: in hybrid mode only the attestation vouches for it.
+/// A token whose signature is garbage: in host-verified mode only the attestation vouches for it.
 fn token(claims: &Value) -> String {
     let header = json!({"alg": "EdDSA", "typ": "txntoken+jwt", "kid": "ed"});
     format!(
@@ -97,7 +97,7 @@ fn attested_token_is_allowed_without_the_gate_checking_its_signature() {
 }
 
 #[test]
-fn the_gate_checks_the_signature_natively_without_hybrid() {
+fn the_gate_checks_the_signature_natively_without_host_verification() {
     let mut gate = gate();
     let tok = token(&claims());
     let headers = vec![("txn-token".to_string(), tok)];

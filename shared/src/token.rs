@@ -260,6 +260,9 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {}
 
+/// Deepest nesting of a token's claims (and of a host verifier's copy of them).
+pub const MAX_CLAIMS_DEPTH: usize = 64;
+
 /// Header parameters txngate understands; anything else is ignored unless listed in `crit`.
 const EMBEDDED_KEY_MEMBERS: [&str; 4] = ["jku", "jwk", "x5u", "x5c"];
 
@@ -470,7 +473,12 @@ fn check_header(
 
 /// Claims of a token whose signature verified and whose claims are well-formed. Time is checked separately
 /// ([`VerifiedToken::check_time`]) because a cached token is re-checked on every use. Made only by
-/// [`UntrustedToken::into_verified`]; read through its getters.
+/// [`UntrustedToken::into_verified`]; read through its getters. Outside the crate, none can be made:
+///
+/// ```compile_fail
+/// use txngate_core::token::VerifiedToken;
+/// let forged = VerifiedToken { sub: "admin".into(), ..todo!() };
+/// ```
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
     claims: Map<String, Value>,
@@ -520,7 +528,7 @@ impl UntrustedToken<'_> {
         now_ms: u64,
     ) -> Result<VerifiedToken, TokenError> {
         let payload = self.payload()?;
-        let claims = match parse_strict(&payload, 64) {
+        let claims = match parse_strict(&payload, MAX_CLAIMS_DEPTH) {
             Ok(Value::Object(map)) => map,
             Ok(_) => {
                 return Err(TokenError::Claims {
@@ -832,7 +840,7 @@ impl HostVerified {
         let raw = raw.trim_matches([' ', '\t']);
         let untrusted = UntrustedToken::parse(raw, max_bytes)?;
         let payload = untrusted.payload()?;
-        let claims = parse_strict(&payload, 64).map_err(|e| TokenError::Claims {
+        let claims = parse_strict(&payload, MAX_CLAIMS_DEPTH).map_err(|e| TokenError::Claims {
             detail: e.to_string(),
         })?;
         if !same_claims(&claims, verified) {

@@ -1277,3 +1277,56 @@ fn routing_headers_through_the_gate() {
         }
     }
 }
+
+/// One driver: `decide` counts a remote limit on its limiter (no rate limit service here), `drive` hands
+/// it back to the host as a step, and every `resume_*` returns a step the driver can go on from.
+#[test]
+fn the_driver_counts_a_remote_limit_or_hands_it_back() {
+    let mut p = policy();
+    p["tools"]["send_email"]["rate_limit"] =
+        json!({"key": "agent", "limit": 1, "period_seconds": 60, "remote": {}});
+    p["rate_limit_service"] = json!({"cluster": "ratelimit", "domain": "txngate"});
+    let tok = token(&claims());
+    let req = Req::mcp(&tok, send_email());
+
+    let mut gate = gate_with(&p);
+    let mut store = MemoryStore::new();
+    let first = gate.decide(
+        &req.request(),
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        &mut store,
+    );
+    assert_eq!(first.decision.reason(), "allow");
+    let second = gate.decide(
+        &req.request(),
+        NOW * 1000 + 1,
+        txngate_core::Verification::Core,
+        &mut store,
+    );
+    assert_eq!(second.decision.reason(), "ratelimit.exceeded");
+
+    let mut gate = gate_with(&p);
+    let step = gate.evaluate(&req.request(), NOW * 1000, txngate_core::Verification::Core);
+    let Step::ConsultLimiter(pending) = gate.drive(
+        step,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    ) else {
+        panic!("a remote limit comes back to the host")
+    };
+    assert!(pending.remote().is_some());
+    let refused = Err(StoreError::Backend {
+        detail: "the service did not answer".into(),
+    });
+    let step = gate.resume_limit(*pending, refused);
+    let Step::Done(o) = gate.drive(
+        step,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    ) else {
+        panic!("the limit was the last step")
+    };
+    assert_eq!(o.decision.status(), 503);
+    assert!(o.reply_to.is_mcp());
+}

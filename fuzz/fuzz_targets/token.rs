@@ -93,7 +93,12 @@ fn decide(raw: &str, body: &[u8]) {
         let mut gate = gate()
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        gate.decide(&request, NOW_MS, Verification::Core, &mut MemoryStore::new())
+        gate.decide(
+            &request,
+            NOW_MS,
+            Verification::Core,
+            &mut MemoryStore::new(),
+        )
     };
     let d = &outcome.decision;
     match d {
@@ -123,10 +128,10 @@ fn decide(raw: &str, body: &[u8]) {
             "token in the audit line"
         );
         assert!(
-            !d.body.as_deref().unwrap_or("").contains(trimmed),
+            !d.body().unwrap_or("").contains(trimmed),
             "token in the body"
         );
-        for (k, v) in d.response_headers.iter().chain(&d.upstream_headers) {
+        for (k, v) in d.response_headers().iter().chain(d.upstream_headers()) {
             assert!(!v.contains(trimmed), "token in header {k}");
         }
     }

@@ -293,15 +293,7 @@ fn decode_value(message: &[u8], depth: usize) -> Result<Value, Malformed> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-
-    /// The configuration as the plugin reads it, reduced to this module's part.
-    fn split_config(
-        config: &[u8],
-    ) -> Result<(Vec<u8>, Option<JwtAuthn>), crate::plugin::PluginError> {
-        crate::plugin::PluginConfig::parse(config).map(|c| (c.policy, c.host_verified))
-    }
     use serde_json::json;
 
     fn varint(mut v: u64, out: &mut Vec<u8>) {
@@ -376,33 +368,7 @@ mod tests {
     }
 
     fn jwt_authn() -> JwtAuthn {
-        let config = br#"{"host_verified_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
-        let (policy, jwt_authn) = split_config(config).unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Value>(&policy).unwrap(),
-            json!({"trust_domain": "t"})
-        );
-        jwt_authn.unwrap()
-    }
-
-    #[test]
-    fn the_first_spelling_is_accepted_and_both_are_refused() {
-        let legacy =
-            br#"{"hybrid_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
-        let (policy, jwt_authn) = split_config(legacy).unwrap();
-        assert_eq!(policy, br#"{"trust_domain":"t"}"#.to_vec());
-        assert_eq!(jwt_authn, Some(jwt_authn_default()));
-        let both = br#"{"hybrid_jwt_authn": {"payload_in_metadata": "a"}, "host_verified_jwt_authn": {"payload_in_metadata": "a"}}"#;
-        assert!(split_config(both).is_err());
-        let bad = split_config(br#"{"hybrid_jwt_authn": {}}"#).unwrap_err();
-        assert!(bad.to_string().starts_with("hybrid_jwt_authn."), "{bad}");
-    }
-
-    fn jwt_authn_default() -> JwtAuthn {
-        JwtAuthn {
-            namespace: JWT_AUTHN_NAMESPACE.to_string(),
-            payload_key: "txn_payload".to_string(),
-        }
+        from_value(CONFIG_KEY, json!({"payload_in_metadata": "txn_payload"})).unwrap()
     }
 
     #[test]
@@ -432,18 +398,5 @@ mod tests {
         let mut truncated = metadata(JWT_AUTHN_NAMESPACE, "txn_payload", &json!({"sub": "a"}));
         truncated.pop();
         assert!(h.verified_payload(&truncated).is_none());
-    }
-
-    #[test]
-    fn configuration_without_the_key_passes_untouched_and_bad_ones_fail() {
-        let (policy, jwt_authn) = split_config(br#"{"trust_domain":"t"}"#).unwrap();
-        assert_eq!(policy, br#"{"trust_domain":"t"}"#);
-        assert!(jwt_authn.is_none());
-        assert!(split_config(br#"{"hybrid_jwt_authn": {}}"#).is_err());
-        assert!(split_config(br#"{"hybrid_jwt_authn": {"payload_in_metadata": ""}}"#).is_err());
-        assert!(
-            split_config(br#"{"hybrid_jwt_authn": {"payload_in_metadata": "p", "x": 1}}"#).is_err()
-        );
-        assert!(split_config(br#"{"hybrid_jwt_authn": true}"#).is_err());
     }
 }

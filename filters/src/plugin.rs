@@ -106,3 +106,145 @@ impl PluginConfig {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    mod sink {
+        use super::super::*;
+
+        /// The configuration as the plugin reads it, reduced to this module's part.
+        fn split_config(config: &[u8]) -> Result<(Vec<u8>, AuditSink), PluginError> {
+            PluginConfig::parse(config).map(|c| (c.policy, c.sink))
+        }
+
+        #[test]
+        fn absent_key_leaves_the_configuration_alone() {
+            let config = br#"{"trust_domain": "t"}"#;
+            assert_eq!(
+                split_config(config).unwrap(),
+                (config.to_vec(), AuditSink::Log)
+            );
+        }
+
+        #[test]
+        fn filter_state_is_split_off() {
+            let (rest, sink) =
+                split_config(br#"{"audit_sink": "filter_state", "trust_domain": "t"}"#).unwrap();
+            assert_eq!(sink, AuditSink::FilterState);
+            assert_eq!(rest, br#"{"trust_domain":"t"}"#.to_vec());
+            let (_, sink) = split_config(br#"{"audit_sink": "log"}"#).unwrap();
+            assert_eq!(sink, AuditSink::Log);
+        }
+
+        #[test]
+        fn anything_else_is_refused() {
+            for bad in [
+                &br#"{"audit_sink": "none"}"#[..],
+                br#"{"audit_sink": null}"#,
+                br#"{"audit_sink": 1}"#,
+                br#"{"audit_sink": "LOG"}"#,
+                br#"{"audit_sink": "filter_state""#,
+            ] {
+                assert!(
+                    split_config(bad).is_err(),
+                    "{}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
+        }
+    }
+
+    mod mode {
+        use super::super::*;
+
+        /// The configuration as the plugin reads it, reduced to this module's part.
+        fn split_config(config: &[u8]) -> Result<(Vec<u8>, BodyMode), PluginError> {
+            PluginConfig::parse(config).map(|c| (c.policy, c.body_mode))
+        }
+
+        #[test]
+        fn absent_key_holds_the_body_and_leaves_the_configuration_alone() {
+            let config = br#"{"trust_domain": "t"}"#;
+            assert_eq!(
+                split_config(config).unwrap(),
+                (config.to_vec(), BodyMode::HoldBody)
+            );
+        }
+
+        #[test]
+        fn the_key_is_split_off() {
+            let (rest, mode) =
+                split_config(br#"{"pause_at_headers": true, "trust_domain": "t"}"#).unwrap();
+            assert_eq!(mode, BodyMode::PauseAtHeaders);
+            assert_eq!(rest, br#"{"trust_domain":"t"}"#.to_vec());
+            let (rest, mode) = split_config(br#"{"pause_at_headers": false}"#).unwrap();
+            assert_eq!((rest, mode), (b"{}".to_vec(), BodyMode::HoldBody));
+        }
+
+        #[test]
+        fn anything_but_a_boolean_is_refused() {
+            for bad in [
+                &br#"{"pause_at_headers": "true"}"#[..],
+                br#"{"pause_at_headers": 1}"#,
+                br#"{"pause_at_headers": null}"#,
+                br#"{"pause_at_headers": true"#,
+            ] {
+                assert!(
+                    split_config(bad).is_err(),
+                    "{}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
+        }
+    }
+
+    mod host_verified {
+        use super::super::*;
+
+        fn split_config(config: &[u8]) -> Result<(Vec<u8>, Option<JwtAuthn>), PluginError> {
+            PluginConfig::parse(config).map(|c| (c.policy, c.host_verified))
+        }
+
+        #[test]
+        fn split_off_and_the_rest_kept() {
+            let config = br#"{"host_verified_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
+            let (policy, jwt_authn) = split_config(config).unwrap();
+            assert_eq!(
+                serde_json::from_slice::<Value>(&policy).unwrap(),
+                serde_json::json!({"trust_domain": "t"})
+            );
+            assert_eq!(jwt_authn.unwrap().payload_key, "txn_payload");
+        }
+
+        #[test]
+        fn the_first_spelling_is_accepted_and_both_are_refused() {
+            let legacy = br#"{"hybrid_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
+            let (policy, jwt_authn) = split_config(legacy).unwrap();
+            assert_eq!(policy, br#"{"trust_domain":"t"}"#.to_vec());
+            assert_eq!(jwt_authn.unwrap().payload_key, "txn_payload");
+            let both = br#"{"hybrid_jwt_authn": {"payload_in_metadata": "a"}, "host_verified_jwt_authn": {"payload_in_metadata": "a"}}"#;
+            assert!(split_config(both).is_err());
+            // A mistake is reported under the spelling the configuration used.
+            let bad = split_config(br#"{"hybrid_jwt_authn": {}}"#).unwrap_err();
+            assert!(bad.to_string().starts_with("hybrid_jwt_authn."), "{bad}");
+        }
+
+        #[test]
+        fn configuration_without_the_key_passes_untouched_and_bad_ones_fail() {
+            let (policy, jwt_authn) = split_config(br#"{"trust_domain":"t"}"#).unwrap();
+            assert_eq!(policy, br#"{"trust_domain":"t"}"#);
+            assert!(jwt_authn.is_none());
+            for key in ["host_verified_jwt_authn", "hybrid_jwt_authn"] {
+                for value in [
+                    "{}",
+                    r#"{"payload_in_metadata": ""}"#,
+                    r#"{"payload_in_metadata": "p", "x": 1}"#,
+                    "true",
+                ] {
+                    let config = format!(r#"{{"{key}": {value}}}"#);
+                    assert!(split_config(config.as_bytes()).is_err(), "{config}");
+                }
+            }
+        }
+    }
+}

@@ -265,12 +265,6 @@ impl<D: SharedData> RateLimitStore for SharedStore<'_, D> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use std::cell::RefCell;
     use std::collections::BTreeMap;

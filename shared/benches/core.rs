@@ -4,12 +4,7 @@
 //! `TXNGATE_BENCH_QUICK=1` shortens warm-up and measurement (the `--quick` smoke run);
 //! `TXNGATE_BENCH_FILTER=substring` builds only matching cases (building the 100,000-bucket curve point or an
 //! RSA key takes a moment).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::panic)] // test helpers (clippy.toml: #[test] fns)
 
 use std::hint::black_box;
 use std::time::Duration;

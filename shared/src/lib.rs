@@ -24,6 +24,7 @@ pub mod reply;
 pub mod resource;
 pub mod rls;
 pub mod rls_wire;
+pub mod rule;
 pub mod scope;
 pub mod token;
 

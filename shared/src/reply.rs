@@ -187,7 +187,6 @@ impl Failure {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn body(reply: &Reply) -> Value {

@@ -403,7 +403,6 @@ pub fn encode_response(response: &RateLimitResponse) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -883,12 +883,6 @@ fn same_claims(a: &Value, b: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::encoding::encode_b64url;
     use proptest::prelude::*;

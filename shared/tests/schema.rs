@@ -1,11 +1,5 @@
 //! The published JSON Schema is generated from the policy types; this proves the checked-in copy is current,
 //! and that the shipped example policies compile.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use txngate_core::Policy;
 

@@ -191,7 +191,6 @@ pub(crate) fn pairs_to_headers(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(String, S
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

@@ -3,11 +3,11 @@
 //!
 //!     cargo test -p txngate-harness --test filter_gate
 #![allow(
-    clippy::unwrap_used,
     clippy::expect_used,
+    clippy::indexing_slicing,
     clippy::panic,
-    clippy::indexing_slicing
-)]
+    clippy::unwrap_used
+)] // test helpers (clippy.toml: #[test] fns)
 
 mod filter_data;
 

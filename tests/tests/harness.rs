@@ -1,10 +1,5 @@
 //! Tests of the harness itself, driving the probe filter fixture (tests/fixtures/probe-filter).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::expect_used)] // test helpers (clippy.toml: #[test] fns)
 
 mod common;
 

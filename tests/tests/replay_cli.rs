@@ -1,10 +1,5 @@
 //! The `txngate-harness replay` command on the probe filter.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers (clippy.toml: #[test] fns)
 
 mod common;
 

@@ -381,7 +381,6 @@ fn serde_wasm(value: wasm_bindgen::JsValue) -> Option<Stored> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

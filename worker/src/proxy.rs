@@ -15,7 +15,7 @@ use web_sys::{Headers, ReadableStream, RequestInit, RequestRedirect, ResponseIni
 
 use crate::body::{declared_length, read_capped, Capped};
 use crate::config::Config;
-use crate::jwks::js_error;
+use crate::error::js_error;
 
 /// Request headers never forwarded: hop-by-hop ones, and those the runtime sets from the new request.
 const NOT_FORWARDED: [&str; 9] = [

@@ -14,6 +14,7 @@
 
 mod core_bench;
 mod report;
+mod system;
 mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -213,7 +214,6 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn args(s: &str) -> Vec<String> {

@@ -277,12 +277,6 @@ mod es256 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::compile::big_endian_bits;
     use super::*;
     use serde_json::json;

@@ -293,6 +293,25 @@ const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
 const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
 const SUBSCRIPTIONS_LISTEN: &str = "subscriptions/listen";
 
+/// What a call acts on: the MCP primitive a rule is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Tool,
+    Prompt,
+    Resource,
+}
+
+impl Kind {
+    /// The noun used in reasons (`tool.scope`), audit fields and messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Tool => "tool",
+            Self::Prompt => "prompt",
+            Self::Resource => "resource",
+        }
+    }
+}
+
 /// The list methods whose results are filtered per caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListKind {
@@ -759,12 +778,6 @@ pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> 
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

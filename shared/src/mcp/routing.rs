@@ -211,7 +211,6 @@ fn mismatch(header: &'static str, header_value: &str, body_value: &str) -> McpEr
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use crate::mcp::parse_message;
     use proptest::prelude::*;

@@ -4,9 +4,9 @@ use core::fmt;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::agents::AgentPattern;
-use crate::authorization::Kind;
 use crate::json::{escape_pointer_token, JsonError};
 use crate::keys::{Algorithm, KeyError, KeyRing, KeySet, KeySource, Strictness};
+use crate::mcp::Kind;
 use crate::names::{self, NamedRules};
 use crate::ratelimit::LimitRule;
 use crate::resource::ResourceRules;
@@ -108,7 +108,7 @@ impl Policy {
                 "must be at least 1",
             ));
         }
-        let rate_limit_service = crate::rls::compile_service(&spec)?;
+        let rate_limit_service = remote::compile_service(&spec)?;
         Ok(Self {
             trust_domain: spec.trust_domain.clone(),
             token,
@@ -326,7 +326,7 @@ impl Policy {
                     .into(),
             });
         }
-        out.extend(crate::rls::warnings(&self.spec));
+        out.extend(remote::warnings(&self.spec));
         out
     }
 }
@@ -530,7 +530,7 @@ fn compile_limit(
         key: rl.key,
         rule,
         on_store_error: rl.on_store_error,
-        remote: crate::rls::compile_rule(kind, at, rl)?,
+        remote: remote::compile_rule(kind, at, rl)?,
     }))
 }
 

@@ -4,6 +4,7 @@
 //! field, so a bad policy never reaches traffic.
 
 mod compile;
+mod remote;
 mod spec;
 
 pub use crate::agents::Agents;
@@ -11,60 +12,16 @@ use compile::pointer_from_path;
 pub use compile::{PolicyError, PolicyWarning};
 pub use spec::*;
 
+pub use crate::rule::{Constraint, Effect, LimitKey, Mode, Rule, RuleLimit, StoreErrorPolicy};
+
 use crate::json::parse_strict;
 use crate::keys::KeyRing;
 use crate::names::{NameMatch, NamedRules};
-use crate::ratelimit::LimitRule;
 use crate::resource::ResourceRules;
 
 // ---------------------------------------------------------------------------------------------------------
 // Compiled form
 // ---------------------------------------------------------------------------------------------------------
-
-/// An argument check of a tool or prompt rule.
-#[derive(Debug, Clone)]
-pub struct Constraint {
-    pub argument: String,
-    pub claim: String,
-}
-
-/// A rate limit attached to a rule.
-#[derive(Debug, Clone)]
-pub struct RuleLimit {
-    pub key: LimitKey,
-    pub rule: LimitRule,
-    pub on_store_error: StoreErrorPolicy,
-    /// Counted by the rate limit service ([`crate::rls`]).
-    pub remote: Option<crate::rls::RemoteLimit>,
-}
-
-/// One compiled tool, prompt or resource rule.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    /// The rule's key in the policy (`send_email`, `file:///docs/**`, or `*`).
-    pub name: String,
-    pub effect: Effect,
-    pub scopes: Vec<String>,
-    /// Always empty for resource rules.
-    pub constraints: Vec<Constraint>,
-    pub limit: Option<RuleLimit>,
-    pub mode: Mode,
-}
-
-#[cfg(test)]
-impl Rule {
-    /// A plain allowing rule under `name`, for the unit tests of the rule tables.
-    pub(crate) fn allowing(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            effect: Effect::Allow,
-            scopes: Vec::new(),
-            constraints: Vec::new(),
-            limit: None,
-            mode: Mode::Enforce,
-        }
-    }
-}
 
 /// Token bounds in the units the request path uses.
 #[derive(Debug, Clone)]
@@ -165,12 +122,6 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::agents::PATTERN_SCAN_MAX;
     use crate::json::JsonError;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::keys::Algorithm;
+use crate::rule::{Effect, LimitKey, Mode, StoreErrorPolicy};
 
 /// txngate policy: how Transaction Tokens are validated and which agent may call which MCP tool.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -300,22 +301,6 @@ pub struct ResourceSpec {
     pub constraints: Option<Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Effect {
-    #[default]
-    Allow,
-    Deny,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    DryRun,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConstraintSpec {
@@ -346,33 +331,6 @@ pub struct RateLimitSpec {
     /// this Envoy's shared data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<crate::rls::RemoteLimitSpec>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitKey {
-    #[default]
-    Agent,
-    Sub,
-    Tool,
-}
-
-impl LimitKey {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Agent => "agent",
-            Self::Sub => "sub",
-            Self::Tool => "tool",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreErrorPolicy {
-    #[default]
-    Deny,
-    Allow,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

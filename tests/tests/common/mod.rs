@@ -1,5 +1,5 @@
 //! Shared test helpers: builds the probe filter fixture once per test binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,12 +1,6 @@
 //! Shared pieces of the filter's harness tests (tests/tests/filter_*.rs): the built filter, a host over it,
 //! the test policy, MCP request builders, and the pre-minted tokens of `tokens.rs`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    dead_code
-)]
+#![allow(dead_code)]
 
 pub mod tokens;
 

@@ -3,7 +3,6 @@
 //!
 //!     cargo build --release -p txngate-verify-bench --target wasm32-wasip1
 //!     cargo run --release -p txngate-verify-bench [ITERATIONS]
-#![allow(clippy::print_stdout)]
 
 /// The runner is a native program; in a wasm build only the library (the timed module) matters.
 #[cfg(target_arch = "wasm32")]

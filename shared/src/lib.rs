@@ -23,6 +23,7 @@ pub mod rls;
 pub mod rls_wire;
 pub mod scope;
 pub mod token;
+pub mod wimse;
 
 pub use audit::AuditRecord;
 pub use gate::{

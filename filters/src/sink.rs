@@ -34,14 +34,12 @@ pub enum AuditSink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SinkError {
-    Json { detail: String },
     Value { found: String },
 }
 
 impl core::fmt::Display for SinkError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Json { detail } => write!(f, "plugin configuration is not JSON: {detail}"),
             Self::Value { found } => write!(
                 f,
                 "{CONFIG_KEY} must be \"log\" or \"filter_state\", not {found}"
@@ -50,38 +48,26 @@ impl core::fmt::Display for SinkError {
     }
 }
 
-/// Splits the `audit_sink` key off the plugin configuration. Without the key, the configuration is returned
-/// untouched and the sink is `log`.
-pub fn split_config(config: &[u8]) -> Result<(Vec<u8>, AuditSink), SinkError> {
-    // Cheap test first: most configurations do not set it and are passed on byte for byte.
-    if !config
-        .windows(CONFIG_KEY.len())
-        .any(|w| w == CONFIG_KEY.as_bytes())
-    {
-        return Ok((config.to_vec(), AuditSink::Log));
+/// Reads the value of the `audit_sink` key (see [`crate::plugin`]).
+pub fn from_value(value: Value) -> Result<AuditSink, SinkError> {
+    match value.as_str() {
+        Some("log") => Ok(AuditSink::Log),
+        Some("filter_state") => Ok(AuditSink::FilterState),
+        _ => Err(SinkError::Value {
+            found: value.to_string(),
+        }),
     }
-    let mut doc: Value = serde_json::from_slice(config).map_err(|e| SinkError::Json {
-        detail: e.to_string(),
-    })?;
-    let Some(value) = doc.as_object_mut().and_then(|o| o.remove(CONFIG_KEY)) else {
-        return Ok((config.to_vec(), AuditSink::Log));
-    };
-    let sink = match value.as_str() {
-        Some("log") => AuditSink::Log,
-        Some("filter_state") => AuditSink::FilterState,
-        _ => {
-            return Err(SinkError::Value {
-                found: value.to_string(),
-            })
-        }
-    };
-    Ok((doc.to_string().into_bytes(), sink))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    /// The configuration as the plugin reads it, reduced to this module's part.
+    fn split_config(config: &[u8]) -> Result<(Vec<u8>, AuditSink), crate::plugin::PluginError> {
+        crate::plugin::PluginConfig::parse(config).map(|c| (c.policy, c.sink))
+    }
 
     #[test]
     fn absent_key_leaves_the_configuration_alone() {

@@ -211,15 +211,27 @@ fn public_jwk(key: &PrivateJwk) -> Value {
             let point = sk.verifying_key().to_encoded_point(false);
             jwk.insert("kty".into(), "EC".into());
             jwk.insert("crv".into(), "P-256".into());
-            jwk.insert("x".into(), encode_b64url(point.x().map_or(&[][..], |x| &x[..])).into());
-            jwk.insert("y".into(), encode_b64url(point.y().map_or(&[][..], |y| &y[..])).into());
+            jwk.insert(
+                "x".into(),
+                encode_b64url(point.x().map_or(&[][..], |x| &x[..])).into(),
+            );
+            jwk.insert(
+                "y".into(),
+                encode_b64url(point.y().map_or(&[][..], |y| &y[..])).into(),
+            );
         }
         SigningKey::P384(sk) => {
             let point = sk.verifying_key().to_encoded_point(false);
             jwk.insert("kty".into(), "EC".into());
             jwk.insert("crv".into(), "P-384".into());
-            jwk.insert("x".into(), encode_b64url(point.x().map_or(&[][..], |x| &x[..])).into());
-            jwk.insert("y".into(), encode_b64url(point.y().map_or(&[][..], |y| &y[..])).into());
+            jwk.insert(
+                "x".into(),
+                encode_b64url(point.x().map_or(&[][..], |x| &x[..])).into(),
+            );
+            jwk.insert(
+                "y".into(),
+                encode_b64url(point.y().map_or(&[][..], |y| &y[..])).into(),
+            );
         }
         SigningKey::Rsa(sk, _) => {
             let public = sk.as_ref().as_ref().to_public_key();

@@ -94,6 +94,11 @@ impl Gate {
         if ctx.audit.issuer.is_none() {
             ctx.audit.issuer = self.keys.issuer(token.issuer).map(|i| i.name.clone());
         }
+        // The caller the delegation rules bind (mTLS peer or WIMSE proof), proven first.
+        let mut ctx = match self.prove_caller(ctx, &token) {
+            Ok(ctx) => ctx,
+            Err(step) => return *step,
+        };
         let delegation = match delegation::evaluate(
             &self.policy,
             &token.scope,

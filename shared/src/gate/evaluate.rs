@@ -30,13 +30,18 @@ impl Gate {
         // What the body would be checked against comes later, in the full decision.
         ctx.message = None;
         ctx.rpc_id = None;
+        if let Some(proof) = ctx.wimse.as_mut() {
+            proof.check_only();
+        }
         let mut step = self.evaluate_token(ctx, request, now_ms, attestation);
         loop {
             step = match step {
                 Step::Done(outcome) => return *outcome,
                 Step::VerifySignature(pending) => {
                     // In hybrid mode the host's verifier must have covered the token: never checked here.
-                    let valid = attestation.is_none() && pending.verify_native();
+                    // A WIMSE proof's signatures are always the core's to check.
+                    let valid = (attestation.is_none() || pending.is_workload_proof())
+                        && pending.verify_native();
                     self.resume_signature(*pending, valid)
                 }
                 // Not produced without a message; if it were, nothing may pass on it.
@@ -173,6 +178,9 @@ impl Gate {
 
     /// Continues after the host checked a signature.
     pub fn resume_signature(&mut self, pending: PendingSignature, valid: bool) -> Step {
+        if pending.is_workload_proof() {
+            return self.resume_proof(pending, valid);
+        }
         let PendingSignature {
             ctx, raw, issuer, ..
         } = pending;
@@ -258,6 +266,7 @@ impl Gate {
             audit,
             refetch: None,
             rpc_code: None,
+            wimse: self.gather_proof(request),
         }
     }
 

@@ -8,6 +8,7 @@ mod evaluate;
 mod keys;
 mod pending;
 mod request;
+mod wimse;
 
 pub use pending::{Limiter, PendingLimit, PendingSignature};
 pub use request::{
@@ -41,6 +42,8 @@ struct Context {
     refetch: Option<usize>,
     /// The JSON-RPC error code of an MCP refusal, when it is not the status's default.
     rpc_code: Option<i64>,
+    /// The WIMSE proof still to check, when the policy takes the caller from one ([`wimse`]).
+    wimse: Option<Box<wimse::ProofState>>,
 }
 
 /// The compiled policy, the key ring and the verified-token cache of one host instance (one Envoy VM, one
@@ -54,6 +57,8 @@ pub struct Gate {
     hashes: HashMemo,
     /// `policy.mcp.path_prefix` normalised once (every request compares against it).
     mcp_prefix: String,
+    /// WPT `jti`s seen within their validity (WIMSE replay window).
+    replay: crate::wimse::ReplayCache,
 }
 
 impl Gate {
@@ -61,12 +66,16 @@ impl Gate {
         let keys = policy.key_ring.clone();
         let cache = TokenCache::new(policy.token.cache_entries);
         let mcp_prefix = mcp::normalize_path(&policy.mcp.path_prefix);
+        let replay = crate::wimse::ReplayCache::new(
+            policy.wimse.as_ref().map_or(1, |w| w.replay_cache_entries),
+        );
         Self {
             policy: Arc::new(policy),
             keys,
             cache,
             hashes: HashMemo::default(),
             mcp_prefix,
+            replay,
         }
     }
 
@@ -155,8 +164,10 @@ impl Gate {
             step = match step {
                 Step::Done(outcome) => return Ok(*outcome),
                 Step::VerifySignature(pending) => {
-                    // Host-verified mode never asks; if it did, nothing verified the signature: refuse.
-                    let valid = attestation.is_none() && pending.verify_native();
+                    // Host-verified mode never asks for the token's; if it did, nothing verified it: refuse.
+                    // A WIMSE proof's signatures are always the core's to check.
+                    let valid = (attestation.is_none() || pending.is_workload_proof())
+                        && pending.verify_native();
                     self.resume_signature(*pending, valid)
                 }
                 Step::ConsultLimiter(pending) if pending.remote().is_some() => return Err(pending),
@@ -190,8 +201,12 @@ impl Gate {
         loop {
             step = match step {
                 Step::Done(outcome) => return *outcome,
-                // Not produced in host-verified mode; if it were, nothing verified it: refuse.
-                Step::VerifySignature(pending) => self.resume_signature(*pending, false),
+                // Not produced in host-verified mode for the token; if it were, nothing verified it: refuse.
+                // A WIMSE proof's signatures are always the core's to check.
+                Step::VerifySignature(pending) => {
+                    let valid = pending.is_workload_proof() && pending.verify_native();
+                    self.resume_signature(*pending, valid)
+                }
                 Step::ConsultLimiter(pending) => {
                     let result = limiter.consume(pending.key(), pending.rule(), pending.now_ms());
                     return self.resume_limit(*pending, result);

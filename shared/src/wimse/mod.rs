@@ -19,7 +19,8 @@ mod wpt;
 pub use error::WimseError;
 pub use replay::ReplayCache;
 pub use spec::{
-    compile, PeerBindingSpec, PeerSource, TrustDomain, TrustDomainSpec, WimseRules, WimseSpec,
+    compile, PeerBindingSpec, PeerSource, SpecError, TrustDomain, TrustDomainSpec, WimseRules,
+    WimseSpec,
 };
 pub use wit::{Wit, WitCheck};
 pub use wpt::{RequestBinding, Wpt, WptCheck};

@@ -20,6 +20,9 @@ pub enum PeerSource {
     /// A WIMSE proof on the request: a Workload-Identity-Token from a trust domain of the `wimse` section and
     /// a Workload-Proof-Token signed with its key, covering this request and its Txn-Token. Every host.
     Wimse,
+    /// The WIMSE proof when the request carries one, else the mTLS peer; when both are there they must name
+    /// the same workload. One policy for Envoy with mTLS and for edges without it.
+    MtlsOrWimse,
 }
 
 /// `peer_binding` in its object form: the mode and where the caller's identity comes from.

@@ -38,7 +38,7 @@ enum Stage {
         token: Arc<VerifiedToken>,
     },
     Wpt {
-        wit: Wit,
+        wit: Box<Wit>,
         check: WptCheck,
         token: Arc<VerifiedToken>,
     },
@@ -169,7 +169,11 @@ impl Gate {
                     Err(e) => self.deny_proof_step(ctx, &e),
                     Ok(check) => {
                         let mut pending = pending_for(ctx, check.jwt());
-                        state.stage = Stage::Wpt { wit, check, token };
+                        state.stage = Stage::Wpt {
+                            wit: Box::new(wit),
+                            check,
+                            token,
+                        };
                         pending.ctx.wimse = Some(state);
                         Step::VerifySignature(Box::new(pending))
                     }
@@ -212,7 +216,7 @@ impl Gate {
                 }
                 ctx.audit.caller = Some(wit.sub.clone());
                 ctx.audit.caller_proof = Some(ProvenBy::Wimse.name());
-                ctx.peer = Some(wit.sub);
+                ctx.peer = Some(wit.sub.clone());
                 self.authorize(ctx, token)
             }
         }

@@ -341,7 +341,7 @@ class Minter:
         cnf = wit_r.get("cnf", "wl-ed")
         argv = [str(self.cli), "wimse", "wit", "--key", str(KEYS_DIR / wit_r.get("key", "wit-ec") / "private.jwk"),
                 "--sub", sub, "--workload-key", str(KEYS_DIR / cnf / "private.jwk"),
-                "--ttl", str(wit_r.get("exp", DEFAULT_WIT_EXP)), "--now", str(now)]
+                f"--ttl={wit_r.get('exp', DEFAULT_WIT_EXP)}", "--now", str(now)]
         if wit_r.get("claims"):
             argv += ["--claims", json.dumps(wit_r["claims"])]
         if wit_r.get("header"):
@@ -350,7 +350,7 @@ class Minter:
         path = (case.request.get("path", "/mcp") if case is not None else "/mcp").split("?")[0].split("#")[0]
         argv = [str(self.cli), "wimse", "wpt", "--key", str(KEYS_DIR / wpt_r.get("key", cnf) / "private.jwk"),
                 "--wit", wit, "--aud", wpt_r.get("aud", WIMSE_ORIGIN + path), "--txn-token", token,
-                "--ttl", str(wpt_r.get("exp", DEFAULT_WPT_EXP)), "--now", str(now)]
+                f"--ttl={wpt_r.get('exp', DEFAULT_WPT_EXP)}", "--now", str(now)]
         if "jti" in wpt_r:
             argv += ["--jti", wpt_r["jti"]]
         if wpt_r.get("claims"):

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 use txngate_core::encoding::{decode_b64url, encode_b64url, sha256_hex};
 use txngate_core::ratelimit::MemoryStore;
-use txngate_core::{Algorithm, Body, Gate, Policy, Request, Verdict};
+use txngate_core::{Algorithm, Body, Gate, Policy, Request, Verification};
 
 #[derive(Parser)]
 #[command(
@@ -491,11 +491,11 @@ fn check(policy_path: &Path, input: &CheckInput) -> Result<ExitCode> {
         peer: input.peer.as_deref(),
     };
     let mut store = MemoryStore::new();
-    let mut last = Verdict::Deny;
+    let mut allowed = false;
     for _ in 0..input.repeat.max(1) {
-        let outcome = gate.decide(&request, now_ms, &mut store);
+        let outcome = gate.decide(&request, now_ms, Verification::Core, &mut store);
         let d = &outcome.decision;
-        last = d.verdict;
+        allowed = d.is_allowed();
         let headers_obj = |h: &[(String, String)]| {
             Value::Object(
                 h.iter()
@@ -506,11 +506,11 @@ fn check(policy_path: &Path, input: &CheckInput) -> Result<ExitCode> {
         let out = json!({
             "decision": {
                 "verdict": if d.is_allowed() { "allow" } else { "deny" },
-                "status": d.status,
-                "reason": d.reason,
-                "response_headers": headers_obj(&d.response_headers),
-                "upstream_headers": headers_obj(&d.upstream_headers),
-                "body": d.body.as_deref().map(|b| serde_json::from_str::<Value>(b).unwrap_or_else(|_| Value::String(b.to_string()))),
+                "status": d.status(),
+                "reason": d.reason(),
+                "response_headers": headers_obj(d.response_headers()),
+                "upstream_headers": headers_obj(d.upstream_headers()),
+                "body": d.body().map(|b| serde_json::from_str::<Value>(b).unwrap_or_else(|_| Value::String(b.to_string()))),
             },
             "audit": serde_json::to_value(&outcome.audit)?,
         });
@@ -520,7 +520,7 @@ fn check(policy_path: &Path, input: &CheckInput) -> Result<ExitCode> {
             println!("{}", human::line(&out));
         }
     }
-    Ok(if last == Verdict::Allow {
+    Ok(if allowed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

@@ -35,7 +35,7 @@
 //! record goes to one filter-state value for Envoy's access log instead (the cheaper sink). Failure behaviour
 //! in Envoy (trap, JWKS faults and bounds): docs/hardening.md.
 
-pub mod hybrid;
+pub mod host_verified;
 pub mod jwks;
 pub mod mode;
 pub mod plugin;
@@ -44,10 +44,8 @@ pub mod store;
 
 /// Root-context tick period (ms): JWKS refresh checks and the body watchdog.
 pub const TICK_MS: u64 = 500;
-/// A request paused for its body that got no body callback within this time is refused.
-pub const BODY_WAIT_MS: u64 = 3000;
-/// Largest `tools/list` response buffered for filtering; larger fails closed (502).
-pub const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
+/// The core's: a request paused for its body that got no body callback within this time is refused.
+pub use txngate_core::gate::BODY_WAIT_MS;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

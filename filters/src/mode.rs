@@ -1,5 +1,5 @@
 //! How the filter waits for the body of a request it must read (MCP POSTs): an adapter key of the plugin
-//! configuration, removed before the policy is compiled (like [`crate::sink`]'s and [`crate::hybrid`]'s), so
+//! configuration, removed before the policy is compiled (like [`crate::sink`]'s and [`crate::host_verified`]'s), so
 //! the policy, its schema and the Worker are unaffected.
 //!
 //! ```json

@@ -1,11 +1,11 @@
 //! The plugin configuration: the policy JSON plus the adapter's own keys ([`sink::CONFIG_KEY`],
-//! [`mode::CONFIG_KEY`], [`hybrid::CONFIG_KEY`]). It is read in one parse; the adapter keys are removed before
+//! [`mode::CONFIG_KEY`], [`host_verified::CONFIG_KEY`] or its first spelling). It is read in one parse; the adapter keys are removed before
 //! the policy is compiled, and a configuration without any of them reaches the policy parser byte for byte
 //! (which reports its own errors).
 
 use serde_json::Value;
 
-use crate::hybrid::{self, ConfigError, Hybrid};
+use crate::host_verified::{self, ConfigError, JwtAuthn};
 use crate::mode::{self, BodyMode, ModeError};
 use crate::sink::{self, AuditSink, SinkError};
 
@@ -16,7 +16,8 @@ pub struct PluginConfig {
     pub policy: Vec<u8>,
     pub sink: AuditSink,
     pub body_mode: BodyMode,
-    pub hybrid: Option<Hybrid>,
+    /// Host-verified mode: where jwt_authn publishes the payload it verified.
+    pub host_verified: Option<JwtAuthn>,
 }
 
 /// Why the plugin configuration was refused (the policy itself is checked by the core).
@@ -29,7 +30,7 @@ pub enum PluginError {
     },
     Sink(SinkError),
     Mode(ModeError),
-    Hybrid(ConfigError),
+    HostVerified(ConfigError),
 }
 
 impl core::fmt::Display for PluginError {
@@ -38,7 +39,7 @@ impl core::fmt::Display for PluginError {
             Self::Json { detail } => write!(f, "plugin configuration is not JSON: {detail}"),
             Self::Sink(e) => e.fmt(f),
             Self::Mode(e) => e.fmt(f),
-            Self::Hybrid(e) => e.fmt(f),
+            Self::HostVerified(e) => e.fmt(f),
         }
     }
 }
@@ -47,19 +48,24 @@ impl std::error::Error for PluginError {}
 
 impl PluginConfig {
     /// Splits the adapter keys off `config`; the keys are read in this order: `audit_sink`,
-    /// `pause_at_headers`, `hybrid_jwt_authn` (the first bad one is reported).
+    /// `pause_at_headers`, `host_verified_jwt_authn` / `hybrid_jwt_authn` (the first bad one is reported).
     pub fn parse(config: &[u8]) -> Result<Self, PluginError> {
         let mut out = Self {
             policy: Vec::new(),
             sink: AuditSink::Log,
             body_mode: BodyMode::HoldBody,
-            hybrid: None,
+            host_verified: None,
         };
         // Cheap test first: most configurations set none of the keys and are passed on byte for byte.
         let mentions = |key: &str| config.windows(key.len()).any(|w| w == key.as_bytes());
-        if ![sink::CONFIG_KEY, mode::CONFIG_KEY, hybrid::CONFIG_KEY]
-            .into_iter()
-            .any(mentions)
+        if ![
+            sink::CONFIG_KEY,
+            mode::CONFIG_KEY,
+            host_verified::CONFIG_KEY,
+            host_verified::LEGACY_CONFIG_KEY,
+        ]
+        .into_iter()
+        .any(mentions)
         {
             out.policy = config.to_vec();
             return Ok(out);
@@ -77,8 +83,18 @@ impl PluginConfig {
                 out.body_mode = mode::from_value(value).map_err(PluginError::Mode)?;
                 removed = true;
             }
-            if let Some(value) = object.remove(hybrid::CONFIG_KEY) {
-                out.hybrid = Some(hybrid::from_value(value).map_err(PluginError::Hybrid)?);
+            let current = object.remove(host_verified::CONFIG_KEY);
+            let legacy = object.remove(host_verified::LEGACY_CONFIG_KEY);
+            let section = match (current, legacy) {
+                (Some(_), Some(_)) => return Err(PluginError::HostVerified(ConfigError::Twice)),
+                (Some(value), None) => Some((host_verified::CONFIG_KEY, value)),
+                (None, Some(value)) => Some((host_verified::LEGACY_CONFIG_KEY, value)),
+                (None, None) => None,
+            };
+            if let Some((key, value)) = section {
+                let jwt_authn =
+                    host_verified::from_value(key, value).map_err(PluginError::HostVerified)?;
+                out.host_verified = Some(jwt_authn);
                 removed = true;
             }
         }

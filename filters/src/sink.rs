@@ -1,5 +1,5 @@
 //! Where the filter writes each decision's audit record: an adapter key of the plugin configuration, removed
-//! before the policy is compiled (like [`crate::hybrid`]'s), so the policy and the Worker are unaffected.
+//! before the policy is compiled (like [`crate::host_verified`]'s), so the policy and the Worker are unaffected.
 //!
 //! ```json
 //! { "audit_sink": "filter_state", "trust_domain": "...", ... }

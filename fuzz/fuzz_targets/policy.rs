@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
                 body: Body::Complete(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
                 peer: None,
             };
-            let outcome = gate.decide(&request, 1_800_000_000_000, &mut MemoryStore::new());
+            let outcome = gate.decide(&request, 1_800_000_000_000, txngate_core::Verification::Core, &mut MemoryStore::new());
             assert!(!outcome.decision.is_allowed(), "allowed without a token");
         }
         Err(e) => {

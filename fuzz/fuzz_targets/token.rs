@@ -17,7 +17,7 @@ use txngate_core::encoding::encode_b64url;
 use txngate_core::mcp::is_valid_tool_name;
 use txngate_core::ratelimit::MemoryStore;
 use txngate_core::token::UntrustedToken;
-use txngate_core::{Body, Gate, Request, Verdict};
+use txngate_core::{Body, Decision, Gate, Request, Verification};
 
 const NOW_MS: u64 = 1_800_000_000_000;
 const MAX_BYTES: usize = 8192;
@@ -93,13 +93,11 @@ fn decide(raw: &str, body: &[u8]) {
         let mut gate = gate()
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        gate.decide(&request, NOW_MS, &mut MemoryStore::new())
+        gate.decide(&request, NOW_MS, Verification::Core, &mut MemoryStore::new())
     };
     let d = &outcome.decision;
-    match d.verdict {
-        Verdict::Allow => {
-            assert_eq!(d.status, 200);
-            assert!(d.body.is_none());
+    match d {
+        Decision::Allowed(_) => {
             if let Some(tool) = &outcome.audit.tool {
                 assert!(
                     is_valid_tool_name(tool),
@@ -111,11 +109,11 @@ fn decide(raw: &str, body: &[u8]) {
                 );
             }
         }
-        Verdict::Deny => assert!(
-            matches!(d.status, 400 | 401 | 403 | 413 | 429 | 503),
+        Decision::Denied(denied) => assert!(
+            matches!(denied.reply.status, 400 | 401 | 403 | 413 | 429 | 503),
             "unexpected status {} ({})",
-            d.status,
-            d.reason
+            denied.reply.status,
+            denied.reason
         ),
     }
     let trimmed = raw.trim_matches([' ', '\t']);

@@ -46,7 +46,7 @@ impl TokenCache {
     }
 
     pub fn insert(&mut self, token: Arc<VerifiedToken>, valid_until_ms: i128, key_generation: u64) {
-        if self.capacity == 0 || self.entries.contains_key(&token.sha256) {
+        if self.capacity == 0 || self.entries.contains_key(token.sha256()) {
             return;
         }
         while self.entries.len() >= self.capacity {
@@ -57,7 +57,7 @@ impl TokenCache {
                 None => break,
             }
         }
-        let hash = token.sha256;
+        let hash = *token.sha256();
         self.entries.insert(
             hash,
             Entry {

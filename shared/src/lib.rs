@@ -3,7 +3,8 @@
 //!
 //! Host-free by construction: no clock (every call takes `now`), no I/O (keys arrive as bytes, limits go through
 //! [`ratelimit::RateLimitStore`] or come back as a [`gate::Step`]), no host crate. Hosts feed a
-//! [`gate::Request`] to a [`gate::Gate`] and render the [`gate::Decision`] it returns.
+//! [`gate::Request`] to a [`gate::Gate`] and copy the [`gate::Decision`] it returns onto their host (a refusal's
+//! [`reply::Reply`] as rendered by the core, like every adapter-side error).
 
 pub mod agents;
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod mcp;
 pub mod names;
 pub mod policy;
 pub mod ratelimit;
+pub mod reply;
 pub mod resource;
 pub mod rls;
 pub mod rls_wire;
@@ -28,8 +30,9 @@ pub mod wimse;
 
 pub use audit::AuditRecord;
 pub use gate::{
-    is_identity_header, Body, Decision, Gate, Limiter, ListFilter, Outcome, PendingLimit,
-    PendingSignature, Request, Step, ToolsListFilter, Verdict,
+    is_identity_header, Allowed, Body, Decision, Denied, Gate, Limiter, ListFilter, Outcome,
+    PendingLimit, PendingSignature, Request, Step, ToolsListFilter, Verification,
 };
 pub use keys::Algorithm;
 pub use policy::{Policy, PolicyError};
+pub use reply::{Failure, Reply, ReplyTo};

@@ -1,7 +1,10 @@
-//! Transaction Tokens, untrusted → verified. `UntrustedToken::parse` checks everything that needs no key (size
-//! first, before any decoding; strict base64url; header rules of RFC 8725 and the draft's `typ`); the caller
-//! selects the key from its own configuration and checks the signature; `VerifiedToken::from_payload` then
-//! reads the claims. Only a `VerifiedToken` carries identity onward.
+//! Transaction Tokens, untrusted → verified (the typestate of jwt-compact's `UntrustedToken` → `Token`).
+//! `UntrustedToken::parse` checks everything that needs no key (size first, before any decoding; strict
+//! base64url; header rules of RFC 8725 and the draft's `typ`); the gate selects the key from its own
+//! configuration and has the signature checked; only then, with the [`SignatureChecked`] proof that only the
+//! gate can make, `UntrustedToken::into_verified` reads the claims. A `VerifiedToken` has private fields and
+//! no public constructor: outside this crate one can only be obtained from verification, and only a
+//! `VerifiedToken` carries identity onward.
 
 use core::fmt;
 
@@ -79,7 +82,7 @@ pub enum TokenError {
         issuer: String,
     },
     Signature,
-    /// Hybrid mode: the host's verifier (Envoy `jwt_authn`) did not attest this very token for this request.
+    /// Host-verified mode: the host's verifier (Envoy `jwt_authn`) did not attest this very token for this request.
     HostUnverified {
         detail: &'static str,
     },
@@ -256,6 +259,9 @@ impl fmt::Display for TokenError {
 }
 
 impl std::error::Error for TokenError {}
+
+/// Deepest nesting of a token's claims (and of a host verifier's copy of them).
+pub const MAX_CLAIMS_DEPTH: usize = 64;
 
 /// Header parameters txngate understands; anything else is ignored unless listed in `crit`.
 const EMBEDDED_KEY_MEMBERS: [&str; 4] = ["jku", "jwk", "x5u", "x5c"];
@@ -466,24 +472,41 @@ fn check_header(
 }
 
 /// Claims of a token whose signature verified and whose claims are well-formed. Time is checked separately
-/// ([`VerifiedToken::check_time`]) because a cached token is re-checked on every use.
+/// ([`VerifiedToken::check_time`]) because a cached token is re-checked on every use. Made only by
+/// [`UntrustedToken::into_verified`]; read through its getters. Outside the crate, none can be made:
+///
+/// ```compile_fail
+/// use txngate_core::token::VerifiedToken;
+/// let forged = VerifiedToken { sub: "admin".into(), ..todo!() };
+/// ```
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
-    pub claims: Map<String, Value>,
-    pub sub: String,
-    pub txn: String,
-    pub scope: ScopeSet,
-    pub req_wl: String,
-    pub iss: Option<String>,
-    pub iat: i64,
-    pub exp: i64,
-    pub nbf: Option<i64>,
+    claims: Map<String, Value>,
+    sub: String,
+    txn: String,
+    scope: ScopeSet,
+    req_wl: String,
+    iss: Option<String>,
+    iat: i64,
+    exp: i64,
+    nbf: Option<i64>,
     /// `act.sub` values, outermost (current actor) first.
-    pub act_chain: Vec<String>,
+    act_chain: Vec<String>,
     /// Index of the issuer whose key verified it.
-    pub issuer: usize,
-    pub kid: Option<String>,
-    pub sha256: [u8; 32],
+    issuer: usize,
+    kid: Option<String>,
+    sha256: [u8; 32],
+}
+
+/// Proof that one token's signature was checked against the key its `kid` selected: by the core's own
+/// crypto, by the host's crypto answering the core's pending signature, or by the host's own verifier (an
+/// attestation covering this exact token). Crate-private: only the gate, having had the check, makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignatureChecked {
+    /// The signature of the pending check verified (natively or with host crypto).
+    Signature,
+    /// The host's verifier attested this exact token ([`HostVerified::covers`]).
+    HostVerifier,
 }
 
 /// What a claim check needs to know about the verifying issuer.
@@ -493,17 +516,19 @@ pub struct IssuerContext<'a> {
     pub expected_iss: Option<&'a str>,
 }
 
-impl VerifiedToken {
-    /// Reads and checks the claims of a token whose signature verified. `now_ms` is checked as well.
-    pub fn from_payload(
-        payload: &[u8],
-        token: &UntrustedToken<'_>,
+impl UntrustedToken<'_> {
+    /// Reads and checks the claims of this token once its signature was checked (`_checked`, which only the
+    /// gate can make). `now_ms` is checked as well.
+    pub(crate) fn into_verified(
+        self,
+        _checked: SignatureChecked,
         issuer: IssuerContext<'_>,
         trust_domain: &str,
         rules: &TokenRules,
         now_ms: u64,
-    ) -> Result<Self, TokenError> {
-        let claims = match parse_strict(payload, 64) {
+    ) -> Result<VerifiedToken, TokenError> {
+        let payload = self.payload()?;
+        let claims = match parse_strict(&payload, MAX_CLAIMS_DEPTH) {
             Ok(Value::Object(map)) => map,
             Ok(_) => {
                 return Err(TokenError::Claims {
@@ -572,7 +597,7 @@ impl VerifiedToken {
                 max: rules.max_lifetime_s,
             });
         }
-        let verified = Self {
+        let verified = VerifiedToken {
             claims,
             sub,
             txn,
@@ -584,11 +609,69 @@ impl VerifiedToken {
             nbf,
             act_chain,
             issuer: issuer.index,
-            kid: token.kid().map(str::to_string),
-            sha256: sha256(token.raw().as_bytes()),
+            kid: self.kid,
+            sha256: sha256(self.raw.as_bytes()),
         };
         verified.check_time(rules, now_ms)?;
         Ok(verified)
+    }
+}
+
+impl VerifiedToken {
+    /// Every claim of the payload.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+
+    pub fn sub(&self) -> &str {
+        &self.sub
+    }
+
+    pub fn txn(&self) -> &str {
+        &self.txn
+    }
+
+    pub fn scope(&self) -> &ScopeSet {
+        &self.scope
+    }
+
+    pub fn req_wl(&self) -> &str {
+        &self.req_wl
+    }
+
+    pub fn iss(&self) -> Option<&str> {
+        self.iss.as_deref()
+    }
+
+    pub fn iat(&self) -> i64 {
+        self.iat
+    }
+
+    pub fn exp(&self) -> i64 {
+        self.exp
+    }
+
+    pub fn nbf(&self) -> Option<i64> {
+        self.nbf
+    }
+
+    /// `act.sub` values, outermost (current actor) first.
+    pub fn act_chain(&self) -> &[String] {
+        &self.act_chain
+    }
+
+    /// Index of the issuer whose key verified it.
+    pub fn issuer(&self) -> usize {
+        self.issuer
+    }
+
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// SHA-256 of the raw token (the cache's key).
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
     }
 
     /// `exp`, `nbf` and `iat` against `now` with the policy's leeway.
@@ -729,7 +812,7 @@ fn read_act_chain(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError
     Ok(chain)
 }
 
-/// A host's attestation that its own verifier checked the signature of one exact token (hybrid mode: Envoy's
+/// A host's attestation that its own verifier checked the signature of one exact token (host-verified mode: Envoy's
 /// `jwt_authn` verifies, txngate applies every other rule). It can only be made by comparing the claims the
 /// host's verifier published for this request with the token's own payload, so a host that did not verify
 /// (filter missing, rule not matching, token read from another header) can never produce one: the gate then
@@ -757,7 +840,7 @@ impl HostVerified {
         let raw = raw.trim_matches([' ', '\t']);
         let untrusted = UntrustedToken::parse(raw, max_bytes)?;
         let payload = untrusted.payload()?;
-        let claims = parse_strict(&payload, 64).map_err(|e| TokenError::Claims {
+        let claims = parse_strict(&payload, MAX_CLAIMS_DEPTH).map_err(|e| TokenError::Claims {
             detail: e.to_string(),
         })?;
         if !same_claims(&claims, verified) {

@@ -145,12 +145,17 @@ impl Req {
 }
 
 fn decide(gate: &mut Gate, req: &Req) -> Outcome {
-    gate.decide(&req.request(), NOW * 1000, &mut MemoryStore::new())
+    gate.decide(
+        &req.request(),
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    )
 }
 
 fn reason_of(gate: &mut Gate, req: &Req) -> (u16, &'static str) {
     let o = decide(gate, req);
-    (o.decision.status, o.decision.reason)
+    (o.decision.status(), o.decision.reason())
 }
 
 #[test]
@@ -158,8 +163,9 @@ fn delegated_tool_call_is_allowed_with_identity_headers_and_audit() {
     let mut gate = gate_with(&policy());
     let tok = token(&claims());
     let o = decide(&mut gate, &Req::mcp(&tok, send_email()));
-    assert_eq!(o.decision.reason, "allow", "{:?}", o.audit);
-    let up: std::collections::HashMap<_, _> = o.decision.upstream_headers.iter().cloned().collect();
+    assert_eq!(o.decision.reason(), "allow", "{:?}", o.audit);
+    let up: std::collections::HashMap<_, _> =
+        o.decision.upstream_headers().iter().cloned().collect();
     assert_eq!(up["x-txngate-agent"], "spiffe://trust.example/agent/mailer");
     assert_eq!(up["x-txngate-sub"], "user:alice");
     assert_eq!(up["x-txngate-txn"], "txn-1");
@@ -186,7 +192,7 @@ fn es256_tokens_verify_and_repeat_calls_hit_the_cache() {
     let tok = sign_raw(&header("ec"), &serde_json::to_vec(&claims()).unwrap(), "ec");
     let req = Req::mcp(&tok, call("calendar_read", json!({"day":"mon"})));
     let first = decide(&mut gate, &req);
-    assert_eq!(first.decision.reason, "allow");
+    assert_eq!(first.decision.reason(), "allow");
     assert!(!first.audit.cached);
     let second = decide(&mut gate, &req);
     assert!(second.audit.cached);
@@ -421,12 +427,12 @@ fn missing_and_repeated_headers() {
     req.headers.clear();
     let o = decide(&mut gate, &req);
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (401, "token.missing")
     );
     let www = o
         .decision
-        .response_headers
+        .response_headers()
         .iter()
         .find(|(k, _)| k == "www-authenticate")
         .unwrap();
@@ -434,7 +440,7 @@ fn missing_and_repeated_headers() {
         www.1,
         "Txn-Token error=\"invalid_token\", error_description=\"token.missing\""
     );
-    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    let body: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
     assert_eq!(body["id"], 42);
     assert_eq!(body["error"]["code"], -31401);
     let tok = token(&claims());
@@ -499,8 +505,8 @@ fn mcp_body_rules() {
         (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#.to_vec(), 400, "mcp.tool_name", -32602),
     ] {
         let o = decide(&mut gate, &Req::mcp(&tok, body));
-        assert_eq!((o.decision.status, o.decision.reason), (status, reason));
-        let b: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+        assert_eq!((o.decision.status(), o.decision.reason()), (status, reason));
+        let b: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
         assert_eq!(b["error"]["code"], code, "{reason}");
     }
     let mut req = Req::mcp(&tok, send_email());
@@ -511,9 +517,14 @@ fn mcp_body_rules() {
         body: Body::TooLarge,
         ..req.request()
     };
-    let o = gate.decide(&too_large, NOW * 1000, &mut MemoryStore::new());
+    let o = gate.decide(
+        &too_large,
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (413, "mcp.body_too_large")
     );
     let mut req = Req::mcp(&tok, send_email());
@@ -522,10 +533,10 @@ fn mcp_body_rules() {
         .push(("Mcp-Name".into(), "calendar_read".into()));
     let o = decide(&mut gate, &req);
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (400, "mcp.header_mismatch")
     );
-    let b: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    let b: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
     assert_eq!(b["error"]["code"], -32020);
 }
 
@@ -538,10 +549,13 @@ fn tool_rules() {
         &mut gate,
         &Req::mcp(&tok, call("calendar_write", json!({}))),
     );
-    assert_eq!((o.decision.status, o.decision.reason), (403, "tool.scope"));
+    assert_eq!(
+        (o.decision.status(), o.decision.reason()),
+        (403, "tool.scope")
+    );
     let www = o
         .decision
-        .response_headers
+        .response_headers()
         .iter()
         .find(|(k, _)| k == "www-authenticate")
         .unwrap();
@@ -549,7 +563,7 @@ fn tool_rules() {
         www.1,
         "Txn-Token error=\"insufficient_scope\", scope=\"calendar:write\""
     );
-    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    let body: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
     assert_eq!(body["error"]["code"], -31403);
     assert_eq!(
         reason_of(&mut gate, &Req::mcp(&tok, call("delete_repo", json!({})))),
@@ -585,7 +599,7 @@ fn tool_rules() {
     );
     let o = decide(&mut gate, &Req::mcp(&tok, call("audit_me", json!({}))));
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (200, "allow.dry_run")
     );
     assert_eq!(o.audit.dry_run_reason, Some("tool.scope"));
@@ -613,7 +627,7 @@ fn other_mcp_methods_and_paths_need_only_a_valid_token() {
         }
         .tap_path("/api"),
     );
-    let b: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    let b: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
     assert_eq!(
         b["error"], "invalid_token",
         "non-MCP paths get an OAuth error body"
@@ -644,7 +658,7 @@ fn tools_list_is_filtered_for_the_caller() {
     );
     let filter = o
         .decision
-        .list_filter
+        .list_filter()
         .expect("tools/list responses are filtered");
     let list = json!({"jsonrpc":"2.0","id":3,"result":{"tools":[
         {"name":"send_email"},{"name":"calendar_read"},{"name":"calendar_write"},{"name":"delete_repo"},{"name":"other"},{"name":"audit_me"}]}});
@@ -670,19 +684,30 @@ fn eleventh_call_gets_429_with_retry_after() {
     let req = Req::mcp(&tok, send_email());
     let mut store = MemoryStore::new();
     for i in 0..10 {
-        let o = gate.decide(&req.request(), NOW * 1000 + i, &mut store);
-        assert_eq!(o.decision.reason, "allow", "call {i}");
+        let o = gate.decide(
+            &req.request(),
+            NOW * 1000 + i,
+            txngate_core::Verification::Core,
+            &mut store,
+        );
+        assert_eq!(o.decision.reason(), "allow", "call {i}");
     }
-    let o = gate.decide(&req.request(), NOW * 1000 + 10, &mut store);
+    let o = gate.decide(
+        &req.request(),
+        NOW * 1000 + 10,
+        txngate_core::Verification::Core,
+        &mut store,
+    );
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (429, "ratelimit.exceeded")
     );
-    let h: std::collections::HashMap<_, _> = o.decision.response_headers.iter().cloned().collect();
+    let h: std::collections::HashMap<_, _> =
+        o.decision.response_headers().iter().cloned().collect();
     assert_eq!(h["retry-after"], "6");
     assert_eq!(h["ratelimit-policy"], "\"send_email\";q=10;w=60");
     assert!(h["ratelimit"].starts_with("\"send_email\";r=0;"));
-    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    let body: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
     assert_eq!(body["error"]["code"], -31429);
     // Another agent of the same user has its own bucket.
     let other = token(&with(
@@ -692,9 +717,10 @@ fn eleventh_call_gets_429_with_retry_after() {
     let o = gate.decide(
         &Req::mcp(&other, send_email()).request(),
         NOW * 1000 + 11,
+        txngate_core::Verification::Core,
         &mut store,
     );
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
 }
 
 struct Broken;
@@ -711,18 +737,28 @@ fn store_failures_fail_closed_unless_the_rule_says_otherwise() {
     let mut gate = gate_with(&policy());
     let tok = token(&claims());
     let req = Req::mcp(&tok, send_email());
-    let o = gate.decide(&req.request(), NOW * 1000, &mut Broken);
+    let o = gate.decide(
+        &req.request(),
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        &mut Broken,
+    );
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (503, "ratelimit.store_error")
     );
     let mut p = policy();
     p["tools"]["send_email"]["rate_limit"]["on_store_error"] = json!("allow");
     let mut gate = gate_with(&p);
     assert_eq!(
-        gate.decide(&req.request(), NOW * 1000, &mut Broken)
-            .decision
-            .reason,
+        gate.decide(
+            &req.request(),
+            NOW * 1000,
+            txngate_core::Verification::Core,
+            &mut Broken
+        )
+        .decision
+        .reason(),
         "allow"
     );
 }
@@ -732,7 +768,9 @@ fn sans_io_steps_let_the_host_verify_and_limit() {
     let mut gate = gate_with(&policy());
     let tok = token(&claims());
     let req = Req::mcp(&tok, send_email());
-    let Step::VerifySignature(pending) = gate.evaluate(&req.request(), NOW * 1000) else {
+    let Step::VerifySignature(pending) =
+        gate.evaluate(&req.request(), NOW * 1000, txngate_core::Verification::Core)
+    else {
         panic!("expected a signature step")
     };
     assert_eq!(pending.algorithm(), txngate_core::Algorithm::EdDSA);
@@ -742,24 +780,31 @@ fn sans_io_steps_let_the_host_verify_and_limit() {
     let Step::ConsultLimiter(limit) = gate.resume_signature(*pending, true) else {
         panic!("expected a limit step")
     };
-    assert!(limit.key().contains("send_email"));
+    assert!(limit.bucket_key().contains("send_email"));
     let mut store = MemoryStore::new();
-    let state =
-        txngate_core::ratelimit::consume(&mut store, limit.key(), limit.rule(), limit.now_ms())
-            .unwrap();
-    assert_eq!(
-        gate.resume_limit(*limit, Ok(state)).decision.reason,
-        "allow"
-    );
+    let state = txngate_core::ratelimit::consume(
+        &mut store,
+        limit.bucket_key(),
+        limit.rule(),
+        limit.now_ms(),
+    )
+    .unwrap();
+    // Every resume returns the next step: after the limit, the outcome.
+    let Step::Done(o) = gate.resume_limit(*limit, Ok(state)) else {
+        panic!("expected the outcome")
+    };
+    assert_eq!(o.decision.reason(), "allow");
     // A host that reports a failed check gets a refusal.
     let mut gate = gate_with(&policy());
-    let Step::VerifySignature(pending) = gate.evaluate(&req.request(), NOW * 1000) else {
+    let Step::VerifySignature(pending) =
+        gate.evaluate(&req.request(), NOW * 1000, txngate_core::Verification::Core)
+    else {
         panic!()
     };
     let Step::Done(o) = gate.resume_signature(*pending, false) else {
         panic!()
     };
-    assert_eq!(o.decision.reason, "token.signature");
+    assert_eq!(o.decision.reason(), "token.signature");
 }
 
 #[test]
@@ -774,9 +819,14 @@ fn remote_keys_refetch_on_unknown_kid_and_fail_closed_when_stale() {
     let tok = token(&claims());
     let req = Req::mcp(&tok, send_email());
     let now = NOW * 1000;
-    let o = gate.decide(&req.request(), now, &mut MemoryStore::new());
+    let o = gate.decide(
+        &req.request(),
+        now,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (503, "keys.unavailable")
     );
     assert_eq!(
@@ -788,13 +838,23 @@ fn remote_keys_refetch_on_unknown_kid_and_fail_closed_when_stale() {
     let only_ec = json!({"keys": [jwks()["keys"][1].clone()]});
     gate.install_jwks(0, &serde_json::to_vec(&only_ec).unwrap(), now)
         .unwrap();
-    let o = gate.decide(&req.request(), now + 1, &mut MemoryStore::new());
-    assert_eq!(o.decision.reason, "token.kid_unknown");
+    let o = gate.decide(
+        &req.request(),
+        now + 1,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
+    assert_eq!(o.decision.reason(), "token.kid_unknown");
     assert_eq!(
         o.refetch_issuer, None,
         "refetches are debounced (10 s here)"
     );
-    let o = gate.decide(&req.request(), now + 10_000, &mut MemoryStore::new());
+    let o = gate.decide(
+        &req.request(),
+        now + 10_000,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
     assert_eq!(
         o.refetch_issuer,
         Some(0),
@@ -804,14 +864,24 @@ fn remote_keys_refetch_on_unknown_kid_and_fail_closed_when_stale() {
     gate.install_jwks(0, &serde_json::to_vec(&jwks()).unwrap(), later)
         .unwrap();
     assert_eq!(
-        gate.decide(&req.request(), later + 1, &mut MemoryStore::new())
-            .decision
-            .reason,
+        gate.decide(
+            &req.request(),
+            later + 1,
+            txngate_core::Verification::Core,
+            &mut MemoryStore::new()
+        )
+        .decision
+        .reason(),
         "allow"
     );
     // Past max_stale without a successful fetch, the last good keys are no longer trusted.
-    let late = gate.decide(&req.request(), later + 120_001, &mut MemoryStore::new());
-    assert_eq!(late.decision.reason, "keys.unavailable");
+    let late = gate.decide(
+        &req.request(),
+        later + 120_001,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
+    assert_eq!(late.decision.reason(), "keys.unavailable");
 }
 
 #[test]
@@ -901,16 +971,31 @@ fn cached_tokens_do_not_outlive_stale_keys() {
     let tok = token(&with(claims(), json!({"exp": NOW + 300})));
     let req = Req::mcp(&tok, send_email());
     assert_eq!(
-        gate.decide(&req.request(), now, &mut MemoryStore::new())
-            .decision
-            .reason,
+        gate.decide(
+            &req.request(),
+            now,
+            txngate_core::Verification::Core,
+            &mut MemoryStore::new()
+        )
+        .decision
+        .reason(),
         "allow"
     );
-    let cached = gate.decide(&req.request(), now + 1000, &mut MemoryStore::new());
+    let cached = gate.decide(
+        &req.request(),
+        now + 1000,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
     assert!(cached.audit.cached);
-    let stale = gate.decide(&req.request(), now + 120_001, &mut MemoryStore::new());
+    let stale = gate.decide(
+        &req.request(),
+        now + 120_001,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
     assert_eq!(
-        (stale.decision.status, stale.decision.reason),
+        (stale.decision.status(), stale.decision.reason()),
         (503, "keys.unavailable")
     );
 }
@@ -948,7 +1033,7 @@ fn refused_tokens_within_the_size_cap_are_audited_by_hash() {
         "ed",
     );
     let o = decide(&mut gate, &Req::mcp(&tok, send_email()));
-    assert_eq!(o.decision.reason, "token.typ");
+    assert_eq!(o.decision.reason(), "token.typ");
     assert_eq!(
         o.audit.token_sha256.as_deref(),
         Some(txngate_core::encoding::sha256_hex(tok.as_bytes()).as_str())
@@ -961,7 +1046,7 @@ fn refused_tokens_within_the_size_cap_are_audited_by_hash() {
 }
 
 fn body_of(o: &Outcome) -> Value {
-    serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap()
+    serde_json::from_str(o.decision.body().unwrap()).unwrap()
 }
 
 /// Every refusal of a body with a usable id answers that id, whatever the refusal is about (the token, the
@@ -1007,7 +1092,7 @@ fn refusals_answer_the_request_id() {
             &Req::mcp(&tok, serde_json::to_vec(&body).unwrap()),
         );
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (400, reason),
             "{body}"
         );
@@ -1025,7 +1110,7 @@ fn refusals_answer_the_request_id() {
             br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":""}}"#.to_vec(),
         ),
     );
-    assert_eq!(o.decision.reason, "token.malformed");
+    assert_eq!(o.decision.reason(), "token.malformed");
     assert_eq!(body_of(&o)["id"], 3);
     // No usable id: no id member.
     for body in [
@@ -1034,7 +1119,7 @@ fn refusals_answer_the_request_id() {
         br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":""}}"#.to_vec(),
     ] {
         let o = decide(&mut gate, &Req::mcp(&tok, body.clone()));
-        assert_eq!(o.decision.status, 400);
+        assert_eq!(o.decision.status(), 400);
         let reply = body_of(&o);
         assert!(reply.get("id").is_none(), "{reply}");
         assert_eq!(reply["jsonrpc"], "2.0");
@@ -1043,7 +1128,7 @@ fn refusals_answer_the_request_id() {
     req.headers.clear();
     req.body = None;
     let o = decide(&mut gate, &req);
-    assert_eq!(o.decision.reason, "token.missing");
+    assert_eq!(o.decision.reason(), "token.missing");
     assert!(body_of(&o).get("id").is_none());
 }
 
@@ -1184,11 +1269,64 @@ fn routing_headers_through_the_gate() {
     ];
     for (req, status, reason) in cases {
         let o = decide(&mut gate, &req);
-        assert_eq!((o.decision.status, o.decision.reason), (status, reason));
+        assert_eq!((o.decision.status(), o.decision.reason()), (status, reason));
         if status == 400 {
             let reply = body_of(&o);
             assert_eq!(reply["id"], 5);
             assert_eq!(reply["error"]["code"], -32020);
         }
     }
+}
+
+/// One driver: `decide` counts a remote limit on its limiter (no rate limit service here), `drive` hands
+/// it back to the host as a step, and every `resume_*` returns a step the driver can go on from.
+#[test]
+fn the_driver_counts_a_remote_limit_or_hands_it_back() {
+    let mut p = policy();
+    p["tools"]["send_email"]["rate_limit"] =
+        json!({"key": "agent", "limit": 1, "period_seconds": 60, "remote": {}});
+    p["rate_limit_service"] = json!({"cluster": "ratelimit", "domain": "txngate"});
+    let tok = token(&claims());
+    let req = Req::mcp(&tok, send_email());
+
+    let mut gate = gate_with(&p);
+    let mut store = MemoryStore::new();
+    let first = gate.decide(
+        &req.request(),
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        &mut store,
+    );
+    assert_eq!(first.decision.reason(), "allow");
+    let second = gate.decide(
+        &req.request(),
+        NOW * 1000 + 1,
+        txngate_core::Verification::Core,
+        &mut store,
+    );
+    assert_eq!(second.decision.reason(), "ratelimit.exceeded");
+
+    let mut gate = gate_with(&p);
+    let step = gate.evaluate(&req.request(), NOW * 1000, txngate_core::Verification::Core);
+    let Step::ConsultLimiter(pending) = gate.drive(
+        step,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    ) else {
+        panic!("a remote limit comes back to the host")
+    };
+    assert!(pending.remote().is_some());
+    let refused = Err(StoreError::Backend {
+        detail: "the service did not answer".into(),
+    });
+    let step = gate.resume_limit(*pending, refused);
+    let Step::Done(o) = gate.drive(
+        step,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    ) else {
+        panic!("the limit was the last step")
+    };
+    assert_eq!(o.decision.status(), 503);
+    assert!(o.reply_to.is_mcp());
 }

@@ -238,16 +238,16 @@ fn assert_not_logged(token: &str, o: &Outcome) {
     let mut needles = vec![token];
     needles.extend(token.split('.').skip(1));
     let audit = o.audit.to_json();
-    let body = o.decision.body.as_deref().unwrap_or("");
+    let body = o.decision.body().unwrap_or("");
     for needle in needles.into_iter().filter(|n| n.len() >= 16) {
         let shown = &needle[..needle.len().min(40)];
         assert!(!audit.contains(needle), "audit line contains {shown}…");
         assert!(!body.contains(needle), "response body contains {shown}…");
         for (name, value) in o
             .decision
-            .response_headers
+            .response_headers()
             .iter()
-            .chain(&o.decision.upstream_headers)
+            .chain(o.decision.upstream_headers())
         {
             assert!(!value.contains(needle), "header {name} contains {shown}…");
         }
@@ -270,7 +270,7 @@ fn decide_with(
         body: Body::Complete(body),
         peer: None,
     };
-    let o = gate.decide(&request, now_ms, store);
+    let o = gate.decide(&request, now_ms, txngate_core::Verification::Core, store);
     for (_, token) in headers
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case("txn-token"))
@@ -292,7 +292,7 @@ fn decide(gate: &mut Gate, token: &str, body: &[u8]) -> Outcome {
 
 fn verdict(gate: &mut Gate, token: &str, body: &[u8]) -> (u16, &'static str) {
     let o = decide(gate, token, body);
-    (o.decision.status, o.decision.reason)
+    (o.decision.status(), o.decision.reason())
 }
 
 /// Asserts `(status, reason)` for each token, naming the case on failure.
@@ -1064,10 +1064,10 @@ fn rfc7515_4_1_4_64_kib_kid_is_too_large_then_only_unknown() {
         let token = ed_token(&header("EdDSA", kid), &payload);
         let o = decide(&mut gate, &token, &send_email());
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (401, "token.kid_unknown")
         );
-        assert!(o.decision.body.as_deref().unwrap().len() < 2048);
+        assert!(o.decision.body().unwrap().len() < 2048);
         assert!(o.audit.to_json().len() < 4096);
     }
 }
@@ -1378,16 +1378,16 @@ fn rfc8259_4_duplicate_members_in_mcp_bodies_are_refused() {
     for body in bodies {
         let o = decide(&mut gate, &token, body.as_bytes());
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (400, "mcp.duplicate_key"),
             "{body}"
         );
-        let reply: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+        let reply: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
         assert_eq!(reply["error"]["code"], -32700, "{body}");
     }
     // Without a valid token the token's refusal wins.
     let o = decide(&mut gate, "a.b.c", bodies[0].as_bytes());
-    assert_eq!(o.decision.reason, "token.base64");
+    assert_eq!(o.decision.reason(), "token.base64");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1616,7 +1616,7 @@ fn rfc8725_checklist_oversized_tokens_are_refused_before_any_decoding() {
         assert!(token.len() >= 1_000_000, "{name}");
         let o = decide(&mut gate, token, &body);
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (401, "token.too_large"),
             "{name}"
         );
@@ -1640,8 +1640,13 @@ fn rfc8725_checklist_oversized_tokens_are_refused_before_any_decoding() {
             peer: None,
         };
         let took = fastest(5, || {
-            let o = gate.decide(&request, NOW * 1000, &mut MemoryStore::new());
-            assert_eq!(o.decision.reason, "token.too_large");
+            let o = gate.decide(
+                &request,
+                NOW * 1000,
+                txngate_core::Verification::Core,
+                &mut MemoryStore::new(),
+            );
+            assert_eq!(o.decision.reason(), "token.too_large");
         });
         assert!(took < Duration::from_millis(5), "{name}: {took:?}");
     }
@@ -1700,9 +1705,15 @@ fn rfc8259_9_deep_nesting_is_refused_without_stack_overflow() {
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"send_email","arguments":{{"to":"bob@example.com","x":{nested}}}}}}}"#
             );
             let o = decide(&mut gate, &good(), body.as_bytes());
-            assert_eq!((o.decision.status, o.decision.reason), (400, "mcp.depth"));
+            assert_eq!(
+                (o.decision.status(), o.decision.reason()),
+                (400, "mcp.depth")
+            );
             let o = decide(&mut gate, &good(), nested.as_bytes());
-            assert_eq!((o.decision.status, o.decision.reason), (400, "mcp.depth"));
+            assert_eq!(
+                (o.decision.status(), o.decision.reason()),
+                (400, "mcp.depth")
+            );
             // Policy and JWKS documents.
             let doc = format!(r#"{{"trust_domain":"t","issuers":{nested}}}"#);
             assert!(matches!(
@@ -1756,7 +1767,7 @@ fn mcp_tool_names_differing_by_case_are_refused_and_spare_the_bucket() {
             NOW * 1000 + i as u64,
         );
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (403, "tool.name_variant"),
             "{name}"
         );
@@ -1765,14 +1776,14 @@ fn mcp_tool_names_differing_by_case_are_refused_and_spare_the_bucket() {
     for i in 0..10u64 {
         let body = call("send_email", json!({"to":"bob@example.com"}));
         let o = decide_with(&mut gate, &headers, &body, &mut store, NOW * 1000 + 10 + i);
-        assert_eq!(o.decision.reason, "allow", "call {i}");
+        assert_eq!(o.decision.reason(), "allow", "call {i}");
         assert_eq!(o.audit.rule.as_deref(), Some("send_email"));
         assert_eq!(o.audit.limit.as_ref().unwrap().remaining, 9 - i as u32);
     }
     let body = call("send_email", json!({"to":"bob@example.com"}));
     let o = decide_with(&mut gate, &headers, &body, &mut store, NOW * 1000 + 20);
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (429, "ratelimit.exceeded")
     );
     for name in ["DELETE_REPO", "Delete_Repo", "dElEtE_rEpO"] {
@@ -1826,9 +1837,13 @@ fn mcp_confusable_tool_names_are_refused_never_allowed() {
         } else {
             (403, "tool.name_alphabet")
         };
-        assert_eq!((o.decision.status, o.decision.reason), expected, "{name:?}");
+        assert_eq!(
+            (o.decision.status(), o.decision.reason()),
+            expected,
+            "{name:?}"
+        );
         if expected.0 == 400 {
-            let reply: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+            let reply: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
             assert_eq!(reply["error"]["code"], -32602);
         }
     }
@@ -1848,7 +1863,7 @@ fn mcp_confusable_tool_names_are_refused_never_allowed() {
         NOW * 1000,
     );
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (400, "mcp.header_mismatch")
     );
 }
@@ -1961,11 +1976,11 @@ fn mcp_2026_routing_header_smuggling_is_refused() {
             NOW * 1000,
         );
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (400, reason),
             "{extra:?}"
         );
-        let reply: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+        let reply: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
         assert_eq!(reply["error"]["code"], -32020, "{extra:?}");
         assert_eq!(reply["id"], "r", "{extra:?}");
     }
@@ -1984,7 +1999,7 @@ fn mcp_2026_routing_header_smuggling_is_refused() {
             &mut MemoryStore::new(),
             NOW * 1000,
         );
-        assert_eq!(o.decision.reason, "allow", "{name}");
+        assert_eq!(o.decision.reason(), "allow", "{name}");
     }
 }
 
@@ -2019,14 +2034,17 @@ fn transaction_tokens_the_token_is_never_logged() {
         ));
     }
     assert!(outcomes[1].audit.cached);
-    assert_eq!(outcomes[11].decision.reason, "ratelimit.exceeded");
+    assert_eq!(outcomes[11].decision.reason(), "ratelimit.exceeded");
     outcomes.push(decide(&mut gate, &tampered, &send_email()));
-    assert_eq!(outcomes.last().unwrap().decision.reason, "token.signature");
+    assert_eq!(
+        outcomes.last().unwrap().decision.reason(),
+        "token.signature"
+    );
     let challenge = outcomes
         .last()
         .unwrap()
         .decision
-        .response_headers
+        .response_headers()
         .iter()
         .find(|(k, _)| k == "www-authenticate")
         .map(|(_, v)| v.clone())
@@ -2095,8 +2113,13 @@ fn regression_json_pointer_bookkeeping_is_linear() {
         peer: None,
     };
     let took = fastest(3, || {
-        let o = gate.decide(&request, NOW * 1000, &mut MemoryStore::new());
-        assert_eq!(o.decision.reason, "token.base64");
+        let o = gate.decide(
+            &request,
+            NOW * 1000,
+            txngate_core::Verification::Core,
+            &mut MemoryStore::new(),
+        );
+        assert_eq!(o.decision.reason(), "token.base64");
     });
     assert!(took < Duration::from_millis(500), "{took:?}");
 }
@@ -2145,9 +2168,14 @@ fn regression_spellings_of_the_mcp_path_get_tool_authorization() {
             peer: None,
         };
         assert!(gate.needs_body("POST", path), "{path}");
-        let o = gate.decide(&request, NOW * 1000, &mut MemoryStore::new());
+        let o = gate.decide(
+            &request,
+            NOW * 1000,
+            txngate_core::Verification::Core,
+            &mut MemoryStore::new(),
+        );
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (403, "tool.denied"),
             "{path}"
         );

@@ -1,5 +1,5 @@
-//! `Gate::verify_identity`, the header stage of a host that holds the body (the proxy-wasm filter's default
-//! mode): what needs no body is checked exactly as `decide` checks it; the body, the tool rule and the rate
+//! `Body::Held`, the header stage of a host that holds the body (the proxy-wasm filter's default mode): what
+//! needs no body is checked exactly as the full decision checks it; the body, the tool rule and the rate
 //! limit are left to the full decision, which the host must still take.
 #![allow(
     clippy::unwrap_used,
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use txngate_core::encoding::encode_b64url;
 use txngate_core::ratelimit::MemoryStore;
 use txngate_core::token::{HostVerified, TokenError};
-use txngate_core::{Body, Gate, Request, Verdict};
+use txngate_core::{Body, Gate, Request, Verification};
 
 const NOW_S: u64 = 1_800_000_000;
 const NOW_MS: u64 = NOW_S * 1000;
@@ -73,16 +73,16 @@ fn a_good_token_gets_its_identity_and_the_body_is_left_to_the_full_decision() {
     let mut gate = gate();
     let agent = "spiffe://trust.example/agent/a1";
     let headers = vec![("txn-token".to_string(), token(agent, "calendar:read"))];
-    let stage = gate.verify_identity(&request(&headers, Body::Absent), NOW_MS, None);
-    assert_eq!(
-        stage.decision.verdict,
-        Verdict::Allow,
-        "{:?}",
-        stage.decision
+    let stage = gate.decide(
+        &request(&headers, Body::Held),
+        NOW_MS,
+        Verification::Core,
+        &mut MemoryStore::default(),
     );
+    assert!(stage.decision.is_allowed(), "{:?}", stage.decision);
     let identity: Vec<(&str, &str)> = stage
         .decision
-        .upstream_headers
+        .upstream_headers()
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
@@ -94,7 +94,7 @@ fn a_good_token_gets_its_identity_and_the_body_is_left_to_the_full_decision() {
             ("x-txngate-txn", "txn-1")
         ]
     );
-    assert!(stage.decision.list_filter.is_none());
+    assert!(stage.decision.list_filter().is_none());
     assert_eq!(stage.audit.rpc_method, None, "the body was not read");
 
     // The full decision gives the same identity for an allowed call, and refuses what the body asks for.
@@ -103,21 +103,23 @@ fn a_good_token_gets_its_identity_and_the_body_is_left_to_the_full_decision() {
     let full = gate.decide(
         &request(&headers, Body::Complete(&body)),
         NOW_MS,
+        Verification::Core,
         &mut store,
     );
-    assert_eq!(full.decision.verdict, Verdict::Allow);
+    assert!(full.decision.is_allowed());
     assert_eq!(
-        full.decision.upstream_headers,
-        stage.decision.upstream_headers
+        full.decision.upstream_headers(),
+        stage.decision.upstream_headers()
     );
     let body = call("search_web");
     let full = gate.decide(
         &request(&headers, Body::Complete(&body)),
         NOW_MS,
+        Verification::Core,
         &mut store,
     );
     assert_eq!(
-        (full.decision.status, full.decision.reason),
+        (full.decision.status(), full.decision.reason()),
         (403, "tool.scope")
     );
 }
@@ -130,8 +132,13 @@ fn no_rate_limit_is_consumed_at_the_header_stage() {
         token("spiffe://trust.example/agent/s1", "web:search"),
     )];
     for _ in 0..5 {
-        let stage = gate.verify_identity(&request(&headers, Body::Absent), NOW_MS, None);
-        assert_eq!(stage.decision.verdict, Verdict::Allow);
+        let stage = gate.decide(
+            &request(&headers, Body::Held),
+            NOW_MS,
+            Verification::Core,
+            &mut MemoryStore::default(),
+        );
+        assert!(stage.decision.is_allowed());
         assert!(stage.audit.limit.is_none());
     }
     let mut store = MemoryStore::default();
@@ -139,19 +146,17 @@ fn no_rate_limit_is_consumed_at_the_header_stage() {
     let first = gate.decide(
         &request(&headers, Body::Complete(&body)),
         NOW_MS,
+        Verification::Core,
         &mut store,
     );
-    assert_eq!(
-        first.decision.verdict,
-        Verdict::Allow,
-        "the bucket is still full"
-    );
+    assert!(first.decision.is_allowed(), "the bucket is still full");
     let second = gate.decide(
         &request(&headers, Body::Complete(&body)),
         NOW_MS,
+        Verification::Core,
         &mut store,
     );
-    assert_eq!(second.decision.reason, "ratelimit.exceeded");
+    assert_eq!(second.decision.reason(), "ratelimit.exceeded");
 }
 
 #[test]
@@ -174,17 +179,28 @@ fn token_and_delegation_refusals_are_the_same_as_the_full_decisions() {
         ),
     ];
     for (headers, status) in cases {
-        let stage = gate.verify_identity(&request(&headers, Body::Absent), NOW_MS, None);
-        assert_eq!(stage.decision.verdict, Verdict::Deny);
-        assert_eq!(stage.decision.status, status, "{}", stage.decision.reason);
-        assert!(stage.decision.upstream_headers.is_empty());
+        let stage = gate.decide(
+            &request(&headers, Body::Held),
+            NOW_MS,
+            Verification::Core,
+            &mut MemoryStore::default(),
+        );
+        assert!(!stage.decision.is_allowed());
+        assert_eq!(
+            stage.decision.status(),
+            status,
+            "{}",
+            stage.decision.reason()
+        );
+        assert!(stage.decision.upstream_headers().is_empty());
         let body = call("calendar_read");
         let full = gate.decide(
             &request(&headers, Body::Complete(&body)),
             NOW_MS,
+            Verification::Core,
             &mut MemoryStore::default(),
         );
-        assert_eq!(full.decision.reason, stage.decision.reason);
+        assert_eq!(full.decision.reason(), stage.decision.reason());
         assert_eq!(stage.audit.verdict, "deny");
     }
 }
@@ -199,10 +215,15 @@ fn hybrid_mode_never_checks_the_signature_itself() {
     let missing: Result<HostVerified, TokenError> = Err(TokenError::HostUnverified {
         detail: "no jwt_authn metadata",
     });
-    let stage = gate.verify_identity(&request(&headers, Body::Absent), NOW_MS, Some(&missing));
+    let stage = gate.decide(
+        &request(&headers, Body::Held),
+        NOW_MS,
+        Verification::Host(&missing),
+        &mut MemoryStore::default(),
+    );
     assert_eq!(
-        (stage.decision.status, stage.decision.reason),
+        (stage.decision.status(), stage.decision.reason()),
         (401, "token.host_unverified")
     );
-    let _: Value = serde_json::from_str(stage.decision.body.as_deref().unwrap()).unwrap();
+    let _: Value = serde_json::from_str(stage.decision.body().unwrap()).unwrap();
 }

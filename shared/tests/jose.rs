@@ -133,12 +133,17 @@ fn decide(gate: &mut Gate, token: &str, body: &[u8]) -> Outcome {
         body: Body::Complete(body),
         peer: None,
     };
-    gate.decide(&request, NOW * 1000, &mut MemoryStore::new())
+    gate.decide(
+        &request,
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    )
 }
 
 fn verdict(gate: &mut Gate, token: &str, body: &[u8]) -> (u16, &'static str) {
     let o = decide(gate, token, body);
-    (o.decision.status, o.decision.reason)
+    (o.decision.status(), o.decision.reason())
 }
 
 fn send_email() -> Vec<u8> {
@@ -178,7 +183,7 @@ fn rfc8725_3_8_the_verifying_key_belongs_to_the_named_issuer() {
     ] {
         let o = decide(&mut gate, &token(kid, &claims, json!({})), &send_email());
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             expected,
             "{name}: {:?}",
             o.audit.detail
@@ -193,7 +198,7 @@ fn rfc8725_3_8_the_verifying_key_belongs_to_the_named_issuer() {
     assert!(detail.contains("declares no iss"), "{detail}");
     let www = o
         .decision
-        .response_headers
+        .response_headers()
         .iter()
         .find(|(k, _)| k == "www-authenticate");
     assert!(
@@ -341,7 +346,7 @@ fn token_scopes_are_opaque_strings() {
             &call(tool, json!({})),
         );
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             expected,
             "{scope} → {tool}"
         );
@@ -374,7 +379,7 @@ fn prior_actors_informational_and_narrow() {
         &token("b", &c, json!({})),
         &send_email(),
     );
-    assert_eq!((o.decision.status, o.decision.reason), (200, "allow"));
+    assert_eq!((o.decision.status(), o.decision.reason()), (200, "allow"));
     assert_eq!(o.audit.actors.len(), 3);
     assert_eq!(o.audit.actors[1], "spiffe://partner.example/assistant");
     // The orchestrator (prior, ceiling calendar:*) would have removed email:send under `narrow`.
@@ -423,7 +428,7 @@ fn agentic_ctx_constraints_and_audit() {
         &token("b", &c, json!({})),
         &billing("spiffe://trust.example/agent/billing", 2),
     );
-    assert_eq!((o.decision.status, o.decision.reason), (200, "allow"));
+    assert_eq!((o.decision.status(), o.decision.reason()), (200, "allow"));
     let record: Value = serde_json::from_str(&o.audit.to_json()).unwrap();
     assert_eq!(
         record["agentic_ctx"],
@@ -437,7 +442,7 @@ fn agentic_ctx_constraints_and_audit() {
     ] {
         let o = decide(&mut gate, &token("b", &c, json!({})), &billing(agent, hops));
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (403, "tool.constraint"),
             "{agent} {hops}"
         );
@@ -453,7 +458,7 @@ fn agentic_ctx_constraints_and_audit() {
         &billing("spiffe://trust.example/agent/billing", 2),
     );
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (403, "tool.constraint")
     );
     assert!(o.audit.agentic_ctx.is_none());

@@ -130,7 +130,12 @@ fn decide_in(gate: &mut Gate, tok: &str, body: Vec<u8>, limiter: &mut dyn Limite
         body: Body::Complete(&body),
         peer: None,
     };
-    gate.decide(&request, NOW * 1000, limiter)
+    gate.decide(
+        &request,
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        limiter,
+    )
 }
 
 fn decide(gate: &mut Gate, tok: &str, body: Vec<u8>) -> Outcome {
@@ -139,12 +144,12 @@ fn decide(gate: &mut Gate, tok: &str, body: Vec<u8>) -> Outcome {
 
 fn verdict(gate: &mut Gate, tok: &str, body: Vec<u8>) -> (u16, &'static str) {
     let o = decide(gate, tok, body);
-    (o.decision.status, o.decision.reason)
+    (o.decision.status(), o.decision.reason())
 }
 
 fn header<'a>(o: &'a Outcome, name: &str) -> Option<&'a str> {
     o.decision
-        .response_headers
+        .response_headers()
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
@@ -159,7 +164,7 @@ fn prompts_are_authorized_by_their_rules() {
         &tok,
         prompt("code_review", json!({"repo": "acme/api"})),
     );
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     assert_eq!(o.audit.prompt.as_deref(), Some("code_review"));
     assert_eq!(o.audit.rule.as_deref(), Some("code_review"));
     assert!(o.audit.tool.is_none());
@@ -167,7 +172,7 @@ fn prompts_are_authorized_by_their_rules() {
 
     let o = decide(&mut gate, &tok, prompt("admin_report", json!({})));
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (403, "prompt.scope")
     );
     assert_eq!(
@@ -214,7 +219,7 @@ fn prompts_are_authorized_by_their_rules() {
         detail.contains("\"code_review\""),
         "the detail names the rule: {detail}"
     );
-    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    let body: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
     assert_eq!(body["id"], 9);
 }
 
@@ -264,7 +269,11 @@ fn resources_are_authorized_by_uri_pattern() {
         ("https://example.com/", (403, "resource.denied"), "*"),
     ] {
         let o = decide(&mut gate, &tok, read(uri));
-        assert_eq!((o.decision.status, o.decision.reason), expected, "{uri}");
+        assert_eq!(
+            (o.decision.status(), o.decision.reason()),
+            expected,
+            "{uri}"
+        );
         assert_eq!(o.audit.resource.as_deref(), Some(uri));
         assert_eq!(o.audit.rule.as_deref(), Some(rule), "{uri}");
     }
@@ -277,7 +286,7 @@ fn resources_are_authorized_by_uri_pattern() {
     ] {
         let o = decide(&mut gate, &tok, read(uri));
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (403, "resource.no_rule"),
             "{uri}"
         );
@@ -307,11 +316,11 @@ fn without_their_sections_prompts_and_resources_pass_on_token_and_delegation() {
     let mut gate = gate_with(&base_policy());
     let tok = token();
     let o = decide(&mut gate, &tok, prompt("anything at all", json!({"x": 1})));
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     assert_eq!(o.audit.prompt.as_deref(), Some("anything at all"));
     assert!(o.audit.rule.is_none());
     let o = decide(&mut gate, &tok, read("file:///etc/passwd"));
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     assert!(
         header(&o, "cache-control").is_none(),
         "no rule, nothing per caller"
@@ -320,11 +329,11 @@ fn without_their_sections_prompts_and_resources_pass_on_token_and_delegation() {
     // Their lists are not filtered; tools/list always is.
     for method in ["prompts/list", "resources/list", "resources/templates/list"] {
         let o = decide(&mut gate, &tok, rpc(method, json!({})));
-        assert!(o.decision.list_filter.is_none(), "{method}");
+        assert!(o.decision.list_filter().is_none(), "{method}");
         assert!(header(&o, "cache-control").is_none(), "{method}");
     }
     let o = decide(&mut gate, &tok, rpc("tools/list", json!({})));
-    assert!(o.decision.list_filter.is_some());
+    assert!(o.decision.list_filter().is_some());
     assert_eq!(header(&o, "cache-control"), Some("private"));
     // Still refused without a valid delegation.
     let stranger = token_for("spiffe://other.example/x", "docs:read");
@@ -343,16 +352,16 @@ fn rate_limits_have_per_kind_buckets() {
         rpc("tools/call", json!({"name": "review"})),
         &mut limiter,
     );
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     let o = decide_in(&mut gate, &tok, prompt("review", json!({})), &mut limiter);
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     assert_eq!(
         header(&o, "ratelimit-policy"),
         Some("\"prompt:review\";q=1;w=3600")
     );
     let o = decide_in(&mut gate, &tok, prompt("review", json!({})), &mut limiter);
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (429, "ratelimit.exceeded")
     );
     assert!(o.audit.detail.unwrap().contains("prompt \"review\""));
@@ -366,7 +375,7 @@ fn rate_limits_have_per_kind_buckets() {
         ("file:///docs/d", "ratelimit.exceeded"),
     ] {
         let o = decide_in(&mut gate, &tok, read(uri), &mut limiter);
-        assert_eq!(o.decision.reason, reason, "{uri}");
+        assert_eq!(o.decision.reason(), reason, "{uri}");
         if reason == "allow" {
             assert_eq!(header(&o, "cache-control"), Some("private"));
         }
@@ -385,14 +394,14 @@ fn rate_limits_have_per_kind_buckets() {
         rpc("tools/call", json!({"name": "a:b"})),
         &mut limiter,
     );
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     let o = decide_in(
         &mut gate,
         &tok,
         rpc("tools/call", json!({"name": "a"})),
         &mut limiter,
     );
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     assert_ne!(limiter.keys[0], limiter.keys[1]);
     assert!(limiter.keys[0].contains(":a%3Ab:"), "{}", limiter.keys[0]);
 }
@@ -402,7 +411,7 @@ fn dry_run_prompt_rules_audit_without_refusing() {
     let mut gate = gate_with(&policy());
     let o = decide(&mut gate, &token(), prompt("dry_admin", json!({})));
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (200, "allow.dry_run")
     );
     assert_eq!(o.audit.dry_run_reason, Some("prompt.scope"));
@@ -426,9 +435,9 @@ fn every_list_is_filtered_per_caller_and_marked_private() {
     let tok = token();
     let list = |gate: &mut Gate, method: &str, key: &str, field: &str, entries: &[&str]| {
         let o = decide(gate, &tok, rpc(method, json!({})));
-        assert_eq!(o.decision.reason, "allow");
+        assert_eq!(o.decision.reason(), "allow");
         assert_eq!(header(&o, "cache-control"), Some("private"), "{method}");
-        let filter = o.decision.list_filter.expect("filtered");
+        let filter = o.decision.list_filter().expect("filtered");
         let entries: Vec<Value> = entries.iter().map(|e| json!({ field: e })).collect();
         let body = json!({"jsonrpc":"2.0","id":9,"result":{key: entries, "cacheScope": "public"}});
         names(
@@ -496,7 +505,7 @@ fn every_list_is_filtered_per_caller_and_marked_private() {
 fn sse_list_responses_are_filtered_too() {
     let mut gate = gate_with(&policy());
     let o = decide(&mut gate, &token(), rpc("prompts/list", json!({})));
-    let filter = o.decision.list_filter.unwrap();
+    let filter = o.decision.list_filter().unwrap();
     let event = json!({"jsonrpc":"2.0","id":9,"result":{"prompts":[{"name":"summarize"},{"name":"locked"}]}});
     let sse = format!("event: message\ndata: {event}\n\n");
     let out =
@@ -561,7 +570,7 @@ fn completions_need_the_prompt_or_resource_they_complete() {
     assert_eq!(o.audit.prompt.as_deref(), Some("locked"));
     assert_eq!(o.audit.rule.as_deref(), Some("locked"));
     assert!(o.audit.tool.is_none());
-    let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+    let body: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
     assert_eq!(
         (body["id"].clone(), body["error"]["code"].clone()),
         (json!(9), json!(-31403))
@@ -592,11 +601,11 @@ fn completion_refs_are_parsed_structurally() {
     ] {
         let o = decide(&mut gate, &tok, rpc("completion/complete", params.clone()));
         assert_eq!(
-            (o.decision.status, o.decision.reason),
+            (o.decision.status(), o.decision.reason()),
             (400, "mcp.completion_ref"),
             "{params}"
         );
-        let body: Value = serde_json::from_str(o.decision.body.as_deref().unwrap()).unwrap();
+        let body: Value = serde_json::from_str(o.decision.body().unwrap()).unwrap();
         assert_eq!(body["error"]["code"], -32602, "{params}");
         assert_eq!(body["id"], 9, "{params}");
     }
@@ -620,7 +629,7 @@ fn subscriptions_need_each_resource_rule() {
         ] {
             let o = decide(&mut gate, &tok, rpc(method, json!({"uri": uri})));
             assert_eq!(
-                (o.decision.status, o.decision.reason),
+                (o.decision.status(), o.decision.reason()),
                 expected,
                 "{method} {uri}"
             );
@@ -636,7 +645,7 @@ fn subscriptions_need_each_resource_rule() {
         &tok,
         listen(json!(["file:///docs/public.txt", "file:///docs/a"])),
     );
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     assert_eq!(o.audit.resources.len(), 2);
     assert!(o.audit.resource.is_none());
     let o = decide(
@@ -649,7 +658,7 @@ fn subscriptions_need_each_resource_rule() {
         ])),
     );
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (403, "resource.scope")
     );
     assert_eq!(o.audit.resource.as_deref(), Some("file:///admin/x"));
@@ -693,7 +702,7 @@ fn completions_and_subscriptions_consume_no_rate_limit() {
         listen(json!(["file:///docs/a", "file:///docs/b"])),
     ] {
         let o = decide_in(&mut gate, &tok, body, &mut limiter);
-        assert_eq!(o.decision.reason, "allow");
+        assert_eq!(o.decision.reason(), "allow");
         assert!(o.audit.limit.is_none());
     }
     assert!(limiter.keys.is_empty(), "{:?}", limiter.keys);
@@ -711,7 +720,7 @@ fn without_their_sections_completions_and_subscriptions_pass() {
     ] {
         let shown = String::from_utf8_lossy(&body).into_owned();
         let o = decide(&mut gate, &tok, body);
-        assert_eq!(o.decision.reason, "allow", "{shown}");
+        assert_eq!(o.decision.reason(), "allow", "{shown}");
         assert!(o.audit.rule.is_none());
     }
     // Structure is still checked.

@@ -13,7 +13,7 @@ use txngate_core::encoding::encode_b64url;
 use txngate_core::ratelimit::MemoryStore;
 use txngate_core::token::HostVerified;
 use txngate_core::wimse::token_hash;
-use txngate_core::{Body, Gate, Outcome, Request, Step};
+use txngate_core::{Body, Gate, Outcome, Request, Step, Verification};
 
 const NOW_S: u64 = 1_800_000_000;
 const NOW: u64 = NOW_S * 1000;
@@ -124,11 +124,11 @@ fn decide(gate: &mut Gate, headers: &[(String, String)], peer: Option<&str>) -> 
         body: Body::Complete(&body),
         peer,
     };
-    gate.decide(&req, NOW, &mut MemoryStore::new())
+    gate.decide(&req, NOW, Verification::Core, &mut MemoryStore::new())
 }
 
 fn reason(o: &Outcome) -> (u16, &'static str) {
-    (o.decision.status, o.decision.reason)
+    (o.decision.status(), o.decision.reason())
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn a_bound_call_takes_three_signature_steps_and_audits_the_caller() {
         body: Body::Complete(&body),
         peer: None,
     };
-    let mut step = g.evaluate(&req, NOW);
+    let mut step = g.evaluate(&req, NOW, Verification::Core);
     let mut algorithms = Vec::new();
     let outcome = loop {
         step = match step {
@@ -226,10 +226,13 @@ fn the_header_stage_does_not_take_the_jti() {
         method: "POST",
         path: "/mcp",
         headers: &h,
-        body: Body::Absent,
+        body: Body::Held,
         peer: None,
     };
-    assert!(g.verify_identity(&req, NOW, None).decision.is_allowed());
+    assert!(g
+        .decide(&req, NOW, Verification::Core, &mut MemoryStore::new())
+        .decision
+        .is_allowed());
     assert!(decide(&mut g, &h, None).decision.is_allowed());
 }
 
@@ -253,7 +256,12 @@ fn host_verified_tokens_still_have_their_proofs_checked_by_the_core() {
             body: Body::Complete(&body),
             peer: None,
         };
-        g.decide_host_verified(&req, NOW, &attestation, &mut MemoryStore::new())
+        g.decide(
+            &req,
+            NOW,
+            Verification::Host(&attestation),
+            &mut MemoryStore::new(),
+        )
     };
     assert!(run(&mut g, &wpt(&w, &txn, "j1")).decision.is_allowed());
     let forged = sign_ed(

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from vectors import (
-    ROOT, Case, Minter, Outcome, audit_records, check_tools, load_policy, policy_accepts_proof_for_peer,
-    reason_from_body, upstream_response_text, wire_request,
+    ROOT, Case, Minter, Outcome, allowed_status, audit_records, check_tools, load_policy,
+    policy_accepts_proof_for_peer, reason_from_body, upstream_response_text, wire_request,
 )
 
 CLI = ROOT / "target" / "release" / "txngate"
@@ -314,7 +314,7 @@ class Harness(Host):
             if audit and audit.get("reason") != out.reason:
                 problems.append(f"audit says {audit.get('reason')!r}, the body {out.reason!r}")
         elif o.get("forwarded") is not None:
-            out = Outcome("allow", o.get("status"), audit.get("reason") if audit else None)
+            out = Outcome("allow", allowed_status(case, o.get("status")), audit.get("reason") if audit else None)
             if audit is None:
                 problems.append("allowed but no audit line was logged")
             if case.response is not None:

@@ -51,7 +51,10 @@ _LIST_EXPECTATIONS = {
     "expect_resources": ("resources", "uri"),
     "expect_resource_templates": ("resourceTemplates", "uriTemplate"),
 }
-_RESPONSE_FIELDS = {"status", "content_type", "body", "expect_cache_scope", "expect_cache_control", *_LIST_EXPECTATIONS}
+#: What a response case checks: the filtered list (one of these) or the refusal that replaces the response.
+_RESPONSE_CHECKS = {*_LIST_EXPECTATIONS, "expect_reply"}
+_RESPONSE_FIELDS = {"status", "content_type", "body", "raw_body", "pad_to", "expect_cache_scope", "expect_cache_control",
+                    *_RESPONSE_CHECKS}
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 
@@ -179,9 +182,19 @@ def _validate_case(raw: dict, where: str, reasons: set[str]) -> None:
     resp = raw.get("response")
     if resp is not None:
         _check(isinstance(resp, dict) and not (set(resp) - _RESPONSE_FIELDS)
-               and len(set(resp) & set(_LIST_EXPECTATIONS)) == 1, where,
-               f"response fields: {sorted(_RESPONSE_FIELDS)} (exactly one of {sorted(_LIST_EXPECTATIONS)})")
+               and len(set(resp) & _RESPONSE_CHECKS) == 1, where,
+               f"response fields: {sorted(_RESPONSE_FIELDS)} (exactly one of {sorted(_RESPONSE_CHECKS)})")
         _check(exp["verdict"] == "allow", where, "a response check needs an allowed request")
+        _check(("body" in resp) != ("raw_body" in resp), where, "a response has a body (JSON) or a raw_body (text)")
+        _check(isinstance(resp.get("raw_body", ""), str), where, "response.raw_body is sent as is: a string")
+        _check(isinstance(resp.get("pad_to", 0), int) and resp.get("pad_to", 0) >= 0, where, "response.pad_to is a byte count")
+        reply = resp.get("expect_reply")
+        if reply is not None:
+            _check(isinstance(reply, dict) and {"status", "reason"} <= set(reply) <= {"status", "reason", "body"}
+                   and isinstance(reply["status"], int) and reply["status"] >= 400, where,
+                   "response.expect_reply is {status: >= 400, reason, body (optional: the exact JSON body)}")
+            # An adapter-side reason (the core's `reply::Failure`), not a decision reason of README's table.
+            _check(isinstance(reply["reason"], str) and bool(_ID.match(reply["reason"])), where, "expect_reply.reason: a reason code")
 
 
 def _validate_wimse(w: Any, where: str) -> None:
@@ -522,12 +535,57 @@ def audit_records(lines: list[str]) -> list[dict]:
 
 
 def upstream_response_text(response: dict) -> tuple[str, bytes]:
-    """(content-type, body bytes) of a case's canned tools/list response, as the upstream sends it."""
+    """(content-type, body bytes) of a case's canned list response, as the upstream sends it: `raw_body` as
+    is, else `body` as compact JSON (in one SSE event for `text/event-stream`); then `pad_to` (spaces, which
+    JSON and SSE both ignore, appended up to that many bytes)."""
     ct = response.get("content_type", "application/json")
-    payload = json.dumps(response["body"], separators=(",", ":"))
-    if ct.split(";")[0].strip() == "text/event-stream":
-        return ct, f"event: message\ndata: {payload}\n\n".encode()
-    return ct, payload.encode()
+    if "raw_body" in response:
+        data = response["raw_body"].encode()
+    else:
+        payload = json.dumps(response["body"], separators=(",", ":"))
+        if ct.split(";")[0].strip() == "text/event-stream":
+            data = f"event: message\ndata: {payload}\n\n".encode()
+        else:
+            data = payload.encode()
+    pad = response.get("pad_to", 0)
+    if len(data) < pad:
+        data += b" " * (pad - len(data))
+    return ct, data
+
+
+def expected_reply(case: Case) -> dict | None:
+    """The refusal that must replace the upstream's response on hosts that have one (`expect_reply`)."""
+    return (case.response or {}).get("expect_reply")
+
+
+def allowed_status(case: Case, status: int | None) -> int | None:
+    """The decision status of a request that reached the upstream: 200 when the client got the upstream's own
+    status (a canned response may answer 203), else the status as it came."""
+    upstream = (case.response or {}).get("status", 200)
+    return 200 if status == upstream else status
+
+
+def expected_triple(case: Case, outcome: Outcome | None) -> tuple[str, int, str]:
+    """What a host must decide: `expect`, or on a host that renders the upstream's response (the CLI has none),
+    the refusal of `expect_reply` that replaces it."""
+    reply = expected_reply(case)
+    if reply is not None and outcome is not None and outcome.response_unchecked is None:
+        return ("deny", reply["status"], reply["reason"])
+    return case.expected()
+
+
+def check_reply(case: Case, outcome: Outcome) -> str | None:
+    """None when the case has no `expect_reply.body` or the refusal's body is exactly that JSON."""
+    want = (expected_reply(case) or {}).get("body")
+    if want is None:
+        return None
+    try:
+        got = json.loads(outcome.body or "")
+    except ValueError:
+        return f"expect_reply: the refusal body is not JSON: {(outcome.body or '')[:200]!r}"
+    if got != want:
+        return f"expect_reply: body {json.dumps(got, sort_keys=True)[:400]} (expected {json.dumps(want, sort_keys=True)[:400]})"
+    return None
 
 
 def tools_in_response(content_type: str, body: str, member: str = "tools", field: str = "name") -> list[str] | None:
@@ -565,6 +623,8 @@ def check_tools(case: Case, content_type: str, body: str, cache_control: str | N
     """The list response check of a case: its `expect_*` entries, `expect_cache_scope` when given
     (`null`: the result has no cacheScope), and `expect_cache_control` (a value the response's Cache-Control
     must contain) when given."""
+    if expected_reply(case) is not None:
+        return False, f"the upstream's response reached the client; expected the refusal {expected_reply(case)}"
     expect = next(k for k in _LIST_EXPECTATIONS if k in case.response)
     member, field = _LIST_EXPECTATIONS[expect]
     expected = case.response[expect]

@@ -22,7 +22,8 @@ from pathlib import Path
 from hosts import Host
 from upstream import CASE_HEADER, MARK, Upstream
 from vectors import (
-    ROOT, Case, Outcome, check_tools, reason_from_body, token_sha256, upstream_response_text, wire_request,
+    ROOT, Case, Outcome, allowed_status, check_tools, reason_from_body, token_sha256, upstream_response_text,
+    wire_request,
 )
 
 WORKER_SCRIPT = ROOT / "worker" / "build" / "index.js"
@@ -146,7 +147,7 @@ class Worker(Host):
                 out.detail, out.error = f"local reply without a reason: {text[:200]!r}", True
             return out
         records = answer.get("audit") or []
-        out = Outcome("allow", status, records[-1].get("reason") if records else None)
+        out = Outcome("allow", allowed_status(case, status), records[-1].get("reason") if records else None)
         if out.reason is None:
             out.detail, out.error = "allowed, but no audit line for this token in workerd's log", True
         if case.response is not None:

@@ -15,7 +15,9 @@ mod proxy;
 
 use std::rc::Rc;
 
-use txngate_core::{Body, Outcome, Request as CoreRequest, Step};
+use txngate_core::{
+    Body, Decision, Failure, Outcome, ReplyTo, Request as CoreRequest, Step, Verification,
+};
 use worker::{event, Context, Env};
 
 use crate::body::{read_body, Capped};
@@ -63,7 +65,19 @@ async fn handle(req: web_sys::Request, env: Env, ctx: Context) -> web_sys::Respo
 
     let gathered = match gather(&config, &req).await {
         Ok(g) => g,
-        Err(detail) => return proxy::internal_error("request.read", &detail, None),
+        Err(detail) => {
+            // No body read, so no JSON-RPC id: the request's path alone shapes the reply.
+            let path = path_and_query(&req.url());
+            let to = if config.gate.borrow().is_mcp_path(&path) {
+                ReplyTo::mcp(None)
+            } else {
+                ReplyTo::plain()
+            };
+            let read = Failure::Internal {
+                reason: "request.read",
+            };
+            return proxy::failure(read, &detail, &to);
+        }
     };
     let body = match &gathered.body {
         GatheredBody::Read(Capped::Complete(bytes)) if bytes.is_empty() => Body::Absent,
@@ -82,9 +96,10 @@ async fn handle(req: web_sys::Request, env: Env, ctx: Context) -> web_sys::Respo
     let outcome = decide(&config, &env, &request).await;
     worker::console_log!("{}", outcome.audit.to_json());
 
-    if !outcome.decision.is_allowed() {
-        return proxy::local_reply(&outcome.decision);
-    }
+    let allowed = match &outcome.decision {
+        Decision::Denied(denied) => return proxy::local_reply(&denied.reply),
+        Decision::Allowed(allowed) => allowed,
+    };
     let forward_body = match &gathered.body {
         GatheredBody::Read(Capped::Complete(bytes)) => match &gathered.raw_body {
             Some(buffer) => proxy::ForwardBody::Buffer(buffer),
@@ -102,7 +117,8 @@ async fn handle(req: web_sys::Request, env: Env, ctx: Context) -> web_sys::Respo
         &gathered.headers,
         &gathered.core_headers,
         forward_body,
-        &outcome,
+        allowed,
+        &outcome.reply_to,
     )
     .await
 }
@@ -184,7 +200,10 @@ async fn decide(config: &Rc<Config>, env: &Env, request: &CoreRequest<'_>) -> Ou
 
 async fn run(config: &Config, env: &Env, request: &CoreRequest<'_>) -> Outcome {
     // Each gate borrow ends before the next await: concurrent requests of the isolate interleave safely.
-    let mut step = config.gate.borrow_mut().evaluate(request, now_ms());
+    let mut step = config
+        .gate
+        .borrow_mut()
+        .evaluate(request, now_ms(), Verification::Core);
     loop {
         step = match step {
             Step::Done(outcome) => return *outcome,
@@ -199,7 +218,7 @@ async fn run(config: &Config, env: &Env, request: &CoreRequest<'_>) -> Outcome {
                     }
                     LimiterMode::Approximate => limiter::approximate(env, &pending).await,
                 };
-                return config.gate.borrow_mut().resume_limit(*pending, result);
+                config.gate.borrow_mut().resume_limit(*pending, result)
             }
         };
     }

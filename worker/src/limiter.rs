@@ -81,7 +81,7 @@ pub async fn consume(
     };
     worker::console_error!(
         "{}",
-        serde_json::json!({"txngate": "limiter.failed", "key": pending.key(), "error": &failed.public, "detail": &failed.detail})
+        serde_json::json!({"txngate": "limiter.failed", "key": pending.bucket_key(), "error": &failed.public, "detail": &failed.detail})
     );
     Err(backend(failed.public))
 }
@@ -103,7 +103,7 @@ fn failure(public: &str, detail: impl Into<String>) -> Failure {
 async fn exchange(env: &Env, pending: &PendingLimit) -> Result<LimitState, Failure> {
     let rule = pending.rule();
     let body = ConsumeRequest {
-        key: pending.key().to_string(),
+        key: pending.bucket_key().to_string(),
         limit: rule.limit(),
         period_seconds: rule.period_seconds(),
         burst: rule.burst(),
@@ -116,7 +116,7 @@ async fn exchange(env: &Env, pending: &PendingLimit) -> Result<LimitState, Failu
         )
     })?;
     let stub = namespace
-        .id_from_name(pending.key())
+        .id_from_name(pending.bucket_key())
         .and_then(|id| id.get_stub())
         .map_err(|e| failure("durable object stub failed", e.to_string()))?;
     let json = serde_json::to_string(&body)
@@ -197,7 +197,7 @@ pub async fn approximate(env: &Env, pending: &PendingLimit) -> Result<LimitState
         .rate_limiter(&name)
         .map_err(|_| backend(format!("approximate mode: no Rate Limiting binding {name}")))?;
     let outcome = limiter
-        .limit(pending.key().to_string())
+        .limit(pending.bucket_key().to_string())
         .await
         .map_err(|e| backend(format!("rate limiting binding {name}: {e}")))?;
     let period_ms = rule.period_seconds().saturating_mul(1000);

@@ -1,12 +1,14 @@
-//! Rendering: local replies for denials and failures, and forwarding of allowed requests to the origin.
+//! Rendering: copying the core's replies (denials and failures) onto Responses, and forwarding of allowed
+//! requests to the origin. Which status, headers and body a refusal or a failure gets is the core's
+//! (`txngate_core::reply`); so are the list rules (which statuses are filtered, how large a list may be).
 
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
 use js_sys::Uint8Array;
-use serde_json::{json, Value};
-use txngate_core::gate::is_filtered_status;
-use txngate_core::{is_identity_header, Decision, Outcome};
+use serde_json::json;
+use txngate_core::reply::{is_filtered_status, MAX_LIST_BYTES};
+use txngate_core::{is_identity_header, Allowed, Failure, Reply, ReplyTo};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Headers, ReadableStream, RequestInit, RequestRedirect, ResponseInit};
@@ -14,9 +16,6 @@ use web_sys::{Headers, ReadableStream, RequestInit, RequestRedirect, ResponseIni
 use crate::body::{declared_length, read_capped, Capped};
 use crate::config::Config;
 use crate::jwks::js_error;
-
-/// Largest `tools/list` response the Worker buffers to filter.
-const MAX_TOOLS_LIST_BYTES: usize = 8 * 1024 * 1024;
 
 /// Request headers never forwarded: hop-by-hop ones, and those the runtime sets from the new request.
 const NOT_FORWARDED: [&str; 9] = [
@@ -41,34 +40,19 @@ pub enum ForwardBody<'a> {
     Stream(Option<ReadableStream>),
 }
 
-fn reply(status: u16, headers: &[(String, String)], body: &str) -> web_sys::Response {
+/// A reply of the core (a denial or a failure), exactly as it rendered it.
+pub fn local_reply(reply: &Reply) -> web_sys::Response {
     let init = ResponseInit::new();
-    init.set_status(status);
+    init.set_status(reply.status);
     if let Ok(h) = Headers::new() {
-        for (name, value) in headers {
+        for (name, value) in &reply.headers {
             let _ = h.append(name, value);
         }
         init.set_headers(&h);
     }
-    web_sys::Response::new_with_opt_str_and_init(Some(body), &init)
+    web_sys::Response::new_with_opt_str_and_init(Some(&reply.body), &init)
         .or_else(|_| web_sys::Response::new())
         .unwrap_or_else(|_| web_sys::Response::error())
-}
-
-fn json_headers() -> Vec<(String, String)> {
-    vec![
-        ("content-type".into(), "application/json".into()),
-        ("cache-control".into(), "no-store".into()),
-    ]
-}
-
-/// A denial, exactly as the core rendered it.
-pub fn local_reply(decision: &Decision) -> web_sys::Response {
-    reply(
-        decision.status,
-        &decision.response_headers,
-        decision.body.as_deref().unwrap_or(""),
-    )
 }
 
 /// The configuration did not load: 500 for every request, never forwarded; the precise message goes to the
@@ -80,35 +64,27 @@ pub fn config_failure(req: &web_sys::Request, message: &str) -> web_sys::Respons
         "{}",
         json!({"time": txngate_core::audit::rfc3339(crate::now_ms()), "verdict": "deny", "reason": "config.invalid", "status": 500, "method": req.method(), "path": path, "detail": message})
     );
-    let body = json!({"error": "server_error", "error_description": "txngate is misconfigured; see the Worker's logs", "reason": "config.invalid"});
-    reply(500, &json_headers(), &body.to_string())
+    // No policy, so no MCP endpoint to place the request on: the OAuth-style object.
+    local_reply(&ReplyTo::plain().failure(Failure::PolicyInvalid))
 }
 
-/// A failure of the Worker itself (500) or of the origin (502 unreachable or broken, 504 no response headers
-/// in time): no internal detail to the client, the detail goes to the log.
-pub fn internal_error(reason: &str, detail: &str, rpc_id: Option<&Value>) -> web_sys::Response {
-    let status = if reason == "origin.timeout" {
-        504
-    } else if reason.starts_with("origin.") {
-        502
-    } else {
-        500
-    };
+/// A failure of the Worker itself or of the origin, rendered by the core for `to`: no internal detail to the
+/// client, the detail goes to the log.
+pub fn failure(failure: Failure, detail: &str, to: &ReplyTo) -> web_sys::Response {
     worker::console_error!(
         "{}",
-        json!({"txngate": reason, "status": status, "detail": detail})
+        json!({"txngate": failure.reason(), "status": failure.status(), "detail": detail})
     );
-    let message = match status {
-        504 => "txngate: the upstream server did not answer in time",
-        502 => "txngate: the upstream server could not be reached",
-        _ => "txngate: internal error",
-    };
-    // The core renders it, as for the Envoy filter's own errors: a JSON-RPC error when the request had an id.
-    let body = txngate_core::mcp::adapter_error_body(status, reason, message, rpc_id);
-    reply(status, &json_headers(), &body)
+    local_reply(&to.failure(failure))
 }
 
-/// Forwards an allowed request to the origin and renders its answer.
+/// The origin could not be reached or gave no usable response (`reason`: which step failed).
+fn unreachable(reason: &'static str, detail: &str, to: &ReplyTo) -> web_sys::Response {
+    failure(Failure::UpstreamUnreachable { reason }, detail, to)
+}
+
+/// Forwards an allowed request to the origin and renders its answer; a failure answers `to`.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     config: &Config,
     method: &str,
@@ -116,10 +92,9 @@ pub async fn forward(
     headers: &Headers,
     names: &[(String, String)],
     body: ForwardBody<'_>,
-    outcome: &Outcome,
+    decision: &Allowed,
+    to: &ReplyTo,
 ) -> web_sys::Response {
-    let decision = &outcome.decision;
-    let rpc_id = outcome.audit.rpc_id.as_ref();
     // Aborted only if the headers do not come in time; once they have, the body streams unbounded (an
     // SSE stream may legitimately last long).
     let abort = web_sys::AbortController::new().ok();
@@ -127,7 +102,7 @@ pub async fn forward(
     let upstream =
         match upstream_request(config, method, path, headers, names, body, decision, signal) {
             Ok(r) => r,
-            Err(e) => return internal_error("origin.request", &e, rpc_id),
+            Err(e) => return unreachable("origin.request", &e, to),
         };
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let fetched = std::pin::pin!(JsFuture::from(global.fetch_with_request(&upstream)));
@@ -141,22 +116,22 @@ pub async fn forward(
             if let Some(abort) = &abort {
                 abort.abort();
             }
-            return internal_error(
-                "origin.timeout",
+            return failure(
+                Failure::UpstreamTimeout,
                 &format!("no response headers within {timeout_ms} ms"),
-                rpc_id,
+                to,
             );
         }
     };
     let response: web_sys::Response = match fetched.map(JsCast::dyn_into) {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) => return internal_error("origin.fetch", "fetch returned no Response", rpc_id),
-        Err(e) => return internal_error("origin.fetch", &js_error(&e), rpc_id),
+        Ok(Err(_)) => return unreachable("origin.fetch", "fetch returned no Response", to),
+        Err(e) => return unreachable("origin.fetch", &js_error(&e), to),
     };
     // A native copy of the origin's headers (one call, not one per header across the Wasm boundary).
     let out_headers = match Headers::new_with_headers(&response.headers()) {
         Ok(h) => h,
-        Err(e) => return internal_error("origin.response", &js_error(&e), rpc_id),
+        Err(e) => return unreachable("origin.response", &js_error(&e), to),
     };
     for (name, value) in &decision.response_headers {
         let _ = out_headers.append(name, value);
@@ -165,7 +140,7 @@ pub async fn forward(
     init.set_status(response.status());
     init.set_status_text(&response.status_text());
 
-    // The same rule as the Envoy filter's: every 2xx list response is filtered.
+    // The core's rule, the Envoy filter's too: every 2xx list response is filtered.
     let filter = decision
         .list_filter
         .as_ref()
@@ -176,7 +151,7 @@ pub async fn forward(
             response.body().as_ref(),
             &init,
         )
-        .unwrap_or_else(|e| internal_error("origin.response", &js_error(&e), rpc_id));
+        .unwrap_or_else(|e| unreachable("origin.response", &js_error(&e), to));
     };
     // A list (tools/list, ...): buffer, filter to what this caller may use. A response we cannot filter is
     // not passed on (it would reveal entries the caller may not see).
@@ -189,27 +164,23 @@ pub async fn forward(
     let bytes = match read_capped(
         response.body(),
         declared_length(&response.headers()),
-        MAX_TOOLS_LIST_BYTES,
+        MAX_LIST_BYTES,
     )
     .await
     {
         Ok(Capped::Complete(bytes)) => bytes,
         Ok(Capped::TooLarge) => {
-            return internal_error(
-                "origin.tools_list",
-                "list response too large to filter",
-                rpc_id,
-            )
+            return failure(Failure::ListTooLarge, "list response over the cap", to)
         }
-        Err(e) => return internal_error("origin.tools_list", &e, rpc_id),
+        Err(e) => return failure(Failure::ListUnfilterable, &e, to),
     };
     let filtered = match filter.apply(&content_type, &bytes) {
         Ok(b) => b,
         Err(e) => {
-            return internal_error(
-                "origin.tools_list",
+            return failure(
+                Failure::ListUnfilterable,
                 &format!("cannot filter the list response: {e}"),
-                rpc_id,
+                to,
             )
         }
     };
@@ -218,7 +189,7 @@ pub async fn forward(
     init.set_headers(&out_headers);
     let body = Uint8Array::from(filtered.as_slice());
     web_sys::Response::new_with_opt_buffer_source_and_init(Some(body.unchecked_ref()), &init)
-        .unwrap_or_else(|e| internal_error("origin.response", &js_error(&e), rpc_id))
+        .unwrap_or_else(|e| unreachable("origin.response", &js_error(&e), to))
 }
 
 /// `headers` is the client's header object, `names` the same headers as gathered (their names decide
@@ -231,7 +202,7 @@ fn upstream_request(
     headers: &Headers,
     names: &[(String, String)],
     body: ForwardBody<'_>,
-    decision: &Decision,
+    decision: &Allowed,
     signal: Option<web_sys::AbortSignal>,
 ) -> Result<web_sys::Request, String> {
     let target = format!("{}{}", config.origin, path);

@@ -2,8 +2,8 @@
 //! (an MCP POST), the filter cannot pause at the headers without Envoy's `allow_on_headers_stop_iteration`,
 //! which Istio's `WasmPlugin` does not set. So:
 //!
-//! 1. At the request headers the core checks what needs no body (`Gate::verify_identity`: token, delegation
-//!    chain, peer binding). Refused: a local reply, and the upstream sees nothing at all.
+//! 1. At the request headers the core checks what needs no body (`Body::Held`: token, delegation chain,
+//!    peer binding). Refused: a local reply, and the upstream sees nothing at all.
 //! 2. Accepted: the client's `x-txngate-*` headers are removed, the verified identity headers set,
 //!    `accept-encoding` dropped (a `tools/list` answer must be readable to be filtered), and the headers go
 //!    on: Envoy's router sends them to the upstream.
@@ -31,53 +31,17 @@
 use super::*;
 
 impl Http {
-    /// Step 1 and 2: the header stage. `captured` has its hybrid attestation when that mode is on.
+    /// Step 1 and 2: the header stage (rendered by `Http::render`, `Render::Stage`). `captured` has its
+    /// attestation in host-verified mode.
     pub(super) fn hold_headers(&mut self, captured: Captured) -> Action {
-        let now = now_ms();
-        let outcome = {
-            let mut vm = self.vm.borrow_mut();
-            let outcome = vm.gate.as_mut().map(|gate| {
-                gate.verify_identity(
-                    &captured.request(Body::Absent),
-                    now,
-                    captured.attestation.as_ref(),
-                )
-            });
-            match &outcome {
-                // A refusal is the request's one decision: audited like any other.
-                Some(o) if o.decision.verdict == Verdict::Deny => vm.record(o),
-                Some(o) => {
-                    if let Some(issuer) = o.refetch_issuer {
-                        vm.refetch.insert(issuer);
-                    }
-                }
-                None => {}
-            }
-            outcome
+        let render = Render::Stage {
+            client_identity: client_identity(&captured),
         };
-        let Some(Outcome { decision, .. }) = outcome else {
-            self.phase = Phase::Refused;
-            send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
-            return Action::Pause;
-        };
-        if decision.verdict == Verdict::Deny {
-            self.phase = Phase::Refused;
-            send_deny(&decision);
-            return Action::Pause;
+        let action = self.decide_with(&captured, Body::Held, render);
+        if self.phase == Phase::Holding {
+            self.pending = Some(captured);
         }
-        if let Err(message) = set_identity(&client_identity(&captured), &decision.upstream_headers)
-        {
-            return self.fail_closed(500, "filter.headers", message);
-        }
-        // Whether this is a `tools/list` (whose answer is filtered) is only known from the body.
-        if hostcalls::remove_map_value(MapType::HttpRequestHeaders, "accept-encoding").is_err() {
-            return self.fail_closed(500, "filter.headers", "could not remove accept-encoding");
-        }
-        self.identity = decision.upstream_headers;
-        self.held = true;
-        self.pending = Some(captured);
-        self.phase = Phase::Holding;
-        Action::Continue
+        action
     }
 
     /// Step 3: a body chunk. `body_size` is everything buffered so far.
@@ -114,7 +78,10 @@ impl Http {
     /// then releases it (`resume_http_request`) or refuses.
     fn decide_held(&mut self, body: Body<'_>) -> Action {
         let Some(captured) = self.pending.take() else {
-            return self.fail_closed(500, "filter.state", "the held request lost its headers");
+            let lost = Failure::Internal {
+                reason: "filter.state",
+            };
+            return self.fail_closed(lost, "the held request lost its headers");
         };
         self.decide_with(&captured, body, Render::Held)
     }

@@ -99,26 +99,18 @@ pub(super) fn send_local(status: u16, headers: &[(String, String)], body: &str) 
     }
 }
 
-pub(super) fn send_deny(decision: &Decision) {
-    send_local(
-        decision.status,
-        &decision.response_headers,
-        decision.body.as_deref().unwrap_or(""),
-    );
+/// A reply of the core (a refusal or a failure), exactly as it rendered it.
+pub(super) fn send_reply(reply: &Reply) {
+    send_local(reply.status, &reply.headers, &reply.body);
 }
 
-/// A failure of the adapter itself (not a policy decision): always a refusal. Rendered by the core as the
-/// Worker renders its own (a JSON-RPC error when the request had an id, txngate's code for the status).
-pub(super) fn send_adapter_error(status: u16, reason: &str, message: &str, rpc_id: Option<&Value>) {
-    let body = adapter_error_body(status, reason, &format!("txngate: {message}"), rpc_id);
-    let headers = [
-        ("content-type".to_string(), "application/json".to_string()),
-        ("cache-control".to_string(), "no-store".to_string()),
-    ];
+/// A failure of the adapter itself (not a policy decision): always a refusal, rendered by the core for
+/// `to` as the Worker's are; `detail` goes to the log only.
+pub(super) fn send_failure(failure: Failure, detail: &str, to: &ReplyTo) {
     log(
         LogLevel::Warn,
-        &json!({"verdict": "deny", "reason": reason, "status": status, "detail": message})
+        &json!({"verdict": "deny", "reason": failure.reason(), "status": failure.status(), "detail": detail})
             .to_string(),
     );
-    send_local(status, &headers, &body);
+    send_reply(&to.failure(failure));
 }

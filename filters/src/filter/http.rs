@@ -25,12 +25,17 @@ pub(super) struct RemoteCall {
     pub(super) token: u32,
     pub(super) pending: Box<PendingLimit>,
     pub(super) render: Render,
+    /// Host-verified mode: the request's attestation, for the driver that resumes.
+    pub(super) attestation: Option<Result<HostVerified, TokenError>>,
 }
 
-/// What an allowed outcome still has to do to the request headers.
+/// What an outcome still has to do to the request.
 pub(super) enum Render {
     /// The headers are paused: the client-sent identity headers (these names) go, the verified ones come in.
     Headers { client_identity: Vec<String> },
+    /// Body-holding mode, the header stage (`Body::Held`): an allowed identity goes on with the headers (the
+    /// client's identity headers, these names, go), and the body is held for the full decision.
+    Stage { client_identity: Vec<String> },
     /// Body-holding mode: the headers went on with `Http::identity`; the decision must give the same.
     Held,
 }
@@ -43,7 +48,8 @@ pub(super) struct Http {
     pub(super) max_body: usize,
     pub(super) response_headers: Vec<(String, String)>,
     pub(super) list_filter: Option<ListFilter>,
-    pub(super) rpc_id: Option<Value>,
+    /// Whom an adapter-side failure answers: plain until the core placed the request.
+    pub(super) reply_to: ReplyTo,
     /// Content type of a list response (`tools/list`, ...) being buffered for filtering.
     pub(super) filtering: Option<String>,
     /// Body-holding mode: the identity headers set on the headers that went on (the full decision must
@@ -65,7 +71,7 @@ impl Http {
             max_body: 0,
             response_headers: Vec::new(),
             list_filter: None,
-            rpc_id: None,
+            reply_to: ReplyTo::plain(),
             filtering: None,
             identity: Vec::new(),
             held: false,
@@ -89,21 +95,46 @@ impl Http {
         render: Render,
     ) -> Action {
         let now = now_ms();
-        let decided = self.vm.borrow_mut().decide(captured, body, now);
-        match decided {
+        let step = self.vm.borrow_mut().decide(captured, body, now);
+        self.settle(step, render, captured.verification())
+    }
+
+    /// Where the core's driver stopped: the outcome to render, or a remote limit to consult.
+    fn settle(
+        &mut self,
+        step: Option<Step>,
+        render: Render,
+        verification: Verification<'_>,
+    ) -> Action {
+        match step {
             None => {
                 self.phase = Phase::Refused;
-                send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
+                let detail = "no policy is loaded";
+                send_failure(Failure::Unconfigured, detail, &ReplyTo::plain());
                 Action::Pause
             }
-            Some(Ok(outcome)) => self.render(render, outcome),
-            Some(Err(pending)) => self.consult_remote(pending, render),
+            Some(Step::Done(outcome)) => self.render(render, *outcome),
+            Some(Step::ConsultLimiter(pending)) => {
+                self.consult_remote(pending, render, verification)
+            }
+            // The driver takes every signature step itself.
+            Some(Step::VerifySignature(_)) => self.fail_closed(
+                Failure::Internal {
+                    reason: "filter.state",
+                },
+                "the core's driver returned a signature step",
+            ),
         }
     }
 
     /// A remote limit: the local bucket first (`local_first`), then the rate limit service. Pauses until
     /// its answer unless the outcome is known at once.
-    pub(super) fn consult_remote(&mut self, pending: Box<PendingLimit>, render: Render) -> Action {
+    pub(super) fn consult_remote(
+        &mut self,
+        pending: Box<PendingLimit>,
+        render: Render,
+        verification: Verification<'_>,
+    ) -> Action {
         let local_first = pending.remote().is_some_and(|r| r.local_first);
         let service = {
             let vm = self.vm.borrow();
@@ -128,10 +159,15 @@ impl Http {
             (None, Some(service)) => match rls_client::dispatch(&service, &pending) {
                 Ok(token) => {
                     self.phase = Phase::AwaitingLimit;
+                    let attestation = match verification {
+                        Verification::Core => None,
+                        Verification::Host(attestation) => Some(attestation.clone()),
+                    };
                     self.remote = Some(RemoteCall {
                         token,
                         pending,
                         render,
+                        attestation,
                     });
                     return Action::Pause;
                 }
@@ -139,7 +175,7 @@ impl Http {
             },
             (None, None) => rls_client::refused(&pending, "no rate_limit_service"),
         };
-        self.finish_remote(pending, result, render)
+        self.finish_remote(pending, result, render, verification)
     }
 
     /// Finishes a remote limit with the service's answer (or its failure).
@@ -148,69 +184,92 @@ impl Http {
         pending: Box<PendingLimit>,
         result: Result<LimitState, StoreError>,
         render: Render,
+        verification: Verification<'_>,
     ) -> Action {
-        let outcome = {
+        let step = {
             let mut vm = self.vm.borrow_mut();
             if let Err(e) = &result {
                 vm.metrics.store_failure(e.reason());
             }
-            vm.gate
-                .as_mut()
-                .map(|gate| gate.resume_limit(*pending, result))
+            vm.drive(verification, |gate| gate.resume_limit(*pending, result))
         };
-        match outcome {
-            Some(outcome) => self.render(render, outcome),
-            None => {
-                self.phase = Phase::Refused;
-                send_adapter_error(503, "filter.unconfigured", "no policy is loaded", None);
-                Action::Pause
-            }
-        }
+        self.settle(step, render, verification)
     }
 
-    /// Records and renders an outcome.
+    /// Records and renders an outcome: the one place a decision reaches the stream.
     pub(super) fn render(&mut self, render: Render, outcome: Outcome) -> Action {
-        self.vm.borrow_mut().record(&outcome);
-        let Outcome {
-            decision, audit, ..
-        } = outcome;
-        if decision.verdict == Verdict::Deny {
-            self.phase = Phase::Refused;
-            send_deny(&decision);
-            return Action::Pause;
+        {
+            let mut vm = self.vm.borrow_mut();
+            match (&render, outcome.refetch_issuer) {
+                // An allowed header stage is not the request's decision (that comes with the body): not
+                // audited, only its refetch request kept.
+                (Render::Stage { .. }, Some(issuer)) if outcome.decision.is_allowed() => {
+                    vm.refetch.insert(issuer);
+                }
+                (Render::Stage { .. }, None) if outcome.decision.is_allowed() => {}
+                _ => vm.record(&outcome),
+            }
         }
-        self.rpc_id = audit.rpc_id;
+        let Outcome {
+            decision, reply_to, ..
+        } = outcome;
+        self.reply_to = reply_to;
+        let allowed = match decision {
+            Decision::Denied(denied) => {
+                self.phase = Phase::Refused;
+                send_reply(&denied.reply);
+                return Action::Pause;
+            }
+            Decision::Allowed(allowed) => allowed,
+        };
+        let internal = |reason| Failure::Internal { reason };
         match render {
             Render::Headers { client_identity } => {
-                if let Err(message) = set_identity(&client_identity, &decision.upstream_headers) {
-                    return self.fail_closed(500, "filter.headers", message);
+                if let Err(detail) = set_identity(&client_identity, &allowed.upstream_headers) {
+                    return self.fail_closed(internal("filter.headers"), detail);
                 }
-                if decision.list_filter.is_some() {
+                if allowed.list_filter.is_some() {
                     // The response must be readable to be filtered.
                     let _ =
                         hostcalls::remove_map_value(MapType::HttpRequestHeaders, "accept-encoding");
                 }
             }
-            // accept-encoding went with the headers (`hold_headers`).
+            Render::Stage { client_identity } => {
+                if let Err(detail) = set_identity(&client_identity, &allowed.upstream_headers) {
+                    return self.fail_closed(internal("filter.headers"), detail);
+                }
+                // Whether this is a list request (whose answer is filtered) is only known from the body.
+                if hostcalls::remove_map_value(MapType::HttpRequestHeaders, "accept-encoding")
+                    .is_err()
+                {
+                    let detail = "could not remove accept-encoding";
+                    return self.fail_closed(internal("filter.headers"), detail);
+                }
+                self.identity = allowed.upstream_headers;
+                self.held = true;
+                self.phase = Phase::Holding;
+                return Action::Continue;
+            }
+            // accept-encoding went with the headers (the header stage).
             Render::Held => {
-                if decision.upstream_headers != self.identity {
+                if allowed.upstream_headers != self.identity {
                     return self.fail_closed(
-                        500,
-                        "filter.identity_changed",
+                        internal("filter.identity_changed"),
                         "the decision's identity differs from the one sent with the headers",
                     );
                 }
             }
         }
-        self.response_headers = decision.response_headers;
-        self.list_filter = decision.list_filter;
+        self.response_headers = allowed.response_headers;
+        self.list_filter = allowed.list_filter;
         self.phase = Phase::Allowed;
         Action::Continue
     }
 
-    pub(super) fn fail_closed(&mut self, status: u16, reason: &str, message: &str) -> Action {
+    /// Refuses with an adapter-side failure (`detail` to the log only).
+    pub(super) fn fail_closed(&mut self, failure: Failure, detail: &str) -> Action {
         self.phase = Phase::Refused;
-        send_adapter_error(status, reason, message, self.rpc_id.as_ref());
+        send_failure(failure, detail, &self.reply_to);
         Action::Pause
     }
 
@@ -250,7 +309,7 @@ impl Http {
         else {
             return Action::Continue;
         };
-        let limit = MAX_TOOLS_LIST_BYTES.saturating_add(1);
+        let limit = MAX_LIST_BYTES.saturating_add(1);
         let body = hostcalls::get_buffer(
             BufferType::HttpResponseBody,
             0,
@@ -259,29 +318,22 @@ impl Http {
         .ok()
         .flatten()
         .unwrap_or_default();
-        if body.len() > MAX_TOOLS_LIST_BYTES {
-            return self.fail_closed(
-                502,
-                "tools_list.too_large",
-                "the list response is too large to filter",
-            );
+        if body.len() > MAX_LIST_BYTES {
+            let detail = "list response over the cap";
+            return self.fail_closed(Failure::ListTooLarge, detail);
         }
         match filter.apply(&content_type, &body) {
             Ok(filtered) => {
                 if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body.len(), &filtered)
                     .is_err()
                 {
-                    return self.fail_closed(
-                        502,
-                        "tools_list.filter",
-                        "could not replace the list response",
-                    );
+                    let detail = "could not replace the list response";
+                    return self.fail_closed(Failure::ListUnfilterable, detail);
                 }
                 Action::Continue
             }
             Err(e) => self.fail_closed(
-                502,
-                "tools_list.filter",
+                Failure::ListUnfilterable,
                 &format!("the list response could not be filtered: {e}"),
             ),
         }
@@ -303,7 +355,11 @@ impl Context for Http {
             return;
         };
         let result = rls_client::answer(&call.pending, status_code, response_size);
-        if self.finish_remote(call.pending, result, call.render) == Action::Continue {
+        let verification = match &call.attestation {
+            Some(attestation) => Verification::Host(attestation),
+            None => Verification::Core,
+        };
+        if self.finish_remote(call.pending, result, call.render, verification) == Action::Continue {
             let _ = hostcalls::resume_http_request();
         }
     }
@@ -317,12 +373,12 @@ impl HttpContext for Http {
         let (needs_body, max_body, body_mode) = match &*self.vm.borrow() {
             Vm {
                 gate: Some(gate),
-                hybrid,
+                host_verified,
                 body_mode,
                 ..
             } => {
-                if let Some(hybrid) = hybrid {
-                    captured.attestation = Some(captured.attest(hybrid, gate));
+                if let Some(jwt_authn) = host_verified {
+                    captured.attestation = Some(captured.attest(jwt_authn, gate));
                 }
                 (
                     gate.needs_body(&captured.method, &captured.path),
@@ -413,7 +469,7 @@ impl HttpContext for Http {
                 .flatten()
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
         };
-        // The same rule as the Worker's: every 2xx list response is filtered.
+        // The core's rule, the Worker's too: every 2xx list response is filtered.
         let successful = header(":status")
             .and_then(|s| s.trim().parse::<u16>().ok())
             .is_some_and(is_filtered_status);
@@ -436,13 +492,9 @@ impl HttpContext for Http {
         if self.filtering.is_none() {
             return Action::Continue;
         }
-        if body_size > MAX_TOOLS_LIST_BYTES {
+        if body_size > MAX_LIST_BYTES {
             self.filtering = None;
-            return self.fail_closed(
-                502,
-                "tools_list.too_large",
-                "the list response is too large to filter",
-            );
+            return self.fail_closed(Failure::ListTooLarge, "list response over the cap");
         }
         if !end_of_stream {
             return Action::Pause;

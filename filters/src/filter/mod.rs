@@ -13,25 +13,24 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-use serde_json::{json, Value};
-use txngate_core::gate::is_filtered_status;
+use serde_json::json;
 use txngate_core::keys::KeySource;
-use txngate_core::mcp::adapter_error_body;
 use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
+use txngate_core::reply::{is_filtered_status, MAX_LIST_BYTES};
 use txngate_core::token::{HostVerified, TokenError};
 use txngate_core::{
-    is_identity_header, AuditRecord, Body, Decision, Gate, Limiter, ListFilter, Outcome,
-    PendingLimit, Request, Verdict,
+    is_identity_header, AuditRecord, Body, Decision, Failure, Gate, Limiter, ListFilter, Outcome,
+    PendingLimit, Reply, ReplyTo, Request, Step, Verification,
 };
 
-use crate::hybrid::Hybrid;
+use crate::host_verified::JwtAuthn;
 use crate::jwks::{self, Meta, Target};
 use crate::mode::BodyMode;
 use crate::plugin::PluginConfig;
 use crate::rls_client;
 use crate::sink::{self, AuditSink};
 use crate::store::{self, LockOwner, SharedData, SharedStore};
-use crate::{BODY_WAIT_MS, MAX_TOOLS_LIST_BYTES, TICK_MS};
+use crate::{BODY_WAIT_MS, TICK_MS};
 
 mod hold;
 mod host;
@@ -149,8 +148,8 @@ struct Captured {
     path: String,
     headers: Vec<(String, String)>,
     peer: Option<String>,
-    /// Hybrid mode only: whether jwt_authn verified this request's token (read at request headers, when
-    /// its dynamic metadata is there; the body watchdog reuses it).
+    /// Host-verified mode only: whether jwt_authn verified this request's token (read at request headers,
+    /// when its dynamic metadata is there; the body watchdog reuses it).
     attestation: Option<Result<HostVerified, TokenError>>,
 }
 
@@ -186,8 +185,8 @@ impl Captured {
         }
     }
 
-    /// Hybrid mode: attests the token from jwt_authn's dynamic metadata (never from a header).
-    fn attest(&mut self, hybrid: &Hybrid, gate: &Gate) -> Result<HostVerified, TokenError> {
+    /// Host-verified mode: attests the token from jwt_authn's dynamic metadata (never from a header).
+    fn attest(&mut self, jwt_authn: &JwtAuthn, gate: &Gate) -> Result<HostVerified, TokenError> {
         let metadata = hostcalls::get_property(vec!["metadata"]).ok().flatten();
         let name = gate.policy().token.header.as_str();
         let token = self
@@ -195,7 +194,15 @@ impl Captured {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str());
-        hybrid.attest(metadata.as_deref(), token, gate.policy().token.max_bytes)
+        jwt_authn.attest(metadata.as_deref(), token, gate.policy().token.max_bytes)
+    }
+
+    /// Who checks this request's signature: jwt_authn in host-verified mode, else the core.
+    fn verification(&self) -> Verification<'_> {
+        match &self.attestation {
+            Some(attestation) => Verification::Host(attestation),
+            None => Verification::Core,
+        }
     }
 
     fn request<'a>(&'a self, body: Body<'a>) -> Request<'a> {
@@ -245,8 +252,8 @@ struct Fetch {
 #[derive(Debug)]
 struct Vm {
     gate: Option<Gate>,
-    /// Set when the plugin configuration turns hybrid mode on (see [`crate::hybrid`]).
-    hybrid: Option<Hybrid>,
+    /// Set when the plugin configuration turns host-verified mode on (see [`crate::host_verified`]).
+    host_verified: Option<JwtAuthn>,
     /// Where audit records go (see [`crate::sink`]).
     sink: AuditSink,
     /// Where a request waits for its body (see [`crate::mode`]).
@@ -263,14 +270,23 @@ struct Vm {
 }
 
 impl Vm {
-    /// Decides with the core: signatures with its crypto, limits in shared data behind its `SlotTable`. A
-    /// remote limit comes back pending: the caller asks the rate limit service.
-    fn decide(
+    /// Starts the core's decision on `captured` with `body` and drives it ([`Vm::drive`]).
+    fn decide(&mut self, captured: &Captured, body: Body<'_>, now: u64) -> Option<Step> {
+        let verification = captured.verification();
+        self.drive(verification, |gate| {
+            gate.evaluate(&captured.request(body), now, verification)
+        })
+    }
+
+    /// Runs the core from the step `start` makes (None without a policy) with the filter's synchronous
+    /// means, the core's own driver ([`Gate::drive`]): signatures per `verification`, local limits in
+    /// shared data behind its `SlotTable`. Returns the outcome, or a remote limit for the caller to ask the
+    /// rate limit service about.
+    fn drive(
         &mut self,
-        captured: &Captured,
-        body: Body<'_>,
-        now: u64,
-    ) -> Option<Result<Outcome, Box<PendingLimit>>> {
+        verification: Verification<'_>,
+        start: impl FnOnce(&mut Gate) -> Step,
+    ) -> Option<Step> {
         let Vm {
             gate, lock_owner, ..
         } = self;
@@ -283,12 +299,8 @@ impl Vm {
                 inner: &mut slots,
                 failure: None,
             };
-            let outcome = gate.decide_or_remote(
-                &captured.request(body),
-                now,
-                captured.attestation.as_ref(),
-                &mut limiter,
-            );
+            let step = start(gate);
+            let outcome = gate.drive(step, verification, &mut limiter);
             (outcome, limiter.failure)
         };
         if let Some(reason) = failure {
@@ -312,7 +324,12 @@ impl Vm {
         let slots = gate.as_ref().map_or(1, |g| g.policy().max_limit_keys);
         let mut store = SharedStore::new(HostShared, lock_owner);
         let mut slots = SlotTable::new(&mut store, slots);
-        let result = Limiter::consume(&mut slots, pending.key(), pending.rule(), pending.now_ms());
+        let result = Limiter::consume(
+            &mut slots,
+            pending.bucket_key(),
+            pending.rule(),
+            pending.now_ms(),
+        );
         if let Err(e) = &result {
             self.metrics.store_failure(e.reason());
         }

@@ -15,7 +15,7 @@ impl Root {
         hasher.write_u32(context_id);
         let vm = Vm {
             gate: None,
-            hybrid: None,
+            host_verified: None,
             sink: AuditSink::Log,
             body_mode: BodyMode::HoldBody,
             lock_owner: LockOwner::new(hasher.finish()),
@@ -62,17 +62,22 @@ impl Root {
             if hostcalls::set_effective_context(id).is_err() {
                 continue;
             }
-            match vm.decide(&waiting.captured, Body::Absent, now) {
-                Some(Ok(outcome)) if outcome.decision.verdict == Verdict::Deny => {
+            let outcome = match vm.decide(&waiting.captured, Body::Absent, now) {
+                Some(Step::Done(outcome)) => Some(*outcome),
+                _ => None,
+            };
+            match outcome {
+                Some(outcome) if !outcome.decision.is_allowed() => {
                     vm.record(&outcome);
-                    send_deny(&outcome.decision);
+                    if let Decision::Denied(denied) = &outcome.decision {
+                        send_reply(&denied.reply);
+                    }
                 }
                 // A paused request without its body never passes, whatever the policy says.
-                _ => send_adapter_error(
-                    500,
-                    "filter.body_missing",
+                other => send_failure(
+                    Failure::BodyMissing,
                     "the request body never reached the filter",
-                    None,
+                    &other.map(|o| o.reply_to).unwrap_or_default(),
                 ),
             }
         }
@@ -408,7 +413,7 @@ impl RootContext for Root {
             policy,
             sink,
             body_mode,
-            hybrid,
+            host_verified,
         } = match PluginConfig::parse(&config) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -465,7 +470,7 @@ impl RootContext for Root {
         {
             let mut vm = self.vm.borrow_mut();
             vm.gate = Some(gate);
-            vm.hybrid = hybrid;
+            vm.host_verified = host_verified;
             vm.sink = sink;
             vm.body_mode = body_mode;
             vm.fetches = fetches;

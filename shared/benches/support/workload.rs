@@ -15,7 +15,7 @@ use txngate_core::encoding::{self, encode_b64url};
 use txngate_core::json::{canonical, parse_strict};
 use txngate_core::ratelimit::{self, bucket_key, LimitRule, MemoryStore, SlotTable};
 use txngate_core::token::UntrustedToken;
-use txngate_core::{mcp, Body, Gate, Request, Verdict};
+use txngate_core::{mcp, Body, Gate, Request};
 
 /// The fake clock's start (ms since the epoch).
 pub const NOW_MS: u64 = 1_800_000_000_000;
@@ -446,8 +446,13 @@ impl Case {
                     peer: None,
                 };
                 let mut limiter = SlotTable::new(store, SLOTS);
-                let outcome = gate.decide(&request, now_ms, &mut limiter);
-                outcome.decision.verdict == Verdict::Allow && outcome.decision.reason == "allow"
+                let outcome = gate.decide(
+                    &request,
+                    now_ms,
+                    txngate_core::Verification::Core,
+                    &mut limiter,
+                );
+                outcome.decision.reason() == "allow"
             }
             Work::Parse { body } => mcp::parse_message(body, 65_536, 32)
                 .is_ok_and(|m| m.tool_call().is_some_and(|c| c.name == "send_email")),

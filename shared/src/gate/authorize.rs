@@ -18,14 +18,22 @@ use crate::token::VerifiedToken;
 use super::*;
 
 impl Gate {
-    /// Finishes after the host consulted its limiter.
+    /// Continues after the host consulted its limiter (or the rate limit service).
     pub fn resume_limit(
+        &mut self,
+        pending: PendingLimit,
+        result: Result<LimitState, StoreError>,
+    ) -> Step {
+        Step::Done(Box::new(self.finish_limit(pending, result)))
+    }
+
+    fn finish_limit(
         &mut self,
         pending: PendingLimit,
         result: Result<LimitState, StoreError>,
     ) -> Outcome {
         let PendingLimit {
-            mut ctx,
+            mut ev,
             token,
             delegation,
             limit,
@@ -47,27 +55,27 @@ impl Gate {
         };
         match result {
             Ok(state) => {
-                ctx.audit.limit = Some(audit_limit(&state));
+                ev.audit.limit = Some(audit_limit(&state));
                 let mut headers = rate_limit_headers(&policy_name, &state);
                 headers.extend(authorized_read_headers(kind));
-                if state.allowed || ctx.audit.dry_run_reason.is_some() || dry_run {
+                if state.allowed || ev.audit.dry_run_reason.is_some() || dry_run {
                     if !state.allowed {
-                        ctx.audit.dry_run_reason =
-                            ctx.audit.dry_run_reason.or(Some("ratelimit.exceeded"));
+                        ev.audit.dry_run_reason =
+                            ev.audit.dry_run_reason.or(Some("ratelimit.exceeded"));
                     }
-                    return self.allow(ctx, &token, &delegation, headers, None);
+                    return self.allow(ev, &token, &delegation, headers, None);
                 }
                 let message = format!(
                     "rate limit for {noun} {name:?} exceeded; retry in {} s",
                     state.retry_after_ms.div_ceil(1000).max(1)
                 );
-                self.deny(ctx, 429, "ratelimit.exceeded", &message, headers)
+                self.deny(ev, 429, "ratelimit.exceeded", &message, headers)
             }
             Err(e) => {
-                ctx.audit.detail = Some(e.to_string());
+                ev.audit.detail = Some(e.to_string());
                 if limit.on_store_error == StoreErrorPolicy::Allow {
                     return self.allow(
-                        ctx,
+                        ev,
                         &token,
                         &delegation,
                         authorized_read_headers(kind),
@@ -76,7 +84,7 @@ impl Gate {
                 }
                 let message = format!("rate limit for {noun} {name:?} cannot be checked: {e}");
                 self.deny(
-                    ctx,
+                    ev,
                     503,
                     e.reason(),
                     &message,
@@ -86,59 +94,59 @@ impl Gate {
         }
     }
 
-    pub(super) fn authorize(&mut self, mut ctx: Context, token: Arc<VerifiedToken>) -> Step {
-        ctx.audit.txn = Some(token.txn.clone());
-        ctx.audit.sub = Some(token.sub.clone());
-        ctx.audit.req_wl = Some(token.req_wl.clone());
-        ctx.audit.agentic_ctx = crate::audit::AgenticAudit::from_claims(&token.claims);
-        if ctx.audit.issuer.is_none() {
-            ctx.audit.issuer = self.keys.issuer(token.issuer).map(|i| i.name.clone());
+    pub(super) fn authorize(&mut self, mut ev: Evaluation, token: Arc<VerifiedToken>) -> Step {
+        ev.audit.txn = Some(token.txn().to_string());
+        ev.audit.sub = Some(token.sub().to_string());
+        ev.audit.req_wl = Some(token.req_wl().to_string());
+        ev.audit.agentic_ctx = crate::audit::AgenticAudit::from_claims(token.claims());
+        if ev.audit.issuer.is_none() {
+            ev.audit.issuer = self.keys.issuer(token.issuer()).map(|i| i.name.clone());
         }
         // The caller the delegation rules bind (mTLS peer or WIMSE proof), proven first.
-        let mut ctx = match self.prove_caller(ctx, &token) {
-            Ok(ctx) => ctx,
+        let mut ev = match self.prove_caller(ev, &token) {
+            Ok(ev) => ev,
             Err(step) => return *step,
         };
         let delegation = match delegation::evaluate(
             &self.policy,
-            &token.scope,
-            &token.act_chain,
-            &token.req_wl,
-            ctx.peer.as_deref(),
+            token.scope(),
+            token.act_chain(),
+            token.req_wl(),
+            ev.peer.as_deref(),
         ) {
             Ok(d) => d,
-            Err(e) => return Step::Done(Box::new(self.deny_delegation(ctx, &e))),
+            Err(e) => return Step::Done(Box::new(self.deny_delegation(ev, &e))),
         };
-        ctx.audit.agent = Some(delegation.agent.clone());
-        ctx.audit.actors = delegation.actors.clone();
-        ctx.audit.scope = Some(delegation.effective_scope.to_claim());
+        ev.audit.agent = Some(delegation.agent.clone());
+        ev.audit.actors = delegation.actors.clone();
+        ev.audit.scope = Some(delegation.effective_scope.to_claim());
 
-        let message = match ctx.message.take() {
+        let message = match ev.message.take() {
             None => {
                 return Step::Done(Box::new(self.allow(
-                    ctx,
+                    ev,
                     &token,
                     &delegation,
                     Vec::new(),
                     None,
                 )))
             }
-            Some(Err(e)) => return Step::Done(Box::new(self.deny_mcp(ctx, &e))),
+            Some(Err(e)) => return Step::Done(Box::new(self.deny_mcp(ev, &e))),
             Some(Ok(m)) => m,
         };
-        ctx.audit.rpc_method = message.method.clone();
-        ctx.audit.rpc_id = message.id.clone();
-        if let Err(e) = mcp::routing::check(&message, &ctx.routing) {
-            return Step::Done(Box::new(self.deny_mcp(ctx, &e)));
+        ev.audit.rpc_method = message.method.clone();
+        ev.audit.rpc_id = message.id.clone();
+        if let Err(e) = mcp::routing::check(&message, &ev.routing) {
+            return Step::Done(Box::new(self.deny_mcp(ev, &e)));
         }
         let list = message.list_kind();
         if let Some(reference) = message.reference {
-            return self.authorize_reference(ctx, token, delegation, reference);
+            return self.authorize_reference(ev, token, delegation, reference);
         }
         let Some(target) = message.target else {
             let filter = list.filter(|kind| self.filters(*kind));
             return Step::Done(Box::new(self.allow(
-                ctx,
+                ev,
                 &token,
                 &delegation,
                 Vec::new(),
@@ -150,7 +158,7 @@ impl Gate {
             Target::Prompt(get) => (Kind::Prompt, get.name, Some(get.arguments)),
             Target::Resource(read) => (Kind::Resource, read.uri, None),
         };
-        self.authorize_target(ctx, token, delegation, kind, name, arguments)
+        self.authorize_target(ev, token, delegation, kind, name, arguments)
     }
 
     /// Whether responses to a list of `kind` are filtered: tools always, prompts and resources when the
@@ -170,23 +178,23 @@ impl Gate {
     /// only the real call (`prompts/get`, `resources/read`) counts against its rule's limit.
     pub(super) fn authorize_reference(
         &mut self,
-        mut ctx: Context,
+        mut ev: Evaluation,
         token: Arc<VerifiedToken>,
         delegation: Delegation,
         reference: Reference,
     ) -> Step {
         let names: Vec<(Kind, String)> = match reference {
             Reference::Completion(CompletionRef::Prompt { name }) => {
-                ctx.audit.prompt = Some(name.clone());
+                ev.audit.prompt = Some(name.clone());
                 vec![(Kind::Prompt, name)]
             }
             Reference::Completion(CompletionRef::Resource { uri })
             | Reference::ResourceSubscription { uri, .. } => {
-                ctx.audit.resource = Some(uri.clone());
+                ev.audit.resource = Some(uri.clone());
                 vec![(Kind::Resource, uri)]
             }
             Reference::Listen { uris } => {
-                ctx.audit.resources = uris.clone();
+                ev.audit.resources = uris.clone();
                 uris.into_iter().map(|uri| (Kind::Resource, uri)).collect()
             }
         };
@@ -206,33 +214,33 @@ impl Gate {
                 }),
                 Kind::Tool => None,
             };
-            let refused = |mut ctx: Context| {
+            let refused = |mut ev: Evaluation| {
                 if kind == Kind::Resource {
-                    ctx.audit.resource = Some(name.clone());
+                    ev.audit.resource = Some(name.clone());
                 }
-                ctx
+                ev
             };
             let rule = match found {
                 None => continue,
                 Some(Err(e)) => {
-                    return Step::Done(Box::new(self.deny_authz(refused(ctx), &e)));
+                    return Step::Done(Box::new(self.deny_authz(refused(ev), &e)));
                 }
                 Some(Ok(rule)) => rule,
             };
-            ctx.audit.rule = Some(rule.name.clone());
+            ev.audit.rule = Some(rule.name.clone());
             if let Err(e) =
                 authorization::authorize_reference(rule, kind, &name, &delegation.effective_scope)
             {
                 if rule.mode == Mode::DryRun {
-                    ctx.audit.dry_run_reason = Some(e.reason());
-                    ctx.audit.detail = Some(e.to_string());
+                    ev.audit.dry_run_reason = Some(e.reason());
+                    ev.audit.detail = Some(e.to_string());
                 } else {
-                    return Step::Done(Box::new(self.deny_authz(refused(ctx), &e)));
+                    return Step::Done(Box::new(self.deny_authz(refused(ev), &e)));
                 }
             }
         }
         Step::Done(Box::new(self.allow(
-            ctx,
+            ev,
             &token,
             &delegation,
             Vec::new(),
@@ -243,7 +251,7 @@ impl Gate {
     /// Authorizes a name-bearing call: its rule, scopes, constraints, then its rate limit.
     pub(super) fn authorize_target(
         &mut self,
-        mut ctx: Context,
+        mut ev: Evaluation,
         token: Arc<VerifiedToken>,
         delegation: Delegation,
         kind: Kind,
@@ -251,16 +259,16 @@ impl Gate {
         arguments: Option<Value>,
     ) -> Step {
         match kind {
-            Kind::Tool => ctx.audit.tool = Some(name.clone()),
-            Kind::Prompt => ctx.audit.prompt = Some(name.clone()),
-            Kind::Resource => ctx.audit.resource = Some(name.clone()),
+            Kind::Tool => ev.audit.tool = Some(name.clone()),
+            Kind::Prompt => ev.audit.prompt = Some(name.clone()),
+            Kind::Resource => ev.audit.resource = Some(name.clone()),
         }
         if let Some(arguments) = &arguments {
             match self.policy.arguments_audit {
                 ArgumentsAudit::Hash => {
-                    ctx.audit.arguments_sha256 = Some(sha256_hex(&canonical(arguments)))
+                    ev.audit.arguments_sha256 = Some(sha256_hex(&canonical(arguments)))
                 }
-                ArgumentsAudit::Full => ctx.audit.arguments = Some(arguments.clone()),
+                ArgumentsAudit::Full => ev.audit.arguments = Some(arguments.clone()),
                 ArgumentsAudit::None => {}
             }
         }
@@ -283,35 +291,35 @@ impl Gate {
             // No section for this kind: today's behaviour, the call passes on its token and delegation.
             None => {
                 return Step::Done(Box::new(self.allow(
-                    ctx,
+                    ev,
                     &token,
                     &delegation,
                     Vec::new(),
                     None,
                 )))
             }
-            Some(Err(e)) => return Step::Done(Box::new(self.deny_authz(ctx, &e))),
+            Some(Err(e)) => return Step::Done(Box::new(self.deny_authz(ev, &e))),
             Some(Ok(rule)) => rule,
         };
-        ctx.audit.rule = Some(rule.name.clone());
+        ev.audit.rule = Some(rule.name.clone());
         if let Err(e) = authorization::authorize(
             rule,
             kind,
             &name,
             arguments.as_ref(),
             &delegation.effective_scope,
-            &token.claims,
+            token.claims(),
         ) {
             if rule.mode == Mode::DryRun {
-                ctx.audit.dry_run_reason = Some(e.reason());
-                ctx.audit.detail = Some(e.to_string());
+                ev.audit.dry_run_reason = Some(e.reason());
+                ev.audit.detail = Some(e.to_string());
             } else {
-                return Step::Done(Box::new(self.deny_authz(ctx, &e)));
+                return Step::Done(Box::new(self.deny_authz(ev, &e)));
             }
         }
         let Some(limit) = rule.limit.clone() else {
             return Step::Done(Box::new(self.allow(
-                ctx,
+                ev,
                 &token,
                 &delegation,
                 authorized_read_headers(kind),
@@ -320,7 +328,7 @@ impl Gate {
         };
         let id = match limit.key {
             LimitKey::Agent => delegation.agent.as_str(),
-            LimitKey::Sub => token.sub.as_str(),
+            LimitKey::Sub => token.sub(),
             LimitKey::Tool => "",
         };
         let (subject, policy_name) = match kind {
@@ -329,7 +337,7 @@ impl Gate {
             // Per rule pattern, not per URI: a bounded number of buckets.
             Kind::Resource => (rule.name.clone(), format!("resource:{}", rule.name)),
         };
-        let key = ratelimit::bucket_key(
+        let bucket_key = ratelimit::bucket_key(
             &bucket_segment(&subject),
             &bucket_dimension(kind, limit.key),
             id,
@@ -337,10 +345,10 @@ impl Gate {
         );
         let dry_run = rule.mode == Mode::DryRun;
         Step::ConsultLimiter(Box::new(PendingLimit {
-            ctx,
+            ev,
             token,
             delegation,
-            key,
+            bucket_key,
             limit,
             kind,
             name,
@@ -352,24 +360,24 @@ impl Gate {
 
     pub(super) fn allow(
         &self,
-        mut ctx: Context,
+        mut ev: Evaluation,
         token: &VerifiedToken,
         delegation: &Delegation,
         mut response_headers: Vec<(String, String)>,
         list: Option<ListKind>,
     ) -> Outcome {
-        let reason = if ctx.audit.dry_run_reason.is_some() {
+        let reason = if ev.audit.dry_run_reason.is_some() {
             "allow.dry_run"
         } else {
             "allow"
         };
-        ctx.audit.verdict = "allow";
-        ctx.audit.reason = reason;
-        ctx.audit.status = 200;
+        ev.audit.verdict = "allow";
+        ev.audit.reason = reason;
+        ev.audit.status = 200;
         let upstream_headers = vec![
             ("x-txngate-agent".to_string(), delegation.agent.clone()),
-            ("x-txngate-sub".to_string(), token.sub.clone()),
-            ("x-txngate-txn".to_string(), token.txn.clone()),
+            ("x-txngate-sub".to_string(), token.sub().to_string()),
+            ("x-txngate-txn".to_string(), token.txn().to_string()),
         ];
         let list_filter = list.map(|kind| ListFilter {
             kind,
@@ -381,17 +389,15 @@ impl Gate {
             response_headers.push(("cache-control".to_string(), "private".to_string()));
         }
         Outcome {
-            decision: Decision {
-                verdict: Verdict::Allow,
-                status: 200,
+            decision: Decision::Allowed(Allowed {
                 reason,
-                response_headers,
-                body: None,
                 upstream_headers,
+                response_headers,
                 list_filter,
-            },
-            audit: ctx.audit,
-            refetch_issuer: ctx.refetch,
+            }),
+            reply_to: ev.reply_to(),
+            audit: ev.audit,
+            refetch_issuer: ev.refetch,
         }
     }
 }

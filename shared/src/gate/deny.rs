@@ -1,16 +1,15 @@
-//! Refusals: the status, reason and body of a denied request.
-
-use serde_json::json;
+//! Refusals: the status, reason and headers of a denied request (its body is rendered by [`crate::reply`]).
 
 use crate::authorization::AuthzError;
 use crate::delegation::DelegationError;
-use crate::mcp::{self, McpError};
+use crate::mcp::McpError;
+use crate::reply::ReplyTo;
 use crate::token::TokenError;
 
 use super::*;
 
 impl Gate {
-    pub(super) fn deny_token(&self, ctx: Context, e: &TokenError) -> Step {
+    pub(super) fn deny_token(&self, ev: Evaluation, e: &TokenError) -> Step {
         let status = match e {
             TokenError::Multiple { .. } => 400,
             TokenError::KeysUnavailable { .. } => 503,
@@ -30,7 +29,7 @@ impl Gate {
             headers.push(("retry-after".to_string(), "5".to_string()));
         }
         Step::Done(Box::new(self.deny(
-            ctx,
+            ev,
             status,
             e.reason(),
             &e.to_string(),
@@ -38,17 +37,17 @@ impl Gate {
         )))
     }
 
-    pub(super) fn deny_delegation(&self, ctx: Context, e: &DelegationError) -> Outcome {
-        self.deny(ctx, 403, e.reason(), &e.to_string(), Vec::new())
+    pub(super) fn deny_delegation(&self, ev: Evaluation, e: &DelegationError) -> Outcome {
+        self.deny(ev, 403, e.reason(), &e.to_string(), Vec::new())
     }
 
-    pub(super) fn deny_mcp(&self, ctx: Context, e: &McpError) -> Outcome {
-        let mut ctx = ctx;
-        ctx.rpc_code = Some(e.rpc_code());
-        self.deny(ctx, e.status(), e.reason(), &e.to_string(), Vec::new())
+    pub(super) fn deny_mcp(&self, ev: Evaluation, e: &McpError) -> Outcome {
+        let mut ev = ev;
+        ev.rpc_code = Some(e.rpc_code());
+        self.deny(ev, e.status(), e.reason(), &e.to_string(), Vec::new())
     }
 
-    pub(super) fn deny_authz(&self, ctx: Context, e: &AuthzError) -> Outcome {
+    pub(super) fn deny_authz(&self, ev: Evaluation, e: &AuthzError) -> Outcome {
         let mut headers = Vec::new();
         if let AuthzError::Scope { missing, .. } = e {
             headers.push((
@@ -59,50 +58,53 @@ impl Gate {
                 ),
             ));
         }
-        self.deny(ctx, 403, e.reason(), &e.to_string(), headers)
+        self.deny(ev, 403, e.reason(), &e.to_string(), headers)
     }
 
     pub(super) fn deny(
         &self,
-        mut ctx: Context,
+        mut ev: Evaluation,
         status: u16,
         reason: &'static str,
         message: &str,
-        mut headers: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
     ) -> Outcome {
         let message = truncate(message, 512);
-        ctx.audit.verdict = "deny";
-        ctx.audit.reason = reason;
-        ctx.audit.status = status;
-        ctx.audit.detail = Some(message.clone());
-        headers.push(("content-type".to_string(), "application/json".to_string()));
-        headers.push(("cache-control".to_string(), "no-store".to_string()));
+        ev.audit.verdict = "deny";
+        ev.audit.reason = reason;
+        ev.audit.status = status;
+        ev.audit.detail = Some(message.clone());
+        let reply_to = ev.reply_to();
         // MCP endpoint: a JSON-RPC error answering the request's id (omitted when it had none), with the
-        // body error's own code or txngate's code for the status (`mcp::status_rpc_code`).
-        let body = if ctx.is_mcp {
-            let code = ctx.rpc_code.unwrap_or_else(|| mcp::status_rpc_code(status));
-            mcp::error_body(
-                ctx.rpc_id.as_ref(),
-                code,
-                &format!("txngate: {message}"),
-                json!({"reason": reason, "status": status}),
-            )
-        } else {
-            let error = mcp::status_error_name(status);
-            json!({"error": error, "error_description": message, "reason": reason}).to_string()
-        };
+        // body error's own code or txngate's code for the status.
+        let reply = reply_to.refusal(status, reason, &message, ev.rpc_code, headers);
         Outcome {
-            decision: Decision {
-                verdict: Verdict::Deny,
-                status,
-                reason,
-                response_headers: headers,
-                body: Some(body),
-                upstream_headers: Vec::new(),
-                list_filter: None,
-            },
-            audit: ctx.audit,
-            refetch_issuer: ctx.refetch,
+            decision: Decision::Denied(Denied { reason, reply }),
+            audit: ev.audit,
+            refetch_issuer: ev.refetch,
+            reply_to,
+        }
+    }
+
+    /// A step the driver should never be left with: refused, never passed.
+    pub(super) fn internal_error(&self, ev: Evaluation) -> Outcome {
+        self.deny(
+            ev,
+            500,
+            "gate.internal",
+            "the evaluation stopped at a step its driver cannot take",
+            Vec::new(),
+        )
+    }
+}
+
+impl Evaluation {
+    /// Whom a reply about this request answers.
+    pub(super) fn reply_to(&self) -> ReplyTo {
+        if self.is_mcp {
+            ReplyTo::mcp(self.rpc_id.clone())
+        } else {
+            ReplyTo::plain()
         }
     }
 }

@@ -5,59 +5,12 @@ use std::sync::Arc;
 use crate::audit::AuditRecord;
 use crate::keys::KeyLookup;
 use crate::mcp::{self, McpError};
-use crate::token::{HostVerified, IssuerContext, TokenError, UntrustedToken, VerifiedToken};
+use crate::token::{HostVerified, IssuerContext, SignatureChecked, TokenError, UntrustedToken};
 
+use super::pending::Signed;
 use super::*;
 
 impl Gate {
-    /// The header stage of a request whose body the host holds back until it has all of it, for hosts that
-    /// must let the request headers go on before the body arrives (Envoy without
-    /// `allow_on_headers_stop_iteration`, e.g. under Istio's `WasmPlugin`). Checks what needs no body —
-    /// the token (signature with the core's crypto, or `attestation` in hybrid mode), its delegation chain
-    /// and the peer binding — exactly as [`Gate::decide`] would, and nothing else: no tool is authorized and
-    /// no rate limit is consumed.
-    ///
-    /// Denied: the refusal to send. Allowed: the verified identity headers (`upstream_headers`) the host may
-    /// set on the headers it lets go; this is NOT a decision about the request, and the host must still call
-    /// [`Gate::decide`] (or [`Gate::decide_host_verified`]) with the whole body before releasing any of it.
-    pub fn verify_identity(
-        &mut self,
-        request: &Request<'_>,
-        now_ms: u64,
-        attestation: Option<&Result<HostVerified, TokenError>>,
-    ) -> Outcome {
-        let mut ctx = self.gather(request, now_ms);
-        // What the body would be checked against comes later, in the full decision.
-        ctx.message = None;
-        ctx.rpc_id = None;
-        if let Some(proof) = ctx.wimse.as_mut() {
-            proof.check_only();
-        }
-        let mut step = self.evaluate_token(ctx, request, now_ms, attestation);
-        loop {
-            step = match step {
-                Step::Done(outcome) => return *outcome,
-                Step::VerifySignature(pending) => {
-                    // In hybrid mode the host's verifier must have covered the token: never checked here.
-                    // A WIMSE proof's signatures are always the core's to check.
-                    let valid = (attestation.is_none() || pending.is_workload_proof())
-                        && pending.verify_native();
-                    self.resume_signature(*pending, valid)
-                }
-                // Not produced without a message; if it were, nothing may pass on it.
-                Step::ConsultLimiter(pending) => {
-                    return self.deny(
-                        pending.ctx,
-                        500,
-                        "gate.internal",
-                        "the header stage asked for a rate limit",
-                        Vec::new(),
-                    )
-                }
-            }
-        }
-    }
-
     /// `None` when the attestation covers the token hashed `hash`, else why not.
     pub(super) fn attestation_error(
         attestation: &Result<HostVerified, TokenError>,
@@ -74,19 +27,23 @@ impl Gate {
 
     pub(super) fn evaluate_token(
         &mut self,
-        mut ctx: Context,
+        mut ev: Evaluation,
         request: &Request<'_>,
         now_ms: u64,
-        host: Option<&Result<HostVerified, TokenError>>,
+        verification: Verification<'_>,
     ) -> Step {
+        let host = match verification {
+            Verification::Core => None,
+            Verification::Host(attestation) => Some(attestation),
+        };
         let raw = match self.token_header(request) {
             Ok(raw) => raw,
-            Err(e) => return self.deny_token(ctx, &e),
+            Err(e) => return self.deny_token(ev, &e),
         };
         // Hashed as soon as it is within the size cap, so refused tokens can be correlated too (never logged).
         let hash = (raw.len() <= self.policy.token.max_bytes).then(|| {
             let (hash, hex) = self.hashes.sha256(raw);
-            ctx.audit.token_sha256 = Some(hex);
+            ev.audit.token_sha256 = Some(hex);
             hash
         });
         // The cache first: only tokens that parsed (and verified) are in it, and parsing is a pure function
@@ -94,23 +51,23 @@ impl Gate {
         if let Some(hash) = &hash {
             if let Some(token) = self.cache.get(hash, now_ms, self.keys.generation()) {
                 // A cached token is only as good as its issuer's keys: stale keys fail closed for it too.
-                if self.keys.is_usable(token.issuer, now_ms) {
-                    // Hybrid: the host's verifier must have run for this request too, cached or not.
+                if self.keys.is_usable(token.issuer(), now_ms) {
+                    // Host-verified: the host's verifier must have run for this request too, cached or not.
                     if let Some(e) = host.and_then(|a| Self::attestation_error(a, hash)) {
-                        return self.deny_token(ctx, &e);
+                        return self.deny_token(ev, &e);
                     }
-                    ctx.audit.cached = true;
-                    return self.authorize(ctx, token);
+                    ev.audit.cached = true;
+                    return self.authorize(ev, token);
                 }
             }
         }
         let untrusted = match UntrustedToken::parse(raw, self.policy.token.max_bytes) {
             Ok(t) => t,
-            Err(e) => return self.deny_token(ctx, &e),
+            Err(e) => return self.deny_token(ev, &e),
         };
         let Some(hash) = hash else {
             return self.deny_token(
-                ctx,
+                ev,
                 &TokenError::TooLarge {
                     bytes: raw.len(),
                     max: self.policy.token.max_bytes,
@@ -120,27 +77,27 @@ impl Gate {
         let (issuer, key) = match self.keys.lookup(untrusted.kid(), now_ms) {
             KeyLookup::Found { issuer, key } => (issuer, key.clone()),
             KeyLookup::UnknownKid { refetch } => {
-                ctx.refetch = refetch
+                ev.refetch = refetch
                     .into_iter()
                     .find(|i| self.keys.claim_refetch(*i, now_ms));
                 let kid = untrusted.kid().unwrap_or_default().to_string();
-                return self.deny_token(ctx, &TokenError::UnknownKid { kid });
+                return self.deny_token(ev, &TokenError::UnknownKid { kid });
             }
-            KeyLookup::KidRequired => return self.deny_token(ctx, &TokenError::KidRequired),
+            KeyLookup::KidRequired => return self.deny_token(ev, &TokenError::KidRequired),
             KeyLookup::AmbiguousKid => {
                 let kid = untrusted.kid().unwrap_or_default().to_string();
-                return self.deny_token(ctx, &TokenError::AmbiguousKid { kid });
+                return self.deny_token(ev, &TokenError::AmbiguousKid { kid });
             }
             KeyLookup::Unavailable { issuer } => {
                 if self.keys.claim_refetch(issuer, now_ms) {
-                    ctx.refetch = Some(issuer);
+                    ev.refetch = Some(issuer);
                 }
                 let name = self
                     .keys
                     .issuer(issuer)
                     .map(|i| i.name.clone())
                     .unwrap_or_default();
-                return self.deny_token(ctx, &TokenError::KeysUnavailable { issuer: name });
+                return self.deny_token(ev, &TokenError::KeysUnavailable { issuer: name });
             }
         };
         if untrusted.algorithm() != key.algorithm() {
@@ -148,7 +105,7 @@ impl Gate {
                 token: untrusted.algorithm().name().into(),
                 key: key.algorithm(),
             };
-            return self.deny_token(ctx, &e);
+            return self.deny_token(ev, &e);
         }
         // The `typ` allow-list is the selected key's issuer's (default exactly `txntoken+jwt`).
         let allowed_typ = self
@@ -156,75 +113,94 @@ impl Gate {
             .issuer(issuer)
             .map_or(&[][..], |i| i.typ.as_slice());
         if let Err(e) = untrusted.check_type(allowed_typ) {
-            return self.deny_token(ctx, &e);
+            return self.deny_token(ev, &e);
         }
-        ctx.audit.issuer = self.keys.issuer(issuer).map(|i| i.name.clone());
-        let pending = PendingSignature {
-            ctx,
-            raw: raw.to_string(),
-            signing_input_len: untrusted.signing_input().len(),
-            signature: untrusted.signature().to_vec(),
-            issuer,
-            key,
-        };
+        ev.audit.issuer = self.keys.issuer(issuer).map(|i| i.name.clone());
         match host {
-            None => Step::VerifySignature(Box::new(pending)),
+            None => Step::VerifySignature(Box::new(PendingSignature {
+                ev,
+                jws: raw.to_string(),
+                signing_input_len: untrusted.signing_input().len(),
+                signature: untrusted.signature().to_vec(),
+                key,
+                signed: Signed::TxnToken { issuer },
+            })),
             Some(attestation) => match Self::attestation_error(attestation, &hash) {
-                None => self.resume_signature(pending, true),
-                Some(e) => self.deny_token(pending.ctx, &e),
+                None => self.verified_token(ev, untrusted, issuer, SignatureChecked::HostVerifier),
+                Some(e) => self.deny_token(ev, &e),
             },
         }
     }
 
-    /// Continues after the host checked a signature.
+    /// Continues after the host checked a signature (`valid`: it verified with the pending key).
     pub fn resume_signature(&mut self, pending: PendingSignature, valid: bool) -> Step {
         if pending.is_workload_proof() {
             return self.resume_proof(pending, valid);
         }
         let PendingSignature {
-            ctx, raw, issuer, ..
+            ev, jws, signed, ..
         } = pending;
         if !valid {
-            return self.deny_token(ctx, &TokenError::Signature);
+            return self.deny_token(ev, &TokenError::Signature);
         }
-        let max = self.policy.token.max_bytes;
-        let verified = UntrustedToken::parse(&raw, max).and_then(|untrusted| {
-            let payload = untrusted.payload()?;
-            let expected_iss = self.keys.issuer(issuer).and_then(|i| i.iss.as_deref());
-            let issuer_ctx = IssuerContext {
-                index: issuer,
-                expected_iss,
-            };
-            VerifiedToken::from_payload(
-                &payload,
-                &untrusted,
-                issuer_ctx,
-                &self.policy.trust_domain,
-                &self.policy.token,
-                ctx.now_ms,
-            )
-        });
+        match signed {
+            Signed::TxnToken { issuer } => {
+                match UntrustedToken::parse(&jws, self.policy.token.max_bytes) {
+                    Ok(untrusted) => {
+                        self.verified_token(ev, untrusted, issuer, SignatureChecked::Signature)
+                    }
+                    Err(e) => self.deny_token(ev, &e),
+                }
+            }
+            // Resumed by `resume_proof` above; never here.
+            Signed::WorkloadProof => Step::Done(Box::new(self.internal_error(ev))),
+        }
+    }
+
+    /// A Txn-Token whose signature was checked: its claims read and checked, the token cached, the call
+    /// authorized.
+    fn verified_token(
+        &mut self,
+        ev: Evaluation,
+        untrusted: UntrustedToken<'_>,
+        issuer: usize,
+        checked: SignatureChecked,
+    ) -> Step {
+        let expected_iss = self.keys.issuer(issuer).and_then(|i| i.iss.as_deref());
+        let issuer_ctx = IssuerContext {
+            index: issuer,
+            expected_iss,
+        };
+        let verified = untrusted.into_verified(
+            checked,
+            issuer_ctx,
+            &self.policy.trust_domain,
+            &self.policy.token,
+            ev.now_ms,
+        );
         match verified {
             Ok(token) => {
                 let token = Arc::new(token);
                 let until = token.valid_until_ms(&self.policy.token);
                 self.cache
                     .insert(Arc::clone(&token), until, self.keys.generation());
-                self.authorize(ctx, token)
+                self.authorize(ev, token)
             }
-            Err(e) => self.deny_token(ctx, &e),
+            Err(e) => self.deny_token(ev, &e),
         }
     }
 
-    pub(super) fn gather(&self, request: &Request<'_>, now_ms: u64) -> Context {
+    pub(super) fn gather(&self, request: &Request<'_>, now_ms: u64) -> Evaluation {
         let path = request.path.split(['?', '#']).next().unwrap_or("");
         let mut audit = AuditRecord::new(now_ms, request.method, path);
         audit.peer = request.peer.map(str::to_string);
         let is_mcp = self.is_mcp_path(request.path);
-        let message = if self.needs_body(request.method, request.path) {
+        // The header stage reads no body: what it would be checked against comes in the full decision.
+        let held = request.body == Body::Held;
+        let message = if self.needs_body(request.method, request.path) && !held {
             let max = self.policy.mcp.max_body_bytes;
             Some(match request.body {
-                Body::Absent => Err(McpError::BodyMissing.into()),
+                Body::Absent | Body::Held => Err(McpError::BodyMissing.into()),
                 Body::TooLarge => Err(McpError::TooLarge { max }.into()),
                 Body::Complete([]) => Err(McpError::BodyMissing.into()),
                 Body::Complete(bytes) => {
@@ -256,7 +232,7 @@ impl Gate {
         } else {
             mcp::RoutingHeaders::default()
         };
-        Context {
+        Evaluation {
             now_ms,
             peer: request.peer.map(str::to_string),
             is_mcp,

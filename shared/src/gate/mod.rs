@@ -10,10 +10,12 @@ mod pending;
 mod request;
 mod wimse;
 
+/// Where the list-filter status rule lives now (kept importable from here).
+pub use crate::reply::is_filtered_status;
 pub use pending::{Limiter, PendingLimit, PendingSignature};
 pub use request::{
-    is_filtered_status, is_identity_header, Body, Decision, ListFilter, Outcome, Request, Step,
-    ToolsListFilter, Verdict, IDENTITY_HEADER_PREFIX,
+    is_identity_header, Allowed, Body, Decision, Denied, ListFilter, Outcome, Request, Step,
+    ToolsListFilter, Verification, BODY_WAIT_MS, IDENTITY_HEADER_PREFIX,
 };
 
 use std::sync::Arc;
@@ -25,11 +27,20 @@ use crate::cache::{HashMemo, TokenCache};
 use crate::keys::KeyRing;
 use crate::mcp::{self, McpError, McpMessage};
 use crate::policy::{Policy, PolicyError};
-use crate::token::{HostVerified, TokenError};
 
-/// What was gathered before the token was trusted; owned so a step can outlive the host's request borrow.
+/// Where a synchronous driver sends a remote limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remote {
+    /// Counted on the driver's limiter like a local one.
+    OnLimiter,
+    /// Handed back to the host, which asks the rate limit service.
+    ToHost,
+}
+
+/// One evaluation in progress: what was gathered before the token was trusted, and the audit record being
+/// written; owned so a step can outlive the host's request borrow.
 #[derive(Debug)]
-struct Context {
+struct Evaluation {
     now_ms: u64,
     peer: Option<String>,
     /// None outside the MCP endpoint or for methods without a body.
@@ -124,92 +135,87 @@ impl Gate {
         self.policy.mcp.max_body_bytes
     }
 
-    /// Decides synchronously: signatures with the core's crypto, limits on `limiter`.
+    /// Starts a decision: the one entry. `verification` says who checks the token's signature: the core
+    /// (a [`Step::VerifySignature`] comes back, to be checked natively or with host crypto) or the host's own
+    /// verifier (Envoy's `jwt_authn`), whose attestation must cover this exact token, cached or not (a
+    /// missing or mismatched one denies: 401 `token.host_unverified`). Every other rule applies as usual.
+    ///
+    /// With [`Body::Held`] (the body-holding header stage) only what needs no body is checked.
+    pub fn evaluate(
+        &mut self,
+        request: &Request<'_>,
+        now_ms: u64,
+        verification: Verification<'_>,
+    ) -> Step {
+        let ev = self.gather(request, now_ms);
+        self.evaluate_token(ev, request, now_ms, verification)
+    }
+
+    /// Decides synchronously, the one driver: signatures per `verification` (the core's crypto, or the
+    /// host's attestation), every limit — a remote one too, there being no rate limit service here — on
+    /// `limiter`.
     pub fn decide(
         &mut self,
         request: &Request<'_>,
         now_ms: u64,
+        verification: Verification<'_>,
         limiter: &mut dyn Limiter,
     ) -> Outcome {
-        let mut step = self.evaluate(request, now_ms);
-        loop {
-            step = match step {
-                Step::Done(outcome) => return *outcome,
-                Step::VerifySignature(pending) => {
-                    let valid = pending.verify_native();
-                    self.resume_signature(*pending, valid)
-                }
-                Step::ConsultLimiter(pending) => {
-                    let result = limiter.consume(pending.key(), pending.rule(), pending.now_ms());
-                    return self.resume_limit(*pending, result);
-                }
-            }
+        let step = self.evaluate(request, now_ms, verification);
+        match self.run(step, verification, limiter, Remote::OnLimiter) {
+            Step::Done(outcome) => *outcome,
+            // `run` finishes every step when remote limits go to the limiter; if one were left, nothing
+            // may pass on it.
+            Step::VerifySignature(pending) => self.internal_error(pending.ev),
+            Step::ConsultLimiter(pending) => self.internal_error(pending.ev),
         }
     }
 
-    /// Like [`Gate::decide`] (or [`Gate::decide_host_verified`] with `attestation`), except that a remote
-    /// limit ([`crate::rls`]) is not consulted: its pending limit comes back for the host to ask the rate
-    /// limit service (and, with `local_first`, its own store first), then to finish with
-    /// [`Gate::resume_limit`]. Local limits run on `limiter` as in `decide`.
-    pub fn decide_or_remote(
+    /// Like [`Gate::decide`] from a step the host has (from [`Gate::evaluate`] or a `resume_*`), except
+    /// that a remote limit ([`crate::rls`]) is not consulted: it comes back as [`Step::ConsultLimiter`] for
+    /// the host to ask the rate limit service (and, with `local_first`, its own store first), then to resume
+    /// with [`Gate::resume_limit`] and drive on. Returns [`Step::Done`] otherwise.
+    pub fn drive(
         &mut self,
-        request: &Request<'_>,
-        now_ms: u64,
-        attestation: Option<&Result<HostVerified, TokenError>>,
+        step: Step,
+        verification: Verification<'_>,
         limiter: &mut dyn Limiter,
-    ) -> Result<Outcome, Box<PendingLimit>> {
-        let ctx = self.gather(request, now_ms);
-        let mut step = self.evaluate_token(ctx, request, now_ms, attestation);
-        loop {
-            step = match step {
-                Step::Done(outcome) => return Ok(*outcome),
-                Step::VerifySignature(pending) => {
-                    // Host-verified mode never asks for the token's; if it did, nothing verified it: refuse.
-                    // A WIMSE proof's signatures are always the core's to check.
-                    let valid = (attestation.is_none() || pending.is_workload_proof())
-                        && pending.verify_native();
-                    self.resume_signature(*pending, valid)
-                }
-                Step::ConsultLimiter(pending) if pending.remote().is_some() => return Err(pending),
-                Step::ConsultLimiter(pending) => {
-                    let result = limiter.consume(pending.key(), pending.rule(), pending.now_ms());
-                    return Ok(self.resume_limit(*pending, result));
-                }
-            }
-        }
+    ) -> Step {
+        self.run(step, verification, limiter, Remote::ToHost)
     }
 
-    /// Starts a decision.
-    pub fn evaluate(&mut self, request: &Request<'_>, now_ms: u64) -> Step {
-        let ctx = self.gather(request, now_ms);
-        self.evaluate_token(ctx, request, now_ms, None)
-    }
-
-    /// Hybrid mode: like [`Gate::decide`], but the signature was checked by the host's own verifier (Envoy's
-    /// `jwt_authn`) and `attestation` says so for this request's token. Every other rule applies as usual.
-    /// Where the gate would check the signature, and for a cached token too, it requires an attestation
-    /// covering this exact token: a missing or mismatched one denies (401 `token.host_unverified`).
-    pub fn decide_host_verified(
+    /// The one loop behind [`Gate::decide`] and [`Gate::drive`].
+    fn run(
         &mut self,
-        request: &Request<'_>,
-        now_ms: u64,
-        attestation: &Result<HostVerified, TokenError>,
+        mut step: Step,
+        verification: Verification<'_>,
         limiter: &mut dyn Limiter,
-    ) -> Outcome {
-        let ctx = self.gather(request, now_ms);
-        let mut step = self.evaluate_token(ctx, request, now_ms, Some(attestation));
+        remote: Remote,
+    ) -> Step {
         loop {
             step = match step {
-                Step::Done(outcome) => return *outcome,
-                // Not produced in host-verified mode for the token; if it were, nothing verified it: refuse.
-                // A WIMSE proof's signatures are always the core's to check.
+                Step::Done(_) => return step,
                 Step::VerifySignature(pending) => {
-                    let valid = pending.is_workload_proof() && pending.verify_native();
+                    // With the host's verifier the gate never asks for the token's signature (the
+                    // attestation covers it); if it did, nothing verified it: refused. A WIMSE proof's
+                    // signatures (WIT, WPT) are always the core's to check.
+                    let valid = match verification {
+                        Verification::Core => pending.verify_native(),
+                        Verification::Host(_) => {
+                            pending.is_workload_proof() && pending.verify_native()
+                        }
+                    };
                     self.resume_signature(*pending, valid)
                 }
+                Step::ConsultLimiter(pending)
+                    if remote == Remote::ToHost && pending.remote().is_some() =>
+                {
+                    return Step::ConsultLimiter(pending)
+                }
                 Step::ConsultLimiter(pending) => {
-                    let result = limiter.consume(pending.key(), pending.rule(), pending.now_ms());
-                    return self.resume_limit(*pending, result);
+                    let result =
+                        limiter.consume(pending.bucket_key(), pending.rule(), pending.now_ms());
+                    self.resume_limit(*pending, result)
                 }
             }
         }

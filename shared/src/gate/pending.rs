@@ -11,15 +11,27 @@ use crate::token::VerifiedToken;
 
 use super::*;
 
-/// A signature the host must check.
+/// A signature the host must check: the host only reads the algorithm, the signed bytes, the signature and
+/// the key, and resumes with whether it verified; what was signed is the core's business.
 #[derive(Debug)]
 pub struct PendingSignature {
-    pub(super) ctx: Context,
-    pub(super) raw: String,
+    pub(super) ev: Evaluation,
+    /// The compact JWS whose signature this is.
+    pub(super) jws: String,
     pub(super) signing_input_len: usize,
     pub(super) signature: Vec<u8>,
-    pub(super) issuer: usize,
     pub(super) key: PublicKey,
+    pub(super) signed: Signed,
+}
+
+/// What a pending signature is over, and where the evaluation goes once it verified.
+#[derive(Debug)]
+pub(super) enum Signed {
+    /// The request's Transaction Token, verified with a key of issuer `issuer`.
+    TxnToken { issuer: usize },
+    /// A WIMSE credential of the caller (WIT or WPT); where its check stands is in the evaluation
+    /// (`gate/wimse.rs`).
+    WorkloadProof,
 }
 
 impl PendingSignature {
@@ -29,7 +41,7 @@ impl PendingSignature {
 
     /// The exact signed bytes.
     pub fn signing_input(&self) -> &[u8] {
-        self.raw
+        self.jws
             .as_bytes()
             .get(..self.signing_input_len)
             .unwrap_or_default()
@@ -54,10 +66,10 @@ impl PendingSignature {
 /// A rate limit the host must consult.
 #[derive(Debug)]
 pub struct PendingLimit {
-    pub(super) ctx: Context,
+    pub(super) ev: Evaluation,
     pub(super) token: Arc<VerifiedToken>,
     pub(super) delegation: Delegation,
-    pub(super) key: String,
+    pub(super) bucket_key: String,
     pub(super) limit: RuleLimit,
     pub(super) kind: Kind,
     /// The tool or prompt name, or the resource URI.
@@ -71,9 +83,9 @@ pub struct PendingLimit {
 }
 
 impl PendingLimit {
-    /// The bucket's store key.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The bucket's store key (not to be confused with [`PendingSignature::key`], a public key).
+    pub fn bucket_key(&self) -> &str {
+        &self.bucket_key
     }
 
     pub fn rule(&self) -> &LimitRule {
@@ -90,7 +102,7 @@ impl PendingLimit {
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.ctx.now_ms
+        self.ev.now_ms
     }
 
     /// The rule's remote limit, when the rate limit service counts it ([`crate::rls`]).
@@ -106,7 +118,7 @@ impl PendingLimit {
         let who = crate::rls::Identity {
             name: &self.subject,
             agent: &self.delegation.agent,
-            sub: &self.token.sub,
+            sub: self.token.sub(),
         };
         Some(self.remote()?.request(service, &self.limit.rule, who))
     }

@@ -757,31 +757,6 @@ pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Value) -> 
     Value::Object(body).to_string()
 }
 
-/// The body of a refusal an adapter makes itself (its own failure, an unreachable upstream): a JSON-RPC
-/// error when the request carried a usable id (an MCP request awaiting its answer), else the OAuth-style JSON
-/// object. The Envoy filter and the Worker both render through this, so both hosts answer alike.
-pub fn adapter_error_body(
-    status: u16,
-    reason: &str,
-    message: &str,
-    rpc_id: Option<&Value>,
-) -> String {
-    match rpc_id {
-        Some(id) => error_body(
-            Some(id),
-            status_rpc_code(status),
-            message,
-            serde_json::json!({"reason": reason, "status": status}),
-        ),
-        None => serde_json::json!({
-            "error": status_error_name(status),
-            "error_description": message,
-            "reason": reason,
-        })
-        .to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -1160,18 +1135,6 @@ mod tests {
             // Outside the range JSON-RPC and MCP reserve, except the two JSON-RPC codes themselves.
             assert!(!(-32099..=-32000).contains(&code), "{status}");
         }
-        let adapter: Value = serde_json::from_str(&adapter_error_body(
-            502,
-            "origin.fetch",
-            "txngate: the upstream server could not be reached",
-            Some(&json!("a")),
-        ))
-        .unwrap();
-        assert_eq!(adapter["id"], "a");
-        assert_eq!(adapter["error"]["code"], -31502);
-        assert_eq!(adapter["error"]["data"]["reason"], "origin.fetch");
-        let plain: Value = serde_json::from_str(&adapter_error_body(500, "x", "m", None)).unwrap();
-        assert_eq!(plain["error"], "server_error");
     }
 
     proptest! {

@@ -1,4 +1,4 @@
-//! Hybrid mode: Envoy's native `jwt_authn` verifies the Transaction Token's signature (BoringSSL, far faster
+//! Host-verified mode (once called hybrid): Envoy's native `jwt_authn` verifies the Transaction Token's signature (BoringSSL, far faster
 //! than P-256 in Wasm) and publishes the verified payload as dynamic metadata (`payload_in_metadata`); the
 //! filter applies every other txngate rule to the same token. The filter never trusts a header for this:
 //! only dynamic metadata, which no client can set, and only when that payload equals the token's own
@@ -7,10 +7,10 @@
 //! `token.host_unverified`, never an accept.
 //!
 //! Configuration: the plugin configuration is the policy JSON plus one adapter key, removed before the
-//! policy is compiled:
+//! policy is compiled (`hybrid_jwt_authn`, its first spelling, is accepted as well):
 //!
 //! ```json
-//! { "hybrid_jwt_authn": { "payload_in_metadata": "txn_payload" }, "trust_domain": "...", ... }
+//! { "host_verified_jwt_authn": { "payload_in_metadata": "txn_payload" }, "trust_domain": "...", ... }
 //! ```
 //!
 //! `payload_in_metadata` must name the same key as the `jwt_authn` provider's `payload_in_metadata`; the
@@ -23,53 +23,67 @@
 use serde_json::{Map, Number, Value};
 use txngate_core::token::{HostVerified, TokenError};
 
-/// The adapter key of the plugin configuration that turns hybrid mode on.
-pub const CONFIG_KEY: &str = "hybrid_jwt_authn";
+/// The adapter key of the plugin configuration that turns host-verified mode on.
+pub const CONFIG_KEY: &str = "host_verified_jwt_authn";
+/// The key's first spelling (the mode was called hybrid), still accepted.
+pub const LEGACY_CONFIG_KEY: &str = "hybrid_jwt_authn";
 /// jwt_authn's dynamic metadata namespace.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
-/// Nesting bound for decoded `Struct` values (the core parses token payloads to depth 64 too).
-const MAX_DEPTH: usize = 64;
+/// Nesting bound for decoded `Struct` values: the core's for token payloads.
+const MAX_DEPTH: usize = txngate_core::token::MAX_CLAIMS_DEPTH;
 
-/// Where the verified payload is found.
+/// Where jwt_authn's verified payload is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hybrid {
+pub struct JwtAuthn {
     pub namespace: String,
     pub payload_key: String,
 }
 
-/// Why the hybrid configuration was refused.
+/// Why the host-verified configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `key`: the spelling the configuration used.
     Field {
+        key: &'static str,
         field: &'static str,
         expected: &'static str,
     },
     Unknown {
+        key: &'static str,
         member: String,
     },
+    /// Both spellings of the key.
+    Twice,
 }
 
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Field { field, expected } => {
-                write!(f, "{CONFIG_KEY}.{field} must be {expected}")
-            }
-            Self::Unknown { member } => write!(f, "{CONFIG_KEY}: unknown member {member:?}"),
+            Self::Field {
+                key,
+                field,
+                expected,
+            } => write!(f, "{key}.{field} must be {expected}"),
+            Self::Unknown { key, member } => write!(f, "{key}: unknown member {member:?}"),
+            Self::Twice => write!(
+                f,
+                "{CONFIG_KEY} and {LEGACY_CONFIG_KEY} are the same setting: give one"
+            ),
         }
     }
 }
 
-/// Reads the value of the `hybrid_jwt_authn` key (see [`crate::plugin`]).
-pub fn from_value(section: Value) -> Result<Hybrid, ConfigError> {
+/// Reads the value of the `host_verified_jwt_authn` (or `hybrid_jwt_authn`) key (see [`crate::plugin`]).
+pub fn from_value(key: &'static str, section: Value) -> Result<JwtAuthn, ConfigError> {
     let Value::Object(section) = section else {
         return Err(ConfigError::Field {
+            key,
             field: "",
             expected: "an object",
         });
     };
-    let mut hybrid = Hybrid {
+    let mut jwt_authn = JwtAuthn {
         namespace: JWT_AUTHN_NAMESPACE.to_string(),
         payload_key: String::new(),
     };
@@ -77,34 +91,37 @@ pub fn from_value(section: Value) -> Result<Hybrid, ConfigError> {
         let text = value.as_str().filter(|s| !s.is_empty());
         match member.as_str() {
             "payload_in_metadata" => {
-                hybrid.payload_key = text
+                jwt_authn.payload_key = text
                     .ok_or(ConfigError::Field {
+                        key,
                         field: "payload_in_metadata",
                         expected: "a non-empty string (jwt_authn's payload_in_metadata)",
                     })?
                     .to_string();
             }
             "metadata_namespace" => {
-                hybrid.namespace = text
+                jwt_authn.namespace = text
                     .ok_or(ConfigError::Field {
+                        key,
                         field: "metadata_namespace",
                         expected: "a non-empty string",
                     })?
                     .to_string();
             }
-            _ => return Err(ConfigError::Unknown { member }),
+            _ => return Err(ConfigError::Unknown { key, member }),
         }
     }
-    if hybrid.payload_key.is_empty() {
+    if jwt_authn.payload_key.is_empty() {
         return Err(ConfigError::Field {
+            key,
             field: "payload_in_metadata",
             expected: "a non-empty string (jwt_authn's payload_in_metadata)",
         });
     }
-    Ok(hybrid)
+    Ok(jwt_authn)
 }
 
-impl Hybrid {
+impl JwtAuthn {
     /// The attestation for this request: `metadata` is the protobuf `Metadata` Envoy returned for the
     /// `metadata` property (None when it had none), `token` the token header's value.
     pub fn attest(
@@ -282,8 +299,8 @@ mod tests {
     /// The configuration as the plugin reads it, reduced to this module's part.
     fn split_config(
         config: &[u8],
-    ) -> Result<(Vec<u8>, Option<Hybrid>), crate::plugin::PluginError> {
-        crate::plugin::PluginConfig::parse(config).map(|c| (c.policy, c.hybrid))
+    ) -> Result<(Vec<u8>, Option<JwtAuthn>), crate::plugin::PluginError> {
+        crate::plugin::PluginConfig::parse(config).map(|c| (c.policy, c.host_verified))
     }
     use serde_json::json;
 
@@ -358,22 +375,41 @@ mod tests {
         out
     }
 
-    fn hybrid() -> Hybrid {
-        let config =
-            br#"{"hybrid_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
-        let (policy, hybrid) = split_config(config).unwrap();
+    fn jwt_authn() -> JwtAuthn {
+        let config = br#"{"host_verified_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
+        let (policy, jwt_authn) = split_config(config).unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&policy).unwrap(),
             json!({"trust_domain": "t"})
         );
-        hybrid.unwrap()
+        jwt_authn.unwrap()
+    }
+
+    #[test]
+    fn the_first_spelling_is_accepted_and_both_are_refused() {
+        let legacy =
+            br#"{"hybrid_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
+        let (policy, jwt_authn) = split_config(legacy).unwrap();
+        assert_eq!(policy, br#"{"trust_domain":"t"}"#.to_vec());
+        assert_eq!(jwt_authn, Some(jwt_authn_default()));
+        let both = br#"{"hybrid_jwt_authn": {"payload_in_metadata": "a"}, "host_verified_jwt_authn": {"payload_in_metadata": "a"}}"#;
+        assert!(split_config(both).is_err());
+        let bad = split_config(br#"{"hybrid_jwt_authn": {}}"#).unwrap_err();
+        assert!(bad.to_string().starts_with("hybrid_jwt_authn."), "{bad}");
+    }
+
+    fn jwt_authn_default() -> JwtAuthn {
+        JwtAuthn {
+            namespace: JWT_AUTHN_NAMESPACE.to_string(),
+            payload_key: "txn_payload".to_string(),
+        }
     }
 
     #[test]
     fn decodes_the_payload_jwt_authn_published() {
         let payload = json!({"sub": "a", "iat": 1_800_000_000, "act": {"sub": "b"}, "aud": ["x", "y"], "f": false, "n": null});
         let meta = metadata(JWT_AUTHN_NAMESPACE, "txn_payload", &payload);
-        let got = hybrid().verified_payload(&meta).unwrap();
+        let got = jwt_authn().verified_payload(&meta).unwrap();
         assert_eq!(got["sub"], "a");
         assert_eq!(got["iat"].as_f64(), Some(1.8e9));
         assert_eq!(got["act"], json!({"sub": "b"}));
@@ -383,7 +419,7 @@ mod tests {
 
     #[test]
     fn absent_or_other_metadata_gives_nothing() {
-        let h = hybrid();
+        let h = jwt_authn();
         assert!(h.verified_payload(&[]).is_none());
         let other = metadata(JWT_AUTHN_NAMESPACE, "other_key", &json!({"sub": "a"}));
         assert!(h.verified_payload(&other).is_none());
@@ -400,9 +436,9 @@ mod tests {
 
     #[test]
     fn configuration_without_the_key_passes_untouched_and_bad_ones_fail() {
-        let (policy, hybrid) = split_config(br#"{"trust_domain":"t"}"#).unwrap();
+        let (policy, jwt_authn) = split_config(br#"{"trust_domain":"t"}"#).unwrap();
         assert_eq!(policy, br#"{"trust_domain":"t"}"#);
-        assert!(hybrid.is_none());
+        assert!(jwt_authn.is_none());
         assert!(split_config(br#"{"hybrid_jwt_authn": {}}"#).is_err());
         assert!(split_config(br#"{"hybrid_jwt_authn": {"payload_in_metadata": ""}}"#).is_err());
         assert!(

@@ -1,4 +1,4 @@
-//! Hybrid mode: the host's verifier checked the signature and attests it (`HostVerified`); the gate applies
+//! Host-verified mode: the host's verifier checked the signature and attests it (`HostVerified`); the gate applies
 //! every other rule, and fails closed whenever the attestation is missing or is not for this token.
 #![allow(
     clippy::unwrap_used,
@@ -37,7 +37,7 @@ fn claims() -> Value {
            "req_wl": "spiffe://trust.example/agent/a", "act": {"sub": "spiffe://trust.example/agent/a"}})
 }
 
-/// A token whose signature is garbage: in hybrid mode only the attestation vouches for it.
+/// A token whose signature is garbage: in host-verified mode only the attestation vouches for it.
 fn token(claims: &Value) -> String {
     let header = json!({"alg": "EdDSA", "typ": "txntoken+jwt", "kid": "ed"});
     format!(
@@ -58,7 +58,12 @@ fn decide(gate: &mut Gate, tok: &str, attestation: &Result<HostVerified, TokenEr
         body: Body::Complete(body),
         peer: None,
     };
-    gate.decide_host_verified(&request, NOW * 1000, attestation, &mut MemoryStore::new())
+    gate.decide(
+        &request,
+        NOW * 1000,
+        txngate_core::Verification::Host(attestation),
+        &mut MemoryStore::new(),
+    )
 }
 
 /// What Envoy's protobuf `Struct` makes of the payload: every number a double.
@@ -78,21 +83,21 @@ fn attested_token_is_allowed_without_the_gate_checking_its_signature() {
     let tok = token(&claims());
     let att = HostVerified::attest(&tok, MAX, Some(&as_struct(&claims())));
     let o = decide(&mut gate, &tok, &att);
-    assert_eq!(o.decision.reason, "allow", "{:?}", o.audit);
+    assert_eq!(o.decision.reason(), "allow", "{:?}", o.audit);
     // Cached, the next request still needs its own attestation.
     let o = decide(&mut gate, &tok, &att);
     assert!(o.audit.cached);
-    assert_eq!(o.decision.reason, "allow");
+    assert_eq!(o.decision.reason(), "allow");
     let missing = HostVerified::attest(&tok, MAX, None);
     let o = decide(&mut gate, &tok, &missing);
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (401, "token.host_unverified")
     );
 }
 
 #[test]
-fn the_gate_checks_the_signature_natively_without_hybrid() {
+fn the_gate_checks_the_signature_natively_without_host_verification() {
     let mut gate = gate();
     let tok = token(&claims());
     let headers = vec![("txn-token".to_string(), tok)];
@@ -103,8 +108,13 @@ fn the_gate_checks_the_signature_natively_without_hybrid() {
         body: Body::Absent,
         peer: None,
     };
-    let o = gate.decide(&request, NOW * 1000, &mut MemoryStore::new());
-    assert_eq!(o.decision.reason, "token.signature");
+    let o = gate.decide(
+        &request,
+        NOW * 1000,
+        txngate_core::Verification::Core,
+        &mut MemoryStore::new(),
+    );
+    assert_eq!(o.decision.reason(), "token.signature");
 }
 
 #[test]
@@ -113,7 +123,7 @@ fn no_verified_payload_fails_closed() {
     let tok = token(&claims());
     let o = decide(&mut gate, &tok, &HostVerified::attest(&tok, MAX, None));
     assert_eq!(
-        (o.decision.status, o.decision.reason),
+        (o.decision.status(), o.decision.reason()),
         (401, "token.host_unverified")
     );
 }
@@ -135,14 +145,14 @@ fn a_payload_that_differs_in_any_claim_fails_closed() {
         }
         let att = HostVerified::attest(&tok, MAX, Some(&as_struct(&verified)));
         let o = decide(&mut gate, &tok, &att);
-        assert_eq!(o.decision.reason, "token.host_unverified", "{patch}");
+        assert_eq!(o.decision.reason(), "token.host_unverified", "{patch}");
     }
     // A claim dropped from the verified payload (e.g. `act`) is a difference too.
     let mut fewer = claims();
     fewer.as_object_mut().unwrap().remove("act");
     let att = HostVerified::attest(&tok, MAX, Some(&fewer));
     assert_eq!(
-        decide(&mut gate, &tok, &att).decision.reason,
+        decide(&mut gate, &tok, &att).decision.reason(),
         "token.host_unverified"
     );
 }
@@ -162,7 +172,7 @@ fn an_attestation_for_another_token_fails_closed() {
     );
     assert!(att.is_ok());
     let o = decide(&mut gate, &token(&claims()), &att);
-    assert_eq!(o.decision.reason, "token.host_unverified");
+    assert_eq!(o.decision.reason(), "token.host_unverified");
 }
 
 #[test]
@@ -173,7 +183,7 @@ fn every_other_rule_still_applies() {
     let tok = token(&expired);
     let att = HostVerified::attest(&tok, MAX, Some(&as_struct(&expired)));
     assert_eq!(
-        decide(&mut gate, &tok, &att).decision.reason,
+        decide(&mut gate, &tok, &att).decision.reason(),
         "token.expired"
     );
     let mut wrong_aud = claims();
@@ -181,7 +191,7 @@ fn every_other_rule_still_applies() {
     let tok = token(&wrong_aud);
     let att = HostVerified::attest(&tok, MAX, Some(&as_struct(&wrong_aud)));
     assert_eq!(
-        decide(&mut gate, &tok, &att).decision.reason,
+        decide(&mut gate, &tok, &att).decision.reason(),
         "token.audience"
     );
 }

@@ -178,15 +178,14 @@ impl Gate {
                     txn_token: &state.txn_token,
                     headers: &state.headers,
                 };
-                let mut scratch;
-                let replay = if state.remember {
-                    &mut self.replay
-                } else {
-                    // Checked against what was seen, remembered nowhere.
-                    scratch = self.replay.clone();
-                    &mut scratch
-                };
-                if let Err(e) = check.finish(&rules, &wit, &binding, replay, ev.now_ms) {
+                if let Err(e) = check.finish(
+                    &rules,
+                    &wit,
+                    &binding,
+                    &mut self.replay,
+                    state.remember,
+                    ev.now_ms,
+                ) {
                     return self.deny_proof_step(ev, &e);
                 }
                 if self.policy.peer_source == PeerSource::MtlsOrWimse {

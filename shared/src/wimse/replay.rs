@@ -31,6 +31,23 @@ impl ReplayCache {
         self.seen.is_empty()
     }
 
+    fn key(sub: &str, jti: &str) -> [u8; 32] {
+        let mut input = Vec::with_capacity(sub.len() + 1 + jti.len());
+        input.extend_from_slice(sub.as_bytes());
+        input.push(0);
+        input.extend_from_slice(jti.as_bytes());
+        sha256(&input)
+    }
+
+    /// Refuses a `jti` already seen from `sub` and still within its validity, remembering nothing (the
+    /// body-holding header stage: the full decision of the same request remembers it).
+    pub fn check(&self, sub: &str, jti: &str, now_ms: u64) -> Result<(), WimseError> {
+        match self.seen.get(&Self::key(sub, jti)) {
+            Some(until) if *until >= now_ms => Err(WimseError::Replay),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a `jti` already seen from `sub` and still within its validity; otherwise remembers it until
     /// `valid_until_ms`.
     pub fn check_and_remember(
@@ -40,16 +57,8 @@ impl ReplayCache {
         valid_until_ms: u64,
         now_ms: u64,
     ) -> Result<(), WimseError> {
-        let mut input = Vec::with_capacity(sub.len() + 1 + jti.len());
-        input.extend_from_slice(sub.as_bytes());
-        input.push(0);
-        input.extend_from_slice(jti.as_bytes());
-        let key = sha256(&input);
-        if let Some(until) = self.seen.get(&key) {
-            if *until >= now_ms {
-                return Err(WimseError::Replay);
-            }
-        }
+        self.check(sub, jti, now_ms)?;
+        let key = Self::key(sub, jti);
         if self.seen.len() >= self.capacity && !self.seen.contains_key(&key) {
             self.seen.retain(|_, until| *until >= now_ms);
             if self.seen.len() >= self.capacity {

@@ -130,7 +130,7 @@ fn check(
         txn_token: TXN,
         headers: &h,
     };
-    let p = p.finish(rules, &w, &binding, replay, now_ms)?;
+    let p = p.finish(rules, &w, &binding, replay, true, now_ms)?;
     Ok((w, p))
 }
 

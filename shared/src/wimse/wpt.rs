@@ -70,13 +70,14 @@ impl WptCheck {
     }
 
     /// After the signature verified: audience, time, the hashes, then the `jti` (last, so only a proof that
-    /// passed everything takes a replay-cache entry).
+    /// passed everything takes a replay-cache entry). `remember` false: the `jti` is checked, not taken.
     pub fn finish(
         self,
         rules: &WimseRules,
         wit: &Wit,
         request: &RequestBinding<'_>,
         replay: &mut ReplayCache,
+        remember: bool,
         now_ms: u64,
     ) -> Result<Wpt, WimseError> {
         let claims = claims(&self.jwt, rules.max_token_bytes).map_err(invalid)?;
@@ -131,7 +132,11 @@ impl WptCheck {
         let valid_until_ms = u64::try_from(exp.saturating_add(rules.leeway_s))
             .unwrap_or(0)
             .saturating_mul(1000);
-        replay.check_and_remember(&wit.sub, &jti, valid_until_ms, now_ms)?;
+        if remember {
+            replay.check_and_remember(&wit.sub, &jti, valid_until_ms, now_ms)?;
+        } else {
+            replay.check(&wit.sub, &jti, now_ms)?;
+        }
         Ok(Wpt { jti, exp })
     }
 }

@@ -10,8 +10,8 @@ the development Identity Server in examples/keys/demo-identity-server. Three req
 3. the email agent's bound call: its WIT and a fresh WPT for this request and this token: allowed.
 
 Run by demo.py after the session, on the harness and, with --worker, on the Worker in workerd (the edge
-without mTLS, where `peer_binding` could not be enforced before). Credentials come from `txngate wimse`
-(development only).
+without mTLS, where `peer_binding` could not be enforced before); alone: `python3 demo/proof.py [--worker]`.
+Credentials come from `txngate wimse` (development only).
 """
 
 from __future__ import annotations
@@ -133,7 +133,11 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
 
 def run_worker(d, session, logdir: Path) -> list[tuple]:
     """The three requests through the built Worker in workerd, in front of a loopback upstream."""
-    procs, _ = d.e2e_imports()
+    # Only the process helpers of tests/e2e (not the MCP client): plain HTTP requests here.
+    e2e = str(d.ROOT / "tests" / "e2e")
+    if e2e not in __import__("sys").path:
+        __import__("sys").path.insert(0, e2e)
+    import procs  # noqa: PLC0415
     policy_path = logdir / "policy-wimse.json"
     policy_path.write_text(json.dumps(policy(session.policy), indent=2))
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
@@ -187,3 +191,13 @@ def run(d, session, hosts: list[str], logs: Path) -> bool:
             ok &= mark == "✓"
             print(f"  {mark} {title:<18} {step['say']:<82} {' '.join(map(str, triple))}")
     return ok
+
+
+if __name__ == "__main__":
+    # The step alone: `python3 demo/proof.py` (harness), `.venv/bin/python demo/proof.py --worker` (also workerd).
+    import sys
+
+    import demo as d
+
+    chosen = ["harness"] + (["worker"] if "--worker" in sys.argv[1:] else [])
+    sys.exit(0 if run(d, d.Session(d.DEFAULT_SESSION), chosen, d.LOG_ROOT) else 1)

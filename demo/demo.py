@@ -781,6 +781,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say(f"{HOST_TITLES[host]}: all {n} requests as expected, and the same verdict, status and reason as the "
                 f"harness run, request by request ({seconds:.1f} s)")
+    # The proof-of-possession step (demo/proof.py): a stolen token refused, the bound call accepted.
+    import proof  # noqa: PLC0415 - next to this file
+    try:
+        if not proof.run(sys.modules[__name__], session, hosts, args.logs):
+            failed = True
+    except KeyboardInterrupt:
+        say("interrupted; processes stopped")
+        return 130
     if failed:
         say("FAILED: some verdicts differ from the session's (marked ✗ above)")
         return 1

@@ -2,7 +2,9 @@
 # txngate's main job in one command: a user's Txn-Token, delegated by an orchestrator to a research agent and
 # an email agent (an `act` chain per agent, minted with `txngate mint`), every MCP tool call of a scripted
 # session decided by txngate, printed as a table (agent, tool, verdict, status, reason, rate-limit budget)
-# followed by the audit lines from the filter's log. Installs and builds what the chosen mode needs.
+# followed by the audit lines from the filter's log, then a proof-of-possession step (demo/proof.py): the email
+# agent's token stolen and sent without its WIMSE proof is refused, the bound call accepted (with --worker, at
+# the Worker, where no mTLS peer exists). Installs and builds what the chosen mode needs.
 #
 #   scripts/demo.sh              the built proxy-wasm filter in the wasmtime harness (txngate-harness replay)
 #   scripts/demo.sh --envoy      then the same session through real Envoy (.venv/bin/envoy) in front of the
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
             case "$2" in /*) pass+=("$1" "$2") ;; *) pass+=("$1" "$CALLER_PWD/$2") ;; esac
             shift ;;
         --no-audit) pass+=("$1") ;;
-        -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

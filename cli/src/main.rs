@@ -3,6 +3,7 @@
 
 mod human;
 mod keyfile;
+mod wimse;
 
 use std::fs;
 use std::io::{IsTerminal, Read};
@@ -101,6 +102,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: u32,
     },
+    /// DEVELOPMENT-ONLY WIMSE credentials: a Workload Identity Token and per-request Workload Proof Tokens.
+    Wimse {
+        #[command(subcommand)]
+        command: wimse::WimseCommand,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -169,6 +175,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             header,
         } => mint(&key, &claims, &act, ttl, now, header.as_deref()),
         Command::Inspect { token } => inspect(&token),
+        Command::Wimse { command } => wimse::run(command),
         Command::Check {
             policy,
             token,

@@ -105,6 +105,11 @@ pub struct AuditRecord {
     pub agentic_ctx: Option<AgenticAudit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The caller the peer binding checked, and how it was proven (`caller_proof`: `mtls`, `wimse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_proof: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     pub method: String,
@@ -157,6 +162,8 @@ impl AuditRecord {
             req_wl: None,
             agentic_ctx: None,
             peer: None,
+            caller: None,
+            caller_proof: None,
             issuer: None,
             method: method.to_string(),
             path: path.to_string(),

@@ -27,6 +27,7 @@ pub mod rls_wire;
 pub mod rule;
 pub mod scope;
 pub mod token;
+pub mod wimse;
 
 pub use audit::AuditRecord;
 pub use gate::{

@@ -127,8 +127,11 @@ class Envoy(Host):
         ctx.load_cert_chain(str(cert), str(key))
         return http.client.HTTPSConnection("127.0.0.1", self.config.tls_port, context=ctx, timeout=REQUEST_TIMEOUT_S)
 
-    def send(self, case: Case, wire) -> tuple[int, dict[str, str], bytes]:
-        conn = self.connection(wire.peer)
+    def send(self, case: Case, wire, conn=None) -> tuple[int, dict[str, str], bytes]:
+        """One request; on `conn` (kept open: a case's repeated requests reach one Envoy worker thread, whose VM
+        holds the WIMSE replay cache) or on a connection of its own."""
+        own = conn is None
+        conn = conn or self.connection(wire.peer)
         try:
             conn.putrequest(wire.method, wire.path, skip_accept_encoding=True)
             for name, value in wire.headers:
@@ -143,16 +146,21 @@ class Envoy(Host):
             headers = {k.lower(): v for k, v in resp.getheaders()}
             return resp.status, headers, body
         finally:
-            conn.close()
+            if own:
+                conn.close()
 
     def decide(self, case: Case, token: str | None) -> Outcome:
         wire = wire_request(case, token, self.policy)
         if case.response is not None:
             ct, body = upstream_response_text(case.response)
             self.upstream.register(case.id, case.response.get("status", 200), ct, body)
-        for _ in range(case.prior_calls):
-            self.send(case, wire)
-        status, headers, body = self.send(case, wire)
+        conn = self.connection(wire.peer)
+        try:
+            for _ in range(case.prior_calls):
+                self.send(case, wire, conn)
+            status, headers, body = self.send(case, wire, conn)
+        finally:
+            conn.close()
         text = body.decode(errors="replace")
         if headers.get(MARK) != "1":
             reason = reason_from_body(text)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from vectors import (
-    ROOT, Case, Minter, Outcome, allowed_status, audit_records, check_tools, reason_from_body,
-    upstream_response_text, wire_request,
+    ROOT, Case, Minter, Outcome, allowed_status, audit_records, check_tools, load_policy,
+    policy_accepts_proof_for_peer, reason_from_body, upstream_response_text, wire_request,
 )
 
 CLI = ROOT / "target" / "release" / "txngate"
@@ -74,9 +74,13 @@ class Host:
         return None
 
     def cannot_express(self, case: Case) -> str | None:
-        if case.peer is not None and not self.can_peer:
+        if case.peer is not None and not self.can_peer and not policy_accepts_proof_for_peer(load_policy(case.policy)):
             return "the host cannot present an mTLS peer"
         return None
+
+    def peer_proof(self, case: Case) -> str | None:
+        """A host without mTLS presents the case's peer as a WIMSE proof (where the policy accepts one)."""
+        return case.peer if case.peer is not None and not self.can_peer else None
 
     def start(self, policy_path: Path) -> None:
         self.policy_path = policy_path
@@ -93,7 +97,7 @@ class Host:
         out = {}
         for case in cases:
             try:
-                token = minter.token(case.token, self.now())
+                token = minter.token(case.token, self.now(), case, self.peer_proof(case))
             except Exception as e:  # noqa: BLE001 - reported per case
                 out[case.id] = Outcome.failure(f"minting: {e}")
                 continue
@@ -269,7 +273,7 @@ class Harness(Host):
         spans: list[tuple[Case, int, int, str | None]] = []
         for case in cases:
             try:
-                token = minter.token(case.token, self.clock)
+                token = minter.token(case.token, self.clock, case, self.peer_proof(case))
             except Exception as e:  # noqa: BLE001
                 out[case.id] = Outcome.failure(f"minting: {e}")
                 continue

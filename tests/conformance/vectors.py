@@ -32,7 +32,17 @@ DEFAULT_EXP = 60
 
 _CASE_FIELDS = {"id", "description", "policy", "request", "token", "peer", "prior_calls", "expect", "hosts", "response"}
 _REQUEST_FIELDS = {"method", "path", "headers", "body", "pad_body_to"}
-_TOKEN_FIELDS = {"key", "claims", "act", "header", "iat", "exp", "nbf", "tamper"}
+_TOKEN_FIELDS = {"key", "claims", "act", "header", "iat", "exp", "nbf", "tamper", "wimse"}
+#: A WIMSE proof recipe (token.wimse): the WIT and the WPT minted with `txngate wimse`, or one of them left out.
+_WIMSE_FIELDS = {"wit", "wpt", "omit"}
+_WIT_FIELDS = {"key", "sub", "cnf", "exp", "claims", "header"}
+_WPT_FIELDS = {"key", "aud", "exp", "jti", "claims", "header"}
+#: Development keys of the WIMSE vectors: the trust domains' Identity Servers and the workloads.
+WIMSE_KEY_NAMES = ("wit-ec", "wit-other", "wl-ed", "wl-ec", "wl-other")
+#: The origin the vector policies' `wimse.audiences` list: a WPT's default `aud` is it plus the request path.
+WIMSE_ORIGIN = "https://mcp.example"
+DEFAULT_WIT_EXP = 3600
+DEFAULT_WPT_EXP = 30
 _LITERAL_FIELDS = {"literal", "repeat"}
 #: The list a response check reads: expect field → (result member, entry member).
 _LIST_EXPECTATIONS = {
@@ -147,6 +157,8 @@ def _validate_case(raw: dict, where: str, reasons: set[str]) -> None:
             _check(tok.get("key") in KEY_NAMES, where, f"token.key must be one of {KEY_NAMES}")
             _check(isinstance(tok.get("claims"), dict), where, "token.claims must be an object")
             _check(tok.get("tamper") in (None, *TAMPERS), where, f"token.tamper must be one of {TAMPERS}")
+            if "wimse" in tok:
+                _validate_wimse(tok["wimse"], where)
             for t in ("iat", "exp", "nbf"):
                 if t in tok:
                     _check(isinstance(tok[t], int), where, f"token.{t} is relative seconds (an integer)")
@@ -183,6 +195,28 @@ def _validate_case(raw: dict, where: str, reasons: set[str]) -> None:
                    "response.expect_reply is {status: >= 400, reason, body (optional: the exact JSON body)}")
             # An adapter-side reason (the core's `reply::Failure`), not a decision reason of README's table.
             _check(isinstance(reply["reason"], str) and bool(_ID.match(reply["reason"])), where, "expect_reply.reason: a reason code")
+
+
+def _validate_wimse(w: Any, where: str) -> None:
+    _check(isinstance(w, dict) and not (set(w) - _WIMSE_FIELDS), where, f"token.wimse fields are among {sorted(_WIMSE_FIELDS)}")
+    _check(w.get("omit") in (None, "wit", "wpt"), where, "token.wimse.omit is wit or wpt")
+    for part, fields in (("wit", _WIT_FIELDS), ("wpt", _WPT_FIELDS)):
+        sub = w.get(part, {})
+        _check(isinstance(sub, dict) and not (set(sub) - fields), where, f"token.wimse.{part} fields are among {sorted(fields)}")
+        for k in ("key", "cnf"):
+            if k in sub:
+                _check(sub[k] in WIMSE_KEY_NAMES, where, f"token.wimse.{part}.{k} must be one of {WIMSE_KEY_NAMES}")
+        if "exp" in sub:
+            _check(isinstance(sub["exp"], int), where, f"token.wimse.{part}.exp is relative seconds (an integer)")
+
+
+def policy_accepts_proof_for_peer(policy: dict) -> bool:
+    """Whether a host without mTLS may present a case's `peer` as a WIMSE proof instead: the policy ignores the
+    peer (`off`), or takes the caller from the mTLS peer or a WIMSE proof (`source: mtls_or_wimse`)."""
+    binding = policy.get("peer_binding", "off")
+    if binding == "off":
+        return True
+    return isinstance(binding, dict) and (binding.get("mode") == "off" or binding.get("source") == "mtls_or_wimse")
 
 
 def load_cases(pattern: str | None = None, directory: Path = VECTORS_DIR) -> list[Case]:
@@ -280,13 +314,71 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.strip(" \t").encode()).hexdigest()
 
 
+class MintedToken(str):
+    """A minted token; `proof_headers` are the WIMSE headers (WIT, WPT) that go with it, if any."""
+    proof_headers: list[tuple[str, str]] = []
+
+
 class Minter:
     """Tokens from recipes with `txngate mint --now <host now>` and the committed test keys."""
 
     def __init__(self, cli: Path):
         self.cli = cli
 
-    def token(self, recipe: dict | None, now: int) -> str | None:
+    def token(self, recipe: dict | None, now: int, case: "Case | None" = None, peer_proof: str | None = None) -> str | None:
+        """`peer_proof`: a host without mTLS presents this peer as a WIMSE proof (the token's `wimse` recipe with
+        the WIT's `sub` set to it)."""
+        token = self._token(recipe, now)
+        if token is None or recipe is None or "literal" in recipe:
+            return token
+        wimse = recipe.get("wimse")
+        if peer_proof is not None:
+            wimse = {**(wimse or {}), "wit": {**(wimse or {}).get("wit", {}), "sub": peer_proof}}
+        if wimse is None:
+            return token
+        minted = MintedToken(token)
+        minted.proof_headers = self.proof(wimse, recipe, token, now, case)
+        return minted
+
+    def _run(self, argv: list[str]) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise VectorError(f"{' '.join(argv[1:3])} failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def proof(self, wimse: dict, recipe: dict, token: str, now: int, case: "Case | None") -> list[tuple[str, str]]:
+        """Workload-Identity-Token and Workload-Proof-Token headers for this token (`txngate wimse`)."""
+        wit_r, wpt_r = wimse.get("wit", {}), wimse.get("wpt", {})
+        act = recipe.get("act") or []
+        sub = wit_r.get("sub") or (act[0] if act else recipe["claims"].get("req_wl"))
+        cnf = wit_r.get("cnf", "wl-ed")
+        argv = [str(self.cli), "wimse", "wit", "--key", str(KEYS_DIR / wit_r.get("key", "wit-ec") / "private.jwk"),
+                "--sub", sub, "--workload-key", str(KEYS_DIR / cnf / "private.jwk"),
+                f"--ttl={wit_r.get('exp', DEFAULT_WIT_EXP)}", "--now", str(now)]
+        if wit_r.get("claims"):
+            argv += ["--claims", json.dumps(wit_r["claims"])]
+        if wit_r.get("header"):
+            argv += ["--header", json.dumps(wit_r["header"])]
+        wit = self._run(argv)
+        path = (case.request.get("path", "/mcp") if case is not None else "/mcp").split("?")[0].split("#")[0]
+        argv = [str(self.cli), "wimse", "wpt", "--key", str(KEYS_DIR / wpt_r.get("key", cnf) / "private.jwk"),
+                "--wit", wit, "--aud", wpt_r.get("aud", WIMSE_ORIGIN + path), "--txn-token", token,
+                f"--ttl={wpt_r.get('exp', DEFAULT_WPT_EXP)}", "--now", str(now)]
+        if "jti" in wpt_r:
+            argv += ["--jti", wpt_r["jti"]]
+        if wpt_r.get("claims"):
+            argv += ["--claims", json.dumps(wpt_r["claims"])]
+        if wpt_r.get("header"):
+            argv += ["--header", json.dumps(wpt_r["header"])]
+        wpt = self._run(argv)
+        headers = []
+        if wimse.get("omit") != "wit":
+            headers.append(("Workload-Identity-Token", wit))
+        if wimse.get("omit") != "wpt":
+            headers.append(("Workload-Proof-Token", wpt))
+        return headers
+
+    def _token(self, recipe: dict | None, now: int) -> str | None:
         if recipe is None:
             return None
         if "literal" in recipe:
@@ -358,10 +450,11 @@ def wire_request(case: Case, token: str | None, policy: dict) -> Wire:
             placed = True
             if token is None:
                 continue
-            value = value.replace("$TOKEN", token)
+            value = value.replace("$TOKEN", str(token))
         headers.append((name, value))
     if token is not None and not placed:
-        headers.insert(0, (token_header_name(policy), token))
+        headers.insert(0, (token_header_name(policy), str(token)))
+    headers.extend(getattr(token, "proof_headers", []))
     body = encode_body(req.get("body"))
     pad = req.get("pad_body_to")
     if body is not None and pad and len(body) < pad:

@@ -102,6 +102,11 @@ impl Gate {
         if ev.audit.issuer.is_none() {
             ev.audit.issuer = self.keys.issuer(token.issuer()).map(|i| i.name.clone());
         }
+        // The caller the delegation rules bind (mTLS peer or WIMSE proof), proven first.
+        let mut ev = match self.prove_caller(ev, &token) {
+            Ok(ev) => ev,
+            Err(step) => return *step,
+        };
         let delegation = match delegation::evaluate(
             &self.policy,
             token.scope(),

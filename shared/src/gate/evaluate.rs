@@ -134,6 +134,9 @@ impl Gate {
 
     /// Continues after the host checked a signature (`valid`: it verified with the pending key).
     pub fn resume_signature(&mut self, pending: PendingSignature, valid: bool) -> Step {
+        if pending.is_workload_proof() {
+            return self.resume_proof(pending, valid);
+        }
         let PendingSignature {
             ev, jws, signed, ..
         } = pending;
@@ -149,6 +152,8 @@ impl Gate {
                     Err(e) => self.deny_token(ev, &e),
                 }
             }
+            // Resumed by `resume_proof` above; never here.
+            Signed::WorkloadProof => Step::Done(Box::new(self.internal_error(ev))),
         }
     }
 
@@ -237,6 +242,7 @@ impl Gate {
             audit,
             refetch: None,
             rpc_code: None,
+            wimse: self.gather_proof(request),
         }
     }
 

@@ -8,6 +8,7 @@ mod evaluate;
 mod keys;
 mod pending;
 mod request;
+mod wimse;
 
 /// Where the list-filter status rule lives now (kept importable from here).
 pub use crate::reply::is_filtered_status;
@@ -52,6 +53,8 @@ struct Evaluation {
     refetch: Option<usize>,
     /// The JSON-RPC error code of an MCP refusal, when it is not the status's default.
     rpc_code: Option<i64>,
+    /// The WIMSE proof still to check, when the policy takes the caller from one ([`wimse`]).
+    wimse: Option<Box<wimse::ProofState>>,
 }
 
 /// The compiled policy, the key ring and the verified-token cache of one host instance (one Envoy VM, one
@@ -65,6 +68,8 @@ pub struct Gate {
     hashes: HashMemo,
     /// `policy.mcp.path_prefix` normalised once (every request compares against it).
     mcp_prefix: String,
+    /// WPT `jti`s seen within their validity (WIMSE replay window).
+    replay: crate::wimse::ReplayCache,
 }
 
 impl Gate {
@@ -72,12 +77,16 @@ impl Gate {
         let keys = policy.key_ring.clone();
         let cache = TokenCache::new(policy.token.cache_entries);
         let mcp_prefix = mcp::normalize_path(&policy.mcp.path_prefix);
+        let replay = crate::wimse::ReplayCache::new(
+            policy.wimse.as_ref().map_or(1, |w| w.replay_cache_entries),
+        );
         Self {
             policy: Arc::new(policy),
             keys,
             cache,
             hashes: HashMemo::default(),
             mcp_prefix,
+            replay,
         }
     }
 
@@ -187,11 +196,14 @@ impl Gate {
             step = match step {
                 Step::Done(_) => return step,
                 Step::VerifySignature(pending) => {
-                    // With the host's verifier the gate never asks (the attestation covers the token); if
-                    // it did, nothing verified this signature: refused.
+                    // With the host's verifier the gate never asks for the token's signature (the
+                    // attestation covers it); if it did, nothing verified it: refused. A WIMSE proof's
+                    // signatures (WIT, WPT) are always the core's to check.
                     let valid = match verification {
                         Verification::Core => pending.verify_native(),
-                        Verification::Host(_) => false,
+                        Verification::Host(_) => {
+                            pending.is_workload_proof() && pending.verify_native()
+                        }
                     };
                     self.resume_signature(*pending, valid)
                 }

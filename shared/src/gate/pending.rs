@@ -29,6 +29,9 @@ pub struct PendingSignature {
 pub(super) enum Signed {
     /// The request's Transaction Token, verified with a key of issuer `issuer`.
     TxnToken { issuer: usize },
+    /// A WIMSE credential of the caller (WIT or WPT); where its check stands is in the evaluation
+    /// (`gate/wimse.rs`).
+    WorkloadProof,
 }
 
 impl PendingSignature {

@@ -109,12 +109,15 @@ impl Policy {
             ));
         }
         let rate_limit_service = remote::compile_service(&spec)?;
+        let wimse = compile_wimse(&spec)?;
         Ok(Self {
             trust_domain: spec.trust_domain.clone(),
             token,
             agents,
             max_delegation_depth: usize::try_from(spec.delegation.max_depth).unwrap_or(usize::MAX),
-            peer_binding: spec.peer_binding,
+            peer_binding: spec.peer_binding.mode(),
+            peer_source: spec.peer_binding.source(),
+            wimse,
             mcp,
             tools,
             prompts,
@@ -125,6 +128,27 @@ impl Policy {
             rate_limit_service,
             spec,
         })
+    }
+}
+
+/// The `wimse` section, required when the peer binding takes the caller from a WIMSE proof.
+fn compile_wimse(spec: &PolicySpec) -> Result<Option<crate::wimse::WimseRules>, PolicyError> {
+    use crate::wimse::PeerSource;
+    let needs = spec.peer_binding.mode() != PeerBinding::Off
+        && spec.peer_binding.source() != PeerSource::Mtls;
+    match &spec.wimse {
+        None if needs => Err(PolicyError::invalid(
+            "/wimse",
+            "required when peer_binding.source is wimse or mtls_or_wimse (the trust domains and audiences proofs are checked against)",
+        )),
+        None => Ok(None),
+        Some(section) => crate::wimse::compile(section).map(Some).map_err(|e| {
+            let path = format!("/wimse{}", e.path);
+            match e.key {
+                Some(source) => PolicyError::Key { path, source },
+                None => PolicyError::invalid(path, e.message),
+            }
+        }),
     }
 }
 

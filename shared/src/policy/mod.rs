@@ -50,6 +50,10 @@ pub struct Policy {
     pub agents: Agents,
     pub max_delegation_depth: usize,
     pub peer_binding: PeerBinding,
+    /// Where the caller's identity comes from when `peer_binding` checks it.
+    pub peer_source: crate::wimse::PeerSource,
+    /// The compiled `wimse` section (trust domains, audiences, proof bounds).
+    pub wimse: Option<crate::wimse::WimseRules>,
     pub mcp: McpRules,
     tools: NamedRules,
     /// None when the policy has no `prompts` section (prompts/get is not authorized per name).

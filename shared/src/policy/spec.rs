@@ -26,9 +26,14 @@ pub struct PolicySpec {
     pub agents: BTreeMap<String, AgentSpec>,
     #[serde(default)]
     pub delegation: DelegationSpec,
-    /// Whether the calling workload's mTLS identity must equal the acting agent.
+    /// Whether the calling workload's proven identity must equal the acting agent: a mode (`"require"`,
+    /// the mTLS peer as before) or `{"mode": ..., "source": "mtls" | "wimse" | "mtls_or_wimse"}`.
     #[serde(default)]
-    pub peer_binding: PeerBinding,
+    pub peer_binding: PeerBindingField,
+    /// WIMSE proofs of the calling workload (a Workload-Identity-Token and a Workload-Proof-Token per
+    /// request): required when `peer_binding.source` is `wimse` or `mtls_or_wimse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wimse: Option<crate::wimse::WimseSpec>,
     #[serde(default)]
     pub mcp: McpSpec,
     /// Rules per MCP tool name (`tools/call`), matched exactly and case-sensitively; `*` applies to tools
@@ -229,6 +234,59 @@ pub enum PeerBinding {
     Off,
     Require,
     WhenPresent,
+}
+
+/// `peer_binding` as written: a mode alone (source: the mTLS peer), or the object form with a `source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PeerBindingField {
+    Mode(PeerBinding),
+    Object(crate::wimse::PeerBindingSpec<PeerBinding>),
+}
+
+impl Default for PeerBindingField {
+    fn default() -> Self {
+        Self::Mode(PeerBinding::Off)
+    }
+}
+
+impl PeerBindingField {
+    pub fn mode(&self) -> PeerBinding {
+        match self {
+            Self::Mode(m) => *m,
+            Self::Object(o) => o.mode,
+        }
+    }
+
+    pub fn source(&self) -> crate::wimse::PeerSource {
+        match self {
+            Self::Mode(_) => crate::wimse::PeerSource::Mtls,
+            Self::Object(o) => o.source,
+        }
+    }
+}
+
+// Read by hand so that a fault in the object form names its member (an untagged enum would only say that
+// nothing matched).
+impl<'de> Deserialize<'de> for PeerBindingField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = Value::deserialize(deserializer)?;
+        match value {
+            Value::String(_) => PeerBinding::deserialize(value)
+                .map(Self::Mode)
+                .map_err(D::Error::custom),
+            Value::Object(_) => serde_path_to_error::deserialize(value)
+                .map(Self::Object)
+                .map_err(|e| {
+                    let at = e.path().to_string();
+                    D::Error::custom(format!("at {at}: {}", e.into_inner()))
+                }),
+            _ => Err(D::Error::custom(
+                "expected \"off\", \"require\", \"when_present\" or {\"mode\": ..., \"source\": \"mtls\" | \"wimse\" | \"mtls_or_wimse\"}",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

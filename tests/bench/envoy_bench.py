@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: E402
 from procs import Proc, free_port, wait_envoy_live  # noqa: E402
 
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
-WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"
+WASM = ROOT / "target" / "shipped" / "txngate_filter.wasm"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 TRUST_DOMAIN = "trust.example"
 AGENT = "spiffe://trust.example/agent/bench"
@@ -409,10 +409,9 @@ def main() -> int:
     rounds = args.rounds or (3 if args.quick else 5)
     seconds = args.seconds or (3 if args.quick else 8)
     if not args.wasm.exists() and args.wasm == WASM:
-        print("envoy_bench: building the filter (cargo build --release -p txngate-filter --target wasm32-wasip1)",
-              file=sys.stderr)
-        subprocess.run(["cargo", "build", "--release", "-p", "txngate-filter", "--target", "wasm32-wasip1"],
-                       cwd=ROOT, check=False, stdin=subprocess.DEVNULL, timeout=3600)
+        print("envoy_bench: building the shipped filter (scripts/build-filter.sh)", file=sys.stderr)
+        subprocess.run([str(ROOT / "scripts" / "build-filter.sh")], cwd=ROOT, check=False, stdin=subprocess.DEVNULL,
+                       timeout=3600)
     for tool, path in (("envoy", ENVOY), ("wrk", Path(WRK)), ("filter", args.wasm),
                        *(("filter B", b) for b in args.wasm_b or [])):
         if not Path(path).exists():

@@ -224,7 +224,7 @@ fn targets(root: &Path) -> Vec<Target> {
         "KB",
         "worker metric `bundle_gzip_bytes`",
     ));
-    let filter = std::fs::metadata(root.join("target/wasm32-wasip1/release/txngate_filter.wasm"))
+    let filter = std::fs::metadata(root.join("target/shipped/txngate_filter.wasm"))
         .ok()
         .map(|m| m.len() as f64 / 1000.0)
         .or_else(|| metric(&envoy, "filter_wasm_bytes").map(|b| b / 1000.0));
@@ -233,7 +233,7 @@ fn targets(root: &Path) -> Vec<Target> {
         filter,
         400.0,
         "KB",
-        "target/wasm32-wasip1/release/txngate_filter.wasm",
+        "target/shipped/txngate_filter.wasm (scripts/build-filter.sh)",
     ));
     for (what, text) in [
         (

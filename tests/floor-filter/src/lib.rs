@@ -48,7 +48,9 @@ mod filter {
             if !end_of_stream {
                 return Action::Pause;
             }
-            let length = self.get_http_request_body(0, body_size).map_or(0, |body| body.len());
+            let length = self
+                .get_http_request_body(0, body_size)
+                .map_or(0, |body| body.len());
             self.set_http_request_header("x-floor-body-bytes", Some(&length.to_string()));
             Action::Continue
         }

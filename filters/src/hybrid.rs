@@ -41,9 +41,6 @@ pub struct Hybrid {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
-    Json {
-        detail: String,
-    },
     Field {
         field: &'static str,
         expected: &'static str,
@@ -56,7 +53,6 @@ pub enum ConfigError {
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Json { detail } => write!(f, "plugin configuration is not JSON: {detail}"),
             Self::Field { field, expected } => {
                 write!(f, "{CONFIG_KEY}.{field} must be {expected}")
             }
@@ -65,22 +61,8 @@ impl core::fmt::Display for ConfigError {
     }
 }
 
-/// Splits the plugin configuration into the policy bytes and the hybrid settings. Without the key, the
-/// configuration is returned untouched (the policy parser reports its own errors).
-pub fn split_config(config: &[u8]) -> Result<(Vec<u8>, Option<Hybrid>), ConfigError> {
-    // Cheap test first: most configurations are not hybrid and are passed on byte for byte.
-    if !config
-        .windows(CONFIG_KEY.len())
-        .any(|w| w == CONFIG_KEY.as_bytes())
-    {
-        return Ok((config.to_vec(), None));
-    }
-    let mut doc: Value = serde_json::from_slice(config).map_err(|e| ConfigError::Json {
-        detail: e.to_string(),
-    })?;
-    let Some(section) = doc.as_object_mut().and_then(|o| o.remove(CONFIG_KEY)) else {
-        return Ok((config.to_vec(), None));
-    };
+/// Reads the value of the `hybrid_jwt_authn` key (see [`crate::plugin`]).
+pub fn from_value(section: Value) -> Result<Hybrid, ConfigError> {
     let Value::Object(section) = section else {
         return Err(ConfigError::Field {
             field: "",
@@ -119,10 +101,7 @@ pub fn split_config(config: &[u8]) -> Result<(Vec<u8>, Option<Hybrid>), ConfigEr
             expected: "a non-empty string (jwt_authn's payload_in_metadata)",
         });
     }
-    let policy = serde_json::to_vec(&doc).map_err(|e| ConfigError::Json {
-        detail: e.to_string(),
-    })?;
-    Ok((policy, Some(hybrid)))
+    Ok(hybrid)
 }
 
 impl Hybrid {
@@ -373,14 +352,7 @@ mod tests {
     }
 
     fn hybrid() -> Hybrid {
-        let config =
-            br#"{"hybrid_jwt_authn": {"payload_in_metadata": "txn_payload"}, "trust_domain": "t"}"#;
-        let (policy, hybrid) = split_config(config).unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Value>(&policy).unwrap(),
-            json!({"trust_domain": "t"})
-        );
-        hybrid.unwrap()
+        from_value(json!({"payload_in_metadata": "txn_payload"})).unwrap()
     }
 
     #[test]
@@ -410,18 +382,5 @@ mod tests {
         let mut truncated = metadata(JWT_AUTHN_NAMESPACE, "txn_payload", &json!({"sub": "a"}));
         truncated.pop();
         assert!(h.verified_payload(&truncated).is_none());
-    }
-
-    #[test]
-    fn configuration_without_the_key_passes_untouched_and_bad_ones_fail() {
-        let (policy, hybrid) = split_config(br#"{"trust_domain":"t"}"#).unwrap();
-        assert_eq!(policy, br#"{"trust_domain":"t"}"#);
-        assert!(hybrid.is_none());
-        assert!(split_config(br#"{"hybrid_jwt_authn": {}}"#).is_err());
-        assert!(split_config(br#"{"hybrid_jwt_authn": {"payload_in_metadata": ""}}"#).is_err());
-        assert!(
-            split_config(br#"{"hybrid_jwt_authn": {"payload_in_metadata": "p", "x": 1}}"#).is_err()
-        );
-        assert!(split_config(br#"{"hybrid_jwt_authn": true}"#).is_err());
     }
 }

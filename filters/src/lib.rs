@@ -38,6 +38,7 @@
 pub mod hybrid;
 pub mod jwks;
 pub mod mode;
+pub mod plugin;
 pub mod sink;
 pub mod store;
 

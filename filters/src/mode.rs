@@ -41,84 +41,24 @@ pub enum BodyMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ModeError {
-    Json { detail: String },
     Value { found: String },
 }
 
 impl core::fmt::Display for ModeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Json { detail } => write!(f, "plugin configuration is not JSON: {detail}"),
             Self::Value { found } => write!(f, "{CONFIG_KEY} must be true or false, not {found}"),
         }
     }
 }
 
-/// Splits the `pause_at_headers` key off the plugin configuration. Without the key, the configuration is
-/// returned untouched and the mode is [`BodyMode::HoldBody`].
-pub fn split_config(config: &[u8]) -> Result<(Vec<u8>, BodyMode), ModeError> {
-    // Cheap test first: most configurations do not set it and are passed on byte for byte.
-    if !config
-        .windows(CONFIG_KEY.len())
-        .any(|w| w == CONFIG_KEY.as_bytes())
-    {
-        return Ok((config.to_vec(), BodyMode::HoldBody));
-    }
-    let mut doc: Value = serde_json::from_slice(config).map_err(|e| ModeError::Json {
-        detail: e.to_string(),
-    })?;
-    let Some(value) = doc.as_object_mut().and_then(|o| o.remove(CONFIG_KEY)) else {
-        return Ok((config.to_vec(), BodyMode::HoldBody));
-    };
-    let mode = match value {
-        Value::Bool(true) => BodyMode::PauseAtHeaders,
-        Value::Bool(false) => BodyMode::HoldBody,
-        other => {
-            return Err(ModeError::Value {
-                found: other.to_string(),
-            })
-        }
-    };
-    Ok((doc.to_string().into_bytes(), mode))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    #[test]
-    fn absent_key_holds_the_body_and_leaves_the_configuration_alone() {
-        let config = br#"{"trust_domain": "t"}"#;
-        assert_eq!(
-            split_config(config).unwrap(),
-            (config.to_vec(), BodyMode::HoldBody)
-        );
-    }
-
-    #[test]
-    fn the_key_is_split_off() {
-        let (rest, mode) =
-            split_config(br#"{"pause_at_headers": true, "trust_domain": "t"}"#).unwrap();
-        assert_eq!(mode, BodyMode::PauseAtHeaders);
-        assert_eq!(rest, br#"{"trust_domain":"t"}"#.to_vec());
-        let (rest, mode) = split_config(br#"{"pause_at_headers": false}"#).unwrap();
-        assert_eq!((rest, mode), (b"{}".to_vec(), BodyMode::HoldBody));
-    }
-
-    #[test]
-    fn anything_but_a_boolean_is_refused() {
-        for bad in [
-            &br#"{"pause_at_headers": "true"}"#[..],
-            br#"{"pause_at_headers": 1}"#,
-            br#"{"pause_at_headers": null}"#,
-            br#"{"pause_at_headers": true"#,
-        ] {
-            assert!(
-                split_config(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+/// Reads the value of the `pause_at_headers` key (see [`crate::plugin`]).
+pub fn from_value(value: Value) -> Result<BodyMode, ModeError> {
+    match value {
+        Value::Bool(true) => Ok(BodyMode::PauseAtHeaders),
+        Value::Bool(false) => Ok(BodyMode::HoldBody),
+        other => Err(ModeError::Value {
+            found: other.to_string(),
+        }),
     }
 }

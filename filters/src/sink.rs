@@ -34,14 +34,12 @@ pub enum AuditSink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SinkError {
-    Json { detail: String },
     Value { found: String },
 }
 
 impl core::fmt::Display for SinkError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Json { detail } => write!(f, "plugin configuration is not JSON: {detail}"),
             Self::Value { found } => write!(
                 f,
                 "{CONFIG_KEY} must be \"log\" or \"filter_state\", not {found}"
@@ -50,72 +48,13 @@ impl core::fmt::Display for SinkError {
     }
 }
 
-/// Splits the `audit_sink` key off the plugin configuration. Without the key, the configuration is returned
-/// untouched and the sink is `log`.
-pub fn split_config(config: &[u8]) -> Result<(Vec<u8>, AuditSink), SinkError> {
-    // Cheap test first: most configurations do not set it and are passed on byte for byte.
-    if !config
-        .windows(CONFIG_KEY.len())
-        .any(|w| w == CONFIG_KEY.as_bytes())
-    {
-        return Ok((config.to_vec(), AuditSink::Log));
-    }
-    let mut doc: Value = serde_json::from_slice(config).map_err(|e| SinkError::Json {
-        detail: e.to_string(),
-    })?;
-    let Some(value) = doc.as_object_mut().and_then(|o| o.remove(CONFIG_KEY)) else {
-        return Ok((config.to_vec(), AuditSink::Log));
-    };
-    let sink = match value.as_str() {
-        Some("log") => AuditSink::Log,
-        Some("filter_state") => AuditSink::FilterState,
-        _ => {
-            return Err(SinkError::Value {
-                found: value.to_string(),
-            })
-        }
-    };
-    Ok((doc.to_string().into_bytes(), sink))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    #[test]
-    fn absent_key_leaves_the_configuration_alone() {
-        let config = br#"{"trust_domain": "t"}"#;
-        assert_eq!(
-            split_config(config).unwrap(),
-            (config.to_vec(), AuditSink::Log)
-        );
-    }
-
-    #[test]
-    fn filter_state_is_split_off() {
-        let (rest, sink) =
-            split_config(br#"{"audit_sink": "filter_state", "trust_domain": "t"}"#).unwrap();
-        assert_eq!(sink, AuditSink::FilterState);
-        assert_eq!(rest, br#"{"trust_domain":"t"}"#.to_vec());
-        let (_, sink) = split_config(br#"{"audit_sink": "log"}"#).unwrap();
-        assert_eq!(sink, AuditSink::Log);
-    }
-
-    #[test]
-    fn anything_else_is_refused() {
-        for bad in [
-            &br#"{"audit_sink": "none"}"#[..],
-            br#"{"audit_sink": null}"#,
-            br#"{"audit_sink": 1}"#,
-            br#"{"audit_sink": "LOG"}"#,
-            br#"{"audit_sink": "filter_state""#,
-        ] {
-            assert!(
-                split_config(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+/// Reads the value of the `audit_sink` key (see [`crate::plugin`]).
+pub fn from_value(value: Value) -> Result<AuditSink, SinkError> {
+    match value.as_str() {
+        Some("log") => Ok(AuditSink::Log),
+        Some("filter_state") => Ok(AuditSink::FilterState),
+        _ => Err(SinkError::Value {
+            found: value.to_string(),
+        }),
     }
 }

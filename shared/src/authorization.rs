@@ -8,27 +8,11 @@ use core::fmt;
 use serde_json::{Map, Value};
 
 use crate::names::{NameMatch, NamedRules};
-use crate::policy::{Effect, Mode, Policy, Rule};
+use crate::policy::Policy;
+use crate::rule::{Effect, Mode, Rule};
 use crate::scope::ScopeSet;
 
-/// What a call acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Tool,
-    Prompt,
-    Resource,
-}
-
-impl Kind {
-    /// The noun used in reasons (`tool.scope`), audit fields and messages.
-    pub fn noun(self) -> &'static str {
-        match self {
-            Self::Tool => "tool",
-            Self::Prompt => "prompt",
-            Self::Resource => "resource",
-        }
-    }
-}
+pub use crate::mcp::Kind;
 
 /// Why a call was refused. `name` is the tool or prompt name, or the resource URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +283,7 @@ mod tests {
             name: "code_review".into(),
             effect: Effect::Allow,
             scopes: vec!["prompts:review".into()],
-            constraints: vec![crate::policy::Constraint {
+            constraints: vec![crate::rule::Constraint {
                 argument: "/repo".into(),
                 claim: "/tctx/repo".into(),
             }],

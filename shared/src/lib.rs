@@ -5,6 +5,7 @@
 //! [`ratelimit::RateLimitStore`] or come back as a [`gate::Step`]), no host crate. Hosts feed a
 //! [`gate::Request`] to a [`gate::Gate`] and render the [`gate::Decision`] it returns.
 
+pub mod agents;
 pub mod audit;
 pub mod authorization;
 pub mod cache;
@@ -21,6 +22,7 @@ pub mod ratelimit;
 pub mod resource;
 pub mod rls;
 pub mod rls_wire;
+pub mod rule;
 pub mod scope;
 pub mod token;
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::mcp::is_recommended_name as is_recommended;
-use crate::policy::Rule;
+use crate::rule::Rule;
 
 /// Longest rule key of a `tools` or `prompts` section: no longer name is ever accepted on the wire.
 pub const MAX_RULE_KEY_BYTES: usize = crate::mcp::MAX_NAME_BYTES;

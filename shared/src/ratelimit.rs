@@ -133,10 +133,7 @@ pub enum StoreError {
     /// Every slot a new bucket could take is live (bounded key space).
     Full,
     /// The rate limit service of a remote rule timed out, was unreachable or failed ([`crate::rls`]).
-    Remote {
-        kind: crate::rls::RemoteFailure,
-        detail: String,
-    },
+    Remote { kind: RemoteFailure, detail: String },
 }
 
 impl StoreError {
@@ -368,6 +365,38 @@ fn decode_slot(bytes: &[u8]) -> Option<([u8; 16], Tat)> {
     let owner: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
     let tat = decode_tat(bytes.get(16..)?)?;
     Some((owner, tat))
+}
+
+/// How a call to the rate limit service ([`crate::rls`]) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// No answer within `timeout_ms` (gRPC DEADLINE_EXCEEDED).
+    Timeout,
+    /// The call could not be made or the service could not be reached (gRPC UNAVAILABLE, an unknown
+    /// cluster, no healthy host).
+    Unreachable,
+    /// The service answered with an error status, an UNKNOWN code or bytes that are not a response.
+    Error,
+}
+
+impl RemoteFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Timeout => "ratelimit.remote_timeout",
+            Self::Unreachable => "ratelimit.remote_unreachable",
+            Self::Error => "ratelimit.remote_error",
+        }
+    }
+}
+
+impl core::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Timeout => "timed out",
+            Self::Unreachable => "is unreachable",
+            Self::Error => "failed",
+        })
+    }
 }
 
 #[cfg(test)]

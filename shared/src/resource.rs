@@ -14,7 +14,7 @@
 use core::fmt;
 use std::collections::HashMap;
 
-use crate::policy::Rule;
+use crate::rule::Rule;
 
 /// Longest resource rule key: no longer URI is ever accepted on the wire.
 pub const MAX_PATTERN_BYTES: usize = crate::mcp::MAX_URI_BYTES;

@@ -8,7 +8,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::ReadableStream;
 use worker::ByteStream;
 
-use crate::jwks::js_error;
+use crate::error::js_error;
 
 /// A body as far as it was read.
 #[derive(Debug)]

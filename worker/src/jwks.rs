@@ -22,6 +22,7 @@ use worker::Context;
 
 use crate::body::{declared_length, read_capped, Capped};
 use crate::config::Config;
+use crate::error::js_error;
 use crate::now_ms;
 
 /// Largest JWKS document accepted.
@@ -262,13 +263,6 @@ async fn fetch(uri: &str) -> Result<Vec<u8>, String> {
         Capped::Complete(bytes) => Ok(bytes),
         Capped::TooLarge => Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes")),
     }
-}
-
-pub fn js_error(e: &wasm_bindgen::JsValue) -> String {
-    e.dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| e.as_string())
-        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 /// The Cache API key of an issuer's JWKS: a synthetic URL, so the copy never shadows the real document.

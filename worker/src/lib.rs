@@ -9,6 +9,7 @@
 mod body;
 mod config;
 mod crypto;
+mod error;
 mod jwks;
 mod limiter;
 mod proxy;

@@ -13,7 +13,7 @@ use web_sys::{Headers, ReadableStream, RequestInit, RequestRedirect, ResponseIni
 
 use crate::body::{declared_length, read_capped, Capped};
 use crate::config::Config;
-use crate::jwks::js_error;
+use crate::error::js_error;
 
 /// Largest `tools/list` response the Worker buffers to filter.
 const MAX_TOOLS_LIST_BYTES: usize = 8 * 1024 * 1024;

@@ -38,7 +38,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
 
 /// Saves one side's figures (ns per operation).
 pub fn save(root: &Path, rel: &str, cases: &BTreeMap<String, f64>, quick: bool) -> Result<()> {
-    let value = json!({"cases": cases, "quick": quick, "at": crate::report::now_utc()});
+    let value = json!({"cases": cases, "quick": quick, "at": crate::system::now_utc()});
     std::fs::write(root.join(rel), serde_json::to_vec_pretty(&value)?)
         .with_context(|| format!("writing {rel}"))
 }

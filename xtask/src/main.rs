@@ -14,6 +14,7 @@
 
 mod core_bench;
 mod report;
+mod system;
 mod wasm;
 
 use std::path::{Path, PathBuf};

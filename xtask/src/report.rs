@@ -7,19 +7,8 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::system::{now_utc, output};
 use crate::{Options, PartStatus};
-
-/// `date -u`, formatted; the clock is the only thing xtask asks the system for.
-pub fn now_utc() -> String {
-    output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown".into())
-}
-
-fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")

@@ -293,6 +293,25 @@ const RESOURCES_SUBSCRIBE: &str = "resources/subscribe";
 const RESOURCES_UNSUBSCRIBE: &str = "resources/unsubscribe";
 const SUBSCRIPTIONS_LISTEN: &str = "subscriptions/listen";
 
+/// What a call acts on: the MCP primitive a rule is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Tool,
+    Prompt,
+    Resource,
+}
+
+impl Kind {
+    /// The noun used in reasons (`tool.scope`), audit fields and messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Tool => "tool",
+            Self::Prompt => "prompt",
+            Self::Resource => "resource",
+        }
+    }
+}
+
 /// The list methods whose results are filtered per caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListKind {

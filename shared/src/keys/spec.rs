@@ -1,0 +1,98 @@
+//! What a policy says about keys: the algorithms, where an issuer's keys come from, how strictly a set is
+//! read, the accepted `typ`.
+
+use core::fmt;
+
+/// The JWS algorithms txngate verifies. Anything else (none, HS*, ES512, Ed448, ...) is refused by name.
+/// `EdDSA` and `Ed25519` (RFC 9864's fully specified name for the same Ed25519 signature) are two names, and
+/// a key is bound to one of them: a token must name the one its key is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    EdDSA,
+    /// RFC 9864: EdDSA over Ed25519, fully specified.
+    Ed25519,
+    ES256,
+    /// ECDSA over P-384 with SHA-384 (RFC 7518 §3.4).
+    ES384,
+    RS256,
+    PS256,
+}
+
+impl Algorithm {
+    pub const ALL: [Self; 6] = [
+        Self::EdDSA,
+        Self::Ed25519,
+        Self::ES256,
+        Self::ES384,
+        Self::RS256,
+        Self::PS256,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::Ed25519 => "Ed25519",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::RS256 => "RS256",
+            Self::PS256 => "PS256",
+        }
+    }
+
+    /// The length of a well-formed JWS signature, where it is fixed by the algorithm (RFC 7518 §3.4: `r ‖ s`).
+    pub fn signature_len(self) -> Option<usize> {
+        match self {
+            Self::EdDSA | Self::Ed25519 | Self::ES256 => Some(64),
+            Self::ES384 => Some(96),
+            Self::RS256 | Self::PS256 => None,
+        }
+    }
+
+    /// Exact, case-sensitive match (RFC 7515: `alg` values are case-sensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How strictly a set is read: keys written into the policy must all be usable; a fetched JWKS may also
+/// publish keys for algorithms this issuer does not allow, which are skipped (never weak or invalid ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    Inline,
+    Fetched,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Inline,
+    /// Fetched by the host from `uri` (through Envoy `cluster` where set).
+    Remote {
+        uri: String,
+        cluster: Option<String>,
+        refresh_ms: u64,
+        max_stale_ms: u64,
+        min_refetch_ms: u64,
+    },
+}
+
+/// Media type names compare case-insensitively, and a JOSE `typ` may omit the `application/` prefix (RFC 7515
+/// §4.1.9): `application/TxnToken+JWT` is `txntoken+jwt`. Nothing else is folded (no parameters, no spaces).
+pub fn same_media_type(a: &str, b: &str) -> bool {
+    fn bare(t: &str) -> &str {
+        t.get(..12)
+            .filter(|p| p.eq_ignore_ascii_case("application/"))
+            .map_or(t, |_| t.get(12..).unwrap_or(""))
+    }
+    let (a, b) = (bare(a), bare(b));
+    !a.is_empty() && a.eq_ignore_ascii_case(b)
+}
+
+/// The `typ` every issuer accepts unless its policy entry says otherwise (the Transaction Tokens draft).
+pub const TXN_TOKEN_TYP: &str = "txntoken+jwt";

@@ -60,12 +60,6 @@ impl Key {
         let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
             return false;
         };
-        let Some(r) = CompressedEdwardsY(r_bytes).decompress() else {
-            return false;
-        };
-        if r.is_small_order() {
-            return false;
-        }
         let mut h = Sha512::new();
         h.update(r_bytes);
         h.update(inner.encoded);
@@ -75,7 +69,10 @@ impl Key {
             .table
             .get_or_init(|| EdwardsBasepointTable::create(&inner.minus_a));
         let expected = ED25519_BASEPOINT_TABLE * &s + table * &k;
-        expected.compress().to_bytes() == r_bytes
+        // `R` is not decompressed: bytes equal to the canonical encoding of `expected` are a valid point
+        // (anything else, a non-canonical or off-curve `R` included, is refused here as by verify_strict),
+        // and that point is `expected` itself, so its small-order check is three doublings, not a square root.
+        expected.compress().to_bytes() == r_bytes && !expected.is_small_order()
     }
 }
 

@@ -284,7 +284,15 @@ try {
   const started = performance.now();
   const size = bundle();
   const peerSize = buildPeer();
-  origin = PLAIN_ORIGIN ? await startPlainOrigin() : await startMcpServer({ json: true });
+  // Without the MCP SDK (a venv that lacks it), the same fixed answer from node:http, said in the fragment.
+  let originNote = PLAIN_ORIGIN ? "origin: a fixed JSON-RPC answer from node:http (--plain-origin)" : "origin: the MCP SDK server (tests/e2e/mcp_server.py)";
+  try {
+    origin = PLAIN_ORIGIN ? await startPlainOrigin() : await startMcpServer({ json: true });
+  } catch (e) {
+    console.error(`worker_bench: the MCP SDK server did not start (${e.message}); using a node:http origin`);
+    originNote = `origin: a fixed JSON-RPC answer from node:http (the MCP SDK server did not start: ${e.message})`;
+    origin = await startPlainOrigin();
+  }
   const es = keygen("ES256", "bench-es", dir);
   const A = AGENT("bench");
   const tools = { calendar_read: { scopes: ["calendar:read"] }, "*": { effect: "deny" } };
@@ -381,7 +389,7 @@ try {
   writeFileSync(join(dirname(OUT), "worker.json"), JSON.stringify({ rows, ratios, versus_peer: versusPeer, metrics, meta }, null, 1));
   const kib = (b) => (b / 1024).toFixed(1);
   const lines = [
-    `workerd (wrangler's Miniflare), ${N} sequential requests per row per round, ${ROUNDS} interleaved rounds (median), after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline).`,
+    `workerd (wrangler's Miniflare), ${N} sequential requests per row per round, ${ROUNDS} interleaved rounds (median), after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline); ${originNote}.`,
     "",
     "| case | workerd CPU µs/request | − baseline (the Worker's own cost) | × baseline | req/s | p50 ms | p99 ms |",
     "|---|---:|---:|---:|---:|---:|---:|",

@@ -52,6 +52,7 @@ core_wasm() {
 # --all-targets covers txngate-core's criterion benches (shared/benches) and the xtask (`cargo xtask bench`);
 # the wasm bench module is linted for the target it is built for.
 lint() {
+    python3 tests/docs/check_links.py || return 1 # every relative link and anchor of the Markdown files resolves
     cargo fmt --all --check &&
         cargo clippy --locked -p txngate-core -p txngate-cli -p txngate-harness -p xtask -p txngate-verify-bench --all-targets -- -D warnings &&
         cargo clippy --locked -p txngate-bench-wasm --target wasm32-wasip1 --all-targets -- -D warnings &&

@@ -1,10 +1,11 @@
 //! `txngate`: development keys and tokens, offline decisions with the same core every edge runs, and policy
 //! validation.
 
+mod human;
 mod keyfile;
 
 use std::fs;
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -64,7 +65,14 @@ enum Command {
         token: String,
     },
     /// Decide one request offline with the same core every edge runs. Exit 0 allow, 3 deny, 1 error.
+    ///
+    /// Prints one line per decision. On a terminal: verdict, status, reason and what explains it (the
+    /// refusal's detail, or the agent, the call and the budget left). With --json, or when standard output is
+    /// not a terminal (a pipe, a file), one JSON object instead: the decision and the audit record.
     Check {
+        /// Print JSON (the decision and the audit record) even on a terminal.
+        #[arg(long)]
+        json: bool,
         #[arg(long)]
         policy: PathBuf,
         #[arg(long, conflicts_with = "token_file")]
@@ -173,6 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             peer,
             now,
             repeat,
+            json,
         } => {
             let token = match (token, token_file) {
                 (Some(t), _) => Some(t),
@@ -195,6 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 peer,
                 now,
                 repeat,
+                json: human::wants_json(json, std::io::stdout().is_terminal()),
             };
             check(&policy, &input)
         }
@@ -441,6 +451,8 @@ struct CheckInput {
     peer: Option<String>,
     now: Option<u64>,
     repeat: u32,
+    /// JSON lines for scripts rather than human lines.
+    json: bool,
 }
 
 fn check(policy_path: &Path, input: &CheckInput) -> Result<ExitCode> {
@@ -495,7 +507,11 @@ fn check(policy_path: &Path, input: &CheckInput) -> Result<ExitCode> {
             },
             "audit": serde_json::to_value(&outcome.audit)?,
         });
-        println!("{out}");
+        if input.json {
+            println!("{out}");
+        } else {
+            println!("{}", human::line(&out));
+        }
     }
     Ok(if last == Verdict::Allow {
         ExitCode::SUCCESS

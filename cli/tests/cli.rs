@@ -284,3 +284,49 @@ fn schema_is_printed() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["properties"]["trust_domain"].is_object());
 }
+
+/// `check` prints JSON for scripts: with `--json`, and without it whenever standard output is a pipe (as here).
+/// On a terminal it prints one human line instead; a pseudo-terminal from util-linux `script` shows it when that
+/// tool is installed.
+#[test]
+fn check_prints_json_to_scripts_and_one_line_to_a_terminal() {
+    let s = Setup::new("EdDSA");
+    let tok = s.mint(&claims(), &["--act", "spiffe://trust.example/agent/mailer"]);
+    for extra in [&[][..], &["--json"][..]] {
+        let (code, out) = s.check(&tok, CALL, extra);
+        assert_eq!(code, 0, "{extra:?}: {out}");
+        assert_eq!(out["decision"]["verdict"], "allow", "{extra:?}");
+    }
+    let help = stdout(&txngate(&["check", "--help"], None));
+    assert!(
+        help.contains("--json") && help.contains("not a terminal"),
+        "{help}"
+    );
+
+    let script = Path::new("/usr/bin/script");
+    if !script.exists() {
+        eprintln!(
+            "no /usr/bin/script: the terminal line is covered by the unit tests of cli/src/human.rs only"
+        );
+        return;
+    }
+    let body = s.path("call.json");
+    std::fs::write(&body, CALL).unwrap();
+    let command = format!(
+        "{} check --policy {} --token {tok} --body-file {body} --now {NOW}",
+        env!("CARGO_BIN_EXE_txngate"),
+        s.path("policy.json"),
+    );
+    let o = Command::new(script)
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(
+        shown.trim_end(),
+        "allow 200 allow — agent spiffe://trust.example/agent/mailer for user:alice, tools/call send_email, 1 of 2 left",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -27,14 +27,14 @@ fn example_policy_compiles() {
     Policy::from_json(&std::fs::read(path).unwrap()).unwrap();
 }
 
-/// The README's policy reference is checked against the schema: every field the schema knows has a row (or is
-/// named in its parent's row), and every row names a field the schema knows.
+/// The policy reference (docs/policy.md) is checked against the schema: every field the schema knows has a
+/// row (or is named in its parent's row), and every row names a field the schema knows.
 #[test]
-fn readme_policy_reference_covers_the_schema() {
+fn policy_reference_covers_the_schema() {
     use serde_json::Value;
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let section = readme
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md")).unwrap();
+    let section = reference
         .split("## Policy reference")
         .nth(1)
         .unwrap()
@@ -76,7 +76,7 @@ fn readme_policy_reference_covers_the_schema() {
         }
         v
     };
-    // Map keys in the README's notation.
+    // Map keys in the policy reference's notation.
     let key_name = |field: &str| if field == "agents" { "{id}" } else { "{name}" };
     let mut missing = Vec::new();
     let mut known = Vec::new();
@@ -129,7 +129,7 @@ fn readme_policy_reference_covers_the_schema() {
     }
     assert!(
         missing.is_empty(),
-        "README policy reference lacks: {missing:#?}"
+        "docs/policy.md policy reference lacks: {missing:#?}"
     );
     let normalise = |p: &str| {
         p.replace("[]", "")
@@ -143,7 +143,7 @@ fn readme_policy_reference_covers_the_schema() {
         }
         assert!(
             known.contains(&normalise(row)),
-            "README row `{row}` names no schema field"
+            "docs/policy.md row `{row}` names no schema field"
         );
     }
 }

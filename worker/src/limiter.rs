@@ -10,7 +10,7 @@
 //! bucket has drained, so idle buckets cost nothing.
 //!
 //! Optional approximate mode (`TXNGATE_LIMITER_MODE = "approximate"`) uses the Workers Rate Limiting binding
-//! instead; see [`approximate`] and README.md ("Deploy to Cloudflare") for why it is never the default.
+//! instead; see [`approximate`] and docs/cloudflare.md ("Rate limits") for why it is never the default.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -151,6 +151,9 @@ async function startPlainOrigin() {
     req.resume();
     req.on("end", () => res.writeHead(200, { "content-type": "application/json" }).end(answer));
   });
+  // Idle keep-alive connections stay open longer than workerd keeps them: no race on a connection node closes.
+  server.keepAliveTimeout = 120_000;
+  server.headersTimeout = 125_000;
   await new Promise((res) => server.listen(0, "127.0.0.1", res));
   return { url: `http://127.0.0.1:${server.address().port}`, stop: () => new Promise((res) => server.close(res)) };
 }
@@ -170,7 +173,9 @@ const body = (i) => toolCall(i, "calendar_read", { day: "mon" });
 async function warm(row) {
   const tokens = row.tokens(WARMUP);
   for (let i = 0; i < WARMUP; i++) {
-    const status = await once(row.target.url, tokens[i % tokens.length], body(i));
+    const status = await once(row.target.url, tokens[i % tokens.length], body(i)).catch((e) => {
+      throw new Error(`${row.name}: warm-up request ${i}: ${e.message} (${e.cause?.message ?? "no cause"})`);
+    });
     if (status !== 200) throw new Error(`${row.name}: warm-up request got ${status}`);
   }
 }

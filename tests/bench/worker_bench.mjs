@@ -163,7 +163,15 @@ const HEADERS = { "content-type": "application/json", accept: "application/json,
 async function once(url, token, body) {
   const headers = { ...HEADERS };
   if (token) headers["txn-token"] = token;
-  const r = await fetch(`${url}/mcp`, { method: "POST", headers, body });
+  let r;
+  try {
+    r = await fetch(`${url}/mcp`, { method: "POST", headers, body });
+  } catch (e) {
+    // A keep-alive connection workerd closed while tokens were being minted (seconds on a busy machine):
+    // the request never reached the Worker; sent once more on a new connection.
+    if (e.cause?.code !== "UND_ERR_SOCKET") throw e;
+    r = await fetch(`${url}/mcp`, { method: "POST", headers, body });
+  }
   await r.arrayBuffer();
   return r.status;
 }

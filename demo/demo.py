@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SESSION = Path(__file__).resolve().parent / "session.json"
 CLI = Path(os.environ.get("TXNGATE_CLI", ROOT / "target" / "release" / "txngate"))
 HARNESS = Path(os.environ.get("TXNGATE_HARNESS", ROOT / "target" / "release" / "txngate-harness"))
-FILTER_WASM = Path(os.environ.get("TXNGATE_FILTER_WASM", ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"))
+FILTER_WASM = Path(os.environ.get("TXNGATE_FILTER_WASM", ROOT / "target" / "shipped" / "txngate_filter.wasm"))
 WORKER_SCRIPT = Path(os.environ.get("TXNGATE_WORKER_SCRIPT", ROOT / "worker" / "build" / "index.js"))
 WORKER_HOST = Path(__file__).resolve().parent / "worker_host.mjs"
 LOG_ROOT = ROOT / "target" / "demo"
@@ -308,7 +308,7 @@ def server_call_result(call: Call, rpc_id: int) -> str:
 
 def run_harness(session: Session, logdir: Path) -> tuple[list[Outcome], str, str]:
     for path, what in ((HARNESS, "cargo build --release -p txngate-harness"),
-                       (FILTER_WASM, "cargo build --release -p txngate-filter --target wasm32-wasip1")):
+                       (FILTER_WASM, "scripts/build-filter.sh")):
         if not path.is_file():
             raise SetupError(f"{path} is missing ({what})")
     now = int(time.time())

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shipped filter (scripts/build-filter.sh's target/wasm32-wasip1/release/txngate_filter.wasm) as OCI images in
+# The shipped filter (scripts/build-filter.sh's target/shipped/txngate_filter.wasm) as OCI images in
 # the two formats Istio's WasmPlugin pulls, as OCI image layouts (directory and tarball) under target/oci:
 #   txngate-filter         the Wasm OCI artifact (config application/vnd.module.wasm.config.v1+json, layer
 #                          application/vnd.module.wasm.content.layer.v1+wasm = the .wasm byte for byte)

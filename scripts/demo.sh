@@ -110,11 +110,11 @@ step "building the txngate CLI (release, about 2 min the first time)" \
     cargo build ${locked[@]+"${locked[@]}"} --release --bin txngate
 step "building the wasmtime harness txngate-harness (release, about 6 min the first time)" \
     cargo build ${locked[@]+"${locked[@]}"} --release -p txngate-harness --bin txngate-harness
-step "building the proxy-wasm filter (release, about 1 min the first time)" \
-    cargo build ${locked[@]+"${locked[@]}"} --release -p txngate-filter --target wasm32-wasip1
+step "building the proxy-wasm filter (release + wasm-opt, about 1 min the first time)" \
+    scripts/build-filter.sh
 export TXNGATE_CLI="$TARGET/release/txngate"
 export TXNGATE_HARNESS="$TARGET/release/txngate-harness"
-export TXNGATE_FILTER_WASM="$TARGET/wasm32-wasip1/release/txngate_filter.wasm"
+export TXNGATE_FILTER_WASM="$TARGET/shipped/txngate_filter.wasm"
 
 if [ $worker_missing -eq 1 ]; then
     # The build part of scripts/test-worker.sh: wrangler runs wrangler.toml's [build] (worker-build --release,

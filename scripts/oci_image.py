@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The shipped filter as OCI images, in the two formats Istio's WasmPlugin pulls (`url: oci://...`).
 
-    python3 scripts/oci_image.py [--wasm target/wasm32-wasip1/release/txngate_filter.wasm] [--out target/oci]
+    python3 scripts/oci_image.py [--wasm target/shipped/txngate_filter.wasm] [--out target/oci]
                                  [--version 0.1.0]
 
 Writes two OCI image layouts (directory + tarball each), and prints each manifest digest (the value to pin):
@@ -176,7 +176,7 @@ def build(wasm_path: Path, out: Path, version: str) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--wasm", type=Path, default=ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm")
+    parser.add_argument("--wasm", type=Path, default=ROOT / "target" / "shipped" / "txngate_filter.wasm")
     parser.add_argument("--out", type=Path, default=ROOT / "target" / "oci")
     parser.add_argument("--version", default=None, help="the tag (default: the workspace version)")
     args = parser.parse_args()

@@ -69,8 +69,13 @@ harness_tests() { cargo test --locked -p txngate-harness; }
 
 filter_unit() { cargo test --locked -p txngate-filter; }
 
-# The shipped filter: cargo's release build passed through wasm-opt -Oz (scripts/build-filter.sh).
+# The shipped filter: cargo's release build passed through wasm-opt -Oz (scripts/build-filter.sh), at
+# target/shipped/txngate_filter.wasm (cargo never writes there). Every stage that loads the filter runs through
+# `with_filter`: the script again (a no-op when current), so a single stage never loads a stale or unoptimised
+# file, and TXNGATE_FILTER_WASM (exported below) names that file for every suite, bench and demo.
+SHIPPED_FILTER="$ROOT/target/shipped/txngate_filter.wasm"
 filter_build() { scripts/build-filter.sh; }
+with_filter() { scripts/build-filter.sh >/dev/null && "$@"; }
 
 worker_unit() { cargo test --locked -p txngate-worker; }
 
@@ -174,6 +179,7 @@ if [ "$failed" -gt 0 ]; then
 fi
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+export TXNGATE_FILTER_WASM="$SHIPPED_FILTER"
 # Temporary trees of every suite (process logs included) land where the `secrets` stage scans.
 export TMPDIR="$LOG_DIR/tmp"
 start_rls_build
@@ -182,21 +188,21 @@ stage core core_tests
 stage core-wasm core_wasm
 stage filter filter_unit
 stage filter-wasm filter_build
-stage harness harness_tests
+stage harness with_filter harness_tests
 stage lint lint
 stage fuzz-smoke scripts/fuzz.sh 10
 stage e2e-plumbing e2e_plumbing
-stage envoy envoy_e2e
-stage envoy-faults envoy_faults
-stage envoy-hybrid envoy_hybrid
-stage envoy-wasmplugin envoy_wasmplugin
-stage oci oci_images
-stage istio istio_manifests
-stage mesh mesh_e2e
+stage envoy with_filter envoy_e2e
+stage envoy-faults with_filter envoy_faults
+stage envoy-hybrid with_filter envoy_hybrid
+stage envoy-wasmplugin with_filter envoy_wasmplugin
+stage oci with_filter oci_images
+stage istio with_filter istio_manifests
+stage mesh with_filter mesh_e2e
 stage worker worker_unit
 stage workerd worker_e2e
-stage conformance conformance
-stage flood-smoke flood_smoke
+stage conformance with_filter conformance
+stage flood-smoke with_filter flood_smoke
 stage secrets secrets_scan
 
 echo

@@ -57,10 +57,7 @@ fn display_pointer(path: &str) -> &str {
 
 /// Parses `bytes` as one JSON value, refusing duplicate keys anywhere and nesting beyond `max_depth`.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
-    let mut state = State {
-        failure: None,
-        path: Vec::new(),
-    };
+    let mut state = State { failure: None };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result = StrictSeed {
         depth: 0,
@@ -91,30 +88,20 @@ pub fn escape_pointer_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
-/// One step of the JSON pointer to the value being read.
-enum Segment {
-    Index(usize),
-    Key(String),
-}
-
-/// Shared by every level of one parse: the first failure, and the pointer to the value being read as a stack
-/// of segments. The pointer is rendered only when a duplicate is reported: building it for every value (a copy
-/// of the parent's) cost key length × number of values, quadratic in the size of an untrusted document.
+/// Shared by every level of one parse: the first failure. A duplicate key's pointer is built while the
+/// error unwinds (each enclosing level prepends its own step), so a document that parses pays nothing for
+/// it: keeping the path up to date for every value cost a copy of every key.
 struct State {
     failure: Option<JsonError>,
-    path: Vec<Segment>,
 }
 
-fn pointer(path: &[Segment]) -> String {
-    let mut out = String::new();
-    for segment in path {
-        out.push('/');
-        match segment {
-            Segment::Index(i) => out.push_str(&i.to_string()),
-            Segment::Key(key) => out.push_str(&escape_pointer_token(key)),
-        }
+/// On the way out of a failed child: prepend the child's step to a duplicate key's pointer.
+fn prepend_step(state: &mut State, step: impl FnOnce() -> String) {
+    if let Some(JsonError::DuplicateKey { path, .. }) = &mut state.failure {
+        let mut full = step();
+        full.push_str(path);
+        *path = full;
     }
-    out
 }
 
 struct StrictSeed<'s> {
@@ -182,16 +169,18 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         loop {
-            self.state.path.push(Segment::Index(items.len()));
             let child = match self.child() {
                 Ok(child) => child,
                 Err(err) => return Err(fail(self.state, err)),
             };
-            let item = seq.next_element_seed(child)?;
-            self.state.path.pop();
-            match item {
-                Some(item) => items.push(item),
-                None => break,
+            match seq.next_element_seed(child) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => break,
+                Err(err) => {
+                    let index = items.len();
+                    prepend_step(self.state, || format!("/{index}"));
+                    return Err(err);
+                }
             }
         }
         Ok(Value::Array(items))
@@ -200,21 +189,32 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                let err = JsonError::DuplicateKey {
-                    path: pointer(&self.state.path),
-                    key,
-                };
-                return Err(fail(self.state, err));
-            }
-            self.state.path.push(Segment::Key(key.clone()));
+            // One lookup: the vacant slot is filled once the value is read.
+            let slot = match object.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => slot,
+                serde_json::map::Entry::Occupied(taken) => {
+                    let err = JsonError::DuplicateKey {
+                        path: String::new(),
+                        key: taken.key().clone(),
+                    };
+                    return Err(fail(self.state, err));
+                }
+            };
             let child = match self.child() {
                 Ok(child) => child,
                 Err(err) => return Err(fail(self.state, err)),
             };
-            let value = map.next_value_seed(child)?;
-            self.state.path.pop();
-            object.insert(key, value);
+            match map.next_value_seed(child) {
+                Ok(value) => {
+                    slot.insert(value);
+                }
+                Err(err) => {
+                    prepend_step(self.state, || {
+                        format!("/{}", escape_pointer_token(slot.key()))
+                    });
+                    return Err(err);
+                }
+            }
         }
         Ok(Value::Object(object))
     }
@@ -237,16 +237,27 @@ pub fn canonical(value: &Value) -> Vec<u8> {
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
             out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+            // serde_json's map iterates in key order already (a BTreeMap without its `preserve_order`
+            // feature); sorted here only if some build unified that feature in.
+            if map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b) {
+                for (i, (key, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_string(key, out);
+                    out.push(b':');
+                    write_canonical(v, out);
                 }
-                write_scalar(&Value::String(key.clone()), out);
-                out.push(b':');
-                if let Some(v) = map.get(key) {
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                for (i, (key, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_string(key, out);
+                    out.push(b':');
                     write_canonical(v, out);
                 }
             }
@@ -262,15 +273,50 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => write_scalar(scalar, out),
+        Value::String(text) => write_string(text, out),
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        // Writing a number into a Vec cannot fail; an empty write would only weaken a hash, never a verdict.
+        Value::Number(number) => {
+            let _ = serde_json::to_writer(&mut *out, number);
+        }
     }
 }
 
-fn write_scalar(value: &Value, out: &mut Vec<u8>) {
-    // Serializing a scalar Value cannot fail; an empty write would only weaken a hash, never a verdict.
-    if let Ok(bytes) = serde_json::to_vec(value) {
-        out.extend_from_slice(&bytes);
+/// A JSON string exactly as serde_json writes it: quote and backslash escaped, control characters as
+/// `\b \t \n \f \r` or `\u00xx`, everything else (non-ASCII included) as is. Plain runs are copied at once.
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            for nibble in [b >> 4, b & 0xf] {
+                out.push(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+            }
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
     }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -351,7 +397,26 @@ mod tests {
         })
     }
 
+    #[test]
+    fn duplicate_key_pointers_reach_through_arrays_and_escaped_keys() {
+        let err = parse_strict(br#"{"a":[0,{"x/y":{"k":1,"k":2}}]}"#, 8).unwrap_err();
+        assert_eq!(
+            err,
+            JsonError::DuplicateKey {
+                path: "/a/1/x~1y".into(),
+                key: "k".into()
+            }
+        );
+    }
+
     proptest! {
+        #[test]
+        fn canonical_strings_are_serde_jsons(text in "\\PC{0,8}|[\\x00-\\x20\"\\\\\\x7f]{0,6}") {
+            let mut mine = Vec::new();
+            write_string(&text, &mut mine);
+            prop_assert_eq!(mine, serde_json::to_vec(&text).unwrap());
+        }
+
         #[test]
         fn strict_parse_round_trips_what_serde_json_writes(v in arb_json()) {
             let text = serde_json::to_vec(&v).unwrap();

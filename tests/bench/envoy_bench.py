@@ -45,7 +45,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: E402
 from procs import Proc, free_port, wait_envoy_live  # noqa: E402
 
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
-WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"
+WASM = ROOT / "target" / "shipped" / "txngate_filter.wasm"
+#: The floor filter (tests/floor-filter): pause, read the body, set one header. Built by this script.
+FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_floor_filter.wasm"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 TRUST_DOMAIN = "trust.example"
 AGENT = "spiffe://trust.example/agent/bench"
@@ -180,6 +182,9 @@ def local_ratelimit() -> dict:
 
 
 def txngate_filter(policy: dict, wasm: Path, audit_sink: str | None = None) -> dict:
+    # The strict mode allow_on_headers_stop_iteration allows: the whole decision before anything goes on. In
+    # the default body-holding mode Envoy's direct_response would answer before the body is decided.
+    policy = {**policy, "pause_at_headers": True}
     if audit_sink is not None:
         policy = {**policy, "audit_sink": audit_sink}
     return _typed("envoy.filters.http.wasm", "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", {
@@ -190,6 +195,24 @@ def txngate_filter(policy: dict, wasm: Path, audit_sink: str | None = None) -> d
                           "code": {"local": {"filename": str(wasm)}}},
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(policy)},
         }})
+
+
+def floor_filter(wasm: Path) -> dict:
+    """The floor of any body-reading proxy-wasm filter (tests/floor-filter), configured as txngate is."""
+    return _typed("envoy.filters.http.wasm", "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", {
+        "config": {
+            "name": "floor", "root_id": "floor", "failure_policy": "FAIL_CLOSED",
+            "allow_on_headers_stop_iteration": True,
+            "vm_config": {"vm_id": "floor", "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": str(wasm)}}},
+        }})
+
+
+def build_floor_filter() -> Path:
+    """cargo build of tests/floor-filter (a no-op when current): the bench measures the floor of this tree."""
+    subprocess.run(["cargo", "build", "--locked", "--release", "-p", "txngate-floor-filter", "--target", "wasm32-wasip1"],
+                   cwd=ROOT, check=True, stdin=subprocess.DEVNULL, timeout=3600)
+    return FLOOR_WASM
 
 
 def bootstrap(filters: list[dict], listener_port: int, admin_port: int, access_log: Path | None = None) -> dict:
@@ -236,7 +259,9 @@ class Scenario:
 
     @property
     def authorizes_tools(self) -> bool:
-        return any(f["name"] in ("envoy.filters.http.rbac", "envoy.filters.http.wasm") for f in self.filters)
+        return any(f["name"] == "envoy.filters.http.rbac"
+                   or (f["name"] == "envoy.filters.http.wasm" and f["typed_config"]["config"]["name"] == "txngate")
+                   for f in self.filters)
 
     @property
     def url(self) -> str:
@@ -244,11 +269,13 @@ class Scenario:
 
 
 def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer], with_hybrid: bool,
-              variants: bool = False, wasm_b: list[Path] | None = None) -> list[Scenario]:
+              variants: bool = False, wasm_b: list[Path] | None = None, floor: Path | None = None) -> list[Scenario]:
     both = [issuers["EdDSA"], issuers["ES256"]]
     repeated = pools["EdDSA"][:1]
     out = [
         Scenario("baseline", "(1) baseline: no auth, buffer filter", [buffer_filter()], repeated),
+        *([Scenario("wasm_floor", "(0) Wasm floor: a proxy-wasm filter that pauses, reads the body, sets one header",
+                    [floor_filter(floor)], repeated)] if floor else []),
         Scenario("native_chain", "(2) native chain: jwt_authn (cache) + mcp + rbac + local_ratelimit, repeated token",
                  [jwt_authn(both, cache=True), mcp_filter(), rbac_on_tool(TOOL), local_ratelimit()], repeated),
         Scenario("native_chain_fresh_es256", "native chain, fresh ES256 token per request",
@@ -409,10 +436,9 @@ def main() -> int:
     rounds = args.rounds or (3 if args.quick else 5)
     seconds = args.seconds or (3 if args.quick else 8)
     if not args.wasm.exists() and args.wasm == WASM:
-        print("envoy_bench: building the filter (cargo build --release -p txngate-filter --target wasm32-wasip1)",
-              file=sys.stderr)
-        subprocess.run(["cargo", "build", "--release", "-p", "txngate-filter", "--target", "wasm32-wasip1"],
-                       cwd=ROOT, check=False, stdin=subprocess.DEVNULL, timeout=3600)
+        print("envoy_bench: building the shipped filter (scripts/build-filter.sh)", file=sys.stderr)
+        subprocess.run([str(ROOT / "scripts" / "build-filter.sh")], cwd=ROOT, check=False, stdin=subprocess.DEVNULL,
+                       timeout=3600)
     for tool, path in (("envoy", ENVOY), ("wrk", Path(WRK)), ("filter", args.wasm),
                        *(("filter B", b) for b in args.wasm_b or [])):
         if not Path(path).exists():
@@ -425,8 +451,9 @@ def main() -> int:
     started = time.monotonic()
     issuers = {"EdDSA": Issuer.new("EdDSA", "bench-ed"), "ES256": Issuer.new("ES256", "bench-es")}
     pools = {alg: i.mint(POOL) for alg, i in issuers.items()}
+    floor = build_floor_filter()
     plan = scenarios(args.wasm, pools, issuers, with_hybrid=not args.no_hybrid, variants=args.variants,
-                     wasm_b=args.wasm_b)
+                     wasm_b=args.wasm_b, floor=floor)
     if args.only:
         wanted = set(args.only.split(","))
         plan = [s for s in plan if s.name in wanted]
@@ -468,6 +495,8 @@ def main() -> int:
         return {r["name"]: round(r["cpu_us"] / ref, 3) if ref else None for r in rows}
 
     ratios, ratios_jwt, ratios_base = ratio_to("native_chain"), ratio_to("jwt_authn_fresh_es256"), ratio_to("baseline")
+    floor_us = by.get("wasm_floor", {}).get("cpu_us")
+    over_floor = {r["name"]: round(r["cpu_us"] - floor_us, 1) if floor_us else None for r in rows}
     envoy_version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
     meta = {
         "envoy": envoy_version.split("version:")[-1].strip(),
@@ -478,25 +507,28 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (args.out.parent / "envoy.json").write_text(json.dumps(
         {"rows": rows, "ratios": ratios, "ratios_to_jwt_authn_fresh": ratios_jwt,
-         "ratios_to_baseline": ratios_base, "meta": meta}, indent=1))
-    args.out.write_text(markdown(rows, ratios, ratios_jwt, meta))
+         "ratios_to_baseline": ratios_base, "over_floor_us": over_floor,
+         "metrics": {"filter_wasm_bytes": args.wasm.stat().st_size, "floor_wasm_bytes": floor.stat().st_size},
+         "meta": meta}, indent=1))
+    args.out.write_text(markdown(rows, ratios, ratios_jwt, over_floor, meta))
     print(args.out.read_text())
     return 0
 
 
-def markdown(rows: list[dict], ratios: dict, ratios_jwt: dict, meta: dict) -> str:
+def markdown(rows: list[dict], ratios: dict, ratios_jwt: dict, over_floor: dict, meta: dict) -> str:
     lines = [
         f"Envoy {meta['envoy']}, one worker pinned to one core, wrk -t1 -c{meta['connections']} on the other; "
         f"medians of {meta['rounds']} interleaved rounds of {meta['seconds']} s; Envoy log level "
         f"{meta['log_level']}; filter {meta['wasm_bytes'] // 1024} KiB.",
         "",
-        "| scenario | Envoy CPU µs/request | × native chain (2) | × jwt_authn fresh ES256 (5) | req/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | Envoy CPU µs/request | − Wasm floor (0) µs | × native chain (2) | × jwt_authn fresh ES256 (5) | req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         def fmt(x: float | None) -> str:
             return "–" if x is None else f"{x:.2f}"
-        lines.append(f"| {r['label']} | {r['cpu_us']:.1f} | {fmt(ratios[r['name']])} | {fmt(ratios_jwt[r['name']])} | "
+        floor = "–" if over_floor[r["name"]] is None else f"{over_floor[r['name']]:.1f}"
+        lines.append(f"| {r['label']} | {r['cpu_us']:.1f} | {floor} | {fmt(ratios[r['name']])} | {fmt(ratios_jwt[r['name']])} | "
                      f"{r['rps']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
     lines.append("")
     return "\n".join(lines)

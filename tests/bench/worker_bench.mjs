@@ -26,8 +26,14 @@
 // already in worker/build/ (and no --build) the same figure is computed here with zlib (gzip -9 of the
 // bundle's index.js + index_bg.wasm). Cold start: a fresh workerd (Miniflare start to `ready`), then the
 // time to the first response of the new isolate. Every process is stopped; every loop is bounded.
+//
+// The peer (issue #17): tests/bench/peer/worker.mjs, a plain-JS authorizer on `jose` doing the checks this
+// request needs, bundled here with esbuild (jose from node_modules, or from NODE_PATH) and measured with the
+// same request in the same rounds: cached token, fresh ES256, rate-limited tool (its own GCRA Durable Object),
+// cold start and bundle. The fragment gives txngate's CPU over the pass-through against the peer's.
 
 import { spawnSync } from "node:child_process";
+import { createServer } from "node:http";
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync, statSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -36,7 +42,7 @@ import { gzipSync } from "node:zlib";
 import { Miniflare } from "miniflare";
 
 import {
-  AGENT, COMPAT_DATE, ROOT, WORKER_SCRIPT, claims, cpuTicks, freePort, inspectWorker, keygen, mint, policy,
+  AGENT, COMPAT_DATE, ISS, ROOT, TRUST_DOMAIN, WORKER_SCRIPT, claims, cpuTicks, freePort, inspectWorker, keygen, mint, policy,
   removeDir, startMcpServer, startPassThrough, startWorker, tempDir, toolCall, workerdPid,
 } from "../workerd/helpers.mjs";
 
@@ -53,6 +59,9 @@ const ROUNDS = Number(option("--rounds", QUICK ? 3 : 5));
 const WARMUP = Number(option("--warmup", QUICK ? 300 : 800));
 const COMPARE = option("--compare", null);
 const PROFILE = flag("--profile");
+// --plain-origin: a fixed JSON-RPC answer from a node:http server in this process instead of the MCP SDK
+// server (for a machine whose venv lacks the SDK; every row fetches the same origin either way).
+const PLAIN_ORIGIN = flag("--plain-origin");
 const PROFILE_INTERVAL_US = 50;
 const COLD_RUNS = QUICK ? 1 : 3;
 const TICK_US = 10_000; // USER_HZ 100
@@ -107,12 +116,62 @@ async function startOtherBuild(dir, vars) {
   return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
 }
 
+const PEER_SOURCE = join(ROOT, "tests/bench/peer/worker.mjs");
+const PEER_SCRIPT = join(ROOT, "target/bench/peer/index.mjs");
+
+/** Bundles the peer with esbuild (minified, as wrangler would deploy it): returns its sizes. */
+function buildPeer() {
+  mkdirSync(dirname(PEER_SCRIPT), { recursive: true });
+  const r = spawnSync(join(ROOT, "node_modules/.bin/esbuild"), [PEER_SOURCE, "--bundle", "--format=esm", "--platform=neutral",
+    "--main-fields=module,main", "--conditions=worker,browser", "--minify", `--outfile=${PEER_SCRIPT}`], {
+    cwd: ROOT, encoding: "utf8", timeout: 120_000, stdio: ["ignore", "pipe", "pipe"],
+  });
+  if (r.status !== 0) throw new Error(`bundling the peer failed (is jose installed? scripts/bootstrap.sh --node):\n${r.stderr.slice(-2000)}`);
+  const code = readFileSync(PEER_SCRIPT);
+  return { bytes: code.length, gzip_bytes: gzipSync(code, { level: 9 }).length };
+}
+
+/** The peer in workerd, set up as startWorker sets up txngate (its limiter object in the same process). */
+async function startPeer(config, originUrl) {
+  const mf = new Miniflare({
+    modules: true, scriptPath: PEER_SCRIPT, modulesRoot: dirname(PEER_SCRIPT), compatibilityDate: COMPAT_DATE,
+    bindings: { PEER_CONFIG: JSON.stringify(config), ORIGIN_URL: originUrl },
+    durableObjects: { PEER_LIMITER: { className: "PeerLimiter", useSQLite: true } },
+    host: "127.0.0.1", port: 0,
+    handleRuntimeStdio(stdout, stderr) { stdout.resume(); stderr.resume(); },
+  });
+  const url = await mf.ready;
+  return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
+}
+
+/** The --plain-origin origin: answers every request with one JSON-RPC result. */
+async function startPlainOrigin() {
+  const answer = JSON.stringify({ jsonrpc: "2.0", id: 1, result: { content: [{ type: "text", text: "ok" }], isError: false } });
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on("end", () => res.writeHead(200, { "content-type": "application/json" }).end(answer));
+  });
+  // Idle keep-alive connections stay open longer than workerd keeps them: no race on a connection node closes.
+  server.keepAliveTimeout = 120_000;
+  server.headersTimeout = 125_000;
+  await new Promise((res) => server.listen(0, "127.0.0.1", res));
+  return { url: `http://127.0.0.1:${server.address().port}`, stop: () => new Promise((res) => server.close(res)) };
+}
+
 const HEADERS = { "content-type": "application/json", accept: "application/json, text/event-stream" };
 
 async function once(url, token, body) {
   const headers = { ...HEADERS };
   if (token) headers["txn-token"] = token;
-  const r = await fetch(`${url}/mcp`, { method: "POST", headers, body });
+  let r;
+  try {
+    r = await fetch(`${url}/mcp`, { method: "POST", headers, body });
+  } catch (e) {
+    // A keep-alive connection workerd closed while tokens were being minted (seconds on a busy machine):
+    // the request never reached the Worker; sent once more on a new connection.
+    if (e.cause?.code !== "UND_ERR_SOCKET") throw e;
+    r = await fetch(`${url}/mcp`, { method: "POST", headers, body });
+  }
   await r.arrayBuffer();
   return r.status;
 }
@@ -122,7 +181,9 @@ const body = (i) => toolCall(i, "calendar_read", { day: "mon" });
 async function warm(row) {
   const tokens = row.tokens(WARMUP);
   for (let i = 0; i < WARMUP; i++) {
-    const status = await once(row.target.url, tokens[i % tokens.length], body(i));
+    const status = await once(row.target.url, tokens[i % tokens.length], body(i)).catch((e) => {
+      throw new Error(`${row.name}: warm-up request ${i}: ${e.message} (${e.cause?.message ?? "no cause"})`);
+    });
     if (status !== 200) throw new Error(`${row.name}: warm-up request got ${status}`);
   }
 }
@@ -169,9 +230,9 @@ async function measureAll(rows) {
   });
 }
 
-async function coldStart(vars, token) {
+async function coldStart(start, token) {
   const t0 = performance.now();
-  const fresh = await startWorker({ vars });
+  const fresh = await start();
   try {
     const ready = performance.now() - t0;
     const startupCpuMs = cpuTicks(fresh.pid) * (TICK_US / 1000);
@@ -230,10 +291,21 @@ let baseline = null;
 let limited = null;
 let other = null;
 let otherLimited = null;
+let peer = null;
+let peerLimited = null;
 try {
   const started = performance.now();
   const size = bundle();
-  origin = await startMcpServer({ json: true });
+  const peerSize = buildPeer();
+  // Without the MCP SDK (a venv that lacks it), the same fixed answer from node:http, said in the fragment.
+  let originNote = PLAIN_ORIGIN ? "origin: a fixed JSON-RPC answer from node:http (--plain-origin)" : "origin: the MCP SDK server (tests/e2e/mcp_server.py)";
+  try {
+    origin = PLAIN_ORIGIN ? await startPlainOrigin() : await startMcpServer({ json: true });
+  } catch (e) {
+    console.error(`worker_bench: the MCP SDK server did not start (${e.message}); using a node:http origin`);
+    originNote = `origin: a fixed JSON-RPC answer from node:http (the MCP SDK server did not start: ${e.message})`;
+    origin = await startPlainOrigin();
+  }
   const es = keygen("ES256", "bench-es", dir);
   const A = AGENT("bench");
   const tools = { calendar_read: { scopes: ["calendar:read"] }, "*": { effect: "deny" } };
@@ -242,10 +314,23 @@ try {
   const one = () => [mint(es, claims(), { act: [A], ttl: 240 })];
   const cached = one();
 
+  // The peer: the same keys, issuer, audience, agents' ceilings and tool rules as the txngate policy.
+  const peerConfig = (rateLimited) => ({
+    jwks: { keys: [es.publicJwk] }, iss: ISS, aud: TRUST_DOMAIN, max_lifetime_seconds: 300,
+    agents: [[`spiffe://${TRUST_DOMAIN}/orchestrator`, ["*"]], [`spiffe://${TRUST_DOMAIN}/agent/`, ["calendar:*", "email:send"]]],
+    tools: { calendar_read: { scopes: ["calendar:read"], ...(rateLimited ? { rate_limit: { limit: 1000000, period_seconds: 3600 } } : {}) }, "*": { effect: "deny" } },
+  });
+
   const colds = [];
-  for (let i = 0; i < COLD_RUNS; i++) colds.push(await coldStart(vars, cached[0]));
-  const cold = Object.fromEntries(Object.keys(colds[0]).map((k) => [k, Number(median(colds.map((c) => c[k])).toFixed(1))]));
-  console.error(`  cold start: ${JSON.stringify(cold)}`);
+  const peerColds = [];
+  for (let i = 0; i < COLD_RUNS; i++) {
+    colds.push(await coldStart(() => startWorker({ vars }), cached[0]));
+    peerColds.push(await coldStart(() => startPeer(peerConfig(false), origin.url), cached[0]));
+  }
+  const medianOf = (runs) => Object.fromEntries(Object.keys(runs[0]).map((k) => [k, Number(median(runs.map((c) => c[k])).toFixed(1))]));
+  const cold = medianOf(colds);
+  const peerCold = medianOf(peerColds);
+  console.error(`  cold start: ${JSON.stringify(cold)}; peer: ${JSON.stringify(peerCold)}`);
 
   baseline = await startPassThrough(origin.url);
   const inspectorPort = PROFILE ? await freePort() : null;
@@ -258,6 +343,8 @@ try {
   // The fresh row's tokens are all distinct, its warm-up ones too (the fresh path, WebCrypto verify with
   // the imported key, is what must be warm).
   const fresh = (n) => mint(es, claims(), { act: [A], count: Math.max(n, 2), ttl: 240 });
+  peer = await startPeer(peerConfig(false), origin.url);
+  peerLimited = await startPeer(peerConfig(true), origin.url);
   if (COMPARE) {
     other = await startOtherBuild(COMPARE, vars);
     otherLimited = await startOtherBuild(COMPARE, { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) });
@@ -267,6 +354,9 @@ try {
     { name: "txngate_cached", label: "txngate, cached token (repeated)", target: worker, tokens: one },
     { name: "txngate_fresh_es256", label: "txngate, fresh ES256 token per request (WebCrypto)", target: worker, tokens: fresh },
     { name: "txngate_cached_limited", label: "txngate, cached token, rate-limited tool (Durable Object per call)", target: limited, tokens: one },
+    { name: "peer_cached", label: "peer (plain JS on jose), cached token (repeated)", target: peer, tokens: one },
+    { name: "peer_fresh_es256", label: "peer (plain JS on jose), fresh ES256 token per request (WebCrypto)", target: peer, tokens: fresh },
+    { name: "peer_cached_limited", label: "peer (plain JS on jose), cached token, rate-limited tool (Durable Object per call)", target: peerLimited, tokens: one },
     ...(other ? [
       { name: "other_cached", label: `txngate, cached token, other build (${COMPARE})`, target: other, tokens: one },
       { name: "other_fresh_es256", label: `txngate, fresh ES256 token, other build (${COMPARE})`, target: other, tokens: fresh },
@@ -287,16 +377,32 @@ try {
   const base = rows[0].cpu_us;
   const ratios = Object.fromEntries(rows.map((r) => [r.name, Number((r.cpu_us / base).toFixed(3))]));
   for (const r of rows) r.over_baseline_us = Number((r.cpu_us - base).toFixed(1));
+  // txngate against the peer, each over the pass-through (the Worker's own cost), per request kind.
+  const over = (name) => rows.find((r) => r.name === name)?.over_baseline_us;
+  const versusPeer = Object.fromEntries([["cached", "txngate_cached", "peer_cached"], ["fresh_es256", "txngate_fresh_es256", "peer_fresh_es256"],
+    ["cached_limited", "txngate_cached_limited", "peer_cached_limited"]].map(([k, t, p]) => [k, {
+    txngate_us: over(t), peer_us: over(p), ratio: over(p) > 0 ? Number((over(t) / over(p)).toFixed(2)) : null,
+  }]));
+  versusPeer.cold_start_first_cpu = { txngate_ms: cold.first_cpu_ms, peer_ms: peerCold.first_cpu_ms,
+    ratio: peerCold.first_cpu_ms > 0 ? Number((cold.first_cpu_ms / peerCold.first_cpu_ms).toFixed(2)) : null };
+  versusPeer.cold_start_first_response = { txngate_ms: cold.first_response_ms, peer_ms: peerCold.first_response_ms,
+    ratio: peerCold.first_response_ms > 0 ? Number((cold.first_response_ms / peerCold.first_response_ms).toFixed(2)) : null };
   const meta = {
     profile,
     requests_per_round: N, rounds: ROUNDS, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
+    peer_bundle: peerSize, peer_cold_start: peerCold,
     elapsed_s: Number(((performance.now() - started) / 1000).toFixed(1)),
   };
   mkdirSync(dirname(OUT), { recursive: true });
-  writeFileSync(join(dirname(OUT), "worker.json"), JSON.stringify({ rows, ratios, meta }, null, 1));
+  const metrics = {
+    bundle_gzip_bytes: size.gzip_bytes, peer_bundle_gzip_bytes: peerSize.gzip_bytes,
+    cold_start_ms: cold.first_response_ms, peer_cold_start_ms: peerCold.first_response_ms,
+    cold_start_cpu_ms: cold.first_cpu_ms, peer_cold_start_cpu_ms: peerCold.first_cpu_ms,
+  };
+  writeFileSync(join(dirname(OUT), "worker.json"), JSON.stringify({ rows, ratios, versus_peer: versusPeer, metrics, meta }, null, 1));
   const kib = (b) => (b / 1024).toFixed(1);
   const lines = [
-    `workerd (wrangler's Miniflare), ${N} sequential requests per row per round, ${ROUNDS} interleaved rounds (median), after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline).`,
+    `workerd (wrangler's Miniflare), ${N} sequential requests per row per round, ${ROUNDS} interleaved rounds (median), after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline); ${originNote}.`,
     "",
     "| case | workerd CPU µs/request | − baseline (the Worker's own cost) | × baseline | req/s | p50 ms | p99 ms |",
     "|---|---:|---:|---:|---:|---:|---:|",
@@ -305,6 +411,17 @@ try {
     `Bundle: ${kib(size.bytes)} KiB (index.js + index_bg.wasm), **${kib(size.gzip_bytes)} KiB gzipped**` +
       (size.wrangler ? `; wrangler dry run: ${size.wrangler.upload_kib} KiB / gzip ${size.wrangler.gzip_kib} KiB` : "") + ".",
     `Cold start (median of ${COLD_RUNS}): workerd ready in ${cold.ready_ms} ms (${cold.startup_cpu_ms} ms CPU), first response ${cold.first_response_ms} ms (${cold.first_cpu_ms} ms CPU), second ${cold.second_response_ms} ms.`,
+    `Peer (tests/bench/peer/worker.mjs on jose, esbuild --minify): bundle ${kib(peerSize.bytes)} KiB, **${kib(peerSize.gzip_bytes)} KiB gzipped**; cold start first response ${peerCold.first_response_ms} ms (${peerCold.first_cpu_ms} ms CPU), second ${peerCold.second_response_ms} ms.`,
+    "",
+    "txngate against the peer, each over the pass-through (same request, same rounds):",
+    "",
+    "| request | txngate − baseline µs | peer − baseline µs | txngate / peer |",
+    "|---|---:|---:|---:|",
+    ...[["cached token", "cached"], ["fresh ES256 token", "fresh_es256"], ["cached token, rate-limited tool", "cached_limited"]].map(([label, k]) =>
+      `| ${label} | ${versusPeer[k].txngate_us} | ${versusPeer[k].peer_us} | ${versusPeer[k].ratio ?? "–"}× |`),
+    `| cold start: CPU of the first response (ms) | ${cold.first_cpu_ms} | ${peerCold.first_cpu_ms} | ${versusPeer.cold_start_first_cpu.ratio ?? "–"}× |`,
+    `| cold start: first response (ms) | ${cold.first_response_ms} | ${peerCold.first_response_ms} | ${versusPeer.cold_start_first_response.ratio ?? "–"}× |`,
+    `| bundle, gzipped (KiB) | ${kib(size.gzip_bytes)} | ${kib(peerSize.gzip_bytes)} | ${(size.gzip_bytes / peerSize.gzip_bytes).toFixed(1)}× |`,
     "",
   ];
   writeFileSync(OUT, lines.join("\n"));
@@ -315,6 +432,8 @@ try {
   await limited?.stop();
   await other?.stop();
   await otherLimited?.stop();
+  await peer?.stop();
+  await peerLimited?.stop();
   await origin?.stop();
   removeDir(dir);
 }

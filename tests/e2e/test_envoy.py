@@ -540,7 +540,7 @@ def test_bad_policy_stops_envoy_at_validate(workdir, wasm, minter):
 def test_shipped_envoy_example_validates(workdir, wasm):
     example = PROJECT_ROOT / "examples" / "envoy" / "envoy.yaml"
     text = example.read_text()
-    relative = "target/wasm32-wasip1/release/txngate_filter.wasm"
+    relative = "target/shipped/txngate_filter.wasm"
     assert relative in text and "allow_on_headers_stop_iteration: true" in text
     copy = workdir / "example-envoy.yaml"
     copy.write_text(text.replace(relative, str(wasm)))

@@ -26,7 +26,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUILDER = PROJECT_ROOT / "scripts" / "build-oci.sh"
-DEFAULT_WASM = PROJECT_ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"
+DEFAULT_WASM = PROJECT_ROOT / "target" / "shipped" / "txngate_filter.wasm"
 WASM_CONFIG = "application/vnd.module.wasm.config.v1+json"
 WASM_LAYER = "application/vnd.module.wasm.content.layer.v1+wasm"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

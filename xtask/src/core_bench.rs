@@ -254,7 +254,7 @@ pub fn write_fragment(root: &Path) -> Result<()> {
     }
     md.push_str("\nWhat the cases are:\n\n");
     md.push_str("- `token/<alg>/fresh|cached`: the Txn-Token check alone (a GET outside the MCP path through `Gate::decide`): `fresh` with the token cache off, so the signature and claims are checked every time; `cached` a TokenCache hit.\n");
-    md.push_str("- `mcp/parse/small|8KiB`: the strict JSON-RPC parse of a `tools/call` body (duplicate keys, depth), small or with ~8 KiB of arguments.\n");
+    md.push_str("- `mcp/parse/small|8KiB|64KiB`: the strict JSON-RPC parse of a `tools/call` body (duplicate keys, depth), small or with ~8 KiB or ~64 KiB of arguments; `decision/allow/cached_8KiB|_64KiB`: the cached decision with those arguments (parse, checks, canonical hash for the audit).\n");
     md.push_str("- `decision/allow/*`: a whole allowed `tools/call` through `Gate::decide`: token, two-actor delegation chain, scope narrowing, an argument constraint, a rate limit in a `SlotTable` (the filter's bounded store), the audit record.\n");
     md.push_str("- `parts/*`: pieces of the cached path, to see where it goes: SHA-256 of the token (cache key and audit), splitting it and reading its header, decoding and parsing its claims (fresh path only), the audit hash of the arguments.\n");
     md.push_str("- `gcra/step|MemoryStore|SlotTable`: one rate-limit step: the GCRA arithmetic alone, through the CAS store, through the bounded slot table.\n");

@@ -37,8 +37,10 @@ pub const CASES: &[&str] = &[
     "token/PS256/cached",
     "mcp/parse/small",
     "mcp/parse/8KiB",
+    "mcp/parse/64KiB",
     "decision/allow/cached",
     "decision/allow/cached_8KiB",
+    "decision/allow/cached_64KiB",
     "decision/allow/fresh_EdDSA",
     "decision/allow/fresh_ES256",
     "parts/token_sha256",
@@ -219,6 +221,8 @@ fn policy(jwks: Value, shape: &Shape) -> Value {
         "token": {"max_lifetime_seconds": 172_800, "cache_entries": if shape.cache { 1024 } else { 0 }},
         "agents": agents,
         "delegation": {"max_depth": 2},
+        // Room for the 64 KiB-argument case (the default is 64 KiB for the whole body).
+        "mcp": {"max_body_bytes": 131_072},
         "tools": tools,
         "limits": {"max_keys": SLOTS}
     })
@@ -317,13 +321,18 @@ impl Case {
             ["mcp", "parse", size] => Self {
                 now_ms: NOW_MS,
                 work: Work::Parse {
-                    body: tools_call(if *size == "8KiB" { 8192 } else { 0 }),
+                    body: tools_call(match *size {
+                        "8KiB" => 8192,
+                        "64KiB" => 65536,
+                        _ => 0,
+                    }),
                 },
             },
             ["decision", "allow", which] => {
                 let (kid, cache, pad) = match *which {
                     "cached" => ("ed-0", true, 0),
                     "cached_8KiB" => ("ed-0", true, 8192),
+                    "cached_64KiB" => ("ed-0", true, 65536),
                     "fresh_EdDSA" => ("ed-0", false, 0),
                     "fresh_ES256" => ("ec", false, 0),
                     _ => return Err(format!("unknown case {name}")),
@@ -454,7 +463,7 @@ impl Case {
                 );
                 outcome.decision.reason() == "allow"
             }
-            Work::Parse { body } => mcp::parse_message(body, 65_536, 32)
+            Work::Parse { body } => mcp::parse_message(body, 131_072, 32)
                 .is_ok_and(|m| m.tool_call().is_some_and(|c| c.name == "send_email")),
             Work::Part {
                 which,

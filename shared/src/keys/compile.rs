@@ -200,8 +200,7 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                 }
                 #[cfg(feature = "rust-verify")]
                 let material = Material::Ed25519(
-                    ed25519_dalek::VerifyingKey::from_bytes(&key)
-                        .map_err(|_| KeyError::InvalidPoint { index })?,
+                    super::ed25519::Key::new(*key).ok_or(KeyError::InvalidPoint { index })?,
                 );
                 #[cfg(not(feature = "rust-verify"))]
                 let material = Material::Ed25519;

@@ -3,6 +3,8 @@
 //! or picks a key type: each key carries the one algorithm it may verify.
 
 mod compile;
+#[cfg(feature = "rust-verify")]
+mod ed25519;
 pub mod refresh;
 mod ring;
 mod spec;
@@ -27,10 +29,10 @@ use serde_json::Value;
 #[derive(Clone)]
 #[cfg_attr(not(feature = "rust-verify"), allow(dead_code))]
 enum Material {
-    /// Checked at load by ed25519-compact (on the curve, not of small order), verified by ed25519-dalek's
-    /// `verify_strict` (canonical `S`, no small-order `R`).
+    /// Checked at load by ed25519-compact (on the curve, not of small order), verified with `verify_strict`'s
+    /// checks (canonical `S`, no small-order `R`) and a per-key table ([`ed25519`]).
     #[cfg(feature = "rust-verify")]
-    Ed25519(ed25519_dalek::VerifyingKey),
+    Ed25519(ed25519::Key),
     #[cfg(not(feature = "rust-verify"))]
     Ed25519,
     /// The key's fixed-base table (see [`es256`]).
@@ -111,10 +113,7 @@ impl PublicKey {
         match (&self.material, self.alg) {
             // `EdDSA` and `Ed25519` are two names of one signature scheme (RFC 9864).
             (Material::Ed25519(key), Algorithm::EdDSA | Algorithm::Ed25519) => {
-                match ed25519_dalek::Signature::from_slice(signature) {
-                    Ok(sig) => key.verify_strict(signing_input, &sig).is_ok(),
-                    Err(_) => false,
-                }
+                key.verify(signing_input, signature)
             }
             (Material::P256(table), Algorithm::ES256) => {
                 es256::verify(table, signing_input, signature)

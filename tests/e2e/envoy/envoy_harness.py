@@ -39,7 +39,8 @@ sys.path.insert(0, str(E2E_DIR.parent / "secrets"))
 import ledger  # noqa: E402
 
 ENVOY_BIN = PROJECT_ROOT / ".venv" / "bin" / "envoy"
-DEFAULT_WASM = PROJECT_ROOT / "target" / "wasm32-wasip1" / "release" / "txngate_filter.wasm"
+# The shipped (wasm-opt'ed) filter: scripts/build-filter.sh writes it where cargo never writes.
+DEFAULT_WASM = PROJECT_ROOT / "target" / "shipped" / "txngate_filter.wasm"
 DEFAULT_CLI = PROJECT_ROOT / "target" / "release" / "txngate"
 CARGO_TIMEOUT = 1800
 _WASM_LOG = re.compile(r"wasm log txngate txngate(?: txngate)?: ")
@@ -51,12 +52,13 @@ def _cargo(args: Sequence[str]) -> None:
 
 
 def filter_wasm() -> Path:
-    """The release filter; built when missing (unless TXNGATE_FILTER_WASM names one)."""
+    """The shipped filter; scripts/build-filter.sh when it is missing (unless TXNGATE_FILTER_WASM names one)."""
     override = os.environ.get("TXNGATE_FILTER_WASM")
     if override:
         return Path(override).resolve()
     if not DEFAULT_WASM.exists():
-        _cargo(["build", "--release", "-p", "txngate-filter", "--target", "wasm32-wasip1"])
+        subprocess.run([str(PROJECT_ROOT / "scripts" / "build-filter.sh")], cwd=PROJECT_ROOT, check=True,
+                       stdin=subprocess.DEVNULL, timeout=CARGO_TIMEOUT)
     return DEFAULT_WASM
 
 

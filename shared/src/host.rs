@@ -70,6 +70,12 @@ pub fn parse_timeout_ms(raw: &str) -> Option<u32> {
 /// guards against unbounded rotation.
 pub const MAX_CACHED_KEYS: usize = 64;
 
+/// How long (s) a shared cache (the Worker's Cache API) may keep a copy of a key set fetched now: as long as
+/// the set may be served, `max_stale`, and at least 1 s (a cache reads `max-age=0` as "do not keep").
+pub fn cache_max_age_s(max_stale_ms: u64) -> u64 {
+    (max_stale_ms / 1000).max(1)
+}
+
 /// Characters of a peer's error body a host copies into a diagnostic: enough to say what went wrong, never a
 /// whole page in a log line.
 pub const MAX_DETAIL_CHARS: usize = 200;
@@ -119,6 +125,13 @@ mod tests {
         for bad in ["0", "600001", "", "-5", "1.5", "3s", "99999999999"] {
             assert_eq!(parse_timeout_ms(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_cached_key_set_lives_as_long_as_it_may_be_served() {
+        assert_eq!(cache_max_age_s(3_600_000), 3_600);
+        assert_eq!(cache_max_age_s(1_999), 1);
+        assert_eq!(cache_max_age_s(0), 1);
     }
 
     #[test]

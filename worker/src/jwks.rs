@@ -312,7 +312,10 @@ async fn cache_put(config: &Config, issuer: usize, uri: &str, bytes: &[u8], fetc
         headers
             .set(
                 "cache-control",
-                &format!("max-age={}", (schedule.max_stale_ms / 1000).max(1)),
+                &format!(
+                    "max-age={}",
+                    txngate_core::host::cache_max_age_s(schedule.max_stale_ms)
+                ),
             )
             .ok()?;
         headers

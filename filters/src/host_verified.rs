@@ -30,7 +30,7 @@ pub const LEGACY_CONFIG_KEY: &str = "hybrid_jwt_authn";
 /// jwt_authn's dynamic metadata namespace.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 /// Nesting bound for decoded `Struct` values: the core's for token payloads.
-const MAX_DEPTH: usize = txngate_core::token::MAX_CLAIMS_DEPTH;
+use txngate_core::token::MAX_CLAIMS_DEPTH as MAX_DEPTH;
 
 /// Where jwt_authn's verified payload is found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,10 +42,10 @@ pub mod plugin;
 pub mod sink;
 pub mod store;
 
-/// Root-context tick period (ms): JWKS refresh checks and the body watchdog.
-pub const TICK_MS: u64 = 500;
 /// The core's: a request paused for its body that got no body callback within this time is refused.
 pub use txngate_core::gate::BODY_WAIT_MS;
+/// The core's root-context tick period (ms): JWKS refresh checks and the body watchdog.
+pub use txngate_core::host::TICK_MS;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

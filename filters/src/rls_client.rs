@@ -54,7 +54,7 @@ pub fn answer(
             pending.rule(),
             Reply::Status {
                 code: status_code,
-                message: grpc_status_name(status_code),
+                message: rls::grpc_status_name(status_code),
             },
         );
     }
@@ -66,28 +66,11 @@ pub fn answer(
             return rls::interpret(
                 pending.rule(),
                 Reply::Status {
-                    code: 13,
+                    code: rls::GRPC_INTERNAL,
                     message: &format!("reading the response failed: {status:?}"),
                 },
             )
         }
     };
     rls::interpret(pending.rule(), Reply::Message(&bytes))
-}
-
-fn grpc_status_name(code: u32) -> &'static str {
-    match code {
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        16 => "UNAUTHENTICATED",
-        _ => "error",
-    }
 }

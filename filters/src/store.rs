@@ -60,14 +60,13 @@ pub trait SharedData {
 pub const LOCK_KEY: &str = "txngate:rl:create-lock";
 /// The value of a free lock.
 pub const FREE: &[u8] = b"free";
-/// Attempts to acquire the lock before giving up (`StoreError::Contention`). The lock is held for four
-/// shared-data calls, microseconds, so this bound is only reached when something is wrong.
-pub const LOCK_SPINS: u32 = 4096;
-/// A lock held longer than this belongs to a VM that died while holding it, and may be taken over.
-pub const STEAL_AFTER_MS: u64 = 1000;
+/// The core's bounds on the lock: attempts before `StoreError::Contention`, and how long a holder may keep it
+/// before it counts as dead.
+pub use txngate_core::host::{LOCK_SPINS, STEAL_AFTER_MS};
 
-const HELD_TAG: u8 = b'H';
-const HELD_LEN: usize = 1 + 8 + 8 + 8;
+/// A held lock's value starts with this tag, then the holder's id, its sequence number and the time it took
+/// the lock (each a little-endian u64).
+const HELD_TAG: &[u8] = b"H";
 
 /// Who this VM is when it holds the lock: a random id (drawn once per VM) and a sequence number that makes
 /// each acquisition's value unique.
@@ -84,12 +83,13 @@ impl LockOwner {
 
     fn next_value(&mut self, now_ms: u64) -> Vec<u8> {
         self.sequence = self.sequence.wrapping_add(1);
-        let mut value = Vec::with_capacity(HELD_LEN);
-        value.push(HELD_TAG);
-        value.extend_from_slice(&self.id.to_le_bytes());
-        value.extend_from_slice(&self.sequence.to_le_bytes());
-        value.extend_from_slice(&now_ms.to_le_bytes());
-        value
+        [
+            HELD_TAG,
+            &self.id.to_le_bytes(),
+            &self.sequence.to_le_bytes(),
+            &now_ms.to_le_bytes(),
+        ]
+        .concat()
     }
 }
 
@@ -104,10 +104,9 @@ fn decode_lock(value: &[u8]) -> Option<LockState> {
     if value == FREE {
         return Some(LockState::Free);
     }
-    if value.len() != HELD_LEN || value.first() != Some(&HELD_TAG) {
-        return None;
-    }
-    let since: [u8; 8] = value.get(17..25)?.try_into().ok()?;
+    // The tag, then id and sequence (16 bytes), then exactly the 8 bytes of the time.
+    let fields = value.strip_prefix(HELD_TAG)?;
+    let since: [u8; 8] = fields.get(16..)?.try_into().ok()?;
     Some(LockState::Held {
         since_ms: u64::from_le_bytes(since),
     })

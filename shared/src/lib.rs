@@ -13,6 +13,7 @@ pub mod cache;
 pub mod delegation;
 pub mod encoding;
 pub mod gate;
+pub mod host;
 pub mod json;
 pub mod keys;
 pub mod listing;

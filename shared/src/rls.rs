@@ -198,6 +198,28 @@ pub enum Reply<'a> {
 /// gRPC status codes that matter here.
 pub const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 pub const GRPC_UNAVAILABLE: u32 = 14;
+/// What a host reports when it got an answer but could not read it (an error of the service's answer, not of
+/// reaching it).
+pub const GRPC_INTERNAL: u32 = 13;
+
+/// The name of a gRPC status code, for the log line of a failed call (a host need not trust the status
+/// message the service sent, which may be anything); `error` for a code without one here.
+pub fn grpc_status_name(code: u32) -> &'static str {
+    match code {
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        16 => "UNAUTHENTICATED",
+        _ => "error",
+    }
+}
 
 fn failure(kind: RemoteFailure, detail: String) -> StoreError {
     StoreError::Remote { kind, detail }
@@ -415,5 +437,27 @@ mod tests {
             remote.request(&quiet, &rule(), who).descriptors[0].limit,
             None
         );
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_an_error_of_the_service_and_codes_have_names() {
+        let got = interpret(
+            &rule(),
+            Reply::Status {
+                code: GRPC_INTERNAL,
+                message: grpc_status_name(GRPC_INTERNAL),
+            },
+        );
+        assert!(matches!(
+            got,
+            Err(StoreError::Remote { kind: RemoteFailure::Error, ref detail }) if detail == "gRPC status 13: INTERNAL"
+        ));
+        assert_eq!(
+            grpc_status_name(GRPC_DEADLINE_EXCEEDED),
+            "DEADLINE_EXCEEDED"
+        );
+        assert_eq!(grpc_status_name(GRPC_UNAVAILABLE), "UNAVAILABLE");
+        assert_eq!(grpc_status_name(16), "UNAUTHENTICATED");
+        assert_eq!(grpc_status_name(6), "error");
     }
 }

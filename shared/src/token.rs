@@ -13,7 +13,6 @@ use serde_json::{Map, Value};
 use crate::encoding::{decode_b64url, sha256};
 use crate::json::parse_strict;
 use crate::keys::Algorithm;
-use crate::policy::TokenRules;
 use crate::scope::ScopeSet;
 
 /// Why a token was refused. Each variant has a stable reason code.
@@ -507,6 +506,16 @@ pub(crate) enum SignatureChecked {
     Signature,
     /// The host's verifier attested this exact token ([`HostVerified::covers`]).
     HostVerifier,
+}
+
+/// Token bounds in the units the request path uses (compiled from the policy's `token` section).
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    pub header: String,
+    pub leeway_ms: i128,
+    pub max_lifetime_s: i128,
+    pub max_bytes: usize,
+    pub cache_entries: usize,
 }
 
 /// What a claim check needs to know about the verifying issuer.

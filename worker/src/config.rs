@@ -16,14 +16,8 @@ pub const LIMITER_MODE_VAR: &str = "TXNGATE_LIMITER_MODE";
 pub const LIMITER_TIMEOUT_VAR: &str = "TXNGATE_LIMITER_TIMEOUT_MS";
 pub const ORIGIN_TIMEOUT_VAR: &str = "TXNGATE_ORIGIN_TIMEOUT_MS";
 
-/// A Durable Object call normally takes a few milliseconds (tens when the object starts cold, up to a few
-/// hundred across the world); one that has not answered in 3 s is treated as failed, so a stuck object
-/// costs a request 3 s and a `ratelimit.store_error` (or the rule's `on_store_error: allow`), never a hang.
-pub const DEFAULT_LIMITER_TIMEOUT_MS: u32 = 3_000;
-/// How long the origin may take to send its response headers: Cloudflare's own proxy gives up after 100 s
-/// (error 524), so the Worker answers first, with its own JSON-RPC error. The body (an SSE stream may last
-/// long) is not bounded by this.
-pub const DEFAULT_ORIGIN_TIMEOUT_MS: u32 = 100_000;
+/// The core's defaults for the two timeouts (why these values: see there).
+pub use txngate_core::host::{DEFAULT_LIMITER_TIMEOUT_MS, DEFAULT_ORIGIN_TIMEOUT_MS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimiterMode {
@@ -114,18 +108,18 @@ fn string_var(env: &Env, name: &str) -> Result<Option<String>, String> {
     }
 }
 
-/// A timeout in milliseconds: a decimal string from 1 to 600000 (ten minutes), or the default when unset.
+/// A timeout in milliseconds as the core reads one (`host::parse_timeout_ms`), or the default when unset.
 /// Anything else is a configuration error (fail closed), not a silent fallback to the default.
 fn millis_var(env: &Env, name: &str, default: u32) -> Result<u32, String> {
     let Some(raw) = string_var(env, name)? else {
         return Ok(default);
     };
-    match raw.trim().parse::<u32>() {
-        Ok(ms) if (1..=600_000).contains(&ms) => Ok(ms),
-        _ => Err(format!(
-            "config: {name} is {raw:?}; expected milliseconds from 1 to 600000"
-        )),
-    }
+    txngate_core::host::parse_timeout_ms(&raw).ok_or_else(|| {
+        format!(
+            "config: {name} is {raw:?}; expected milliseconds from 1 to {}",
+            txngate_core::host::MAX_TIMEOUT_SETTING_MS
+        )
+    })
 }
 
 /// The policy JSON: a string var or secret, or (wrangler `[vars]` table) an object.

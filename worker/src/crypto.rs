@@ -17,9 +17,6 @@ use web_sys::{CryptoKey, SubtleCrypto};
 /// Imported keys by fingerprint; `None` marks a key WebCrypto refused (`verify_native` decides from then on).
 type KeyCache = HashMap<String, Option<CryptoKey>>;
 
-/// Bound on cached imports; key sets are small, this only guards against unbounded rotation.
-const MAX_CACHED_KEYS: usize = 64;
-
 thread_local! {
     static KEYS: RefCell<KeyCache> = RefCell::new(HashMap::new());
     /// `crypto.subtle` and the verify parameters per algorithm, looked up and built once per isolate rather
@@ -101,7 +98,7 @@ async fn crypto_key(subtle: &SubtleCrypto, pending: &PendingSignature) -> Option
     }
     KEYS.with(|k| {
         let mut keys = k.borrow_mut();
-        if keys.len() >= MAX_CACHED_KEYS {
+        if keys.len() >= txngate_core::host::MAX_CACHED_KEYS {
             keys.clear();
         }
         keys.insert(fingerprint.to_string(), imported.clone());

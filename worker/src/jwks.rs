@@ -28,9 +28,6 @@ use crate::error::js_error;
 use crate::now_ms;
 
 const FETCHED_AT_HEADER: &str = "x-txngate-fetched-at";
-/// How often a request waiting for another request's fetch looks again (one request of an isolate must not
-/// await a promise another one created).
-const WAIT_STEP_MS: u64 = 20;
 
 fn uri(config: &Config, issuer: usize) -> Option<String> {
     match &config.gate.borrow().keys().issuer(issuer)?.source {
@@ -99,7 +96,7 @@ async fn wait_while(config: &Config, busy: impl Fn(&Gate, u64) -> bool) -> bool 
     let mut waited = false;
     while busy(&config.gate.borrow(), now_ms()) {
         waited = true;
-        worker::Delay::from(Duration::from_millis(WAIT_STEP_MS)).await;
+        worker::Delay::from(Duration::from_millis(txngate_core::host::WAIT_STEP_MS)).await;
     }
     waited
 }
@@ -315,7 +312,10 @@ async fn cache_put(config: &Config, issuer: usize, uri: &str, bytes: &[u8], fetc
         headers
             .set(
                 "cache-control",
-                &format!("max-age={}", (schedule.max_stale_ms / 1000).max(1)),
+                &format!(
+                    "max-age={}",
+                    txngate_core::host::cache_max_age_s(schedule.max_stale_ms)
+                ),
             )
             .ok()?;
         headers

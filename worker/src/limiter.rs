@@ -134,7 +134,7 @@ async fn exchange(env: &Env, pending: &PendingLimit) -> Result<LimitState, Failu
         let text = response.text().await.unwrap_or_default();
         return Err(failure(
             &format!("durable object answered HTTP {status}"),
-            text.chars().take(200).collect::<String>(),
+            txngate_core::host::excerpt(&text),
         ));
     }
     // The answer is a few dozen bytes: one native `text()` call, rather than workers-rs's `json()`, which
@@ -350,16 +350,10 @@ impl DurableObject for TxngateRateLimiter {
     }
 }
 
-/// The earliest the cleanup alarm may fire after it is set, ms. A bucket whose rule is generous drains within
-/// milliseconds of each call (10⁶ calls an hour: 3.6 ms); armed at the exact drain time, the alarm would fire
-/// between almost every two calls and each call would pay the alarm's `list` and `delete` and then a
-/// storage `get` and `setAlarm` again (all among the top of a CPU profile of such calls). Deleting a
-/// drained bucket later changes nothing (a stored TAT in the past counts as a full bucket), so the alarm
-/// waits at least this long: at most one cleanup per object per interval, and idle state still goes soon.
-const MIN_ALARM_DELAY_MS: u64 = 2_000;
-
+/// The core's alarm time for state drained at `at_ms`: not before `host::MIN_ALARM_DELAY_MS` from now (why:
+/// see there).
 fn not_before_min_delay(at_ms: u64) -> u64 {
-    at_ms.max(Date::now().as_millis().saturating_add(MIN_ALARM_DELAY_MS))
+    txngate_core::host::alarm_at(at_ms, Date::now().as_millis())
 }
 
 /// An absolute alarm time (workers-rs reads a bare integer as an offset from now).

@@ -7,8 +7,9 @@ use std::time::Duration;
 use futures_util::future::{select, Either};
 use js_sys::Uint8Array;
 use serde_json::json;
+use txngate_core::host::forwards_request_header;
 use txngate_core::reply::{is_filtered_status, MAX_LIST_BYTES};
-use txngate_core::{is_identity_header, Allowed, Failure, Reply, ReplyTo};
+use txngate_core::{Allowed, Failure, Reply, ReplyTo};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Headers, ReadableStream, RequestInit, RequestRedirect, ResponseInit};
@@ -16,19 +17,6 @@ use web_sys::{Headers, ReadableStream, RequestInit, RequestRedirect, ResponseIni
 use crate::body::{declared_length, read_capped, Capped};
 use crate::config::Config;
 use crate::error::js_error;
-
-/// Request headers never forwarded: hop-by-hop ones, and those the runtime sets from the new request.
-const NOT_FORWARDED: [&str; 9] = [
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-];
 
 /// The body to send upstream.
 pub enum ForwardBody<'a> {
@@ -62,7 +50,7 @@ pub fn config_failure(req: &web_sys::Request, message: &str) -> web_sys::Respons
     let path = path_and_query.split('?').next().unwrap_or("/");
     worker::console_log!(
         "{}",
-        json!({"time": txngate_core::audit::rfc3339(crate::now_ms()), "verdict": "deny", "reason": "config.invalid", "status": 500, "method": req.method(), "path": path, "detail": message})
+        json!({"time": txngate_core::audit::rfc3339(crate::now_ms()), "verdict": "deny", "reason": Failure::PolicyInvalid.reason(), "status": Failure::PolicyInvalid.status(), "method": req.method(), "path": path, "detail": message})
     );
     // No policy, so no MCP endpoint to place the request on: the OAuth-style object.
     local_reply(&ReplyTo::plain().failure(Failure::PolicyInvalid))
@@ -211,7 +199,7 @@ fn upstream_request(
     let out = Headers::new_with_headers(headers).map_err(|e| js_error(&e))?;
     for (name, _) in names {
         let lower = name.to_ascii_lowercase();
-        if is_identity_header(&lower) || NOT_FORWARDED.contains(&lower.as_str()) {
+        if !forwards_request_header(&lower) {
             out.delete(name).map_err(|e| js_error(&e))?;
         }
     }

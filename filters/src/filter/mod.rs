@@ -14,6 +14,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use serde_json::json;
+use txngate_core::host::MAX_METRICS;
 use txngate_core::ratelimit::{LimitRule, LimitState, SlotTable, StoreError};
 use txngate_core::refresh::{Fetch, FetchResult};
 use txngate_core::reply::{is_filtered_status, MAX_LIST_BYTES};
@@ -60,8 +61,6 @@ struct Metrics {
     /// without formatting its name each time.
     decisions: HashMap<(&'static str, &'static str), u32>,
 }
-
-const MAX_METRICS: usize = 2048;
 
 impl Metrics {
     /// A rate-limit store (or rate limit service) failure, `txngate.ratelimit.<kind>`: counted whatever the

@@ -23,15 +23,8 @@ use crate::resource::ResourceRules;
 // Compiled form
 // ---------------------------------------------------------------------------------------------------------
 
-/// Token bounds in the units the request path uses.
-#[derive(Debug, Clone)]
-pub struct TokenRules {
-    pub header: String,
-    pub leeway_ms: i128,
-    pub max_lifetime_s: i128,
-    pub max_bytes: usize,
-    pub cache_entries: usize,
-}
+/// Token bounds (compiled from the policy's `token` section; declared with the token, which reads them).
+pub use crate::token::TokenRules;
 
 /// MCP settings in the units the request path uses.
 #[derive(Debug, Clone)]

@@ -2,7 +2,10 @@
 //! - no crate among `shared`, `filters`, `worker`, `cli` and `xtask` has a cycle between its top-level modules
 //!   (a module is `src/<name>.rs` or everything under `src/<name>/`; it uses another when its code names
 //!   `crate::<other>`, in a path or a `use crate::{...}` group; the crate root is not a module here);
-//! - no file of an adapter (`filters/src`, `worker/src`) is longer than [`MAX_ADAPTER_LINES`] lines.
+//! - no file of an adapter (`filters/src`, `worker/src`) is longer than [`MAX_ADAPTER_LINES`] lines;
+//! - no adapter declares a numeric `const` or `static` outside `#[cfg(test)]` items: caps, timeouts, back-off
+//!   and pacing values are the core's (`shared/src/host.rs` and the module each rule belongs to), so both
+//!   adapters read one value with one reason.
 //!
 //! Comments, strings and character literals are skipped, so a doc link or a message naming `crate::x` is no
 //! use of `x`.
@@ -204,6 +207,87 @@ pub fn module_graph(src: &Path) -> io::Result<Graph> {
     Ok(graph)
 }
 
+/// The primitive number types: a `const` or `static` of one of these (or an array of one) is a number.
+const NUMBER_TYPES: [&str; 14] = [
+    "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32",
+    "f64",
+];
+
+/// `code` (already [`code_only`]) without the items marked `#[cfg(test)]`: each such attribute and the item
+/// after it, up to its `;` or through its matching `}`.
+pub fn without_test_items(code: &str) -> String {
+    const ATTRIBUTE: &str = "#[cfg(test)]";
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(at) = rest.find(ATTRIBUTE) {
+        out.push_str(rest.get(..at).unwrap_or(""));
+        let item = rest.get(at + ATTRIBUTE.len()..).unwrap_or("");
+        let mut depth = 0usize;
+        let mut end = item.len();
+        for (i, c) in item.char_indices() {
+            match c {
+                ';' if depth == 0 => {
+                    end = i + 1;
+                    break;
+                }
+                '{' => depth += 1,
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = item.get(end..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The names of the `const` and `static` items of `code` (already [`code_only`]) whose type is a number or
+/// an array of numbers (`const fn`, `const { .. }` blocks and string or byte-string constants are not).
+pub fn numeric_constants(code: &str) -> Vec<String> {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    for keyword in ["const", "static"] {
+        let mut offset = 0;
+        while let Some(found) = code.get(offset..).and_then(|r| r.find(keyword)) {
+            let at = offset + found;
+            offset = at + keyword.len();
+            let before = code.get(..at).and_then(|b| b.chars().last());
+            let after = code.get(offset..).unwrap_or("");
+            if before.is_some_and(is_ident) || !after.starts_with(char::is_whitespace) {
+                continue; // part of another word, or `const{`
+            }
+            let after = after.trim_start();
+            let after = after.strip_prefix("mut ").unwrap_or(after).trim_start();
+            let name: String = after.chars().take_while(|c| is_ident(*c)).collect();
+            let Some(declared) = after.get(name.len()..).map(str::trim_start) else {
+                continue;
+            };
+            let Some(typed) = declared.strip_prefix(':') else {
+                continue; // `const fn`, a const generic's use, ...
+            };
+            let ty: String = typed
+                .chars()
+                .take_while(|c| *c != '=' && *c != ';')
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            let element = ty
+                .strip_prefix('[')
+                .and_then(|t| t.split(';').next())
+                .unwrap_or(&ty);
+            if NUMBER_TYPES.contains(&element) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
 /// One cycle of `graph` (its modules in order, the first repeated at the end), if there is one.
 pub fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
@@ -278,6 +362,49 @@ mod tests {
         assert!(
             long.is_empty(),
             "adapter files over {MAX_ADAPTER_LINES} lines: {long:?}"
+        );
+    }
+
+    #[test]
+    fn adapters_declare_no_numbers() {
+        let mut found = Vec::new();
+        for adapter in ["filters", "worker"] {
+            for path in rust_files(&root().join(adapter).join("src")).unwrap() {
+                let code = without_test_items(&code_only(&fs::read_to_string(&path).unwrap()));
+                for name in numeric_constants(&code) {
+                    found.push(format!("{}: {name}", path.display()));
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "numeric constants in an adapter (caps, timeouts, pacing belong to the core, shared/src/host.rs): \
+             {found:?}"
+        );
+    }
+
+    #[test]
+    fn numeric_constants_are_found_outside_test_items_only() {
+        let code = code_only(
+            r##"
+            pub const TICK_MS: u64 = 500;
+            pub(crate) const  SPINS : u32 = 1;
+            static mut COUNT: usize = 0;
+            const TABLE: [u8; 4] = [0; 4];
+            pub const NAME: &str = "x"; const TAG: &[u8] = b"H"; const K: Key = Key(1);
+            pub const fn f() -> u64 { 1 }
+            thread_local! { static CELL: RefCell<u64> = const { RefCell::new(0) }; }
+            // const COMMENTED: u64 = 1;
+            #[cfg(test)]
+            const ONLY_TESTS: u64 = 1;
+            #[cfg(test)]
+            mod tests { const INNER: u64 = 2; fn g() { let _ = { 1 }; } }
+            const AFTER: i64 = -1;
+            "##,
+        );
+        assert_eq!(
+            numeric_constants(&without_test_items(&code)),
+            ["TICK_MS", "SPINS", "TABLE", "AFTER", "COUNT"]
         );
     }
 

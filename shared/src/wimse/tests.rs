@@ -714,3 +714,71 @@ proptest! {
         }
     }
 }
+
+/// A remote trust domain's keys come from the key ring's refresher (the test's clock): unusable until
+/// fetched, selected once installed, an unknown `kid` names the entry to refetch, stale keys fail closed.
+#[test]
+fn a_remote_trust_domain_is_served_by_the_ring() {
+    use crate::keys::refresh::FetchResult;
+    let spec: WimseSpec = serde_json::from_value(json!({
+        "trust_domains": {"trust.example": {"jwks_uri": "https://id.trust.example/keys",
+            "algorithms": ["ES256"], "refresh_seconds": 10, "max_stale_seconds": 20}},
+        "audiences": [ORIGIN]
+    }))
+    .unwrap();
+    let mut ring = crate::keys::KeyRing::new();
+    let rules = compile(&spec, &mut ring).unwrap();
+    let entry = rules.trust_domains[0].ring;
+    let unavailable = WitCheck::start(&rules, &ring, &wit(), NOW_MS).unwrap_err();
+    assert_eq!(
+        unavailable,
+        WimseError::KeysUnavailable {
+            trust_domain: "trust.example".into(),
+            entry
+        }
+    );
+    assert_eq!(
+        (unavailable.status(), unavailable.reason()),
+        (503, "keys.unavailable")
+    );
+    let fetch = ring.poll(NOW_MS).pop().unwrap();
+    assert_eq!(
+        (fetch.issuer, fetch.uri.as_str()),
+        (entry, "https://id.trust.example/keys")
+    );
+    let body = serde_json::to_vec(&json!({"keys": [ec_jwk(&identity_server(), "td-1")]})).unwrap();
+    let result = FetchResult::Response {
+        status: 200,
+        body: &body,
+        length: body.len(),
+    };
+    ring.on_response(entry, result, NOW_MS);
+    let rules = Rules { rules, ring };
+    let (w, _) = check(
+        &rules,
+        &mut ReplayCache::new(4),
+        &wit(),
+        &wpt(&wit(), "j1"),
+        "/mcp",
+        NOW_MS,
+    )
+    .unwrap();
+    assert_eq!(w.trust_domain, "trust.example");
+    let other = sign_ec(
+        &other_server(),
+        &json!({"alg": "ES256", "typ": "wit+jwt", "kid": "td-2"}),
+        &wit_claims(CALLER, &workload(1)),
+    );
+    assert_eq!(
+        WitCheck::start(&rules, &rules.ring, &other, NOW_MS).unwrap_err(),
+        WimseError::UnknownKid {
+            kid: "td-2".into(),
+            refetch: vec![entry]
+        }
+    );
+    // Past max_stale_seconds without a new fetch: the last set is not used.
+    assert!(matches!(
+        WitCheck::start(&rules, &rules.ring, &wit(), NOW_MS + 20_001),
+        Err(WimseError::KeysUnavailable { .. })
+    ));
+}

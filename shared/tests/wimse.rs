@@ -330,3 +330,183 @@ fn the_policy_is_checked_at_load_with_a_path() {
         "/wimse/trust_domains/trust.example/jwks"
     );
 }
+
+/// A trust domain whose keys come from a `jwks_uri`: fetched through the key ring's refresher like an
+/// issuer's, with the same unknown-`kid` refetch and the same staleness bound (the clock is the test's).
+mod remote_trust_domain {
+    use super::*;
+    use txngate_core::keys::refresh::{FetchReason, FetchResult, Refreshed};
+
+    const ENTRY: usize = 1;
+
+    fn ec_jwk(key: &p256::ecdsa::SigningKey, kid: &str) -> Value {
+        let point = key.verifying_key().to_encoded_point(false);
+        json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": encode_b64url(point.x().unwrap()),
+               "y": encode_b64url(point.y().unwrap())})
+    }
+
+    fn rotated() -> p256::ecdsa::SigningKey {
+        p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap()
+    }
+
+    fn remote_gate() -> Gate {
+        let mut p = policy(json!({"mode": "require", "source": "wimse"}));
+        p["wimse"]["trust_domains"]["trust.example"] = json!({
+            "algorithms": ["ES256"], "jwks_uri": "https://id.trust.example/jwks", "cluster": "identity",
+            "refresh_seconds": 1, "max_stale_seconds": 2, "min_refetch_seconds": 1});
+        Gate::from_json(&serde_json::to_vec(&p).unwrap()).unwrap()
+    }
+
+    fn wit_by(key: &p256::ecdsa::SigningKey, kid: &str) -> String {
+        let claims = json!({"sub": AGENT, "exp": NOW_S + 3600, "cnf": {"jwk": {"kty": "OKP",
+            "crv": "Ed25519", "alg": "EdDSA", "x": encode_b64url(workload(1).pk.as_ref())}}});
+        let input = encode(
+            &json!({"alg": "ES256", "typ": "wit+jwt", "kid": kid}),
+            &claims,
+        );
+        let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+        format!("{input}.{}", encode_b64url(&sig.to_bytes()))
+    }
+
+    fn call(g: &mut Gate, w: &str, jti: &str, now: u64) -> Outcome {
+        let txn = txn_token();
+        let p = wpt(w, &txn, jti);
+        let h = headers(&txn, Some((w, &p)));
+        let body = body();
+        let req = Request {
+            method: "POST",
+            path: "/mcp",
+            headers: &h,
+            body: Body::Complete(&body),
+            peer: None,
+        };
+        g.decide(&req, now, Verification::Core, &mut MemoryStore::new())
+    }
+
+    fn answer(g: &mut Gate, keys: &[Value], now: u64) -> Refreshed {
+        let body = serde_json::to_vec(&json!({ "keys": keys })).unwrap();
+        let result = FetchResult::Response {
+            status: 200,
+            body: &body,
+            length: body.len(),
+        };
+        g.on_keys_response(ENTRY, result, now)
+    }
+
+    #[test]
+    fn the_refresher_fetches_the_trust_domain_like_an_issuer() {
+        let mut g = remote_gate();
+        let w = wit_by(&identity_server(), "td");
+        // Never fetched: fail closed as for an issuer's keys, and the host is told to fetch.
+        let o = call(&mut g, &w, "j0", NOW);
+        assert_eq!(reason(&o), (503, "keys.unavailable"));
+        assert_eq!(o.refetch_issuer, Some(ENTRY));
+        let fetches = g.poll_keys(NOW);
+        let fetch = fetches.iter().find(|f| f.issuer == ENTRY).unwrap();
+        assert_eq!(fetch.uri, "https://id.trust.example/jwks");
+        assert_eq!(fetch.cluster.as_deref(), Some("identity"));
+        assert!(fetch.blocking);
+        assert!(matches!(
+            answer(&mut g, &[ec_jwk(&identity_server(), "td")], NOW),
+            Refreshed::Installed { .. }
+        ));
+        let o = call(&mut g, &w, "j1", NOW + 10);
+        assert!(o.decision.is_allowed(), "{:?}", o.decision);
+        assert_eq!(o.audit.caller.as_deref(), Some(AGENT));
+
+        // The Identity Server rotates: an unknown kid is refused and refetched (debounced), then accepted.
+        let w2 = wit_by(&rotated(), "td-2");
+        let o = call(&mut g, &w2, "j2", NOW + 1500);
+        assert_eq!(reason(&o), (400, "wimse.wit_untrusted"));
+        assert_eq!(o.refetch_issuer, Some(ENTRY));
+        let o = call(&mut g, &w2, "j3", NOW + 1600);
+        assert_eq!(
+            o.refetch_issuer, None,
+            "one refetch per min_refetch_seconds"
+        );
+        let fetches = g.poll_keys(NOW + 1600);
+        let fetch = fetches.iter().find(|f| f.issuer == ENTRY).unwrap();
+        assert!(matches!(
+            fetch.reason,
+            FetchReason::UnknownKid | FetchReason::Periodic
+        ));
+        let keys = [ec_jwk(&identity_server(), "td"), ec_jwk(&rotated(), "td-2")];
+        answer(&mut g, &keys, NOW + 1600);
+        let o = call(&mut g, &w2, "j4", NOW + 1700);
+        assert!(o.decision.is_allowed(), "{:?}", o.decision);
+
+        // Past max_stale_seconds without a good fetch: 503 keys.unavailable, never the stale keys.
+        let o = call(&mut g, &w, "j5", NOW + 1600 + 2001);
+        assert_eq!(reason(&o), (503, "keys.unavailable"));
+        assert!(o
+            .decision
+            .reply()
+            .unwrap()
+            .headers
+            .iter()
+            .any(|(k, v)| k == "retry-after" && v == "5"));
+    }
+
+    #[test]
+    fn trust_domain_keys_never_verify_txn_tokens_and_issuer_keys_never_wits() {
+        let mut g = remote_gate();
+        answer(&mut g, &[ec_jwk(&identity_server(), "td")], NOW);
+        // A WIT naming the Txn-Token issuer's kid: no trust-domain key has it.
+        let forged = sign_ed(
+            &issuer(),
+            &json!({"alg": "EdDSA", "typ": "wit+jwt", "kid": "ed"}),
+            &json!({"sub": AGENT, "exp": NOW_S + 3600}),
+        );
+        let o = call(&mut g, &forged, "j1", NOW + 10);
+        assert_eq!(reason(&o), (400, "wimse.wit_untrusted"));
+        // A Txn-Token signed by the Identity Server's key: no issuer has kid "td".
+        let claims = json!({"iat": NOW_S, "exp": NOW_S + 60, "aud": "trust.example", "txn": "t1",
+            "sub": "user:alice", "scope": "calendar:read"});
+        let input = encode(
+            &json!({"alg": "ES256", "typ": "txntoken+jwt", "kid": "td"}),
+            &claims,
+        );
+        let sig: p256::ecdsa::Signature = identity_server().sign(input.as_bytes());
+        let txn = format!("{input}.{}", encode_b64url(&sig.to_bytes()));
+        let h = headers(&txn, None);
+        let o = decide(&mut g, &h, None);
+        assert_eq!(o.decision.status(), 401, "{:?}", o.decision);
+    }
+
+    #[test]
+    fn the_remote_source_is_checked_at_load_with_a_path() {
+        let load = |td: Value| {
+            let mut p = policy(json!({"mode": "require", "source": "wimse"}));
+            p["wimse"]["trust_domains"]["trust.example"] = td;
+            Gate::from_json(&serde_json::to_vec(&p).unwrap())
+                .map(|_| ())
+                .unwrap_err()
+                .path()
+                .to_string()
+        };
+        let at = "/wimse/trust_domains/trust.example";
+        assert_eq!(
+            load(json!({"jwks_uri": "ftp://x/jwks"})),
+            format!("{at}/jwks_uri")
+        );
+        assert_eq!(
+            load(json!({"jwks_uri": "https://x/jwks", "refresh_seconds": 0})),
+            format!("{at}/refresh_seconds")
+        );
+        assert_eq!(
+            load(
+                json!({"jwks_uri": "https://x/jwks", "refresh_seconds": 60, "max_stale_seconds": 30})
+            ),
+            format!("{at}/max_stale_seconds")
+        );
+        assert_eq!(
+            load(json!({"jwks_uri": "https://x/jwks", "jwks": {"keys": []}})),
+            format!("{at}/jwks_uri")
+        );
+        assert_eq!(load(json!({"algorithms": ["ES256"]})), at);
+        assert_eq!(
+            load(json!({"jwks": {"keys": [ec_jwk(&identity_server(), "td")]}, "cluster": "c"})),
+            format!("{at}/cluster")
+        );
+    }
+}

@@ -116,8 +116,22 @@ impl Gate {
             }
             Ok(Presented::Both { wit, .. }) => wit.clone(),
         };
-        match WitCheck::start(rules, &wit) {
-            Err(e) => Err(self.deny_proof(ev, &e)),
+        match WitCheck::start(rules, &self.keys, &wit, ev.now_ms) {
+            Err(e) => {
+                // An unknown kid or unusable keys of a remote trust domain: the host refetches (debounced),
+                // exactly as for a Txn-Token issuer.
+                ev.refetch = match &e {
+                    WimseError::UnknownKid { refetch, .. } => refetch
+                        .iter()
+                        .copied()
+                        .find(|i| self.keys.claim_refetch(*i, ev.now_ms)),
+                    WimseError::KeysUnavailable { entry, .. } => {
+                        Some(*entry).filter(|i| self.keys.claim_refetch(*i, ev.now_ms))
+                    }
+                    _ => ev.refetch,
+                };
+                Err(self.deny_proof(ev, &e))
+            }
             Ok(check) => {
                 let mut pending = pending_for(ev, check.jwt());
                 pending.ev.wimse = Some(Box::new(ProofState {
@@ -219,6 +233,10 @@ impl Gate {
         let headers = match e {
             WimseError::ReplayCacheFull { .. } => {
                 vec![("retry-after".to_string(), "1".to_string())]
+            }
+            // As a Txn-Token issuer's unavailable keys.
+            WimseError::KeysUnavailable { .. } => {
+                vec![("retry-after".to_string(), "5".to_string())]
             }
             _ => Vec::new(),
         };

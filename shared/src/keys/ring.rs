@@ -7,6 +7,16 @@ use std::sync::Arc;
 use super::refresh::{Fetch, FetchResult, RefreshError, Refreshed, Refresher, Schedule};
 use super::*;
 
+/// What an entry's keys sign: a key selected for one kind of token is never used for the other (a trust
+/// domain's Identity Server key does not verify Txn-Tokens, an issuer's key does not verify WITs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// A Transaction Token Service (the policy's `issuers`).
+    TxnToken,
+    /// A WIMSE trust domain's Identity Server (`wimse.trust_domains`): Workload Identity Tokens.
+    TrustDomain,
+}
+
 /// One issuer's current keys. Replaced atomically: a request sees the old set or the
 /// new one, never a mix.
 #[derive(Debug, Clone)]
@@ -20,6 +30,8 @@ pub struct IssuerKeys {
     /// without the `application/` prefix, RFC 7515 §4.1.9).
     pub typ: Vec<String>,
     pub source: KeySource,
+    /// What these keys sign; lookups only see entries of the role they ask for.
+    pub role: KeyRole,
     keys: Option<Arc<KeySet>>,
     fetched_at_ms: Option<u64>,
     generation: u64,
@@ -102,6 +114,51 @@ impl KeyRing {
         source: KeySource,
         inline: Option<KeySet>,
     ) {
+        self.push(
+            name,
+            iss,
+            algorithms,
+            typ,
+            source,
+            inline,
+            KeyRole::TxnToken,
+        );
+    }
+
+    /// A WIMSE trust domain's Identity Server keys: fetched and refreshed exactly like an issuer's, but only
+    /// [`KeyRing::lookup_for`] with [`KeyRole::TrustDomain`] selects them. Returns the entry's index.
+    pub fn add_trust_domain(
+        &mut self,
+        name: String,
+        algorithms: Vec<Algorithm>,
+        source: KeySource,
+        inline: Option<KeySet>,
+    ) -> usize {
+        let index = self.issuers.len();
+        let typ = vec![crate::wimse::WIT_TYP.to_string()];
+        self.push(
+            name,
+            None,
+            algorithms,
+            typ,
+            source,
+            inline,
+            KeyRole::TrustDomain,
+        );
+        index
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        name: String,
+        iss: Option<String>,
+        algorithms: Vec<Algorithm>,
+        typ: Vec<String>,
+        source: KeySource,
+        inline: Option<KeySet>,
+        role: KeyRole,
+    ) {
         let keys = inline.map(Arc::new);
         self.refresher.add(&source, &algorithms);
         self.issuers.push(IssuerKeys {
@@ -110,6 +167,7 @@ impl KeyRing {
             algorithms,
             typ,
             source,
+            role,
             keys,
             fetched_at_ms: None,
             generation: 0,
@@ -229,13 +287,23 @@ impl KeyRing {
             .is_some_and(|i| Self::usable(i, now_ms).is_some())
     }
 
-    /// Selects the key for a token header's `kid` (the only thing a token may say about keys).
+    /// Selects the Txn-Token key for a token header's `kid` (the only thing a token may say about keys).
     pub fn lookup(&self, kid: Option<&str>, now_ms: u64) -> KeyLookup<'_> {
+        self.lookup_for(KeyRole::TxnToken, kid, now_ms)
+    }
+
+    /// Selects the key for a `kid` among the entries of one role (the same rules for every role).
+    pub fn lookup_for(&self, role: KeyRole, kid: Option<&str>, now_ms: u64) -> KeyLookup<'_> {
         let mut found: Option<(usize, &PublicKey)> = None;
         let mut unavailable: Option<usize> = None;
         let mut candidates = 0usize;
         let mut sole: Option<(usize, &PublicKey)> = None;
-        for (index, issuer) in self.issuers.iter().enumerate() {
+        let entries = self
+            .issuers
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.role == role);
+        for (index, issuer) in entries {
             let Some(set) = Self::usable(issuer, now_ms) else {
                 unavailable.get_or_insert(index);
                 continue;
@@ -268,7 +336,9 @@ impl KeyRing {
                             .issuers
                             .iter()
                             .enumerate()
-                            .filter(|(_, i)| matches!(i.source, KeySource::Remote { .. }))
+                            .filter(|(_, i)| {
+                                i.role == role && matches!(i.source, KeySource::Remote { .. })
+                            })
                             .map(|(n, _)| n)
                             .collect(),
                     },

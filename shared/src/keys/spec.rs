@@ -82,6 +82,45 @@ pub enum KeySource {
     },
 }
 
+/// Defaults of a remote key source (`refresh_seconds`, `max_stale_seconds`, `min_refetch_seconds`), the
+/// same for a Txn-Token issuer and a WIMSE trust domain.
+pub const DEFAULT_REFRESH_SECONDS: u32 = 300;
+pub const DEFAULT_MAX_STALE_SECONDS: u32 = 3600;
+pub const DEFAULT_MIN_REFETCH_SECONDS: u32 = 30;
+
+/// A remote key source as a policy writes it: checked once here for every kind of key owner.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteSpec<'a> {
+    pub uri: &'a str,
+    pub cluster: Option<&'a str>,
+    pub refresh_seconds: u32,
+    pub max_stale_seconds: u32,
+    pub min_refetch_seconds: u32,
+}
+
+impl KeySource {
+    /// Checks a remote source; on error, the field at fault (`jwks_uri`, `refresh_seconds`,
+    /// `max_stale_seconds`) and what is wrong with it.
+    pub fn remote(spec: RemoteSpec<'_>) -> Result<Self, (&'static str, &'static str)> {
+        if !(spec.uri.starts_with("https://") || spec.uri.starts_with("http://")) {
+            return Err(("jwks_uri", "must be an http(s) URL"));
+        }
+        if spec.refresh_seconds == 0 {
+            return Err(("refresh_seconds", "must be at least 1"));
+        }
+        if spec.max_stale_seconds < spec.refresh_seconds {
+            return Err(("max_stale_seconds", "must be at least refresh_seconds"));
+        }
+        Ok(Self::Remote {
+            uri: spec.uri.to_string(),
+            cluster: spec.cluster.map(str::to_string),
+            refresh_ms: u64::from(spec.refresh_seconds) * 1000,
+            max_stale_ms: u64::from(spec.max_stale_seconds) * 1000,
+            min_refetch_ms: u64::from(spec.min_refetch_seconds) * 1000,
+        })
+    }
+}
+
 /// Media type names compare case-insensitively, and a JOSE `typ` may omit the `application/` prefix (RFC 7515
 /// §4.1.9): `application/TxnToken+JWT` is `txntoken+jwt`. Nothing else is folded (no parameters, no spaces).
 pub fn same_media_type(a: &str, b: &str) -> bool {

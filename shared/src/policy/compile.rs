@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::agents::AgentPattern;
 use crate::json::{escape_pointer_token, JsonError};
-use crate::keys::{Algorithm, KeyError, KeyRing, KeySet, KeySource, Strictness};
+use crate::keys::{Algorithm, KeyError, KeyRing, KeySet, KeySource, RemoteSpec, Strictness};
 use crate::mcp::Kind;
 use crate::names::{self, NamedRules};
 use crate::ratelimit::LimitRule;
@@ -91,7 +91,7 @@ impl Policy {
         if spec.trust_domain.trim().is_empty() {
             return Err(PolicyError::invalid("/trust_domain", "must not be empty"));
         }
-        let key_ring = compile_issuers(&spec.issuers)?;
+        let mut key_ring = compile_issuers(&spec.issuers)?;
         let token = compile_token(&spec.token)?;
         let agents = compile_agents(&spec.agents)?;
         let mcp = compile_mcp(&spec.mcp)?;
@@ -109,7 +109,7 @@ impl Policy {
             ));
         }
         let rate_limit_service = remote::compile_service(&spec)?;
-        let wimse = compile_wimse(&spec)?;
+        let wimse = compile_wimse(&spec, &mut key_ring)?;
         Ok(Self {
             trust_domain: spec.trust_domain.clone(),
             token,
@@ -132,7 +132,11 @@ impl Policy {
 }
 
 /// The `wimse` section, required when the peer binding takes the caller from a WIMSE proof.
-fn compile_wimse(spec: &PolicySpec) -> Result<Option<crate::wimse::WimseRules>, PolicyError> {
+/// Its trust domains' keys join the key ring (role `TrustDomain`), so hosts fetch remote ones like issuers'.
+fn compile_wimse(
+    spec: &PolicySpec,
+    ring: &mut KeyRing,
+) -> Result<Option<crate::wimse::WimseRules>, PolicyError> {
     use crate::wimse::PeerSource;
     let needs = spec.peer_binding.mode() != PeerBinding::Off
         && spec.peer_binding.source() != PeerSource::Mtls;
@@ -142,7 +146,7 @@ fn compile_wimse(spec: &PolicySpec) -> Result<Option<crate::wimse::WimseRules>, 
             "required when peer_binding.source is wimse or mtls_or_wimse (the trust domains and audiences proofs are checked against)",
         )),
         None => Ok(None),
-        Some(section) => crate::wimse::compile(section).map(Some).map_err(|e| {
+        Some(section) => crate::wimse::compile(section, ring).map(Some).map_err(|e| {
             let path = format!("/wimse{}", e.path);
             match e.key {
                 Some(source) => PolicyError::Key { path, source },
@@ -267,31 +271,14 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
                 (KeySource::Inline, Some(set))
             }
             (None, Some(uri)) => {
-                if !(uri.starts_with("https://") || uri.starts_with("http://")) {
-                    return Err(PolicyError::invalid(
-                        at("jwks_uri"),
-                        "must be an http(s) URL",
-                    ));
-                }
-                if issuer.refresh_seconds == 0 {
-                    return Err(PolicyError::invalid(
-                        at("refresh_seconds"),
-                        "must be at least 1",
-                    ));
-                }
-                if issuer.max_stale_seconds < issuer.refresh_seconds {
-                    return Err(PolicyError::invalid(
-                        at("max_stale_seconds"),
-                        "must be at least refresh_seconds",
-                    ));
-                }
-                let source = KeySource::Remote {
-                    uri: uri.clone(),
-                    cluster: issuer.cluster.clone(),
-                    refresh_ms: u64::from(issuer.refresh_seconds) * 1000,
-                    max_stale_ms: u64::from(issuer.max_stale_seconds) * 1000,
-                    min_refetch_ms: u64::from(issuer.min_refetch_seconds) * 1000,
-                };
+                let source = KeySource::remote(RemoteSpec {
+                    uri,
+                    cluster: issuer.cluster.as_deref(),
+                    refresh_seconds: issuer.refresh_seconds,
+                    max_stale_seconds: issuer.max_stale_seconds,
+                    min_refetch_seconds: issuer.min_refetch_seconds,
+                })
+                .map_err(|(field, message)| PolicyError::invalid(at(field), message))?;
                 (source, None)
             }
             (Some(_), Some(_)) => {

@@ -430,13 +430,13 @@ impl Default for LimitsSpec {
 mod defaults {
     use super::AlgorithmName;
     pub fn refresh_seconds() -> u32 {
-        300
+        crate::keys::DEFAULT_REFRESH_SECONDS
     }
     pub fn max_stale_seconds() -> u32 {
-        3600
+        crate::keys::DEFAULT_MAX_STALE_SECONDS
     }
     pub fn min_refetch_seconds() -> u32 {
-        30
+        crate::keys::DEFAULT_MIN_REFETCH_SECONDS
     }
     pub fn algorithms() -> Vec<AlgorithmName> {
         vec![

@@ -21,6 +21,18 @@ pub enum WimseError {
     WitUntrusted {
         detail: String,
     },
+    /// The WIT's `kid` names no key of a trust domain (reason `wimse.wit_untrusted`); `refetch` lists the
+    /// key-ring entries of remote trust domains the host could refetch (the gate debounces it).
+    UnknownKid {
+        kid: String,
+        refetch: Vec<usize>,
+    },
+    /// A remote trust domain's keys were never fetched or are older than their staleness bound: fail closed
+    /// like a Txn-Token issuer's (503 `keys.unavailable`); `entry` is its key-ring entry.
+    KeysUnavailable {
+        trust_domain: String,
+        entry: usize,
+    },
     WitSignature,
     WitExpired {
         exp: i64,
@@ -67,7 +79,8 @@ impl WimseError {
         match self {
             Self::ProofMissing { .. } => "wimse.proof_missing",
             Self::WitInvalid { .. } => "wimse.wit_invalid",
-            Self::WitUntrusted { .. } => "wimse.wit_untrusted",
+            Self::WitUntrusted { .. } | Self::UnknownKid { .. } => "wimse.wit_untrusted",
+            Self::KeysUnavailable { .. } => "keys.unavailable",
             Self::WitSignature => "wimse.wit_signature",
             Self::WitExpired { .. } => "wimse.wit_expired",
             Self::WptInvalid { .. } => "wimse.wpt_invalid",
@@ -85,7 +98,7 @@ impl WimseError {
 
     pub fn status(&self) -> u16 {
         match self {
-            Self::ReplayCacheFull { .. } => 503,
+            Self::ReplayCacheFull { .. } | Self::KeysUnavailable { .. } => 503,
             _ => 400,
         }
     }
@@ -118,6 +131,14 @@ impl fmt::Display for WimseError {
             }
             Self::WitInvalid { detail } => write!(f, "invalid Workload-Identity-Token: {detail}"),
             Self::WitUntrusted { detail } => write!(f, "untrusted Workload-Identity-Token: {detail}"),
+            Self::UnknownKid { kid, .. } => write!(
+                f,
+                "untrusted Workload-Identity-Token: kid {kid:?} is no key of a configured trust domain"
+            ),
+            Self::KeysUnavailable { trust_domain, .. } => write!(
+                f,
+                "keys of trust domain {trust_domain:?} are unavailable (not fetched or stale)"
+            ),
             Self::WitSignature => f.write_str("the Workload-Identity-Token signature is invalid"),
             Self::WitExpired { exp } => write!(f, "the Workload-Identity-Token expired (exp {exp})"),
             Self::WptInvalid { detail } => write!(f, "invalid Workload-Proof-Token: {detail}"),

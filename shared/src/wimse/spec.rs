@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::keys::{Algorithm, KeyError, KeySet, Strictness};
+use crate::keys::{Algorithm, KeyError, KeyRing, KeySet, KeySource, RemoteSpec, Strictness};
 
 /// Where the caller's proven identity comes from when `peer_binding` checks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -65,13 +65,33 @@ pub struct WimseSpec {
     pub proof_algorithms: Vec<String>,
 }
 
-/// One trust domain's Identity Server keys.
+/// One trust domain's Identity Server keys: inline, or fetched from `jwks_uri` exactly like a Txn-Token
+/// issuer's (same refresher, back-off, unknown-`kid` refetch and staleness bound).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustDomainSpec {
     /// The public keys, inline as a JWK set, checked like a Txn-Token issuer's (no private members, curve
-    /// points, RSA sizes, one algorithm per key, unique `kid`s).
-    pub jwks: Value,
+    /// points, RSA sizes, one algorithm per key, unique `kid`s). Exactly one of `jwks` and `jwks_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    /// Where the host fetches the trust domain's JWK set (its Identity Server's keys). Exactly one of `jwks`
+    /// and `jwks_uri`. A fetched set may publish keys of other algorithms (skipped), never weak or private
+    /// ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Envoy only: the cluster that serves `jwks_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Seconds between periodic fetches of `jwks_uri`.
+    #[serde(default = "defaults::refresh_seconds")]
+    pub refresh_seconds: u32,
+    /// How long the last good key set is used while fetches fail; past it, WIMSE proofs are refused (503
+    /// `keys.unavailable`).
+    #[serde(default = "defaults::max_stale_seconds")]
+    pub max_stale_seconds: u32,
+    /// At most one refetch per this many seconds when WITs name an unknown `kid`.
+    #[serde(default = "defaults::min_refetch_seconds")]
+    pub min_refetch_seconds: u32,
     /// The algorithms these keys may sign WITs with.
     #[serde(default = "defaults::algorithms")]
     pub algorithms: Vec<String>,
@@ -82,6 +102,15 @@ pub struct TrustDomainSpec {
 }
 
 mod defaults {
+    pub fn refresh_seconds() -> u32 {
+        crate::keys::DEFAULT_REFRESH_SECONDS
+    }
+    pub fn max_stale_seconds() -> u32 {
+        crate::keys::DEFAULT_MAX_STALE_SECONDS
+    }
+    pub fn min_refetch_seconds() -> u32 {
+        crate::keys::DEFAULT_MIN_REFETCH_SECONDS
+    }
     pub fn max_proof_lifetime_seconds() -> u32 {
         60
     }
@@ -102,12 +131,19 @@ mod defaults {
     }
 }
 
-/// A trust domain, compiled.
+/// A trust domain, compiled. Its keys live in the gate's key ring (entry `ring`, role
+/// [`crate::keys::KeyRole::TrustDomain`]), so the host fetches and refreshes remote ones like an issuer's.
 #[derive(Debug, Clone)]
 pub struct TrustDomain {
     pub name: String,
-    pub keys: KeySet,
+    /// The trust domain's entry in the key ring.
+    pub ring: usize,
     pub iss: Option<String>,
+}
+
+/// The key ring entry name of trust domain `name` (logs, metrics, the host's fetch bookkeeping).
+pub fn ring_name(name: &str) -> String {
+    format!("trust_domain:{name}")
 }
 
 /// The compiled `wimse` section.
@@ -156,8 +192,9 @@ fn algorithms(names: &[String], at: &str) -> Result<Vec<Algorithm>, SpecError> {
         .collect()
 }
 
-/// Compiles the section; paths in errors are relative to `/wimse`.
-pub fn compile(spec: &WimseSpec) -> Result<WimseRules, SpecError> {
+/// Compiles the section, registering each trust domain's keys in `ring`; paths in errors are relative to
+/// `/wimse`.
+pub fn compile(spec: &WimseSpec, ring: &mut KeyRing) -> Result<WimseRules, SpecError> {
     use crate::json::escape_pointer_token;
     if spec.trust_domains.is_empty() {
         return Err(fault(
@@ -166,6 +203,7 @@ pub fn compile(spec: &WimseSpec) -> Result<WimseRules, SpecError> {
         ));
     }
     let mut trust_domains: Vec<TrustDomain> = Vec::with_capacity(spec.trust_domains.len());
+    let mut inline_sets: Vec<KeySet> = Vec::new();
     for (name, td) in &spec.trust_domains {
         let at = format!("/trust_domains/{}", escape_pointer_token(name));
         if !is_authority(name) {
@@ -175,43 +213,57 @@ pub fn compile(spec: &WimseSpec) -> Result<WimseRules, SpecError> {
             ));
         }
         let allowed = algorithms(&td.algorithms, &format!("{at}/algorithms"))?;
-        let (keys, _) =
-            KeySet::from_value(&td.jwks, &allowed, Strictness::Inline).map_err(|e| SpecError {
-                path: format!("{at}/jwks"),
-                message: e.to_string(),
-                key: Some(e),
-            })?;
-        if keys.is_empty() {
-            return Err(fault(format!("{at}/jwks"), "at least one key is required"));
-        }
-        for key in keys.keys() {
-            let clash = key.kid().filter(|kid| {
-                trust_domains
-                    .iter()
-                    .any(|other| other.keys.by_kid(kid).is_some())
-            });
-            if let Some(kid) = clash {
-                return Err(fault(
-                    format!("{at}/jwks"),
-                    format!("kid {kid:?} is used by another trust domain (a kid selects one key)"),
-                ));
+        let (source, inline) = match (&td.jwks, &td.jwks_uri) {
+            (Some(jwks), None) => {
+                let keys = inline_keys(jwks, &allowed, &at, &inline_sets)?;
+                (KeySource::Inline, Some(keys))
             }
+            (None, Some(uri)) => {
+                let source = KeySource::remote(RemoteSpec {
+                    uri,
+                    cluster: td.cluster.as_deref(),
+                    refresh_seconds: td.refresh_seconds,
+                    max_stale_seconds: td.max_stale_seconds,
+                    min_refetch_seconds: td.min_refetch_seconds,
+                })
+                .map_err(|(field, message)| fault(format!("{at}/{field}"), message))?;
+                (source, None)
+            }
+            (Some(_), Some(_)) => {
+                return Err(fault(
+                    format!("{at}/jwks_uri"),
+                    "give either jwks or jwks_uri, not both",
+                ))
+            }
+            (None, None) => return Err(fault(at, "one of jwks or jwks_uri is required")),
+        };
+        if td.jwks_uri.is_none() && td.cluster.is_some() {
+            return Err(fault(
+                format!("{at}/cluster"),
+                "only with jwks_uri (the cluster that serves it)",
+            ));
         }
         if td.iss.as_deref().is_some_and(|i| i.trim().is_empty()) {
             return Err(fault(format!("{at}/iss"), "must not be empty"));
         }
+        if let Some(keys) = &inline {
+            inline_sets.push(keys.clone());
+        }
+        let index = ring.add_trust_domain(ring_name(name), allowed, source, inline);
         trust_domains.push(TrustDomain {
             name: name.clone(),
-            keys,
+            ring: index,
             iss: td.iss.clone(),
         });
     }
-    // Without kids, a key is chosen only when there is exactly one in all.
-    let total: usize = trust_domains.iter().map(|t| t.keys.len()).sum();
-    if total > 1
-        && trust_domains
+    // Without kids, a key is chosen only when there is exactly one in all (a fetched set must then carry
+    // kids: the ring refuses a kid-less lookup among several keys).
+    let total: usize = inline_sets.iter().map(KeySet::len).sum();
+    let remote = spec.trust_domains.values().any(|t| t.jwks_uri.is_some());
+    if (total > 1 || (remote && total > 0))
+        && inline_sets
             .iter()
-            .any(|t| t.keys.keys().iter().any(|k| k.kid().is_none()))
+            .any(|set| set.keys().iter().any(|k| k.kid().is_none()))
     {
         return Err(fault(
             "/trust_domains",
@@ -261,6 +313,37 @@ pub fn compile(spec: &WimseSpec) -> Result<WimseRules, SpecError> {
         max_token_bytes: usize::try_from(spec.max_token_bytes).unwrap_or(usize::MAX),
         proof_algorithms,
     })
+}
+
+/// An inline trust-domain set: checked like a configured issuer set, non-empty, its kids unique across the
+/// inline sets so far.
+fn inline_keys(
+    jwks: &Value,
+    allowed: &[Algorithm],
+    at: &str,
+    sets: &[KeySet],
+) -> Result<KeySet, SpecError> {
+    let (keys, _) =
+        KeySet::from_value(jwks, allowed, Strictness::Inline).map_err(|e| SpecError {
+            path: format!("{at}/jwks"),
+            message: e.to_string(),
+            key: Some(e),
+        })?;
+    if keys.is_empty() {
+        return Err(fault(format!("{at}/jwks"), "at least one key is required"));
+    }
+    for key in keys.keys() {
+        let clash = key
+            .kid()
+            .filter(|kid| sets.iter().any(|other| other.by_kid(kid).is_some()));
+        if let Some(kid) = clash {
+            return Err(fault(
+                format!("{at}/jwks"),
+                format!("kid {kid:?} is used by another trust domain (a kid selects one key)"),
+            ));
+        }
+    }
+    Ok(keys)
 }
 
 /// A lower-case host name (no port, scheme, path or user info).

@@ -40,7 +40,20 @@ fn ed_jwk(pair: &ed25519_compact::KeyPair) -> Value {
     json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": encode_b64url(pair.pk.as_ref())})
 }
 
-fn rules() -> WimseRules {
+/// The compiled section with the key ring its trust domains live in.
+struct Rules {
+    rules: WimseRules,
+    ring: crate::keys::KeyRing,
+}
+
+impl std::ops::Deref for Rules {
+    type Target = WimseRules;
+    fn deref(&self) -> &WimseRules {
+        &self.rules
+    }
+}
+
+fn rules() -> Rules {
     let spec: WimseSpec = serde_json::from_value(json!({
         "trust_domains": {
             "trust.example": {"jwks": {"keys": [ec_jwk(&identity_server(), "td-1")]}, "algorithms": ["ES256"]},
@@ -50,7 +63,9 @@ fn rules() -> WimseRules {
         "replay_cache_entries": 4
     }))
     .unwrap();
-    compile(&spec).unwrap()
+    let mut ring = crate::keys::KeyRing::new();
+    let rules = compile(&spec, &mut ring).unwrap();
+    Rules { rules, ring }
 }
 
 fn encode(header: &Value, claims: &Value) -> String {
@@ -108,14 +123,14 @@ fn headers() -> Vec<(String, String)> {
 
 /// The whole check as the gate runs it, with the core's own verifier.
 fn check(
-    rules: &WimseRules,
+    rules: &Rules,
     replay: &mut ReplayCache,
     wit: &str,
     wpt: &str,
     path: &str,
     now_ms: u64,
 ) -> Result<(Wit, Wpt), WimseError> {
-    let w = WitCheck::start(rules, wit)?;
+    let w = WitCheck::start(rules, &rules.ring, wit, now_ms)?;
     if !w.jwt().verify_native() {
         return Err(WimseError::WitSignature);
     }
@@ -625,7 +640,10 @@ fn the_section_is_checked_at_load() {
             spec[k] = v.clone();
         }
         let spec: WimseSpec = serde_json::from_value(spec).unwrap();
-        compile(&spec).map(|_| ()).unwrap_err().path
+        compile(&spec, &mut crate::keys::KeyRing::new())
+            .map(|_| ())
+            .unwrap_err()
+            .path
     };
     assert_eq!(bad(json!({"audiences": []})), "/audiences");
     assert_eq!(
@@ -661,8 +679,11 @@ proptest! {
     #[test]
     fn parsing_never_panics(raw in "[A-Za-z0-9_.=-]{0,300}") {
         let rules = rules();
-        let _ = WitCheck::start(&rules, &raw);
-        let w = WitCheck::start(&rules, &wit()).unwrap().finish(&rules, NOW_MS).unwrap();
+        let _ = WitCheck::start(&rules, &rules.ring, &raw, NOW_MS);
+        let w = WitCheck::start(&rules, &rules.ring, &wit(), NOW_MS)
+            .unwrap()
+            .finish(&rules, NOW_MS)
+            .unwrap();
         let _ = WptCheck::start(&rules, &w, &raw);
     }
 
@@ -692,4 +713,72 @@ proptest! {
             prop_assert_eq!(wpt.jti, "j1");
         }
     }
+}
+
+/// A remote trust domain's keys come from the key ring's refresher (the test's clock): unusable until
+/// fetched, selected once installed, an unknown `kid` names the entry to refetch, stale keys fail closed.
+#[test]
+fn a_remote_trust_domain_is_served_by_the_ring() {
+    use crate::keys::refresh::FetchResult;
+    let spec: WimseSpec = serde_json::from_value(json!({
+        "trust_domains": {"trust.example": {"jwks_uri": "https://id.trust.example/keys",
+            "algorithms": ["ES256"], "refresh_seconds": 10, "max_stale_seconds": 20}},
+        "audiences": [ORIGIN]
+    }))
+    .unwrap();
+    let mut ring = crate::keys::KeyRing::new();
+    let rules = compile(&spec, &mut ring).unwrap();
+    let entry = rules.trust_domains[0].ring;
+    let unavailable = WitCheck::start(&rules, &ring, &wit(), NOW_MS).unwrap_err();
+    assert_eq!(
+        unavailable,
+        WimseError::KeysUnavailable {
+            trust_domain: "trust.example".into(),
+            entry
+        }
+    );
+    assert_eq!(
+        (unavailable.status(), unavailable.reason()),
+        (503, "keys.unavailable")
+    );
+    let fetch = ring.poll(NOW_MS).pop().unwrap();
+    assert_eq!(
+        (fetch.issuer, fetch.uri.as_str()),
+        (entry, "https://id.trust.example/keys")
+    );
+    let body = serde_json::to_vec(&json!({"keys": [ec_jwk(&identity_server(), "td-1")]})).unwrap();
+    let result = FetchResult::Response {
+        status: 200,
+        body: &body,
+        length: body.len(),
+    };
+    ring.on_response(entry, result, NOW_MS);
+    let rules = Rules { rules, ring };
+    let (w, _) = check(
+        &rules,
+        &mut ReplayCache::new(4),
+        &wit(),
+        &wpt(&wit(), "j1"),
+        "/mcp",
+        NOW_MS,
+    )
+    .unwrap();
+    assert_eq!(w.trust_domain, "trust.example");
+    let other = sign_ec(
+        &other_server(),
+        &json!({"alg": "ES256", "typ": "wit+jwt", "kid": "td-2"}),
+        &wit_claims(CALLER, &workload(1)),
+    );
+    assert_eq!(
+        WitCheck::start(&rules, &rules.ring, &other, NOW_MS).unwrap_err(),
+        WimseError::UnknownKid {
+            kid: "td-2".into(),
+            refetch: vec![entry]
+        }
+    );
+    // Past max_stale_seconds without a new fetch: the last set is not used.
+    assert!(matches!(
+        WitCheck::start(&rules, &rules.ring, &wit(), NOW_MS + 20_001),
+        Err(WimseError::KeysUnavailable { .. })
+    ));
 }

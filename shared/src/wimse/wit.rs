@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::spec::WimseRules;
 use super::{token_hash, SignedJwt, WimseError, WIT_TYP};
 use crate::json::parse_strict;
-use crate::keys::{parse_jwk, Algorithm, PublicKey};
+use crate::keys::{parse_jwk, Algorithm, KeyLookup, KeyRing, KeyRole, PublicKey};
 use crate::token::{TokenError, UntrustedToken};
 
 /// A WIT whose shape, header and key passed, waiting for its signature.
@@ -42,14 +42,20 @@ pub(super) fn header_error(e: &TokenError) -> String {
 }
 
 impl WitCheck {
-    /// Parses a WIT and selects the trust-domain key its `kid` names (never a key the token brings).
-    pub fn start(rules: &WimseRules, raw: &str) -> Result<Self, WimseError> {
+    /// Parses a WIT and selects the trust-domain key its `kid` names in the key ring (never a key the token
+    /// brings; remote sets only while within their staleness bound at `now_ms`).
+    pub fn start(
+        rules: &WimseRules,
+        ring: &KeyRing,
+        raw: &str,
+        now_ms: u64,
+    ) -> Result<Self, WimseError> {
         let untrusted = UntrustedToken::parse(raw, rules.max_token_bytes)
             .map_err(|e| invalid(header_error(&e)))?;
         untrusted
             .check_type(&[WIT_TYP.to_string()])
             .map_err(|_| invalid(format!("typ {:?} is not wit+jwt", untrusted.typ())))?;
-        let (trust_domain, key) = select_key(rules, untrusted.kid())?;
+        let (trust_domain, key) = select_key(rules, ring, untrusted.kid(), now_ms)?;
         if untrusted.algorithm() != key.algorithm() {
             return Err(invalid(format!(
                 "alg {} is not the algorithm of the trust-domain key ({})",
@@ -134,31 +140,40 @@ impl WitCheck {
     }
 }
 
-/// The key a WIT's `kid` selects among all trust domains' keys; without `kid`, the one key there is.
+/// The key a WIT's `kid` selects among the trust domains' ring entries; without `kid`, the one key there is.
 fn select_key<'r>(
-    rules: &'r WimseRules,
+    rules: &WimseRules,
+    ring: &'r KeyRing,
     kid: Option<&str>,
+    now_ms: u64,
 ) -> Result<(usize, &'r PublicKey), WimseError> {
-    match kid {
-        Some(kid) => rules
-            .trust_domains
-            .iter()
-            .enumerate()
-            .find_map(|(i, td)| td.keys.by_kid(kid).map(|k| (i, k)))
-            .ok_or_else(|| WimseError::WitUntrusted {
-                detail: format!("kid {kid:?} is no key of a configured trust domain"),
-            }),
-        None => {
-            let mut all = rules
-                .trust_domains
-                .iter()
-                .enumerate()
-                .flat_map(|(i, td)| td.keys.keys().iter().map(move |k| (i, k)));
-            match (all.next(), all.next()) {
-                (Some(one), None) => Ok(one),
-                _ => Err(invalid("kid is required (more than one trust-domain key)")),
-            }
+    let domain_of = |entry: usize| rules.trust_domains.iter().position(|t| t.ring == entry);
+    match ring.lookup_for(KeyRole::TrustDomain, kid, now_ms) {
+        KeyLookup::Found { issuer, key } => {
+            domain_of(issuer)
+                .map(|td| (td, key))
+                .ok_or_else(|| WimseError::WitUntrusted {
+                    detail: "the key is of no trust domain of this policy".into(),
+                })
         }
+        KeyLookup::UnknownKid { refetch } => Err(WimseError::UnknownKid {
+            kid: kid.unwrap_or_default().to_string(),
+            refetch,
+        }),
+        KeyLookup::KidRequired => Err(invalid("kid is required (more than one trust-domain key)")),
+        KeyLookup::AmbiguousKid => Err(WimseError::WitUntrusted {
+            detail: format!(
+                "kid {:?} is published by more than one trust domain",
+                kid.unwrap_or_default()
+            ),
+        }),
+        KeyLookup::Unavailable { issuer } => Err(WimseError::KeysUnavailable {
+            trust_domain: domain_of(issuer)
+                .and_then(|td| rules.trust_domains.get(td))
+                .map(|t| t.name.clone())
+                .unwrap_or_default(),
+            entry: issuer,
+        }),
     }
 }
 

@@ -13,7 +13,7 @@ pub use compile::{parse_jwk, KeyError, KeySet, SkippedKey};
 pub use ring::{IssuerKeys, KeyLookup, KeyRing, KeyRole};
 pub use spec::{
     same_media_type, Algorithm, KeySource, RemoteSpec, Strictness, DEFAULT_MAX_STALE_SECONDS,
-    DEFAULT_MIN_REFETCH_SECONDS, DEFAULT_REFRESH_SECONDS, TXN_TOKEN_TYP,
+    DEFAULT_MIN_REFETCH_SECONDS, DEFAULT_REFRESH_SECONDS, TXN_TOKEN_TYP, WIT_TYP,
 };
 
 use core::fmt;

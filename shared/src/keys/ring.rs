@@ -135,7 +135,7 @@ impl KeyRing {
         inline: Option<KeySet>,
     ) -> usize {
         let index = self.issuers.len();
-        let typ = vec![crate::wimse::WIT_TYP.to_string()];
+        let typ = vec![super::WIT_TYP.to_string()];
         self.push(
             name,
             None,

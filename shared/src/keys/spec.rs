@@ -135,3 +135,7 @@ pub fn same_media_type(a: &str, b: &str) -> bool {
 
 /// The `typ` every issuer accepts unless its policy entry says otherwise (the Transaction Tokens draft).
 pub const TXN_TOKEN_TYP: &str = "txntoken+jwt";
+
+/// The WIMSE Workload Identity Token's explicit type (workload-creds; RFC 8725 §3.11): here so the key ring,
+/// which binds each entry to its accepted types, needs nothing from `wimse`.
+pub const WIT_TYP: &str = "wit+jwt";

@@ -32,7 +32,7 @@ pub const WIT_HEADER: &str = "workload-identity-token";
 /// The request header carrying the WPT (wpt §2).
 pub const WPT_HEADER: &str = "workload-proof-token";
 /// The WIT's explicit type (RFC 8725 §3.11).
-pub const WIT_TYP: &str = "wit+jwt";
+pub use crate::keys::WIT_TYP;
 /// The WPT's explicit type.
 pub const WPT_TYP: &str = "wpt+jwt";
 

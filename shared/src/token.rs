@@ -722,7 +722,18 @@ fn numeric_date(
     claims: &Map<String, Value>,
     claim: &'static str,
 ) -> Result<Option<i64>, TokenError> {
-    const EXPECTED: &str = "a number of seconds since the epoch (NumericDate)";
+    numeric_date_claim(claims, claim).map_err(|()| TokenError::ClaimType {
+        claim,
+        expected: "a number of seconds since the epoch (NumericDate)",
+    })
+}
+
+/// A NumericDate claim, absent or read as whole seconds (fractions floored); `Err` when it is not a
+/// number in range. Shared by the Txn-Token and the WIMSE readers, which word the error their own way.
+pub(crate) fn numeric_date_claim(
+    claims: &Map<String, Value>,
+    claim: &str,
+) -> Result<Option<i64>, ()> {
     match claims.get(claim) {
         None => Ok(None),
         Some(Value::Number(n)) => {
@@ -735,16 +746,10 @@ fn numeric_date(
                     let floored = f.floor() as i64;
                     Ok(Some(floored))
                 }
-                _ => Err(TokenError::ClaimType {
-                    claim,
-                    expected: EXPECTED,
-                }),
+                _ => Err(()),
             }
         }
-        Some(_) => Err(TokenError::ClaimType {
-            claim,
-            expected: EXPECTED,
-        }),
+        Some(_) => Err(()),
     }
 }
 

@@ -226,21 +226,6 @@ pub(super) fn string_claim(claims: &Map<String, Value>, claim: &str) -> Result<S
 
 /// A NumericDate claim (whole seconds; fractions floored; strings refused).
 pub(super) fn numeric(claims: &Map<String, Value>, claim: &str) -> Result<Option<i64>, String> {
-    match claims.get(claim) {
-        None => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                return Ok(Some(i));
-            }
-            match n.as_f64() {
-                Some(f) if f.is_finite() && (-9.2e18..=9.2e18).contains(&f) => {
-                    #[allow(clippy::cast_possible_truncation)]
-                    let floored = f.floor() as i64;
-                    Ok(Some(floored))
-                }
-                _ => Err(format!("{claim} must be a NumericDate")),
-            }
-        }
-        Some(_) => Err(format!("{claim} must be a NumericDate")),
-    }
+    crate::token::numeric_date_claim(claims, claim)
+        .map_err(|()| format!("{claim} must be a NumericDate"))
 }

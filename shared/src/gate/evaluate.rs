@@ -6,6 +6,7 @@ use crate::audit::AuditRecord;
 use crate::keys::KeyLookup;
 use crate::mcp::{self, McpError};
 use crate::token::{HostVerified, IssuerContext, SignatureChecked, TokenError, UntrustedToken};
+use crate::wimse::SignedJwt;
 
 use super::pending::Signed;
 use super::*;
@@ -119,10 +120,7 @@ impl Gate {
         match host {
             None => Step::VerifySignature(Box::new(PendingSignature {
                 ev,
-                jws: raw.to_string(),
-                signing_input_len: untrusted.signing_input().len(),
-                signature: untrusted.signature().to_vec(),
-                key,
+                jwt: SignedJwt::new(raw, &untrusted, key),
                 signed: Signed::TxnToken { issuer },
             })),
             Some(attestation) => match Self::attestation_error(attestation, &hash) {
@@ -137,15 +135,13 @@ impl Gate {
         if pending.is_workload_proof() {
             return self.resume_proof(pending, valid);
         }
-        let PendingSignature {
-            ev, jws, signed, ..
-        } = pending;
+        let PendingSignature { ev, jwt, signed } = pending;
         if !valid {
             return self.deny_token(ev, &TokenError::Signature);
         }
         match signed {
             Signed::TxnToken { issuer } => {
-                match UntrustedToken::parse(&jws, self.policy.token.max_bytes) {
+                match UntrustedToken::parse(jwt.raw(), self.policy.token.max_bytes) {
                     Ok(untrusted) => {
                         self.verified_token(ev, untrusted, issuer, SignatureChecked::Signature)
                     }

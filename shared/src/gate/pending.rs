@@ -8,6 +8,7 @@ use crate::keys::{Algorithm, PublicKey};
 use crate::policy::RuleLimit;
 use crate::ratelimit::{self, LimitRule, LimitState, RateLimitStore, SlotTable, StoreError};
 use crate::token::VerifiedToken;
+use crate::wimse::SignedJwt;
 
 use super::*;
 
@@ -16,11 +17,8 @@ use super::*;
 #[derive(Debug)]
 pub struct PendingSignature {
     pub(super) ev: Evaluation,
-    /// The compact JWS whose signature this is.
-    pub(super) jws: String,
-    pub(super) signing_input_len: usize,
-    pub(super) signature: Vec<u8>,
-    pub(super) key: PublicKey,
+    /// The compact JWS whose signature this is, and the key to check it with.
+    pub(super) jwt: SignedJwt,
     pub(super) signed: Signed,
 }
 
@@ -36,30 +34,27 @@ pub(super) enum Signed {
 
 impl PendingSignature {
     pub fn algorithm(&self) -> Algorithm {
-        self.key.algorithm()
+        self.jwt.algorithm()
     }
 
     /// The exact signed bytes.
     pub fn signing_input(&self) -> &[u8] {
-        self.jws
-            .as_bytes()
-            .get(..self.signing_input_len)
-            .unwrap_or_default()
+        self.jwt.signing_input()
     }
 
     /// The signature as JWS carries it (raw r‖s for ES256, which is also WebCrypto's format).
     pub fn signature(&self) -> &[u8] {
-        &self.signature
+        self.jwt.signature()
     }
 
     /// The configured key the token's `kid` selected (never a key from the token).
     pub fn key(&self) -> &PublicKey {
-        &self.key
+        self.jwt.key()
     }
 
     /// Verifies with the core's own implementation (jwt-compact).
     pub fn verify_native(&self) -> bool {
-        self.key.verify(self.signing_input(), &self.signature)
+        self.jwt.verify_native()
     }
 }
 

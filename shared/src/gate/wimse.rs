@@ -254,10 +254,7 @@ impl Gate {
 fn pending_for(ev: Evaluation, jwt: &wimse::SignedJwt) -> PendingSignature {
     PendingSignature {
         ev,
-        jws: jwt.raw().to_string(),
-        signing_input_len: jwt.signing_input().len(),
-        signature: jwt.signature().to_vec(),
-        key: jwt.key().clone(),
+        jwt: jwt.clone(),
         signed: Signed::WorkloadProof,
     }
 }

@@ -48,6 +48,16 @@ pub struct SignedJwt {
 }
 
 impl SignedJwt {
+    /// The signed parts of `untrusted` (parsed from `raw`), to be checked with `key`.
+    pub(crate) fn new(raw: &str, untrusted: &crate::token::UntrustedToken, key: PublicKey) -> Self {
+        Self {
+            raw: raw.to_string(),
+            signing_input_len: untrusted.signing_input().len(),
+            signature: untrusted.signature().to_vec(),
+            key,
+        }
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.key.algorithm()
     }

@@ -64,12 +64,7 @@ impl WitCheck {
             )));
         }
         Ok(Self {
-            jwt: SignedJwt {
-                raw: raw.to_string(),
-                signing_input_len: untrusted.signing_input().len(),
-                signature: untrusted.signature().to_vec(),
-                key: key.clone(),
-            },
+            jwt: SignedJwt::new(raw, &untrusted, key.clone()),
             trust_domain,
         })
     }

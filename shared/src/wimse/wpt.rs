@@ -56,12 +56,7 @@ impl WptCheck {
             )));
         }
         Ok(Self {
-            jwt: SignedJwt {
-                raw: raw.to_string(),
-                signing_input_len: untrusted.signing_input().len(),
-                signature: untrusted.signature().to_vec(),
-                key: wit.cnf.clone(),
-            },
+            jwt: SignedJwt::new(raw, &untrusted, wit.cnf.clone()),
         })
     }
 

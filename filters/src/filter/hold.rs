@@ -57,15 +57,7 @@ impl Http {
 
     /// Step 4 with the whole body (end of stream, or the trailers: `size` unknown).
     pub(super) fn finish_held(&mut self, size: Option<usize>) -> Action {
-        let limit = self.max_body.saturating_add(1);
-        let body = hostcalls::get_buffer(
-            BufferType::HttpRequestBody,
-            0,
-            size.unwrap_or(limit).min(limit),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let body = super::http::buffered_body(BufferType::HttpRequestBody, size, self.max_body);
         if body.len() > self.max_body {
             return self.decide_held(Body::TooLarge);
         }

@@ -286,15 +286,7 @@ impl Http {
             self.phase = Phase::Refused;
             return Action::Pause;
         };
-        let limit = self.max_body.saturating_add(1);
-        let body = hostcalls::get_buffer(
-            BufferType::HttpRequestBody,
-            0,
-            size.unwrap_or(limit).min(limit),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let body = buffered_body(BufferType::HttpRequestBody, size, self.max_body);
         if body.len() > self.max_body {
             return self.decide(&captured, Body::TooLarge);
         }
@@ -306,15 +298,7 @@ impl Http {
         else {
             return Action::Continue;
         };
-        let limit = MAX_LIST_BYTES.saturating_add(1);
-        let body = hostcalls::get_buffer(
-            BufferType::HttpResponseBody,
-            0,
-            size.unwrap_or(limit).min(limit),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let body = buffered_body(BufferType::HttpResponseBody, size, MAX_LIST_BYTES);
         if body.len() > MAX_LIST_BYTES {
             let detail = "list response over the cap";
             return self.fail_closed(Failure::ListTooLarge, detail);
@@ -505,4 +489,14 @@ impl HttpContext for Http {
         }
         self.finish_response(None)
     }
+}
+
+/// The buffered body of `kind`, at most `cap + 1` bytes (`size`, when the host said it, bounds the read):
+/// a body longer than `cap` is over the cap.
+pub(super) fn buffered_body(kind: BufferType, size: Option<usize>, cap: usize) -> Vec<u8> {
+    let limit = cap.saturating_add(1);
+    hostcalls::get_buffer(kind, 0, size.unwrap_or(limit).min(limit))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }

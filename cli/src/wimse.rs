@@ -198,6 +198,14 @@ fn sign(
     Ok(format!("{input}.{}", encode_b64url(&signature)))
 }
 
+/// An EC public key's members (uncompressed point coordinates; an absent one as empty).
+fn insert_ec(jwk: &mut Map<String, Value>, crv: &str, x: Option<&[u8]>, y: Option<&[u8]>) {
+    jwk.insert("kty".into(), "EC".into());
+    jwk.insert("crv".into(), crv.into());
+    jwk.insert("x".into(), encode_b64url(x.unwrap_or_default()).into());
+    jwk.insert("y".into(), encode_b64url(y.unwrap_or_default()).into());
+}
+
 /// The public JWK of a private key, with the `alg` the WIT's `cnf.jwk` must carry.
 fn public_jwk(key: &PrivateJwk) -> Value {
     let mut jwk = Map::new();
@@ -209,28 +217,20 @@ fn public_jwk(key: &PrivateJwk) -> Value {
         }
         SigningKey::P256(sk) => {
             let point = sk.verifying_key().to_encoded_point(false);
-            jwk.insert("kty".into(), "EC".into());
-            jwk.insert("crv".into(), "P-256".into());
-            jwk.insert(
-                "x".into(),
-                encode_b64url(point.x().map_or(&[][..], |x| &x[..])).into(),
-            );
-            jwk.insert(
-                "y".into(),
-                encode_b64url(point.y().map_or(&[][..], |y| &y[..])).into(),
+            insert_ec(
+                &mut jwk,
+                "P-256",
+                point.x().map(|x| &x[..]),
+                point.y().map(|y| &y[..]),
             );
         }
         SigningKey::P384(sk) => {
             let point = sk.verifying_key().to_encoded_point(false);
-            jwk.insert("kty".into(), "EC".into());
-            jwk.insert("crv".into(), "P-384".into());
-            jwk.insert(
-                "x".into(),
-                encode_b64url(point.x().map_or(&[][..], |x| &x[..])).into(),
-            );
-            jwk.insert(
-                "y".into(),
-                encode_b64url(point.y().map_or(&[][..], |y| &y[..])).into(),
+            insert_ec(
+                &mut jwk,
+                "P-384",
+                point.x().map(|x| &x[..]),
+                point.y().map(|y| &y[..]),
             );
         }
         SigningKey::Rsa(sk, _) => {

@@ -149,6 +149,11 @@ fn check(
     Ok((w, p))
 }
 
+/// [`check`] of a first use (an empty replay cache), on `/mcp`, now.
+fn check_once(rules: &Rules, wit: &str, wpt: &str) -> Result<(Wit, Wpt), WimseError> {
+    check(rules, &mut ReplayCache::new(4), wit, wpt, "/mcp", NOW_MS)
+}
+
 fn reason(r: Result<(Wit, Wpt), WimseError>) -> &'static str {
     match r {
         Ok(_) => "ok",
@@ -172,14 +177,7 @@ fn a_proof_by_another_key_is_refused() {
     let rules = rules();
     let w = wit();
     let forged = sign_ed(&workload(2), &wpt_header(), &wpt_claims(&w, "j1"));
-    let r = check(
-        &rules,
-        &mut ReplayCache::new(4),
-        &w,
-        &forged,
-        "/mcp",
-        NOW_MS,
-    );
+    let r = check_once(&rules, &w, &forged);
     assert_eq!(reason(r), "wimse.wpt_signature");
 }
 
@@ -189,14 +187,7 @@ fn a_wit_signed_by_another_trust_domain_for_this_one_is_refused() {
     // other.example's Identity Server vouching for a workload of trust.example.
     let header = json!({"alg": "ES256", "typ": "wit+jwt", "kid": "other-1"});
     let w = sign_ec(&other_server(), &header, &wit_claims(CALLER, &workload(1)));
-    let r = check(
-        &rules,
-        &mut ReplayCache::new(4),
-        &w,
-        &wpt(&w, "j1"),
-        "/mcp",
-        NOW_MS,
-    );
+    let r = check_once(&rules, &w, &wpt(&w, "j1"));
     assert_eq!(reason(r), "wimse.wit_untrusted");
     // A key that claims trust.example's kid but is not its key.
     let w = sign_ec(
@@ -204,14 +195,7 @@ fn a_wit_signed_by_another_trust_domain_for_this_one_is_refused() {
         &wit_header(),
         &wit_claims(CALLER, &workload(1)),
     );
-    let r = check(
-        &rules,
-        &mut ReplayCache::new(4),
-        &w,
-        &wpt(&w, "j1"),
-        "/mcp",
-        NOW_MS,
-    );
+    let r = check_once(&rules, &w, &wpt(&w, "j1"));
     assert_eq!(reason(r), "wimse.wit_signature");
     // An unknown kid.
     let header = json!({"alg": "ES256", "typ": "wit+jwt", "kid": "nobody"});
@@ -220,14 +204,7 @@ fn a_wit_signed_by_another_trust_domain_for_this_one_is_refused() {
         &header,
         &wit_claims(CALLER, &workload(1)),
     );
-    let r = check(
-        &rules,
-        &mut ReplayCache::new(4),
-        &w,
-        &wpt(&w, "j1"),
-        "/mcp",
-        NOW_MS,
-    );
+    let r = check_once(&rules, &w, &wpt(&w, "j1"));
     assert_eq!(reason(r), "wimse.wit_untrusted");
 }
 
@@ -238,30 +215,10 @@ fn the_txn_token_hash_must_be_this_tokens() {
     let mut claims = wpt_claims(&w, "j1");
     claims["tth"] = json!(token_hash("another.txn.token"));
     let p = sign_ed(&workload(1), &wpt_header(), &claims);
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "wimse.txn_token_hash"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "wimse.txn_token_hash");
     claims.as_object_mut().unwrap().remove("tth");
     let p = sign_ed(&workload(1), &wpt_header(), &claims);
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "wimse.txn_token_hash"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "wimse.txn_token_hash");
 }
 
 #[test]
@@ -274,17 +231,7 @@ fn the_wit_hash_must_be_the_presented_wits() {
         &json!({"sub": CALLER, "exp": NOW_S + 60, "cnf": {"jwk": ed_jwk(&workload(1))}}),
     );
     let p = sign_ed(&workload(1), &wpt_header(), &wpt_claims(&other_wit, "j1"));
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "wimse.wit_hash"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "wimse.wit_hash");
 }
 
 #[test]
@@ -341,7 +288,7 @@ fn the_audience_is_this_origin_and_this_path() {
         let mut claims = wpt_claims(&w, "j1");
         claims["aud"] = aud.clone();
         let p = sign_ed(&workload(1), &wpt_header(), &claims);
-        let r = check(&rules, &mut ReplayCache::new(4), &w, &p, "/mcp", NOW_MS);
+        let r = check_once(&rules, &w, &p);
         assert_eq!(reason(r), "wimse.wpt_audience", "{aud}");
     }
     // A proof made for /mcp is not one for /admin (swapped audiences).
@@ -351,17 +298,7 @@ fn the_audience_is_this_origin_and_this_path() {
     let mut claims = wpt_claims(&w, "j2");
     claims["aud"] = json!(["https://x.example/y", format!("{ORIGIN}/mcp")]);
     let p = sign_ed(&workload(1), &wpt_header(), &claims);
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "ok"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "ok");
 }
 
 #[test]
@@ -393,12 +330,12 @@ fn expired_and_long_lived_proofs_are_refused() {
     let mut claims = wpt_claims(&w, "j1");
     claims["exp"] = json!(NOW_S + 3600);
     let p = sign_ed(&workload(1), &wpt_header(), &claims);
-    let r = check(&rules, &mut ReplayCache::new(4), &w, &p, "/mcp", NOW_MS);
+    let r = check_once(&rules, &w, &p);
     assert_eq!(reason(r), "wimse.wpt_lifetime");
     // No exp at all.
     claims.as_object_mut().unwrap().remove("exp");
     let p = sign_ed(&workload(1), &wpt_header(), &claims);
-    let r = check(&rules, &mut ReplayCache::new(4), &w, &p, "/mcp", NOW_MS);
+    let r = check_once(&rules, &w, &p);
     assert_eq!(reason(r), "wimse.wpt_invalid");
 }
 
@@ -407,7 +344,7 @@ fn alg_and_typ_confusion_is_refused() {
     let rules = rules();
     let w = wit();
     // The WIT presented as its own proof (typ wit+jwt in the proof header).
-    let r = check(&rules, &mut ReplayCache::new(4), &w, &w, "/mcp", NOW_MS);
+    let r = check_once(&rules, &w, &w);
     assert_eq!(reason(r), "wimse.wpt_invalid");
     // A WIT typed as a WPT, a Txn-Token, or untyped.
     for typ in [
@@ -426,14 +363,7 @@ fn alg_and_typ_confusion_is_refused() {
             &header,
             &wit_claims(CALLER, &workload(1)),
         );
-        let r = check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &bad,
-            &wpt(&bad, "j1"),
-            "/mcp",
-            NOW_MS,
-        );
+        let r = check_once(&rules, &bad, &wpt(&bad, "j1"));
         assert_eq!(reason(r), "wimse.wit_invalid", "{typ}");
     }
     // application/wpt+jwt is the same media type.
@@ -442,34 +372,14 @@ fn alg_and_typ_confusion_is_refused() {
         &json!({"alg": "EdDSA", "typ": "application/wpt+jwt"}),
         &wpt_claims(&w, "j1"),
     );
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "ok"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "ok");
     // The proof names another algorithm than cnf.jwk.alg.
     let p = sign_ed(
         &workload(1),
         &json!({"alg": "Ed25519", "typ": "wpt+jwt"}),
         &wpt_claims(&w, "j1"),
     );
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "wimse.wpt_invalid"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "wimse.wpt_invalid");
     // alg none, and an embedded key in the proof header.
     for header in [
         json!({"alg": "none", "typ": "wpt+jwt"}),
@@ -477,7 +387,7 @@ fn alg_and_typ_confusion_is_refused() {
         json!({"alg": "HS256", "typ": "wpt+jwt"}),
     ] {
         let p = sign_ed(&workload(1), &header, &wpt_claims(&w, "j1"));
-        let r = check(&rules, &mut ReplayCache::new(4), &w, &p, "/mcp", NOW_MS);
+        let r = check_once(&rules, &w, &p);
         assert_eq!(reason(r), "wimse.wpt_invalid", "{header}");
     }
     // The WIT's alg is not its key's.
@@ -488,14 +398,7 @@ fn alg_and_typ_confusion_is_refused() {
         &header,
         &wit_claims(CALLER, &workload(1)),
     );
-    let r = check(
-        &rules,
-        &mut ReplayCache::new(4),
-        &bad,
-        &wpt(&bad, "j1"),
-        "/mcp",
-        NOW_MS,
-    );
+    let r = check_once(&rules, &bad, &wpt(&bad, "j1"));
     assert_eq!(reason(r), "wimse.wit_invalid");
 }
 
@@ -514,14 +417,7 @@ fn the_confirmation_key_must_be_complete_and_sound() {
     ] {
         let claims = json!({"sub": CALLER, "exp": NOW_S + 60, "cnf": cnf});
         let w = sign_ec(&identity_server(), &wit_header(), &claims);
-        let r = check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &wpt(&w, "j1"),
-            "/mcp",
-            NOW_MS,
-        );
+        let r = check_once(&rules, &w, &wpt(&w, "j1"));
         assert_eq!(reason(r), "wimse.wit_invalid", "{cnf}");
     }
 }
@@ -540,14 +436,7 @@ fn the_subject_must_be_a_workload_identifier_of_the_domain() {
             &wit_header(),
             &wit_claims(sub, &workload(1)),
         );
-        let r = check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &wpt(&w, "j1"),
-            "/mcp",
-            NOW_MS,
-        );
+        let r = check_once(&rules, &w, &wpt(&w, "j1"));
         assert_ne!(reason(r), "ok", "{sub}");
     }
 }
@@ -560,31 +449,11 @@ fn other_token_hashes_are_checked() {
     claims["oth"] = json!({"x-session": token_hash("abc")});
     let p = sign_ed(&workload(1), &wpt_header(), &claims);
     // The request lacks the header.
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "wimse.other_hash"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "wimse.other_hash");
     claims["oth"] = json!({});
     claims["ath"] = json!(token_hash("access"));
     let p = sign_ed(&workload(1), &wpt_header(), &claims);
-    assert_eq!(
-        reason(check(
-            &rules,
-            &mut ReplayCache::new(4),
-            &w,
-            &p,
-            "/mcp",
-            NOW_MS
-        )),
-        "wimse.other_hash"
-    );
+    assert_eq!(reason(check_once(&rules, &w, &p)), "wimse.other_hash");
 }
 
 #[test]
@@ -706,7 +575,7 @@ proptest! {
         let i = index % p.len();
         p[i] ^= flip;
         let Ok(p) = String::from_utf8(p) else { return Ok(()); };
-        let r = check(&rules, &mut ReplayCache::new(4), &w, &p, "/mcp", NOW_MS);
+        let r = check_once(&rules, &w, &p);
         // A changed byte either breaks the JWS or its signature; base64url padding bits aside, never passes
         // with other claims.
         if let Ok((_, wpt)) = r {
@@ -754,15 +623,7 @@ fn a_remote_trust_domain_is_served_by_the_ring() {
     };
     ring.on_response(entry, result, NOW_MS);
     let rules = Rules { rules, ring };
-    let (w, _) = check(
-        &rules,
-        &mut ReplayCache::new(4),
-        &wit(),
-        &wpt(&wit(), "j1"),
-        "/mcp",
-        NOW_MS,
-    )
-    .unwrap();
+    let (w, _) = check_once(&rules, &wit(), &wpt(&wit(), "j1")).unwrap();
     assert_eq!(w.trust_domain, "trust.example");
     let other = sign_ec(
         &other_server(),

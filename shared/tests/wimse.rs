@@ -115,6 +115,11 @@ fn headers(txn: &str, proof: Option<(&str, &str)>) -> Vec<(String, String)> {
     h
 }
 
+/// The headers of a call with `txn`, the WIT `wit` and its WPT `jti` for `txn`.
+fn proven(txn: &str, wit: &str, jti: &str) -> Vec<(String, String)> {
+    headers(txn, Some((wit, &wpt(wit, txn, jti))))
+}
+
 fn decide(gate: &mut Gate, headers: &[(String, String)], peer: Option<&str>) -> Outcome {
     let body = body();
     let req = Request {
@@ -136,8 +141,7 @@ fn a_bound_call_takes_three_signature_steps_and_audits_the_caller() {
     let mut g = gate(json!({"mode": "require", "source": "wimse"}));
     let txn = txn_token();
     let w = wit(AGENT);
-    let p = wpt(&w, &txn, "j1");
-    let h = headers(&txn, Some((&w, &p)));
+    let h = proven(&txn, &w, "j1");
     let body = body();
     let req = Request {
         method: "POST",
@@ -191,9 +195,8 @@ fn a_stolen_token_without_its_proof_is_refused() {
         (400, "wimse.txn_token_hash")
     );
     // Its proof for this token proves the thief, who is not the acting agent.
-    let p = wpt(&w, &txn, "j2");
     assert_eq!(
-        reason(&decide(&mut g, &headers(&txn, Some((&w, &p))), None)),
+        reason(&decide(&mut g, &proven(&txn, &w, "j2"), None)),
         (403, "delegation.peer_mismatch")
     );
 }
@@ -203,14 +206,12 @@ fn a_replayed_proof_is_refused_also_for_a_cached_token() {
     let mut g = gate(json!({"mode": "require", "source": "wimse"}));
     let txn = txn_token();
     let w = wit(AGENT);
-    let p = wpt(&w, &txn, "j1");
-    let h = headers(&txn, Some((&w, &p)));
+    let h = proven(&txn, &w, "j1");
     assert!(decide(&mut g, &h, None).decision.is_allowed());
     let again = decide(&mut g, &h, None);
     assert!(again.audit.cached);
     assert_eq!(reason(&again), (400, "wimse.replay"));
-    let p2 = wpt(&w, &txn, "j2");
-    assert!(decide(&mut g, &headers(&txn, Some((&w, &p2))), None)
+    assert!(decide(&mut g, &proven(&txn, &w, "j2"), None)
         .decision
         .is_allowed());
 }
@@ -220,8 +221,7 @@ fn the_header_stage_does_not_take_the_jti() {
     let mut g = gate(json!({"mode": "require", "source": "wimse"}));
     let txn = txn_token();
     let w = wit(AGENT);
-    let p = wpt(&w, &txn, "j1");
-    let h = headers(&txn, Some((&w, &p)));
+    let h = proven(&txn, &w, "j1");
     let req = Request {
         method: "POST",
         path: "/mcp",
@@ -285,16 +285,12 @@ fn mtls_or_wimse_takes_either_and_both_must_agree() {
         (403, "delegation.peer_missing")
     );
     let w = wit(AGENT);
-    let o = decide(
-        &mut g,
-        &headers(&txn, Some((&w, &wpt(&w, &txn, "j1")))),
-        None,
-    );
+    let o = decide(&mut g, &proven(&txn, &w, "j1"), None);
     assert!(o.decision.is_allowed());
     assert_eq!(o.audit.caller_proof, Some("wimse"));
     let o = decide(
         &mut g,
-        &headers(&txn, Some((&w, &wpt(&w, &txn, "j2")))),
+        &proven(&txn, &w, "j2"),
         Some("spiffe://trust.example/agent/other"),
     );
     assert_eq!(reason(&o), (403, "delegation.peer_mismatch"));

@@ -121,6 +121,15 @@ fn proven(txn: &str, wit: &str, jti: &str) -> Vec<(String, String)> {
 }
 
 fn decide(gate: &mut Gate, headers: &[(String, String)], peer: Option<&str>) -> Outcome {
+    decide_at(gate, headers, peer, NOW)
+}
+
+fn decide_at(
+    gate: &mut Gate,
+    headers: &[(String, String)],
+    peer: Option<&str>,
+    now: u64,
+) -> Outcome {
     let body = body();
     let req = Request {
         method: "POST",
@@ -129,7 +138,7 @@ fn decide(gate: &mut Gate, headers: &[(String, String)], peer: Option<&str>) -> 
         body: Body::Complete(&body),
         peer,
     };
-    gate.decide(&req, NOW, Verification::Core, &mut MemoryStore::new())
+    gate.decide(&req, now, Verification::Core, &mut MemoryStore::new())
 }
 
 fn reason(o: &Outcome) -> (u16, &'static str) {
@@ -365,18 +374,7 @@ mod remote_trust_domain {
     }
 
     fn call(g: &mut Gate, w: &str, jti: &str, now: u64) -> Outcome {
-        let txn = txn_token();
-        let p = wpt(w, &txn, jti);
-        let h = headers(&txn, Some((w, &p)));
-        let body = body();
-        let req = Request {
-            method: "POST",
-            path: "/mcp",
-            headers: &h,
-            body: Body::Complete(&body),
-            peer: None,
-        };
-        g.decide(&req, now, Verification::Core, &mut MemoryStore::new())
+        decide_at(g, &proven(&txn_token(), w, jti), None, now)
     }
 
     fn answer(g: &mut Gate, keys: &[Value], now: u64) -> Refreshed {

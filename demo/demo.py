@@ -458,7 +458,8 @@ def match_audit(session: Session, exchanges: list[Exchange], outcomes: list[Outc
     result against the tool's output schema). Exchanges run one after the other, so a token's audit lines, in
     log order, split at each opening request (a discover; an initialize not following its discover) into one
     segment per exchange that used the token; the decisive line is the segment's first line with the call's JSON-RPC
-    method (and tool). A token refused before it is verified is logged without its hash: such an exchange
+    method (and tool); a refusal at the filter's header stage (body-holding mode) has no JSON-RPC method, and counts
+    as the opening request's. A token refused before it is verified is logged without its hash: such an exchange
     takes the next unused refusal without a hash and with the status the client got."""
     def assign(records: list[tuple[dict, str]]) -> tuple[list[int | None], set[int]]:
         segments: dict[str, list[list[int]]] = {}
@@ -488,7 +489,9 @@ def match_audit(session: Session, exchanges: list[Exchange], outcomes: list[Outc
             elif segment is not None:
                 taken[sha] = k + 1
                 opening = err.get("stage") == "initialize"
-                hit = next((i for i in segment if (records[i][0].get("rpc_method") in OPENING if opening else
+                # A refusal at Envoy's header stage (body-holding mode) is decided before the body is read, so
+                # its audit line has no rpc_method.
+                hit = next((i for i in segment if (records[i][0].get("rpc_method") in (*OPENING, None) if opening else
                                                    records[i][0].get("rpc_method") == ex.call.method
                                                    and (ex.call.list or records[i][0].get("tool") == ex.call.tool))),
                            None)

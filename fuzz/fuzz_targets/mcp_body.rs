@@ -30,7 +30,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(!name.is_empty() && name.len() <= max, "{name:?}");
             assert!(!name.chars().any(char::is_control), "{name:?}");
             if let Target::Tool(call) = target {
-                assert!(call.arguments.is_object());
+                // Kept as bytes by the typed reader: they still read back as an object, and hash as its tree.
+                let tree = call.arguments.to_value().expect("arguments read back");
+                assert!(tree.is_object());
+                assert_eq!(
+                    call.arguments.canonical_sha256(),
+                    txngate_core::mcp::Arguments::from(tree).canonical_sha256()
+                );
             }
             if let Target::Prompt(get) = target {
                 assert!(get.arguments.is_object());

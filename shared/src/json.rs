@@ -3,9 +3,11 @@
 //! a validator and another to the tool behind it; this reader refuses duplicates and bounds nesting instead.
 
 use core::fmt;
+use std::borrow::Cow;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Why a document was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,11 +288,10 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
 
 /// A JSON string exactly as serde_json writes it: quote and backslash escaped, control characters as
 /// `\b \t \n \f \r` or `\u00xx`, everything else (non-ASCII included) as is. Plain runs are copied at once.
-fn write_string(text: &str, out: &mut Vec<u8>) {
+fn write_string(text: &str, out: &mut impl Sink) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
+    out.put(b"\"");
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -304,19 +305,764 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
             0x00..=0x1f => &[],
             _ => continue,
         };
-        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        out.put(bytes.get(start..i).unwrap_or_default());
         if escape.is_empty() {
-            out.extend_from_slice(b"\\u00");
+            out.put(b"\\u00");
             for nibble in [b >> 4, b & 0xf] {
-                out.push(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+                out.put(&[HEX.get(usize::from(nibble)).copied().unwrap_or(b'0')]);
             }
         } else {
-            out.extend_from_slice(escape);
+            out.put(escape);
         }
         start = i + 1;
     }
-    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
-    out.push(b'"');
+    out.put(bytes.get(start..).unwrap_or_default());
+    out.put(b"\"");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The strict reader without a tree: a document checked as `parse_strict` checks it (syntax, duplicate keys,
+// depth), kept as its bytes and one span per value, so big MCP arguments are read once and hashed in their
+// canonical form without a `Value` (issue #17: a `Value` costs an allocation per key and string).
+
+/// What one span holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Object,
+    Array,
+    /// `escaped`: the text has a backslash, so its bytes are not its value.
+    Str {
+        escaped: bool,
+    },
+    /// `verbatim`: an integer that serde_json writes back exactly as it was sent.
+    Number {
+        verbatim: bool,
+    },
+    /// `true`, `false` or `null`.
+    Literal,
+}
+
+/// One value: its bytes `start..end` and the index after its subtree (its next sibling). Values are stored
+/// in document order; an object's children are its members' key and value, in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Node {
+    start: usize,
+    end: usize,
+    next: usize,
+    token: Token,
+}
+
+/// Deeper than this, serde_json's own recursion limit (128) could refuse what the scan accepts.
+const SCAN_DEPTH_CAP: usize = 100;
+
+/// A document that passed the strict checks, as spans over the caller's bytes.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    bytes: &'a [u8],
+    nodes: Vec<Node>,
+}
+
+/// One value that passed the strict checks, owned: its exact bytes and their spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJson {
+    text: Box<str>,
+    nodes: Vec<Node>,
+}
+
+/// Reads `bytes` as one JSON value with [`parse_strict`]'s checks, without building a tree. `None` means
+/// "not taken": the scan refuses whatever `parse_strict` refuses (and, to stay simple, a little more: lone
+/// surrogate escapes, nesting past 100, an empty container at the depth bound), so the caller runs
+/// `parse_strict` for the exact error. When it accepts, `parse_strict` accepts the same document.
+pub fn scan(bytes: &[u8], max_depth: usize) -> Option<Scan<'_>> {
+    let mut scanner = Scanner {
+        bytes,
+        pos: 0,
+        nodes: Vec::with_capacity(16),
+        max_depth: max_depth.min(SCAN_DEPTH_CAP),
+        keys: Vec::new(),
+    };
+    scanner.value(0)?;
+    scanner.skip_whitespace();
+    if scanner.pos != bytes.len() {
+        return None;
+    }
+    Some(Scan {
+        bytes,
+        nodes: scanner.nodes,
+    })
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    nodes: Vec<Node>,
+    max_depth: usize,
+    /// Scratch for one object's keys (reused: an object's keys are compared when it closes).
+    keys: Vec<Cow<'a, [u8]>>,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.skip_whitespace();
+        (self.peek()? == byte).then(|| self.pos += 1)
+    }
+
+    fn leaf(&mut self, start: usize, token: Token) {
+        let next = self.nodes.len() + 1;
+        self.nodes.push(Node {
+            start,
+            end: self.pos,
+            next,
+            token,
+        });
+    }
+
+    /// One value at `depth` (the top level is 0).
+    fn value(&mut self, depth: usize) -> Option<()> {
+        self.skip_whitespace();
+        let start = self.pos;
+        match self.peek()? {
+            open @ (b'{' | b'[') => {
+                // Conservative: `parse_strict` refuses a non-empty container here, and an empty array.
+                if depth + 1 > self.max_depth {
+                    return None;
+                }
+                let index = self.nodes.len();
+                let token = if open == b'{' {
+                    Token::Object
+                } else {
+                    Token::Array
+                };
+                self.nodes.push(Node {
+                    start,
+                    end: start,
+                    next: index + 1,
+                    token,
+                });
+                self.pos += 1;
+                if open == b'{' {
+                    self.object(index, depth)?;
+                } else {
+                    self.array(depth)?;
+                }
+                let (end, next) = (self.pos, self.nodes.len());
+                let node = self.nodes.get_mut(index)?;
+                node.end = end;
+                node.next = next;
+            }
+            b'"' => {
+                let escaped = self.string()?;
+                self.leaf(start, Token::Str { escaped });
+            }
+            b'-' | b'0'..=b'9' => {
+                let verbatim = self.number()?;
+                self.leaf(start, Token::Number { verbatim });
+            }
+            b't' => self.literal(start, b"true")?,
+            b'f' => self.literal(start, b"false")?,
+            b'n' => self.literal(start, b"null")?,
+            _ => return None,
+        }
+        Some(())
+    }
+
+    fn literal(&mut self, start: usize, word: &[u8]) -> Option<()> {
+        let end = start.checked_add(word.len())?;
+        if self.bytes.get(start..end)? != word {
+            return None;
+        }
+        self.pos = end;
+        self.leaf(start, Token::Literal);
+        Some(())
+    }
+
+    fn array(&mut self, depth: usize) -> Option<()> {
+        self.skip_whitespace();
+        if self.peek()? == b']' {
+            self.pos += 1;
+            return Some(());
+        }
+        loop {
+            self.value(depth + 1)?;
+            self.skip_whitespace();
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn object(&mut self, index: usize, depth: usize) -> Option<()> {
+        self.skip_whitespace();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(());
+        }
+        loop {
+            self.skip_whitespace();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let start = self.pos;
+            let escaped = self.string()?;
+            self.leaf(start, Token::Str { escaped });
+            self.expect(b':')?;
+            self.value(depth + 1)?;
+            self.skip_whitespace();
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        // Duplicate keys: the decoded keys, sorted, must all differ.
+        let mut keys = core::mem::take(&mut self.keys);
+        keys.clear();
+        let mut child = index + 1;
+        while child < self.nodes.len() {
+            keys.push(decoded(self.bytes, self.nodes.get(child)?)?);
+            child = self.nodes.get(child + 1)?.next;
+        }
+        keys.sort_unstable();
+        let unique = keys.windows(2).all(|pair| pair.first() != pair.get(1));
+        keys.clear();
+        self.keys = keys;
+        unique.then_some(())
+    }
+
+    /// A string at `pos` (its opening quote); whether it has escapes.
+    fn string(&mut self) -> Option<bool> {
+        self.pos += 1;
+        let content = self.pos;
+        let mut escaped = false;
+        let mut ascii = true;
+        loop {
+            match *self.bytes.get(self.pos)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.pos += 1;
+                    match self.peek()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
+                        b'u' => {
+                            self.pos += 1;
+                            let unit = self.hex4()?;
+                            if (0xDC00..0xE000).contains(&unit) {
+                                return None;
+                            }
+                            if (0xD800..0xDC00).contains(&unit) {
+                                if self.bytes.get(self.pos..self.pos + 2)? != b"\\u" {
+                                    return None;
+                                }
+                                self.pos += 2;
+                                if !(0xDC00..0xE000).contains(&self.hex4()?) {
+                                    return None;
+                                }
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                0x00..=0x1f => return None,
+                0x80.. => {
+                    ascii = false;
+                    self.pos += 1;
+                }
+                _ => self.pos += 1,
+            }
+        }
+        if !ascii {
+            core::str::from_utf8(self.bytes.get(content..self.pos)?).ok()?;
+        }
+        self.pos += 1;
+        Some(escaped)
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.bytes.get(self.pos..self.pos + 4)?;
+        let mut unit = 0;
+        for &d in digits {
+            unit = unit * 16 + char::from(d).to_digit(16)?;
+        }
+        self.pos += 4;
+        Some(unit)
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// A number at `pos`; whether serde_json writes it back byte for byte (an integer it reads as
+    /// `u64` or `i64`). Any other number is read by serde_json itself, which refuses the out-of-range.
+    fn number(&mut self) -> Option<bool> {
+        let start = self.pos;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.pos += 1;
+        }
+        let int_start = self.pos;
+        match self.peek()? {
+            b'0' => self.pos += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        let int_digits = self.pos - int_start;
+        let mut verbatim = true;
+        if self.peek() == Some(b'.') {
+            verbatim = false;
+            self.pos += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            verbatim = false;
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        let text = self.bytes.get(start..self.pos)?;
+        if verbatim && int_digits <= 19 {
+            let magnitude = self
+                .bytes
+                .get(int_start..self.pos)?
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            // serde_json reads `-0` as the float -0.0, and below i64::MIN as a float.
+            if negative && !(1..=1u64 << 63).contains(&magnitude) {
+                verbatim = false;
+            }
+        } else {
+            verbatim = false;
+        }
+        if !verbatim {
+            serde_json::from_slice::<serde_json::Number>(text).ok()?;
+        }
+        Some(verbatim)
+    }
+}
+
+/// The decoded bytes of the string `node` (borrowed when it has no escapes).
+fn decoded<'a>(bytes: &'a [u8], node: &Node) -> Option<Cow<'a, [u8]>> {
+    let raw = bytes.get(node.start..node.end)?;
+    match node.token {
+        Token::Str { escaped: false } => raw.get(1..raw.len().checked_sub(1)?).map(Cow::Borrowed),
+        Token::Str { escaped: true } => serde_json::from_slice::<String>(raw)
+            .ok()
+            .map(|s| Cow::Owned(s.into_bytes())),
+        _ => None,
+    }
+}
+
+/// The spans of one document or value, borrowed.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    bytes: &'a [u8],
+    nodes: &'a [Node],
+}
+
+impl<'a> View<'a> {
+    fn bytes_of(&self, index: usize) -> Option<&'a [u8]> {
+        let node = self.nodes.get(index)?;
+        self.bytes.get(node.start..node.end)
+    }
+
+    /// The decoded bytes of the string at `index` (borrowed when it has no escapes).
+    fn key(&self, index: usize) -> Option<Cow<'a, [u8]>> {
+        decoded(self.bytes, self.nodes.get(index)?)
+    }
+
+    /// The members of the object at `index`: (key index, value index) in document order.
+    fn members(&self, index: usize) -> impl Iterator<Item = (usize, usize)> + 'a {
+        let nodes = self.nodes;
+        let end = nodes.get(index).map_or(0, |n| n.next);
+        let mut child = index + 1;
+        core::iter::from_fn(move || {
+            if child >= end {
+                return None;
+            }
+            let key = child;
+            let value = nodes.get(key + 1)?;
+            child = value.next;
+            Some((key, key + 1))
+        })
+    }
+
+    /// The value of `key` in the object at `index`.
+    fn member(&self, index: usize, key: &str) -> Option<usize> {
+        if self.nodes.get(index)?.token != Token::Object {
+            return None;
+        }
+        self.members(index)
+            .find(|&(k, _)| self.key(k).as_deref() == Some(key.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The canonical form of the value at `index` (what [`canonical`] writes for its `Value`).
+    fn write_canonical(&self, index: usize, out: &mut impl Sink) -> Option<()> {
+        let node = self.nodes.get(index)?;
+        match node.token {
+            Token::Literal | Token::Str { escaped: false } | Token::Number { verbatim: true } => {
+                out.put(self.bytes_of(index)?)
+            }
+            Token::Str { escaped: true } => {
+                let text: String = serde_json::from_slice(self.bytes_of(index)?).ok()?;
+                write_string(&text, out);
+            }
+            Token::Number { verbatim: false } => {
+                let number: serde_json::Number =
+                    serde_json::from_slice(self.bytes_of(index)?).ok()?;
+                let mut text = Vec::with_capacity(24);
+                serde_json::to_writer(&mut text, &number).ok()?;
+                out.put(&text);
+            }
+            Token::Array => {
+                out.put(b"[");
+                let mut child = index + 1;
+                while child < node.next {
+                    if child > index + 1 {
+                        out.put(b",");
+                    }
+                    self.write_canonical(child, out)?;
+                    child = self.nodes.get(child)?.next;
+                }
+                out.put(b"]");
+            }
+            Token::Object => {
+                let mut members = Vec::new();
+                for (key, value) in self.members(index) {
+                    members.push((self.key(key)?, key, value));
+                }
+                members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                out.put(b"{");
+                for (i, (_, key, value)) in members.into_iter().enumerate() {
+                    if i > 0 {
+                        out.put(b",");
+                    }
+                    self.write_canonical(key, out)?;
+                    out.put(b":");
+                    self.write_canonical(value, out)?;
+                }
+                out.put(b"}");
+            }
+        }
+        Some(())
+    }
+}
+
+impl<'a> Scan<'a> {
+    fn view(&self) -> View<'_> {
+        View {
+            bytes: self.bytes,
+            nodes: &self.nodes,
+        }
+    }
+
+    /// The top-level value.
+    pub fn root(&self) -> ValueRef {
+        ValueRef(0)
+    }
+
+    /// The value of `key` when `of` is an object that has it.
+    pub fn member(&self, of: ValueRef, key: &str) -> Option<ValueRef> {
+        self.view().member(of.0, key).map(ValueRef)
+    }
+
+    pub fn is_object(&self, value: ValueRef) -> bool {
+        self.nodes.get(value.0).map(|n| n.token) == Some(Token::Object)
+    }
+
+    /// The decoded text when `value` is a string.
+    pub fn as_str(&self, value: ValueRef) -> Option<Cow<'a, str>> {
+        match decoded(self.bytes, self.nodes.get(value.0)?)? {
+            Cow::Borrowed(b) => core::str::from_utf8(b).ok().map(Cow::Borrowed),
+            Cow::Owned(b) => String::from_utf8(b).ok().map(Cow::Owned),
+        }
+    }
+
+    /// Where `value` is in the document's bytes.
+    pub fn span(&self, value: ValueRef) -> Option<core::ops::Range<usize>> {
+        self.nodes.get(value.0).map(|n| n.start..n.end)
+    }
+
+    /// `value` on its own, owned.
+    pub fn to_raw(&self, value: ValueRef) -> Option<RawJson> {
+        let root = self.nodes.get(value.0)?;
+        let text = core::str::from_utf8(self.bytes.get(root.start..root.end)?).ok()?;
+        let nodes = self
+            .nodes
+            .get(value.0..root.next)?
+            .iter()
+            .map(|n| Node {
+                start: n.start.saturating_sub(root.start),
+                end: n.end.saturating_sub(root.start),
+                next: n.next.saturating_sub(value.0),
+                token: n.token,
+            })
+            .collect();
+        Some(RawJson {
+            text: text.into(),
+            nodes,
+        })
+    }
+}
+
+/// A value in a [`Scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueRef(usize);
+
+impl RawJson {
+    fn view(&self) -> View<'_> {
+        View {
+            bytes: self.text.as_bytes(),
+            nodes: &self.nodes,
+        }
+    }
+
+    /// The value's bytes as they were sent.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value as a tree (it was checked when scanned; this parses it again).
+    pub fn to_value(&self) -> Result<Value, JsonError> {
+        parse_strict(self.text.as_bytes(), SCAN_DEPTH_CAP + 1)
+    }
+
+    /// The value at the JSON pointer `pointer` (RFC 6901, read as `Value::pointer` reads it), as a tree.
+    pub fn pointer(&self, pointer: &str) -> Option<Value> {
+        let view = self.view();
+        let mut at = 0;
+        if !pointer.is_empty() {
+            for token in pointer.strip_prefix('/')?.split('/') {
+                let token = token.replace("~1", "/").replace("~0", "~");
+                let node = view.nodes.get(at)?;
+                at = match node.token {
+                    Token::Object => view.member(at, &token)?,
+                    Token::Array => {
+                        // As serde_json: no sign, no leading zero.
+                        if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+                            return None;
+                        }
+                        let wanted: usize = token.parse().ok()?;
+                        let mut child = at + 1;
+                        for _ in 0..wanted {
+                            child = view.nodes.get(child)?.next;
+                        }
+                        if child >= node.next {
+                            return None;
+                        }
+                        child
+                    }
+                    _ => return None,
+                };
+            }
+        }
+        parse_strict(view.bytes_of(at)?, SCAN_DEPTH_CAP + 1).ok()
+    }
+
+    /// Its canonical form, as [`canonical`] writes the same value's tree.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.text.len());
+        let _ = self.view().write_canonical(0, &mut out);
+        out
+    }
+
+    /// The SHA-256 of its canonical form, streamed into the hash (no canonical copy).
+    pub fn canonical_sha256(&self) -> [u8; 32] {
+        let mut out = HashSink::default();
+        let _ = self.view().write_canonical(0, &mut out);
+        out.finish()
+    }
+}
+
+/// Where the canonical writer puts its bytes.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Feeds SHA-256 in chunks: the canonical writer's many one-byte writes go to a buffer first.
+struct HashSink {
+    hasher: Sha256,
+    buffer: [u8; 256],
+    len: usize,
+}
+
+impl Default for HashSink {
+    fn default() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            buffer: [0; 256],
+            len: 0,
+        }
+    }
+}
+
+impl HashSink {
+    fn flush(&mut self) {
+        self.hasher
+            .update(self.buffer.get(..self.len).unwrap_or_default());
+        self.len = 0;
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        self.flush();
+        self.hasher.finalize().into()
+    }
+}
+
+impl Sink for HashSink {
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some(room) = self.buffer.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        self.flush();
+        if let Some(room) = self.buffer.get_mut(..bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len = bytes.len();
+        } else {
+            self.hasher.update(bytes);
+        }
+    }
+}
+
+/// JSON texts as clients may send them (any spacing and key order, escapes serde_json never writes, keys
+/// that repeat, numbers of every shape), for the tests that hold the scan to `parse_strict`.
+#[cfg(test)]
+pub(crate) mod texts {
+    use proptest::prelude::*;
+
+    fn render_string(chars: &[(char, u8)]) -> String {
+        let mut out = String::from("\"");
+        for &(c, style) in chars {
+            let short = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '/' if style == 2 => Some("\\/"),
+                '\n' => Some("\\n"),
+                '\t' => Some("\\t"),
+                '\u{8}' => Some("\\b"),
+                '\u{c}' => Some("\\f"),
+                '\r' => Some("\\r"),
+                _ => None,
+            };
+            match (short, style) {
+                (_, 1) => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04X}"));
+                    }
+                }
+                (Some(text), _) => out.push_str(text),
+                (None, _) if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                (None, _) => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    pub(crate) fn string() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            (
+                prop_oneof![
+                    4 => prop::char::range('a', 'c'),
+                    1 => Just('/'),
+                    1 => Just('"'),
+                    1 => Just('\\'),
+                    1 => prop::char::range('\u{0}', '\u{1f}'),
+                    1 => Just('é'),
+                    1 => Just('\u{1F600}'),
+                    1 => Just('\u{7f}'),
+                ],
+                0u8..3,
+            ),
+            0..5,
+        )
+        .prop_map(|chars| render_string(&chars))
+    }
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            "-?(0|[1-9][0-9]{0,21})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
+            Just("-0".to_string()),
+            Just("-9223372036854775808".to_string()),
+            Just("-9223372036854775809".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("1e400".to_string()),
+        ]
+    }
+
+    fn space() -> impl Strategy<Value = &'static str> {
+        prop_oneof![6 => Just(""), 1 => Just(" "), 1 => Just("\n\t "), 1 => Just("\r")]
+    }
+
+    /// One JSON text (always well-formed; duplicate keys and numbers out of range do occur).
+    pub(crate) fn text() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            number(),
+            string(),
+        ];
+        leaf.prop_recursive(5, 48, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec((inner.clone(), space()), 0..5).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(v, s)| format!("{s}{v}{s}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+                prop::collection::vec((string(), inner, space()), 0..5).prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(k, v, s)| format!("{s}{k}{s}:{s}{v}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
 }
 
 #[cfg(test)]
@@ -427,6 +1173,135 @@ mod tests {
         #[test]
         fn strict_parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = parse_strict(&bytes, 8);
+        }
+    }
+
+    /// What the scan accepts, `parse_strict` accepts, with the same value and the same canonical form.
+    fn scan_agrees(bytes: &[u8], max_depth: usize) -> Result<bool, TestCaseError> {
+        let strict = parse_strict(bytes, max_depth);
+        let Some(scanned) = scan(bytes, max_depth) else {
+            return Ok(false);
+        };
+        let tree = match strict {
+            Ok(tree) => tree,
+            Err(e) => {
+                return Err(TestCaseError::fail(format!(
+                    "scan accepted what parse_strict refused: {e}"
+                )))
+            }
+        };
+        let raw = scanned.to_raw(scanned.root()).unwrap();
+        prop_assert_eq!(raw.as_str().as_bytes(), bytes.trim_ascii());
+        prop_assert_eq!(raw.to_value().unwrap(), tree.clone());
+        let expected = canonical(&tree);
+        let mine = raw.canonical();
+        prop_assert_eq!(
+            String::from_utf8_lossy(&mine),
+            String::from_utf8_lossy(&expected)
+        );
+        prop_assert_eq!(raw.canonical_sha256(), crate::encoding::sha256(&expected));
+        Ok(true)
+    }
+
+    #[test]
+    fn scan_examples() {
+        for (text, taken) in [
+            (
+                r#"{"b":[1,2.5,-0,1e2,"x\u00e9\/"],"a":{"\u0061":null}}"#,
+                true,
+            ),
+            (r#"{"a":1,"\u0061":2}"#, false),
+            (r#"{"a":{"k":1,"k":1}}"#, false),
+            (r#""\ud800""#, false),
+            (r#""\ud83d\ude00""#, true),
+            ("[1,]", false),
+            ("01", false),
+            ("1e400", false),
+            (" {} ", true),
+        ] {
+            let taken_now = scan(text.as_bytes(), 8).is_some();
+            assert_eq!(taken_now, taken, "{text}");
+            if taken {
+                let raw = scan(text.as_bytes(), 8).unwrap();
+                let raw = raw.to_raw(raw.root()).unwrap();
+                assert_eq!(
+                    raw.canonical(),
+                    canonical(&parse_strict(text.as_bytes(), 8).unwrap()),
+                    "{text}"
+                );
+            }
+        }
+        assert!(scan(b"[[[]]]", 2).is_none() && scan(b"[[[]]]", 3).is_some());
+    }
+
+    #[test]
+    fn pointers_read_as_serde_jsons() {
+        let text = r#"{"a":[10,{"b/c":{"~":true}},[]],"":1,"e\u0301":"x","0":{"01":2}}"#;
+        let tree = parse_strict(text.as_bytes(), 8).unwrap();
+        let scanned = scan(text.as_bytes(), 8).unwrap();
+        let raw = scanned.to_raw(scanned.root()).unwrap();
+        for pointer in [
+            "",
+            "/",
+            "/a",
+            "/a/0",
+            "/a/1",
+            "/a/1/b~1c",
+            "/a/1/b~1c/~0",
+            "/a/2",
+            "/a/2/0",
+            "/a/3",
+            "/a/01",
+            "/a/+1",
+            "/a/-1",
+            "/a/x",
+            "a",
+            "/e\u{301}",
+            "/0/01",
+            "/0/1",
+            "/a/0/x",
+            "/zz",
+        ] {
+            assert_eq!(
+                raw.pointer(pointer),
+                tree.pointer(pointer).cloned(),
+                "{pointer}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn scan_is_parse_strict_on_json_texts(text in texts::text(), max_depth in 1usize..8) {
+            let taken = scan_agrees(text.as_bytes(), max_depth)?;
+            // The texts avoid what the scan leaves to parse_strict (lone surrogates, the depth bound, numbers
+            // out of range, duplicate keys), so whatever parse_strict accepts the scan takes too.
+            if !taken && parse_strict(text.as_bytes(), max_depth).is_ok() {
+                let deep = parse_strict(text.as_bytes(), max_depth.saturating_sub(1)).is_err();
+                prop_assert!(deep, "scan refused {}", text);
+            }
+        }
+
+        #[test]
+        fn scan_is_parse_strict_on_damaged_texts(
+            text in texts::text(),
+            at in any::<prop::sample::Index>(),
+            byte in prop_oneof![any::<u8>(), prop::sample::select(b"{}[]\",:\\ 0e.-u".to_vec())],
+            insert in any::<bool>(),
+        ) {
+            let mut bytes = text.into_bytes();
+            let i = at.index(bytes.len() + 1);
+            if insert || i == bytes.len() {
+                bytes.insert(i, byte);
+            } else {
+                bytes[i] = byte;
+            }
+            scan_agrees(&bytes, 6)?;
+        }
+
+        #[test]
+        fn scan_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = scan_agrees(&bytes, 8);
         }
     }
 }

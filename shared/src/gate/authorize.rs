@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::audit::LimitAudit;
 use crate::authorization::{self, AuthzError, Kind};
 use crate::delegation::{self, Delegation};
-use crate::encoding::sha256_hex;
-use crate::json::canonical;
+use crate::encoding::hex_lower;
+use crate::json::JsonError;
 use crate::listing::ListKind;
 use crate::mcp::{self, CompletionRef, Reference, Target};
 use crate::policy::{ArgumentsAudit, LimitKey, Mode, Rule, StoreErrorPolicy};
@@ -16,6 +14,21 @@ use crate::ratelimit::{self, LimitState, StoreError};
 use crate::token::VerifiedToken;
 
 use super::*;
+
+/// Arguments kept as bytes were checked when read, so this does not happen; if it did, the call is refused
+/// as an unreadable body rather than authorized on arguments nobody looked at.
+fn arguments_error(e: JsonError) -> mcp::McpError {
+    match e {
+        JsonError::DuplicateKey { path, key } => mcp::McpError::DuplicateKey {
+            path: format!("/params/arguments{path}"),
+            key,
+        },
+        JsonError::TooDeep { max_depth } => mcp::McpError::TooDeep { max: max_depth },
+        other => mcp::McpError::Json {
+            detail: other.to_string(),
+        },
+    }
+}
 
 impl Gate {
     /// Continues after the host consulted its limiter (or the rate limit service).
@@ -155,7 +168,7 @@ impl Gate {
         };
         let (kind, name, arguments) = match target {
             Target::Tool(call) => (Kind::Tool, call.name, Some(call.arguments)),
-            Target::Prompt(get) => (Kind::Prompt, get.name, Some(get.arguments)),
+            Target::Prompt(get) => (Kind::Prompt, get.name, Some(get.arguments.into())),
             Target::Resource(read) => (Kind::Resource, read.uri, None),
         };
         self.authorize_target(ev, token, delegation, kind, name, arguments)
@@ -256,7 +269,7 @@ impl Gate {
         delegation: Delegation,
         kind: Kind,
         name: String,
-        arguments: Option<Value>,
+        arguments: Option<mcp::Arguments>,
     ) -> Step {
         match kind {
             Kind::Tool => ev.audit.tool = Some(name.clone()),
@@ -266,9 +279,12 @@ impl Gate {
         if let Some(arguments) = &arguments {
             match self.policy.arguments_audit {
                 ArgumentsAudit::Hash => {
-                    ev.audit.arguments_sha256 = Some(sha256_hex(&canonical(arguments)))
+                    ev.audit.arguments_sha256 = Some(hex_lower(&arguments.canonical_sha256()))
                 }
-                ArgumentsAudit::Full => ev.audit.arguments = Some(arguments.clone()),
+                ArgumentsAudit::Full => match arguments.to_value() {
+                    Ok(tree) => ev.audit.arguments = Some(tree),
+                    Err(e) => return Step::Done(Box::new(self.deny_mcp(ev, &arguments_error(e)))),
+                },
                 ArgumentsAudit::None => {}
             }
         }

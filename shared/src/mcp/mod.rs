@@ -8,11 +8,13 @@ use core::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::json::{parse_strict, JsonError};
+use crate::json::{self, parse_strict, JsonError};
 
+mod arguments;
 mod path;
 pub mod routing;
 
+pub use arguments::Arguments;
 pub use path::{is_normalized, normalize_path};
 pub use routing::RoutingHeaders;
 
@@ -219,7 +221,7 @@ impl From<McpError> for Refusal {
 pub struct ToolCall {
     pub name: String,
     /// `params.arguments`, always an object (`{}` when absent or null).
-    pub arguments: Value,
+    pub arguments: Arguments,
 }
 
 /// A `prompts/get` request.
@@ -450,6 +452,43 @@ pub fn parse_request(
     if body.len() > max_bytes {
         return Err(McpError::TooLarge { max: max_bytes }.into());
     }
+    if let Some(message) = read_tool_call(body, max_depth) {
+        return Ok(message);
+    }
+    read_tree(body, max_depth)
+}
+
+/// The typed reader of a `tools/call` (issue #17: big arguments): one strict scan of the whole body (syntax,
+/// duplicate keys, depth) that keeps `params.arguments` as bytes, then the general reader on the envelope
+/// alone (the body with `{}` in place of the arguments), which the scan already proved as strict as the whole.
+/// `None` whenever the body is anything else (another method, arguments not an object, a refusal): the
+/// general reader then decides, and words any refusal, exactly as for every other body.
+fn read_tool_call(body: &[u8], max_depth: usize) -> Option<McpMessage> {
+    let scan = json::scan(body, max_depth)?;
+    let root = scan.root();
+    let method = scan.as_str(scan.member(root, "method")?)?;
+    if !method.eq_ignore_ascii_case(TOOLS_CALL) {
+        return None;
+    }
+    let arguments = scan.member(scan.member(root, "params")?, "arguments")?;
+    if !scan.is_object(arguments) {
+        return None;
+    }
+    let span = scan.span(arguments)?;
+    let mut envelope = Vec::with_capacity(body.len() - span.len() + 2);
+    envelope.extend_from_slice(body.get(..span.start)?);
+    envelope.extend_from_slice(b"{}");
+    envelope.extend_from_slice(body.get(span.end..)?);
+    let mut message = read_tree(&envelope, max_depth).ok()?;
+    match &mut message.target {
+        Some(Target::Tool(call)) => call.arguments = Arguments::from_raw(scan.to_raw(arguments)?),
+        _ => return None,
+    }
+    Some(message)
+}
+
+/// The general reader: the body as a `serde_json::Value`, then the JSON-RPC checks on it.
+fn read_tree(body: &[u8], max_depth: usize) -> Result<McpMessage, Refusal> {
     let value = parse_strict(body, max_depth).map_err(|e| match e {
         JsonError::DuplicateKey { path, key } => McpError::DuplicateKey { path, key },
         JsonError::TooDeep { max_depth } => McpError::TooDeep { max: max_depth },
@@ -520,7 +559,10 @@ pub fn parse_request(
                 McpError::ToolName { detail }
             })
             .map_err(refuse)?;
-            Some(Target::Tool(ToolCall { name, arguments }))
+            Some(Target::Tool(ToolCall {
+                name,
+                arguments: Arguments::from(arguments),
+            }))
         }
         Some(m) if m.eq_ignore_ascii_case(PROMPTS_GET) => {
             let (name, arguments) = read_named(&mut params, PROMPTS_GET, |detail| {
@@ -793,6 +835,20 @@ mod tests {
         let call = m.tool_call().unwrap();
         assert_eq!(call.name, "send_email");
         assert_eq!(call.arguments, json!({"to":"a@b"}));
+    }
+
+    #[test]
+    fn tool_call_arguments_are_kept_as_sent() {
+        let body = r#"{"params":{"arguments": {"to":"a@b", "n":[1, 2.50]},"name":"send_email"},"method":"tools/call","id":7,"jsonrpc":"2.0"}"#;
+        let m = parse(body).unwrap();
+        let call = m.tool_call().unwrap();
+        assert_eq!(call.arguments.raw(), Some(r#"{"to":"a@b", "n":[1, 2.50]}"#));
+        assert_eq!(call.arguments, json!({"to":"a@b","n":[1,2.5]}));
+        assert_eq!(
+            call.arguments.canonical_sha256(),
+            crate::encoding::sha256(br#"{"n":[1,2.5],"to":"a@b"}"#)
+        );
+        assert_eq!(m, read_tree(body.as_bytes(), 32).unwrap());
     }
 
     #[test]
@@ -1150,7 +1206,81 @@ mod tests {
         }
     }
 
+    /// MCP bodies around arguments of every shape, members in any order, sometimes repeated.
+    fn arb_body() -> impl Strategy<Value = String> {
+        use crate::json::texts;
+        let method = prop::sample::select(vec![
+            "tools/call",
+            "TOOLS/Call",
+            "prompts/get",
+            "tools/list",
+        ]);
+        let name = prop_oneof![
+            4 => Just(r#""send_email""#.to_string()),
+            1 => Just(r#""""#.to_string()),
+            1 => Just("7".to_string()),
+            1 => texts::string(),
+        ];
+        let arguments = prop_oneof![
+            4 => texts::text().prop_map(|t| format!(r#"{{"k":{t}, "a" : [{t}]}}"#)),
+            2 => texts::text(),
+            1 => Just("null".to_string()),
+        ];
+        let id = prop::sample::select(vec!["1", r#""a""#, "null", "{}"]);
+        (
+            method,
+            name,
+            arguments,
+            id,
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_flat_map(|(method, name, arguments, id, repeat, meta, _)| {
+                let mut params = vec![
+                    format!(r#""name":{name}"#),
+                    format!(r#""arguments": {arguments}"#),
+                ];
+                if repeat {
+                    params.push(r#""arguments":{}"#.to_string());
+                }
+                if meta {
+                    params.push(
+                        r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#
+                            .into(),
+                    );
+                }
+                let params = Just(params).prop_shuffle();
+                (Just(method), Just(id), params)
+            })
+            .prop_flat_map(|(method, id, params)| {
+                let members = vec![
+                    r#""jsonrpc":"2.0""#.to_string(),
+                    format!(r#""id":{id}"#),
+                    format!(r#""method":"{method}""#),
+                    format!(r#""params": {{ {} }}"#, params.join(",")),
+                ];
+                Just(members).prop_shuffle()
+            })
+            .prop_map(|members| format!("{{{}}}", members.join(",")))
+    }
+
     proptest! {
+        /// The typed reader and the tree reader: the same message or the same refusal, and the same hash.
+        #[test]
+        fn typed_reader_is_the_tree_reader(body in arb_body(), max_depth in 3usize..9) {
+            let typed = parse_request(body.as_bytes(), 1 << 20, max_depth);
+            let tree = read_tree(body.as_bytes(), max_depth);
+            prop_assert_eq!(&typed, &tree, "{}", body);
+            if let Ok(McpMessage { target: Some(Target::Tool(call)), .. }) = &typed {
+                let value = call.arguments.to_value().unwrap();
+                prop_assert_eq!(
+                    call.arguments.canonical_sha256(),
+                    crate::encoding::sha256(&crate::json::canonical(&value))
+                );
+            }
+        }
+
         #[test]
         fn parse_never_panics(body in prop::collection::vec(any::<u8>(), 0..128)) {
             let _ = parse_message(&body, 1024, 16);

@@ -4,9 +4,11 @@
 //! constraints against the token's claims; and which list entries a caller may see.
 
 use core::fmt;
+use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
+use crate::mcp::Arguments;
 use crate::names::{NameMatch, NamedRules};
 use crate::policy::Policy;
 use crate::rule::{Effect, Mode, Rule};
@@ -151,7 +153,7 @@ pub fn authorize(
     rule: &Rule,
     kind: Kind,
     name: &str,
-    arguments: Option<&Value>,
+    arguments: Option<&Arguments>,
     effective: &ScopeSet,
     claims: &Map<String, Value>,
 ) -> Result<(), AuthzError> {
@@ -159,9 +161,8 @@ pub fn authorize(
     if rule.constraints.is_empty() {
         return Ok(());
     }
-    let empty = Value::Object(Map::new());
+    let empty = Arguments::from(Value::Object(Map::new()));
     let arguments = arguments.unwrap_or(&empty);
-    let claims = Value::Object(claims.clone());
     for c in &rule.constraints {
         let fail = |problem| AuthzError::Constraint {
             kind,
@@ -170,21 +171,34 @@ pub fn authorize(
             claim: c.claim.clone(),
             problem,
         };
+        // Only the constrained argument becomes a tree (big arguments are kept as bytes).
         let argument = arguments
             .pointer(&c.argument)
             .ok_or_else(|| fail("is missing; required by"))?;
-        let claim = claims
-            .pointer(&c.claim)
-            .ok_or_else(|| fail("cannot be checked: token has no"))?;
-        let ok = match claim {
-            Value::Array(items) => items.contains(argument),
-            other => other == argument,
+        let claim =
+            claim_at(claims, &c.claim).ok_or_else(|| fail("cannot be checked: token has no"))?;
+        let ok = match claim.as_ref() {
+            Value::Array(items) => items.contains(&argument),
+            other => *other == argument,
         };
         if !ok {
             return Err(fail("does not match"));
         }
     }
     Ok(())
+}
+
+/// `Value::pointer` on the claims without copying them into a `Value` first.
+fn claim_at<'a>(claims: &'a Map<String, Value>, pointer: &str) -> Option<Cow<'a, Value>> {
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return Value::Object(claims.clone())
+            .pointer(pointer)
+            .cloned()
+            .map(Cow::Owned);
+    };
+    let (first, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let first = first.replace("~1", "/").replace("~0", "~");
+    claims.get(&first)?.pointer(rest).map(Cow::Borrowed)
 }
 
 /// Checks a method that only refers to a prompt or resource against that prompt's or resource's rule:

@@ -12,7 +12,7 @@ use jwt_compact::alg::{Ed25519, Es256, Rsa};
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use serde_json::{json, Value};
 use txngate_core::encoding::{self, encode_b64url};
-use txngate_core::json::{canonical, parse_strict};
+use txngate_core::json::{self, parse_strict};
 use txngate_core::ratelimit::{self, bucket_key, LimitRule, MemoryStore, SlotTable};
 use txngate_core::token::UntrustedToken;
 use txngate_core::{mcp, Body, Gate, Request};
@@ -38,15 +38,19 @@ pub const CASES: &[&str] = &[
     "mcp/parse/small",
     "mcp/parse/8KiB",
     "mcp/parse/64KiB",
+    "mcp/scan/8KiB",
     "decision/allow/cached",
     "decision/allow/cached_8KiB",
     "decision/allow/cached_64KiB",
+    "decision/allow/cached_noaudit",
+    "decision/allow/cached_8KiB_noaudit",
     "decision/allow/fresh_EdDSA",
     "decision/allow/fresh_ES256",
     "parts/token_sha256",
     "parts/token_split",
     "parts/claims_decode",
     "parts/arguments_hash",
+    "parts/arguments_hash_8KiB",
     "gcra/step",
     "gcra/MemoryStore",
     "gcra/SlotTable",
@@ -181,6 +185,8 @@ struct Shape {
     cache: bool,
     /// Agent patterns besides the three every policy has (more specific than the mailer's, so matched first).
     agent_patterns: usize,
+    /// The policy's `audit.arguments`.
+    audit: &'static str,
 }
 
 fn policy(jwks: Value, shape: &Shape) -> Value {
@@ -221,6 +227,7 @@ fn policy(jwks: Value, shape: &Shape) -> Value {
         "token": {"max_lifetime_seconds": 172_800, "cache_entries": if shape.cache { 1024 } else { 0 }},
         "agents": agents,
         "delegation": {"max_depth": 2},
+        "audit": {"arguments": shape.audit},
         // Room for the 64 KiB-argument case (the default is 64 KiB for the whole body).
         "mcp": {"max_body_bytes": 131_072},
         "tools": tools,
@@ -247,6 +254,15 @@ fn tools_call(pad: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The arguments of [`tools_call`] as the gate gets them (kept as bytes by the typed reader).
+fn arguments(pad: usize) -> Result<mcp::Arguments, String> {
+    let message = mcp::parse_message(&tools_call(pad), 131_072, 32).map_err(|e| e.to_string())?;
+    message
+        .tool_call()
+        .map(|call| call.arguments.clone())
+        .ok_or_else(|| "not a tools/call".to_string())
+}
+
 #[derive(Clone, Copy)]
 enum PartKind {
     TokenSha256,
@@ -266,11 +282,15 @@ enum Work {
     Parse {
         body: Vec<u8>,
     },
+    /// The strict scan alone (no tree), of a whole body.
+    Scan {
+        body: Vec<u8>,
+    },
     /// A piece of the cached path, to see where a decision's time goes.
     Part {
         which: PartKind,
         token: String,
-        arguments: Value,
+        arguments: mcp::Arguments,
     },
     GcraStep {
         rule: LimitRule,
@@ -307,6 +327,7 @@ impl Case {
                     tools: 1,
                     cache: *mode == "cached",
                     agent_patterns: 0,
+                    audit: "hash",
                 };
                 decide_case(
                     1,
@@ -318,6 +339,12 @@ impl Case {
                     0,
                 )?
             }
+            ["mcp", "scan", "8KiB"] => Self {
+                now_ms: NOW_MS,
+                work: Work::Scan {
+                    body: tools_call(8192),
+                },
+            },
             ["mcp", "parse", size] => Self {
                 now_ms: NOW_MS,
                 work: Work::Parse {
@@ -333,6 +360,8 @@ impl Case {
                     "cached" => ("ed-0", true, 0),
                     "cached_8KiB" => ("ed-0", true, 8192),
                     "cached_64KiB" => ("ed-0", true, 65536),
+                    "cached_noaudit" => ("ed-0", true, 0),
+                    "cached_8KiB_noaudit" => ("ed-0", true, 8192),
                     "fresh_EdDSA" => ("ed-0", false, 0),
                     "fresh_ES256" => ("ec", false, 0),
                     _ => return Err(format!("unknown case {name}")),
@@ -341,6 +370,11 @@ impl Case {
                     tools: 1,
                     cache,
                     agent_patterns: 0,
+                    audit: if which.ends_with("noaudit") {
+                        "none"
+                    } else {
+                        "hash"
+                    },
                 };
                 decide_case(1, false, kid, &shape, true, pad, 0)?
             }
@@ -349,7 +383,7 @@ impl Case {
                     "token_sha256" => PartKind::TokenSha256,
                     "token_split" => PartKind::TokenSplit,
                     "claims_decode" => PartKind::ClaimsDecode,
-                    "arguments_hash" => PartKind::ArgumentsHash,
+                    "arguments_hash" | "arguments_hash_8KiB" => PartKind::ArgumentsHash,
                     _ => return Err(format!("unknown case {name}")),
                 };
                 let token = Signers::new(1, false)?.sign("ed-0", &claims())?;
@@ -358,7 +392,7 @@ impl Case {
                     work: Work::Part {
                         which,
                         token,
-                        arguments: json!({"to": "bob@example.com", "subject": "quarterly numbers", "body": "see attached"}),
+                        arguments: arguments(if name.ends_with("8KiB") { 8192 } else { 0 })?,
                     },
                 }
             }
@@ -389,6 +423,7 @@ impl Case {
                             tools: 1,
                             cache: true,
                             agent_patterns: 0,
+                            audit: "hash",
                         };
                         decide_case(1, false, "ed-0", &shape, true, 0, n)?
                     }
@@ -397,6 +432,7 @@ impl Case {
                             tools: n,
                             cache: true,
                             agent_patterns: 0,
+                            audit: "hash",
                         };
                         decide_case(1, false, "ed-0", &shape, true, 0, 0)?
                     }
@@ -405,6 +441,7 @@ impl Case {
                             tools: 1,
                             cache: true,
                             agent_patterns: n,
+                            audit: "hash",
                         };
                         decide_case(1, false, "ed-0", &shape, true, 0, 0)?
                     }
@@ -413,6 +450,7 @@ impl Case {
                             tools: 1,
                             cache: false,
                             agent_patterns: 0,
+                            audit: "hash",
                         };
                         // The last Ed25519 key: a linear kid scan would show here.
                         let kid = format!("ed-{}", n.max(1) - 1);
@@ -463,6 +501,7 @@ impl Case {
                 );
                 outcome.decision.reason() == "allow"
             }
+            Work::Scan { body } => json::scan(body, 32).is_some(),
             Work::Parse { body } => mcp::parse_message(body, 131_072, 32)
                 .is_ok_and(|m| m.tool_call().is_some_and(|c| c.name == "send_email")),
             Work::Part {
@@ -475,7 +514,7 @@ impl Case {
                 PartKind::ClaimsDecode => UntrustedToken::parse(token, 8192)
                     .and_then(|t| t.payload())
                     .is_ok_and(|p| parse_strict(&p, 32).is_ok()),
-                PartKind::ArgumentsHash => encoding::sha256_hex(&canonical(arguments)).len() == 64,
+                PartKind::ArgumentsHash => arguments.canonical_sha256().first() != Some(&0xff),
             },
             Work::GcraStep { rule, tat } => {
                 let (next, state) = ratelimit::gcra(rule, Some(*tat), now_ms);

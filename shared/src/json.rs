@@ -355,6 +355,26 @@ struct Node {
 /// Deeper than this, serde_json's own recursion limit (128) could refuse what the scan accepts.
 const SCAN_DEPTH_CAP: usize = 100;
 
+/// Bytes that end a plain run in a string: the quote, the backslash, control characters and (until the
+/// string's first one is seen) non-ASCII bytes.
+const STOP_ASCII: [bool; 256] = stops(true);
+/// The same once the string is known to need a UTF-8 check.
+const STOP_TEXT: [bool; 256] = stops(false);
+
+const fn stops(non_ascii: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        #[allow(clippy::indexing_slicing)] // b < 256: in bounds, and a const fn has no `get_mut`.
+        {
+            table[b] =
+                b < 0x20 || b == b'"' as usize || b == b'\\' as usize || (non_ascii && b >= 0x80);
+        }
+        b += 1;
+    }
+    table
+}
+
 /// A document that passed the strict checks, as spans over the caller's bytes.
 #[derive(Debug)]
 pub struct Scan<'a> {
@@ -377,7 +397,8 @@ pub fn scan(bytes: &[u8], max_depth: usize) -> Option<Scan<'_>> {
     let mut scanner = Scanner {
         bytes,
         pos: 0,
-        nodes: Vec::with_capacity(16),
+        // About one value per 8 bytes in real arguments: grown rarely, not from 4 up.
+        nodes: Vec::with_capacity(16 + bytes.len() / 8),
         max_depth: max_depth.min(SCAN_DEPTH_CAP),
         keys: Vec::new(),
     };
@@ -540,59 +561,74 @@ impl<'a> Scanner<'a> {
             keys.push(decoded(self.bytes, self.nodes.get(child)?)?);
             child = self.nodes.get(child + 1)?.next;
         }
-        keys.sort_unstable();
-        let unique = keys.windows(2).all(|pair| pair.first() != pair.get(1));
+        // Most objects have a few keys: comparing each pair (lengths first) beats sorting them.
+        let unique = if keys.len() <= 12 {
+            keys.iter()
+                .enumerate()
+                .all(|(i, a)| keys.iter().skip(i + 1).all(|b| a != b))
+        } else {
+            keys.sort_unstable();
+            keys.windows(2).all(|pair| pair.first() != pair.get(1))
+        };
         keys.clear();
         self.keys = keys;
         unique.then_some(())
     }
 
-    /// A string at `pos` (its opening quote); whether it has escapes.
+    /// A string at `pos` (its opening quote); whether it has escapes. Plain runs are skipped with a table
+    /// (this loop is most of a big body's scan); UTF-8 is checked once per string that has non-ASCII bytes.
     fn string(&mut self) -> Option<bool> {
         self.pos += 1;
         let content = self.pos;
         let mut escaped = false;
-        let mut ascii = true;
+        let mut stops = &STOP_ASCII;
         loop {
-            match *self.bytes.get(self.pos)? {
+            let rest = self.bytes.get(self.pos..)?;
+            let run = rest
+                .iter()
+                .position(|&b| stops.get(usize::from(b)).copied().unwrap_or(true))?;
+            self.pos += run;
+            match *rest.get(run)? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
                     self.pos += 1;
-                    match self.peek()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
-                        b'u' => {
-                            self.pos += 1;
-                            let unit = self.hex4()?;
-                            if (0xDC00..0xE000).contains(&unit) {
-                                return None;
-                            }
-                            if (0xD800..0xDC00).contains(&unit) {
-                                if self.bytes.get(self.pos..self.pos + 2)? != b"\\u" {
-                                    return None;
-                                }
-                                self.pos += 2;
-                                if !(0xDC00..0xE000).contains(&self.hex4()?) {
-                                    return None;
-                                }
-                            }
-                        }
-                        _ => return None,
-                    }
+                    self.escape()?;
                 }
-                0x00..=0x1f => return None,
-                0x80.. => {
-                    ascii = false;
-                    self.pos += 1;
-                }
-                _ => self.pos += 1,
+                0x80.. => stops = &STOP_TEXT,
+                _ => return None,
             }
         }
-        if !ascii {
+        if core::ptr::eq(stops, &STOP_TEXT) {
             core::str::from_utf8(self.bytes.get(content..self.pos)?).ok()?;
         }
         self.pos += 1;
         Some(escaped)
+    }
+
+    /// The escape after a backslash at `pos - 1`.
+    fn escape(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
+            b'u' => {
+                self.pos += 1;
+                let unit = self.hex4()?;
+                if (0xDC00..0xE000).contains(&unit) {
+                    return None;
+                }
+                if (0xD800..0xDC00).contains(&unit) {
+                    if self.bytes.get(self.pos..self.pos + 2)? != b"\\u" {
+                        return None;
+                    }
+                    self.pos += 2;
+                    if !(0xDC00..0xE000).contains(&self.hex4()?) {
+                        return None;
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     fn hex4(&mut self) -> Option<u32> {
@@ -1303,5 +1339,21 @@ mod tests {
         fn scan_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = scan_agrees(&bytes, 8);
         }
+    }
+}
+
+#[cfg(test)]
+mod profile {
+    #[test]
+    #[ignore = "a profiling loop: valgrind --tool=callgrind on the test binary"]
+    fn scan_profile() {
+        let message = |i: usize| serde_json::json!({"id": i, "from": "carol@example.com", "subject": "re: quarterly numbers", "tags": ["finance", "q3"], "read": false, "size": 2048});
+        let thread: Vec<serde_json::Value> = (0..64).map(message).collect();
+        let body = serde_json::json!({"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"send_email","arguments":{"to": "bob@example.com", "thread": thread}}}).to_string();
+        let mut n = 0;
+        for _ in 0..200 {
+            n += super::scan(body.as_bytes(), 32).map_or(0, |s| s.nodes.len());
+        }
+        assert!(n > 0);
     }
 }

@@ -41,20 +41,17 @@ impl Gate {
             Ok(raw) => raw,
             Err(e) => return self.deny_token(ev, &e),
         };
-        // Hashed as soon as it is within the size cap, so refused tokens can be correlated too (never logged).
-        let hash = (raw.len() <= self.policy.token.max_bytes).then(|| {
-            let (hash, hex) = self.hashes.sha256(raw);
-            ev.audit.token_sha256 = Some(hex);
-            hash
-        });
-        // The cache first: only tokens that parsed (and verified) are in it, and parsing is a pure function
-        // of the raw bytes, so a hit skips re-parsing its header with the same outcome.
-        if let Some(hash) = &hash {
-            if let Some(token) = self.cache.get(hash, now_ms, self.keys.generation()) {
+        let within_cap = raw.len() <= self.policy.token.max_bytes;
+        // The cache first, keyed by the raw token (its SHA-256 comes with the entry): only tokens that parsed
+        // (and verified) are in it, and parsing is a pure function of the raw bytes, so a hit skips re-parsing
+        // its header with the same outcome.
+        if within_cap {
+            if let Some((token, hex)) = self.cache.get(raw, now_ms, self.keys.generation()) {
                 // A cached token is only as good as its issuer's keys: stale keys fail closed for it too.
                 if self.keys.is_usable(token.issuer(), now_ms) {
+                    ev.audit.token_sha256 = Some(hex);
                     // Host-verified: the host's verifier must have run for this request too, cached or not.
-                    if let Some(e) = host.and_then(|a| Self::attestation_error(a, hash)) {
+                    if let Some(e) = host.and_then(|a| Self::attestation_error(a, token.sha256())) {
                         return self.deny_token(ev, &e);
                     }
                     ev.audit.cached = true;
@@ -62,6 +59,12 @@ impl Gate {
                 }
             }
         }
+        // Hashed as soon as it is within the size cap, so refused tokens can be correlated too (never logged).
+        let hash = within_cap.then(|| {
+            let (hash, hex) = self.hashes.sha256(raw);
+            ev.audit.token_sha256 = Some(hex);
+            hash
+        });
         let untrusted = match UntrustedToken::parse(raw, self.policy.token.max_bytes) {
             Ok(t) => t,
             Err(e) => return self.deny_token(ev, &e),
@@ -162,6 +165,7 @@ impl Gate {
         issuer: usize,
         checked: SignatureChecked,
     ) -> Step {
+        let raw = untrusted.raw();
         let expected_iss = self.keys.issuer(issuer).and_then(|i| i.iss.as_deref());
         let issuer_ctx = IssuerContext {
             index: issuer,
@@ -179,7 +183,7 @@ impl Gate {
                 let token = Arc::new(token);
                 let until = token.valid_until_ms(&self.policy.token);
                 self.cache
-                    .insert(Arc::clone(&token), until, self.keys.generation());
+                    .insert(raw, Arc::clone(&token), until, self.keys.generation());
                 self.authorize(ev, token)
             }
             Err(e) => self.deny_token(ev, &e),

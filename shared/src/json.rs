@@ -375,6 +375,18 @@ const fn stops(non_ascii: bool) -> [bool; 256] {
     table
 }
 
+/// Whether none of the eight bytes in `word` ends a plain run ([`STOP_ASCII`] when `ascii`, else
+/// [`STOP_TEXT`]). The usual SWAR tests, exact for "some byte is": below 0x20, a quote, a backslash, ≥ 0x80.
+fn plain_word(word: u64, ascii: bool) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = ONES * 0x80;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let high = if ascii { word } else { 0 };
+    (below(word, 0x20) | below(quote, 1) | below(backslash, 1) | high) & HIGHS == 0
+}
+
 /// A document that passed the strict checks, as spans over the caller's bytes.
 #[derive(Debug)]
 pub struct Scan<'a> {
@@ -499,7 +511,7 @@ impl<'a> Scanner<'a> {
 
     fn literal(&mut self, start: usize, word: &[u8]) -> Option<()> {
         let end = start.checked_add(word.len())?;
-        if self.bytes.get(start..end)? != word {
+        if !self.bytes.get(start..end)?.iter().eq(word) {
             return None;
         }
         self.pos = end;
@@ -558,14 +570,23 @@ impl<'a> Scanner<'a> {
         keys.clear();
         let mut child = index + 1;
         while child < self.nodes.len() {
-            keys.push(decoded(self.bytes, self.nodes.get(child)?)?);
+            let key = self.nodes.get(child)?;
+            // An escaped key is compared decoded; the rest as sent (the same bytes).
+            keys.push(match key.token {
+                Token::Str { escaped: false } => {
+                    Cow::Borrowed(self.bytes.get(key.start + 1..key.end.checked_sub(1)?)?)
+                }
+                _ => decoded(self.bytes, key)?,
+            });
             child = self.nodes.get(child + 1)?.next;
         }
         // Most objects have a few keys: comparing each pair (lengths first) beats sorting them.
         let unique = if keys.len() <= 12 {
-            keys.iter()
-                .enumerate()
-                .all(|(i, a)| keys.iter().skip(i + 1).all(|b| a != b))
+            keys.iter().enumerate().all(|(i, a)| {
+                keys.iter()
+                    .skip(i + 1)
+                    .all(|b| a.len() != b.len() || a != b)
+            })
         } else {
             keys.sort_unstable();
             keys.windows(2).all(|pair| pair.first() != pair.get(1))
@@ -583,6 +604,15 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         let mut stops = &STOP_ASCII;
         loop {
+            // Eight bytes at a time while none of them ends the run, then byte by byte to the one that does.
+            let ascii = core::ptr::eq(stops, &STOP_ASCII);
+            while let Some(word) = self.bytes.get(self.pos..self.pos + 8) {
+                let word = u64::from_le_bytes(word.try_into().ok()?);
+                if !plain_word(word, ascii) {
+                    break;
+                }
+                self.pos += 8;
+            }
             let rest = self.bytes.get(self.pos..)?;
             let run = rest
                 .iter()
@@ -1307,6 +1337,22 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn plain_words_have_no_stop_byte(
+            bytes in prop_oneof![
+                any::<[u8; 8]>(),
+                prop::array::uniform8(prop::sample::select(vec![
+                    0x00, 0x01, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x5b, 0x5c, 0x5d, 0x61, 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+                ])),
+                prop::array::uniform8(0x20u8..0x7f),
+            ],
+            ascii in any::<bool>(),
+        ) {
+            let table = if ascii { &STOP_ASCII } else { &STOP_TEXT };
+            let expected = bytes.iter().all(|&b| !table[usize::from(b)]);
+            prop_assert_eq!(plain_word(u64::from_le_bytes(bytes), ascii), expected);
+        }
+
         #[test]
         fn scan_is_parse_strict_on_json_texts(text in texts::text(), max_depth in 1usize..8) {
             let taken = scan_agrees(text.as_bytes(), max_depth)?;

@@ -350,6 +350,9 @@ struct Node {
     end: usize,
     next: usize,
     token: Token,
+    /// Its canonical form is its bytes as sent (compact, keys in order, nothing to re-escape or reformat):
+    /// the hash takes the whole span at once.
+    as_sent: bool,
 }
 
 /// Deeper than this, serde_json's own recursion limit (128) could refuse what the scan accepts.
@@ -413,6 +416,8 @@ pub fn scan(bytes: &[u8], max_depth: usize) -> Option<Scan<'_>> {
         nodes: Vec::with_capacity(16 + bytes.len() / 8),
         max_depth: max_depth.min(SCAN_DEPTH_CAP),
         keys: Vec::new(),
+        whitespace: 0,
+        reformatted: 0,
     };
     scanner.value(0)?;
     scanner.skip_whitespace();
@@ -432,6 +437,10 @@ struct Scanner<'a> {
     max_depth: usize,
     /// Scratch for one object's keys (reused: an object's keys are compared when it closes).
     keys: Vec<Cow<'a, [u8]>>,
+    /// Whitespace bytes skipped so far, and values whose canonical form is not their bytes: a container
+    /// whose close finds both unchanged since its open is canonical as sent.
+    whitespace: usize,
+    reformatted: usize,
 }
 
 impl<'a> Scanner<'a> {
@@ -440,9 +449,11 @@ impl<'a> Scanner<'a> {
     }
 
     fn skip_whitespace(&mut self) {
+        let start = self.pos;
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
         }
+        self.whitespace += self.pos - start;
     }
 
     fn expect(&mut self, byte: u8) -> Option<()> {
@@ -452,11 +463,19 @@ impl<'a> Scanner<'a> {
 
     fn leaf(&mut self, start: usize, token: Token) {
         let next = self.nodes.len() + 1;
+        let as_sent = !matches!(
+            token,
+            Token::Str { escaped: true } | Token::Number { verbatim: false }
+        );
+        if !as_sent {
+            self.reformatted += 1;
+        }
         self.nodes.push(Node {
             start,
             end: self.pos,
             next,
             token,
+            as_sent,
         });
     }
 
@@ -481,17 +500,26 @@ impl<'a> Scanner<'a> {
                     end: start,
                     next: index + 1,
                     token,
+                    as_sent: false,
                 });
                 self.pos += 1;
-                if open == b'{' {
-                    self.object(index, depth)?;
+                let (whitespace, reformatted) = (self.whitespace, self.reformatted);
+                let in_order = if open == b'{' {
+                    self.object(index, depth)?
                 } else {
                     self.array(depth)?;
+                    true
+                };
+                let as_sent =
+                    in_order && whitespace == self.whitespace && reformatted == self.reformatted;
+                if !as_sent {
+                    self.reformatted += 1;
                 }
                 let (end, next) = (self.pos, self.nodes.len());
                 let node = self.nodes.get_mut(index)?;
                 node.end = end;
                 node.next = next;
+                node.as_sent = as_sent;
             }
             b'"' => {
                 let escaped = self.string()?;
@@ -539,11 +567,12 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object(&mut self, index: usize, depth: usize) -> Option<()> {
+    /// The members of the object opened at `index`; whether its keys are in canonical (sorted) order.
+    fn object(&mut self, index: usize, depth: usize) -> Option<bool> {
         self.skip_whitespace();
         if self.peek()? == b'}' {
             self.pos += 1;
-            return Some(());
+            return Some(true);
         }
         loop {
             self.skip_whitespace();
@@ -580,8 +609,12 @@ impl<'a> Scanner<'a> {
             });
             child = self.nodes.get(child + 1)?.next;
         }
-        // Most objects have a few keys: comparing each pair (lengths first) beats sorting them.
-        let unique = if keys.len() <= 12 {
+        // Keys in strictly increasing order are unique (and canonical); otherwise most objects have a few
+        // keys: comparing each pair (lengths first) beats sorting them.
+        let in_order = keys.iter().zip(keys.iter().skip(1)).all(|(a, b)| a < b);
+        let unique = if in_order {
+            true
+        } else if keys.len() <= 12 {
             keys.iter().enumerate().all(|(i, a)| {
                 keys.iter()
                     .skip(i + 1)
@@ -593,7 +626,7 @@ impl<'a> Scanner<'a> {
         };
         keys.clear();
         self.keys = keys;
-        unique.then_some(())
+        unique.then_some(in_order)
     }
 
     /// A string at `pos` (its opening quote); whether it has escapes. Plain runs are skipped with a table
@@ -794,6 +827,10 @@ impl<'a> View<'a> {
     /// The canonical form of the value at `index` (what [`canonical`] writes for its `Value`).
     fn write_canonical(&self, index: usize, out: &mut impl Sink) -> Option<()> {
         let node = self.nodes.get(index)?;
+        if node.as_sent {
+            out.put(self.bytes_of(index)?);
+            return Some(());
+        }
         match node.token {
             Token::Literal | Token::Str { escaped: false } | Token::Number { verbatim: true } => {
                 out.put(self.bytes_of(index)?)
@@ -891,6 +928,7 @@ impl<'a> Scan<'a> {
                 end: n.end.saturating_sub(root.start),
                 next: n.next.saturating_sub(value.0),
                 token: n.token,
+                as_sent: n.as_sent,
             })
             .collect();
         Some(RawJson {

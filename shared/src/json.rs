@@ -1425,19 +1425,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-mod profile {
-    #[test]
-    #[ignore = "a profiling loop: valgrind --tool=callgrind on the test binary"]
-    fn scan_profile() {
-        let message = |i: usize| serde_json::json!({"id": i, "from": "carol@example.com", "subject": "re: quarterly numbers", "tags": ["finance", "q3"], "read": false, "size": 2048});
-        let thread: Vec<serde_json::Value> = (0..64).map(message).collect();
-        let body = serde_json::json!({"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"send_email","arguments":{"to": "bob@example.com", "thread": thread}}}).to_string();
-        let mut n = 0;
-        for _ in 0..200 {
-            n += super::scan(body.as_bytes(), 32).map_or(0, |s| s.nodes.len());
-        }
-        assert!(n > 0);
-    }
-}

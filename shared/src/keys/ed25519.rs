@@ -3,13 +3,14 @@
 //! the signature's `R` bytes), computed from two fixed-base tables instead of one double-scalar product.
 //!
 //! Why: a fresh EdDSA token's cost is this check. The generic `[k](-A) + [S]B` doubles ~253 times; with a
-//! radix-16 table of `-A` (32 rows of the multiples 1..8 of `256^i·(-A)`, built at the key's first use,
-//! 40 KB on wasm32 and on 64-bit targets, shared by clones) and the same table of `B` (built once per
-//! process), both products together are at most 128 additions and 4 doublings. Verification handles
-//! public data only (the key, the signature, the message), so the table lookups are variable-time: a signed
-//! digit indexes its row directly and a zero digit adds nothing, where curve25519-dalek's own basepoint
-//! tables scan every entry of the row in constant time (a third of the cost in Wasm; its wider radix-32/64
-//! tables scan more entries and are slower still there).
+//! signed radix-64 table of `-A` (22 rows of the multiples 1..32 of `2^(12i)·(-A)`, built at the key's first
+//! use: 112,640 bytes per key on wasm32 and on 64-bit targets, shared by clones, ≈ 700 point additions once)
+//! and the same table of `B` (built once per process), both products together are at most 86 additions and
+//! 6 doublings. Verification handles public data only (the key, the signature, the message), so the lookups
+//! are variable-time: a signed digit indexes its row directly and a zero digit adds nothing. In Wasm
+//! (wasm instructions of a fresh EdDSA token check): curve25519-dalek's constant-time radix-16 basepoint
+//! tables 1,707k, its radix-64 ones 2,165k (each lookup scans the whole row), this at radix 16 1,345k, at
+//! radix 64 1,065k.
 
 use std::sync::{Arc, OnceLock};
 
@@ -19,22 +20,43 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity as _;
 use sha2::{Digest, Sha512};
 
-/// Row `i` holds `[1..=8]·256^i·P`.
-type Table = Vec<[EdwardsPoint; 8]>;
+/// The window: scalars are written in signed radix `2^W`.
+const W: usize = 6;
+/// Entries per row: the multiples `1..=2^(W-1)`.
+const HALF: usize = 1 << (W - 1);
+/// Signed digits of a reduced scalar (below `2^253`).
+const DIGITS: usize = 256_usize.div_ceil(W);
 
-/// The table of `P` (32 rows).
+/// Row `i` holds `[1..=HALF]·2^(2·W·i)·P`.
+type Table = Vec<[EdwardsPoint; HALF]>;
+
+/// `2^k·p`.
+fn times_pow2(p: EdwardsPoint, mut k: usize) -> EdwardsPoint {
+    let mut q = p;
+    while k >= 3 {
+        q = q.mul_by_cofactor();
+        k -= 3;
+    }
+    for _ in 0..k {
+        q += q;
+    }
+    q
+}
+
+/// The table of `P` (one row per two digits).
 fn build_table(point: &EdwardsPoint) -> Table {
-    let mut rows = Vec::with_capacity(32);
+    let count = DIGITS.div_ceil(2);
+    let mut rows = Vec::with_capacity(count);
     let mut base = *point;
-    for _ in 0..32 {
-        let mut row = [base; 8];
+    for _ in 0..count {
+        let mut row = [base; HALF];
         let mut acc = base;
         for entry in row.iter_mut().skip(1) {
             acc += base;
             *entry = acc;
         }
-        // 256·base = 8·8·(4·base).
-        base = row[3].mul_by_cofactor().mul_by_cofactor();
+        // 2^(2W)·base = 2^(W+1)·(2^(W-1)·base).
+        base = times_pow2(row[HALF - 1], W + 1);
         rows.push(row);
     }
     rows
@@ -46,40 +68,41 @@ fn base_table() -> &'static Table {
     TABLE.get_or_init(|| build_table(&ED25519_BASEPOINT_POINT))
 }
 
-/// The scalar's 64 signed radix-16 digits, each in `[-8, 8]` (the scalar is reduced, below `2^253`).
-fn radix16(scalar: &Scalar) -> [i8; 64] {
-    let mut digits = [0i8; 64];
-    for (pair, byte) in digits.chunks_exact_mut(2).zip(scalar.as_bytes()) {
-        if let [low, high] = pair {
-            *low = (byte & 15) as i8;
-            *high = (byte >> 4) as i8;
-        }
+/// The scalar's signed radix-`2^W` digits, each in `[-HALF, HALF]` (curve25519-dalek's `as_radix_2w`).
+fn radix_digits(scalar: &Scalar) -> [i16; DIGITS] {
+    let bytes = scalar.as_bytes();
+    let bit = |i: usize| bytes.get(i / 8).map_or(0, |b| (b >> (i % 8)) & 1);
+    let mut digits = [0i16; DIGITS];
+    let mut carry = 0i16;
+    for (i, digit) in digits.iter_mut().enumerate() {
+        let window = (0..W).fold(0i16, |acc, j| acc | (i16::from(bit(i * W + j)) << j));
+        let coef = window + carry;
+        carry = (coef + (1 << (W - 1))) >> W;
+        *digit = coef - (carry << W);
     }
-    let mut carry = 0i8;
-    for digit in &mut digits {
-        let d = *digit + carry;
-        carry = (d + 8) >> 4;
-        *digit = d - (carry << 4);
+    // The scalar is below 2^253, so the top digit absorbs the last carry.
+    if let Some(last) = digits.last_mut() {
+        *last += carry << W;
     }
     digits
 }
 
 /// `acc + d·entry`, where `row[j]` is `(j+1)·entry`; variable-time (public data only).
-fn add_digit(acc: EdwardsPoint, row: &[EdwardsPoint; 8], digit: i8) -> EdwardsPoint {
+fn add_digit(acc: EdwardsPoint, row: &[EdwardsPoint; HALF], digit: i16) -> EdwardsPoint {
     let Some(index) = usize::from(digit.unsigned_abs()).checked_sub(1) else {
         return acc;
     };
     match row.get(index) {
         Some(entry) if digit > 0 => acc + entry,
         Some(entry) => acc - entry,
-        // |digit| <= 8 by construction.
+        // |digit| <= HALF by construction.
         None => acc,
     }
 }
 
-/// `a·A + b·B` from the two tables: the odd digits, times 16, then the even ones (dalek's order).
+/// `a·A + b·B` from the two tables: the odd digits, times `2^W`, then the even ones (dalek's order).
 fn double_fixed_base(a: &Scalar, table_a: &Table, b: &Scalar, table_b: &Table) -> EdwardsPoint {
-    let (da, db) = (radix16(a), radix16(b));
+    let (da, db) = (radix_digits(a), radix_digits(b));
     let rows = || table_a.iter().zip(table_b);
     let digits = |parity: usize| {
         da.iter()
@@ -92,9 +115,7 @@ fn double_fixed_base(a: &Scalar, table_a: &Table, b: &Scalar, table_b: &Table) -
     for ((ra, rb), (x, y)) in rows().zip(digits(1)) {
         acc = add_digit(add_digit(acc, ra, x), rb, y);
     }
-    // ×16.
-    acc = acc.mul_by_cofactor();
-    acc += acc;
+    acc = times_pow2(acc, W);
     for ((ra, rb), (x, y)) in rows().zip(digits(0)) {
         acc = add_digit(add_digit(acc, ra, x), rb, y);
     }

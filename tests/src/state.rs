@@ -82,6 +82,10 @@ pub(crate) struct VmState {
     pub call_response: Option<ActiveCallResponse>,
     pub metric_ids: HashMap<u32, String>,
     pub next_metric_seq: u32,
+    /// Calls into the host (proxy-wasm and WASI imports) and into the guest (callbacks), counted by a
+    /// wasmtime call hook: what the filter costs Envoy beyond its own instructions.
+    pub host_calls: u64,
+    pub guest_calls: u64,
 }
 
 impl std::fmt::Debug for VmState {

@@ -635,6 +635,10 @@ pub struct HttpOutcome {
     pub reset: bool,
     /// Ended by [`crate::Vm::timeout_stream`].
     pub timed_out: bool,
+    /// [`crate::Vm::http`] only: the proxy-wasm and WASI host calls the filter made for this stream, and the
+    /// callbacks the host made into it (the `on_log`/`on_done`/`on_delete` ones included).
+    pub host_calls: u64,
+    pub callbacks: u64,
 }
 
 impl HttpOutcome {

@@ -345,8 +345,18 @@ impl Vm {
             call_response: None,
             metric_ids: Default::default(),
             next_metric_seq: 0,
+            host_calls: 0,
+            guest_calls: 0,
         };
         let mut store = Store::new(&host.shared.engine, state);
+        store.call_hook(|mut c, hook| {
+            match hook {
+                wasmtime::CallHook::CallingHost => c.data_mut().host_calls += 1,
+                wasmtime::CallHook::CallingWasm => c.data_mut().guest_calls += 1,
+                _ => {}
+            }
+            Ok(())
+        });
         if let Some(fuel) = host.shared.options.fuel_per_callback {
             store.set_fuel(fuel)?;
         }
@@ -1009,6 +1019,7 @@ impl Vm {
     pub fn http(&mut self, req: HttpRequest) -> HttpOutcome {
         self.deliver_queue_notifications();
         let mark = self.log_mark();
+        let counts = (self.store.data().host_calls, self.store.data().guest_calls);
         let id = {
             let s = self.store.data_mut();
             let id = s.next_context_id;
@@ -1066,7 +1077,10 @@ impl Vm {
             }
         }
         self.drive(&mut run);
-        let outcome = self.conclude(run, mark);
+        let mut outcome = self.conclude(run, mark);
+        let data = self.store.data();
+        outcome.host_calls = data.host_calls - counts.0;
+        outcome.callbacks = data.guest_calls - counts.1;
         self.deliver_queue_notifications();
         outcome
     }
@@ -1592,6 +1606,8 @@ impl Vm {
             vm_failed: run.vm_failed || self.failed.is_some(),
             reset: run.reset,
             timed_out: run.timed_out,
+            host_calls: 0,
+            callbacks: 0,
         };
         if stalled {
             self.runs.insert(run.id, run);

@@ -429,3 +429,42 @@ fn nothing_traps_on_hostile_input() {
     }
     assert!(!vm.is_failed());
 }
+
+/// What a repeated (cached) token costs the host per request, besides the filter's own instructions: its
+/// proxy-wasm and WASI host calls and the callbacks into it (docs/performance.md, issue #17 target 1).
+/// Printed for the record (`--nocapture`); the bound catches a regression.
+#[test]
+fn repeated_token_host_calls_per_request() {
+    let host = host();
+    let mut vm = vm(&host, &policy());
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let o = vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
+        assert_eq!(o.status(), Some(200), "{:?}", o.local_reply);
+        counts.push((o.host_calls, o.callbacks));
+    }
+    eprintln!("repeated token (host calls, callbacks) per request: {counts:?}");
+    let (host_calls, _) = counts[2];
+    assert!(host_calls <= 30, "{counts:?}");
+
+    // `limits.headers: refusals`: an allowed call's response is left alone (two header writes fewer).
+    let mut p = policy();
+    p["limits"] = json!({"headers": "refusals"});
+    let mut vm = filter_data::vm(&host, &p);
+    let mut quiet = Vec::new();
+    for _ in 0..3 {
+        let o = vm.http(mcp(EMAIL_A1, &tools_call("send_email", email_args())));
+        assert_eq!(o.status(), Some(200), "{:?}", o.local_reply);
+        assert_eq!(o.response_header("ratelimit"), None);
+        assert_eq!(o.response_header("ratelimit-policy"), None);
+        quiet.push((o.host_calls, o.callbacks));
+    }
+    eprintln!("with limits.headers = refusals: {quiet:?}");
+    // A refusal still says when to come back.
+    assert_eq!(search(&mut vm, SEARCH_S1).status(), Some(200));
+    let refused = search(&mut vm, SEARCH_S1);
+    assert_eq!(refused.status(), Some(429));
+    assert!(refused.response_header("ratelimit").is_some());
+    assert!(refused.response_header("retry-after").is_some());
+    assert!(quiet[2].0 + 2 <= counts[2].0, "{quiet:?} {counts:?}");
+}

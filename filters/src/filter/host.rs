@@ -7,6 +7,12 @@ pub(super) fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+/// Whether Envoy drops info lines (its log level is warn or above).
+pub(super) fn info_dropped() -> bool {
+    hostcalls::get_log_level()
+        .is_ok_and(|l| matches!(l, LogLevel::Warn | LogLevel::Error | LogLevel::Critical))
+}
+
 pub(super) fn now_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
@@ -78,7 +84,14 @@ pub(super) fn set_identity(
         }
     }
     for (name, value) in upstream {
-        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+        // The client's copies of the identity headers are gone: adding is setting, without the host's
+        // search for an existing value.
+        let set = if is_identity_header(name) {
+            hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value)
+        } else {
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+        };
+        if set.is_err() {
             return Err("could not set the identity headers");
         }
     }

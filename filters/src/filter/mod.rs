@@ -249,6 +249,9 @@ struct Vm {
     /// Some body callback reached this VM, so `allow_on_headers_stop_iteration` is on.
     body_delivered: bool,
     warned_no_body: bool,
+    /// Envoy drops info lines (its log level is above info), as read at configure and at every tick: the
+    /// audit line is then not even serialised, and no request asks the host for its log level.
+    info_dropped: bool,
 }
 
 impl Vm {
@@ -330,10 +333,7 @@ impl Vm {
             }
             AuditSink::Log => {
                 // Not even serialised when Envoy would drop the line (log level above info).
-                let dropped = hostcalls::get_log_level().is_ok_and(|l| {
-                    matches!(l, LogLevel::Warn | LogLevel::Error | LogLevel::Critical)
-                });
-                if !dropped {
+                if !self.info_dropped {
                     log(LogLevel::Info, &audit.to_json());
                 }
                 set_filter_state(audit);

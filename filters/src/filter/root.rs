@@ -25,6 +25,7 @@ impl Root {
             jwks_in_flight: BTreeMap::new(),
             body_delivered: false,
             warned_no_body: false,
+            info_dropped: false,
         };
         Self {
             context_id,
@@ -279,6 +280,7 @@ impl RootContext for Root {
             vm.host_verified = host_verified;
             vm.sink = sink;
             vm.body_mode = body_mode;
+            vm.info_dropped = info_dropped();
             vm.remotes = remotes;
             vm.jwks_in_flight.clear();
         }
@@ -297,6 +299,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.vm.borrow_mut().info_dropped = info_dropped();
         let now = now_ms();
         self.watchdog(now);
         self.poll_jwks(now);

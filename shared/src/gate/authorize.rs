@@ -69,9 +69,17 @@ impl Gate {
         match result {
             Ok(state) => {
                 ev.audit.limit = Some(audit_limit(&state));
-                let mut headers = rate_limit_headers(&policy_name, &state);
+                let passes = state.allowed || ev.audit.dry_run_reason.is_some() || dry_run;
+                // `limits.headers: refusals`: an allowed call's response is left alone.
+                let mut headers = if passes
+                    && self.policy.rate_limit_headers == crate::policy::RateLimitHeaders::Refusals
+                {
+                    Vec::new()
+                } else {
+                    rate_limit_headers(&policy_name, &state)
+                };
                 headers.extend(authorized_read_headers(kind));
-                if state.allowed || ev.audit.dry_run_reason.is_some() || dry_run {
+                if passes {
                     if !state.allowed {
                         ev.audit.dry_run_reason =
                             ev.audit.dry_run_reason.or(Some("ratelimit.exceeded"));

@@ -1,19 +1,126 @@
 //! Ed25519 verification with a per-key table: the same checks as ed25519-dalek's `verify_strict` (canonical
 //! `S`, `R` a valid point not of small order, the key not of small order, `[S]B - [k]A` encoding to exactly
-//! the signature's `R` bytes), computed as two fixed-base multiplications instead of one double-scalar one.
+//! the signature's `R` bytes), computed from two fixed-base tables instead of one double-scalar product.
 //!
 //! Why: a fresh EdDSA token's cost is this check. The generic `[k](-A) + [S]B` doubles ~253 times; with a
-//! radix-16 table of `-A` (built at the key's first use, ≈ 30 KB on wasm32, shared by clones) and the
-//! library's static table of `B`, each product is 64 additions and 4 doublings, about 1.7× fewer field
-//! operations. The issuer's key is fixed, so the table is paid once per key per VM.
+//! signed radix-64 table of `-A` (22 rows of the multiples 1..32 of `2^(12i)·(-A)`, built at the key's first
+//! use: 112,640 bytes per key on wasm32 and on 64-bit targets, shared by clones, ≈ 700 point additions once)
+//! and the same table of `B` (built once per process), both products together are at most 86 additions and
+//! 6 doublings. Verification handles public data only (the key, the signature, the message), so the lookups
+//! are variable-time: a signed digit indexes its row directly and a zero digit adds nothing. In Wasm
+//! (wasm instructions of a fresh EdDSA token check): curve25519-dalek's constant-time radix-16 basepoint
+//! tables 1,707k, its radix-64 ones 2,165k (each lookup scans the whole row), this at radix 16 1,345k, at
+//! radix 64 1,065k.
 
 use std::sync::{Arc, OnceLock};
 
-use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsBasepointTable, EdwardsPoint};
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::BasepointTable as _;
+use curve25519_dalek::traits::Identity as _;
 use sha2::{Digest, Sha512};
+
+/// The window: scalars are written in signed radix `2^W`.
+const W: usize = 6;
+/// Entries per row: the multiples `1..=2^(W-1)`.
+const HALF: usize = 1 << (W - 1);
+/// Signed digits of a reduced scalar (below `2^253`).
+const DIGITS: usize = 256_usize.div_ceil(W);
+
+/// Row `i` holds `[1..=HALF]·2^(2·W·i)·P`.
+type Table = Vec<[EdwardsPoint; HALF]>;
+
+/// `2^k·p`.
+fn times_pow2(p: EdwardsPoint, mut k: usize) -> EdwardsPoint {
+    let mut q = p;
+    while k >= 3 {
+        q = q.mul_by_cofactor();
+        k -= 3;
+    }
+    for _ in 0..k {
+        q += q;
+    }
+    q
+}
+
+/// The table of `P` (one row per two digits).
+fn build_table(point: &EdwardsPoint) -> Table {
+    let count = DIGITS.div_ceil(2);
+    let mut rows = Vec::with_capacity(count);
+    let mut base = *point;
+    for _ in 0..count {
+        let mut row = [base; HALF];
+        let mut acc = base;
+        for entry in row.iter_mut().skip(1) {
+            acc += base;
+            *entry = acc;
+        }
+        // 2^(2W)·base = 2^(W+1)·(2^(W-1)·base).
+        base = times_pow2(row[HALF - 1], W + 1);
+        rows.push(row);
+    }
+    rows
+}
+
+/// The basepoint's table, once per process.
+fn base_table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| build_table(&ED25519_BASEPOINT_POINT))
+}
+
+/// The scalar's signed radix-`2^W` digits, each in `[-HALF, HALF]` (curve25519-dalek's `as_radix_2w`).
+fn radix_digits(scalar: &Scalar) -> [i16; DIGITS] {
+    let bytes = scalar.as_bytes();
+    let bit = |i: usize| bytes.get(i / 8).map_or(0, |b| (b >> (i % 8)) & 1);
+    let mut digits = [0i16; DIGITS];
+    let mut carry = 0i16;
+    for (i, digit) in digits.iter_mut().enumerate() {
+        let window = (0..W).fold(0i16, |acc, j| acc | (i16::from(bit(i * W + j)) << j));
+        let coef = window + carry;
+        carry = (coef + (1 << (W - 1))) >> W;
+        *digit = coef - (carry << W);
+    }
+    // The scalar is below 2^253, so the top digit absorbs the last carry.
+    if let Some(last) = digits.last_mut() {
+        *last += carry << W;
+    }
+    digits
+}
+
+/// `acc + d·entry`, where `row[j]` is `(j+1)·entry`; variable-time (public data only).
+fn add_digit(acc: EdwardsPoint, row: &[EdwardsPoint; HALF], digit: i16) -> EdwardsPoint {
+    let Some(index) = usize::from(digit.unsigned_abs()).checked_sub(1) else {
+        return acc;
+    };
+    match row.get(index) {
+        Some(entry) if digit > 0 => acc + entry,
+        Some(entry) => acc - entry,
+        // |digit| <= HALF by construction.
+        None => acc,
+    }
+}
+
+/// `a·A + b·B` from the two tables: the odd digits, times `2^W`, then the even ones (dalek's order).
+fn double_fixed_base(a: &Scalar, table_a: &Table, b: &Scalar, table_b: &Table) -> EdwardsPoint {
+    let (da, db) = (radix_digits(a), radix_digits(b));
+    let rows = || table_a.iter().zip(table_b);
+    let digits = |parity: usize| {
+        da.iter()
+            .zip(&db)
+            .skip(parity)
+            .step_by(2)
+            .map(|(x, y)| (*x, *y))
+    };
+    let mut acc = EdwardsPoint::identity();
+    for ((ra, rb), (x, y)) in rows().zip(digits(1)) {
+        acc = add_digit(add_digit(acc, ra, x), rb, y);
+    }
+    acc = times_pow2(acc, W);
+    for ((ra, rb), (x, y)) in rows().zip(digits(0)) {
+        acc = add_digit(add_digit(acc, ra, x), rb, y);
+    }
+    acc
+}
 
 /// A decoded Ed25519 public key and, once used, the table of its negation.
 #[derive(Clone)]
@@ -26,7 +133,7 @@ struct Inner {
     encoded: [u8; 32],
     minus_a: EdwardsPoint,
     small_order: bool,
-    table: OnceLock<EdwardsBasepointTable>,
+    table: OnceLock<Table>,
 }
 
 impl Key {
@@ -65,10 +172,8 @@ impl Key {
         h.update(inner.encoded);
         h.update(message);
         let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-        let table = inner
-            .table
-            .get_or_init(|| EdwardsBasepointTable::create(&inner.minus_a));
-        let expected = ED25519_BASEPOINT_TABLE * &s + table * &k;
+        let table = inner.table.get_or_init(|| build_table(&inner.minus_a));
+        let expected = double_fixed_base(&k, table, &s, base_table());
         // `R` is not decompressed: bytes equal to the canonical encoding of `expected` are a valid point
         // (anything else, a non-canonical or off-curve `R` included, is refused here as by verify_strict),
         // and that point is `expected` itself, so its small-order check is three doublings, not a square root.
@@ -81,6 +186,27 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use ed25519_dalek::{Signer as _, SigningKey};
+
+    /// The two tables give curve25519-dalek's double-scalar product, for scalars with every kind of digit.
+    #[test]
+    fn double_fixed_base_matches_dalek() {
+        let a_point = ED25519_BASEPOINT_POINT.mul_by_cofactor() + ED25519_BASEPOINT_POINT;
+        let table_a = build_table(&a_point);
+        let mut scalars = vec![Scalar::ZERO, Scalar::ONE, -Scalar::ONE, Scalar::from(8u8)];
+        for seed in 0u8..16 {
+            let wide: Vec<u8> = (0..64u8)
+                .map(|i| i.wrapping_mul(37).wrapping_add(seed.wrapping_mul(101)) ^ 0x5a)
+                .collect();
+            scalars.push(Scalar::from_bytes_mod_order_wide(&wide.try_into().unwrap()));
+        }
+        for a in &scalars {
+            for b in scalars.iter().rev().take(6) {
+                let expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(a, &a_point, b);
+                let got = double_fixed_base(a, &table_a, b, base_table());
+                assert_eq!(got.compress(), expected.compress());
+            }
+        }
+    }
 
     /// The table path agrees with ed25519-dalek's `verify_strict` on valid, altered and malleated signatures.
     #[test]

@@ -124,6 +124,7 @@ impl Policy {
             resources,
             arguments_audit: spec.audit.arguments,
             max_limit_keys: spec.limits.max_keys,
+            rate_limit_headers: spec.limits.headers,
             key_ring,
             rate_limit_service,
             spec,

@@ -55,6 +55,8 @@ pub struct Policy {
     resources: Option<ResourceRules>,
     pub arguments_audit: ArgumentsAudit,
     pub max_limit_keys: u32,
+    /// Whether allowed rate-limited calls carry the RateLimit response fields (`limits.headers`).
+    pub rate_limit_headers: RateLimitHeaders,
     /// Issuers with their inline keys; the Gate's key ring starts from this.
     pub key_ring: KeyRing,
     /// Where remote rules are counted ([`crate::rls`]).

@@ -417,14 +417,30 @@ pub struct LimitsSpec {
     /// live, new buckets are refused (fail closed) until old ones drain.
     #[serde(default = "defaults::max_keys")]
     pub max_keys: u32,
+    /// When a rate-limited call carries the `RateLimit-Policy` and `RateLimit` response fields
+    /// (draft-ietf-httpapi-ratelimit-headers): `always` (the default), or only on `refusals` (a 429, which
+    /// also carries `Retry-After`), so that an allowed call's response is not touched (Envoy: no response
+    /// header writes).
+    #[serde(default)]
+    pub headers: RateLimitHeaders,
 }
 
 impl Default for LimitsSpec {
     fn default() -> Self {
         Self {
             max_keys: defaults::max_keys(),
+            headers: RateLimitHeaders::default(),
         }
     }
+}
+
+/// See [`LimitsSpec::headers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitHeaders {
+    #[default]
+    Always,
+    Refusals,
 }
 
 mod defaults {

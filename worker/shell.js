@@ -191,6 +191,9 @@ async function forward(id, request, step, body) {
     abort.abort();
     return reply(JSON.parse(core.txngateFailure(id, 1, "", `no response headers within ${step.timeout} ms`)));
   }
+  // Nothing to add and nothing to filter: the origin's response as it is (the same status, headers and
+  // body a copy would carry, without the copy).
+  if (!step.list && step.rh.length === 0) return response;
   let out;
   try {
     out = new Headers(response.headers);

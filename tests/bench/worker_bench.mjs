@@ -93,10 +93,11 @@ function bundle() {
     const m = /Total Upload:\s*([\d.]+)\s*KiB\s*\/\s*gzip:\s*([\d.]+)\s*KiB/.exec(r.stdout + r.stderr);
     if (m) wrangler = { upload_kib: Number(m[1]), gzip_kib: Number(m[2]) };
   }
-  const files = ["index.js", "index_bg.wasm"].map((f) => join(buildDir, f));
+  // index.js is the JS shell; core.mjs (when present) worker-build's module with the wasm-bindgen glue.
+  const files = ["index.js", "core.mjs", "index_bg.wasm"].map((f) => join(buildDir, f)).filter((f) => existsSync(f));
   const raw = files.reduce((n, f) => n + statSync(f).size, 0);
   const gz = files.reduce((n, f) => n + gzipSync(readFileSync(f), { level: 9 }).length, 0);
-  return { bytes: raw, gzip_bytes: gz, wasm_bytes: statSync(files[1]).size, wrangler };
+  return { bytes: raw, gzip_bytes: gz, wasm_bytes: statSync(join(buildDir, "index_bg.wasm")).size, wrangler };
 }
 
 /** Another build (--compare) in workerd, configured as helpers.mjs's startWorker configures worker/build/. */
@@ -408,7 +409,7 @@ try {
     "|---|---:|---:|---:|---:|---:|---:|",
     ...rows.map((r) => `| ${r.label} | ${r.cpu_us} | ${(r.cpu_us - base).toFixed(1)} | ${ratios[r.name].toFixed(2)} | ${r.rps} | ${r.p50_ms.toFixed(2)} | ${r.p99_ms.toFixed(2)} |`),
     "",
-    `Bundle: ${kib(size.bytes)} KiB (index.js + index_bg.wasm), **${kib(size.gzip_bytes)} KiB gzipped**` +
+    `Bundle: ${kib(size.bytes)} KiB (index.js + core.mjs + index_bg.wasm), **${kib(size.gzip_bytes)} KiB gzipped**` +
       (size.wrangler ? `; wrangler dry run: ${size.wrangler.upload_kib} KiB / gzip ${size.wrangler.gzip_kib} KiB` : "") + ".",
     `Cold start (median of ${COLD_RUNS}): workerd ready in ${cold.ready_ms} ms (${cold.startup_cpu_ms} ms CPU), first response ${cold.first_response_ms} ms (${cold.first_cpu_ms} ms CPU), second ${cold.second_response_ms} ms.`,
     `Peer (tests/bench/peer/worker.mjs on jose, esbuild --minify): bundle ${kib(peerSize.bytes)} KiB, **${kib(peerSize.gzip_bytes)} KiB gzipped**; cold start first response ${peerCold.first_response_ms} ms (${peerCold.first_cpu_ms} ms CPU), second ${peerCold.second_response_ms} ms.`,

@@ -52,6 +52,11 @@ thread_local! {
     static LOADED: RefCell<Option<Result<Rc<Config>, Rc<str>>>> = const { RefCell::new(None) };
 }
 
+/// The configuration, if it loaded.
+pub fn loaded() -> Option<Rc<Config>> {
+    LOADED.with(|l| l.borrow().clone()?.ok())
+}
+
 /// The isolate's configuration, loading it on first use.
 pub fn load(env: &Env) -> Result<Rc<Config>, Rc<str>> {
     if let Some(loaded) = LOADED.with(|l| l.borrow().clone()) {

@@ -17,6 +17,7 @@ use js_sys::Uint8Array;
 use txngate_core::keys::KeySource;
 use txngate_core::refresh::{Fetch, FetchResult, Refreshed};
 use txngate_core::Gate;
+use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Headers, RequestInit, ResponseInit};
@@ -36,6 +37,31 @@ fn uri(config: &Config, issuer: usize) -> Option<String> {
     }
 }
 
+thread_local! {
+    /// Fetches [`needs_work`] took from the core (it polls every request, as the refresher expects) for
+    /// [`ensure_fresh`] to run.
+    static QUEUED: std::cell::RefCell<Vec<Fetch>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether the request must go through [`ensure_fresh`] before it is decided: an issuer without a servable
+/// set is due, a fetch is due, or another request fetches an issuer that has none. Synchronous, so a request
+/// with nothing to do about keys (nearly all) makes no await for them.
+pub fn needs_work(config: &Config, now: u64) -> bool {
+    if !config.gate.borrow().refresh_due(now).is_empty() {
+        return true;
+    }
+    // Nothing is due, but the poll also gives up a fetch that never ended; what it hands out runs.
+    let fetches = config.gate.borrow_mut().poll_keys(now);
+    if !fetches.is_empty() {
+        QUEUED.with(|q| q.borrow_mut().extend(fetches));
+        return true;
+    }
+    let gate = config.gate.borrow();
+    let keys = gate.keys();
+    (0..keys.issuers().len())
+        .any(|i| keys.refresher().is_in_flight(i, now) && !keys.is_usable(i, now))
+}
+
 /// Before deciding: issuers without a servable set first try the location's cached copy; then every fetch
 /// the core hands out runs, blocking ones before the request goes on, the others in the background; and
 /// the request waits for a blocking fetch another request of the isolate is running.
@@ -51,7 +77,8 @@ pub async fn ensure_fresh(config: &Rc<Config>, ctx: &Context) {
     for issuer in cold {
         from_cache(config, issuer).await;
     }
-    let fetches = config.gate.borrow_mut().poll_keys(now_ms());
+    let mut fetches = QUEUED.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    fetches.extend(config.gate.borrow_mut().poll_keys(now_ms()));
     for fetch in fetches {
         if fetch.blocking {
             run(config, fetch).await;
@@ -63,6 +90,24 @@ pub async fn ensure_fresh(config: &Rc<Config>, ctx: &Context) {
         }
     }
     wait_for_others(config).await;
+}
+
+/// The shell's entry to [`ensure_fresh`] (when [`needs_work`] said so): resolves when the request may be
+/// decided.
+#[wasm_bindgen(js_name = txngateKeys)]
+pub async fn keys(ctx: JsValue) {
+    if let Some(config) = crate::config::loaded() {
+        ensure_fresh(&config, &Context::new(ctx.unchecked_into())).await;
+    }
+}
+
+/// The shell's entry to [`refetch`]: true if the request should be evaluated again.
+#[wasm_bindgen(js_name = txngateRefetch)]
+pub async fn refetch_issuer(issuer: usize) -> bool {
+    match crate::config::loaded() {
+        Some(config) => refetch(&config, issuer).await,
+        None => false,
+    }
 }
 
 /// After an unknown `kid` (or unavailable keys): runs what the core hands out now (the refetch, unless its

@@ -118,11 +118,13 @@ def txngate_policy(issuers: list[Issuer], cache_entries: int = CACHE_ENTRIES, hy
         "tools": {TOOL: {"scopes": ["calendar:read"],
                          "rate_limit": {"key": "agent", "limit": 100000000, "period_seconds": 1}},
                   "*": {"effect": "deny"}},
+        # Like local_ratelimit without enable_x_ratelimit_headers: RateLimit fields on refusals (429) only.
+        "limits": {"headers": "refusals"},
     }
     if not limit:
         del doc["tools"][TOOL]["rate_limit"]
     if hybrid:
-        doc["hybrid_jwt_authn"] = {"payload_in_metadata": "txn_payload"}
+        doc["host_verified_jwt_authn"] = {"payload_in_metadata": "txn_payload"}
     return doc
 
 

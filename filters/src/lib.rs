@@ -28,7 +28,8 @@
 //!   fix). A request waiting for its body never passes, in either mode.
 //!
 //! One audit line (JSON) per decision is logged at info level; the verdict, reason, agent, tool and
-//! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs; counters are
+//! transaction are also set as filter state (`wasm.txngate_verdict`, ...) for access logs (five host calls;
+//! `"access_log_fields": false` leaves them out, [`sink`]); counters are
 //! defined under `txngate.`, with rate-limit store failures also counted on their own
 //! (`txngate.ratelimit.store_error` / `.contention` / `.store_full`) so an operator sees them even when a
 //! rule's `on_store_error: allow` lets the call through. With `"audit_sink": "filter_state"` ([`sink`]) the

@@ -15,6 +15,8 @@ pub struct PluginConfig {
     /// The policy document, without the adapter keys.
     pub policy: Vec<u8>,
     pub sink: AuditSink,
+    /// The `"log"` sink's per-field filter-state values (`access_log_fields`, default true).
+    pub access_log_fields: bool,
     pub body_mode: BodyMode,
     /// Host-verified mode: where jwt_authn publishes the payload it verified.
     pub host_verified: Option<JwtAuthn>,
@@ -48,11 +50,12 @@ impl std::error::Error for PluginError {}
 
 impl PluginConfig {
     /// Splits the adapter keys off `config`; the keys are read in this order: `audit_sink`,
-    /// `pause_at_headers`, `host_verified_jwt_authn` / `hybrid_jwt_authn` (the first bad one is reported).
+    /// `access_log_fields`, `pause_at_headers`, `host_verified_jwt_authn` / `hybrid_jwt_authn` (the first bad one is reported).
     pub fn parse(config: &[u8]) -> Result<Self, PluginError> {
         let mut out = Self {
             policy: Vec::new(),
             sink: AuditSink::Log,
+            access_log_fields: true,
             body_mode: BodyMode::HoldBody,
             host_verified: None,
         };
@@ -60,6 +63,7 @@ impl PluginConfig {
         let mentions = |key: &str| config.windows(key.len()).any(|w| w == key.as_bytes());
         if ![
             sink::CONFIG_KEY,
+            sink::FIELDS_KEY,
             mode::CONFIG_KEY,
             host_verified::CONFIG_KEY,
             host_verified::LEGACY_CONFIG_KEY,
@@ -77,6 +81,11 @@ impl PluginConfig {
         if let Some(object) = doc.as_object_mut() {
             if let Some(value) = object.remove(sink::CONFIG_KEY) {
                 out.sink = sink::from_value(value).map_err(PluginError::Sink)?;
+                removed = true;
+            }
+            if let Some(value) = object.remove(sink::FIELDS_KEY) {
+                out.access_log_fields =
+                    sink::fields_from_value(value).map_err(PluginError::Sink)?;
                 removed = true;
             }
             if let Some(value) = object.remove(mode::CONFIG_KEY) {
@@ -134,6 +143,30 @@ mod tests {
             assert_eq!(rest, br#"{"trust_domain":"t"}"#.to_vec());
             let (_, sink) = split_config(br#"{"audit_sink": "log"}"#).unwrap();
             assert_eq!(sink, AuditSink::Log);
+        }
+
+        #[test]
+        fn access_log_fields_are_on_unless_turned_off() {
+            let config = PluginConfig::parse(br#"{"trust_domain": "t"}"#).unwrap();
+            assert!(config.access_log_fields);
+            let config =
+                PluginConfig::parse(br#"{"access_log_fields": false, "trust_domain": "t"}"#)
+                    .unwrap();
+            assert!(!config.access_log_fields);
+            assert_eq!(config.policy, br#"{"trust_domain":"t"}"#.to_vec());
+            let config = PluginConfig::parse(br#"{"access_log_fields": true}"#).unwrap();
+            assert!(config.access_log_fields);
+            for bad in [
+                &br#"{"access_log_fields": "false"}"#[..],
+                br#"{"access_log_fields": 0}"#,
+                br#"{"access_log_fields": null}"#,
+            ] {
+                assert!(
+                    PluginConfig::parse(bad).is_err(),
+                    "{}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
         }
 
         #[test]

@@ -13,6 +13,11 @@
 //!   `%FILTER_STATE(wasm.txngate_audit:PLAIN)%`. The five per-field values are not set in this mode.
 //!
 //! Anything else refuses the configuration (fail closed: an audit trail never silently goes missing).
+//!
+//! `"access_log_fields": false` ([`FIELDS_KEY`], default `true`) leaves out the five per-field filter-state
+//! values of the `"log"` sink: five host calls (`set_property`) fewer per decision, for deployments whose access
+//! log does not read them (the audit line carries the same fields). Anything but a boolean refuses the
+//! configuration.
 
 use serde_json::Value;
 
@@ -20,6 +25,8 @@ use serde_json::Value;
 pub const CONFIG_KEY: &str = "audit_sink";
 /// The filter-state name of the whole record in `filter_state` mode (`wasm.` is Envoy's prefix).
 pub const AUDIT_STATE: &str = "txngate_audit";
+/// The adapter key that turns the per-field filter-state values of the `"log"` sink off.
+pub const FIELDS_KEY: &str = "access_log_fields";
 
 /// Where audit records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +42,7 @@ pub enum AuditSink {
 #[non_exhaustive]
 pub enum SinkError {
     Value { found: String },
+    Fields { found: String },
 }
 
 impl core::fmt::Display for SinkError {
@@ -44,6 +52,7 @@ impl core::fmt::Display for SinkError {
                 f,
                 "{CONFIG_KEY} must be \"log\" or \"filter_state\", not {found}"
             ),
+            Self::Fields { found } => write!(f, "{FIELDS_KEY} must be true or false, not {found}"),
         }
     }
 }
@@ -57,4 +66,11 @@ pub fn from_value(value: Value) -> Result<AuditSink, SinkError> {
             found: value.to_string(),
         }),
     }
+}
+
+/// Reads the value of the `access_log_fields` key: whether the `"log"` sink sets the per-field values.
+pub fn fields_from_value(value: Value) -> Result<bool, SinkError> {
+    value.as_bool().ok_or_else(|| SinkError::Fields {
+        found: value.to_string(),
+    })
 }

@@ -183,12 +183,14 @@ def local_ratelimit() -> dict:
                                        "runtime_key": "rl_enforced"}})
 
 
-def txngate_filter(policy: dict, wasm: Path, audit_sink: str | None = None) -> dict:
+def txngate_filter(policy: dict, wasm: Path, audit_sink: str | None = None, access_log_fields: bool = True) -> dict:
     # The strict mode allow_on_headers_stop_iteration allows: the whole decision before anything goes on. In
     # the default body-holding mode Envoy's direct_response would answer before the body is decided.
     policy = {**policy, "pause_at_headers": True}
     if audit_sink is not None:
         policy = {**policy, "audit_sink": audit_sink}
+    if not access_log_fields:
+        policy = {**policy, "access_log_fields": False}
     return _typed("envoy.filters.http.wasm", "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", {
         "config": {
             "name": "txngate", "root_id": "txngate", "failure_policy": "FAIL_CLOSED",
@@ -304,6 +306,9 @@ def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer
         # Where the time goes: the same as (3) without the rate-limit step (shared-data GCRA).
         out.append(Scenario("txngate_repeated_no_limit", "variant: (3) without a rate limit on the tool",
                             [txngate_filter(txngate_policy(both, limit=False), wasm)], repeated))
+        # ... and without the log sink's five per-field filter-state values (five set_property calls).
+        out.append(Scenario("txngate_repeated_no_fields", "variant: (3) with access_log_fields false",
+                            [txngate_filter(txngate_policy(both), wasm, access_log_fields=False)], repeated))
     for other in wasm_b or []:
         # A/B in one run: (3) with other filter builds (e.g. before/after a change), interleaved with it.
         out.append(Scenario(f"txngate_repeated@{other.stem}", f"(3) txngate, repeated token, filter {other.name}",

@@ -237,6 +237,8 @@ struct Vm {
     host_verified: Option<JwtAuthn>,
     /// Where audit records go (see [`crate::sink`]).
     sink: AuditSink,
+    /// The `log` sink's five per-field filter-state values (`access_log_fields`, see [`crate::sink`]).
+    access_log_fields: bool,
     /// Where a request waits for its body (see [`crate::mode`]).
     body_mode: BodyMode,
     lock_owner: LockOwner,
@@ -336,7 +338,9 @@ impl Vm {
                 if !self.info_dropped {
                     log(LogLevel::Info, &audit.to_json());
                 }
-                set_filter_state(audit);
+                if self.access_log_fields {
+                    set_filter_state(audit);
+                }
             }
         }
         self.metrics.increment_decision(audit.verdict, audit.reason);

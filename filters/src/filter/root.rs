@@ -17,6 +17,7 @@ impl Root {
             gate: None,
             host_verified: None,
             sink: AuditSink::Log,
+            access_log_fields: true,
             body_mode: BodyMode::HoldBody,
             lock_owner: LockOwner::new(hasher.finish()),
             metrics: Metrics::default(),
@@ -247,6 +248,7 @@ impl RootContext for Root {
         let PluginConfig {
             policy,
             sink,
+            access_log_fields,
             body_mode,
             host_verified,
         } = match PluginConfig::parse(&config) {
@@ -279,6 +281,7 @@ impl RootContext for Root {
             vm.gate = Some(gate);
             vm.host_verified = host_verified;
             vm.sink = sink;
+            vm.access_log_fields = access_log_fields;
             vm.body_mode = body_mode;
             vm.info_dropped = info_dropped();
             vm.remotes = remotes;

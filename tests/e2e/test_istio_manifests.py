@@ -40,7 +40,7 @@ from envoy_harness import EnvoyConfig, filter_wasm, validate  # noqa: E402
 from procs import PROJECT_ROOT  # noqa: E402
 
 MANIFESTS = sorted((PROJECT_ROOT / "examples" / "istio").glob("*.yaml"))
-ADAPTER_KEYS = ("audit_sink", "hybrid_jwt_authn", "pause_at_headers")
+ADAPTER_KEYS = ("audit_sink", "access_log_fields", "hybrid_jwt_authn", "host_verified_jwt_authn", "pause_at_headers")
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
 

@@ -148,20 +148,8 @@ fn audit_sink_filter_state_writes_the_record_as_one_value_and_logs_nothing() {
     assert_eq!(audit(&o).len(), 1);
     assert_eq!(o.property_set(&["txngate_audit"]), None);
     for bad in [json!("none"), json!(null), json!(true)] {
-        p["audit_sink"] = bad.clone();
-        let err = host
-            .vm(p.to_string())
-            .unwrap_err()
-            .downcast::<txngate_harness::StartError>()
-            .unwrap();
-        assert_eq!(err.stage, "on_configure", "{bad}");
-        assert!(
-            err.plugin_messages()
-                .iter()
-                .any(|m| m.starts_with("txngate: audit_sink must be")),
-            "{bad}: {:?}",
-            err.plugin_messages()
-        );
+        p["audit_sink"] = bad;
+        assert_refused_at_configure(&host, &p, "txngate: audit_sink must be");
     }
 }
 
@@ -188,20 +176,8 @@ fn access_log_fields_false_keeps_the_audit_line_and_drops_the_per_field_filter_s
     );
     // Only a boolean is accepted.
     for bad in [json!("false"), json!(0), json!(null)] {
-        p["access_log_fields"] = bad.clone();
-        let err = host
-            .vm(p.to_string())
-            .unwrap_err()
-            .downcast::<txngate_harness::StartError>()
-            .unwrap();
-        assert_eq!(err.stage, "on_configure", "{bad}");
-        assert!(
-            err.plugin_messages()
-                .iter()
-                .any(|m| m.starts_with("txngate: access_log_fields must be")),
-            "{bad}: {:?}",
-            err.plugin_messages()
-        );
+        p["access_log_fields"] = bad;
+        assert_refused_at_configure(&host, &p, "txngate: access_log_fields must be");
     }
 }
 

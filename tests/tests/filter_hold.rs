@@ -479,20 +479,8 @@ fn pause_at_headers_must_be_a_boolean() {
     let host = host();
     for bad in [json!("true"), json!(1), json!(null)] {
         let mut p = policy();
-        p["pause_at_headers"] = bad.clone();
-        let err = host
-            .vm(p.to_string())
-            .unwrap_err()
-            .downcast::<txngate_harness::StartError>()
-            .unwrap();
-        assert_eq!(err.stage, "on_configure", "{bad}");
-        assert!(
-            err.plugin_messages()
-                .iter()
-                .any(|m| m.starts_with("txngate: pause_at_headers must be true or false")),
-            "{bad}: {:?}",
-            err.plugin_messages()
-        );
+        p["pause_at_headers"] = bad;
+        assert_refused_at_configure(&host, &p, "txngate: pause_at_headers must be true or false");
     }
     // Spelled out as false: the default, body holding.
     let mut p = policy();

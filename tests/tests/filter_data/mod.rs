@@ -58,6 +58,21 @@ pub fn vm(host: &Host, policy: &Value) -> Vm {
         .unwrap_or_else(|e| panic!("the filter refused the policy: {e}"))
 }
 
+/// Asserts that the filter refuses `config` at `on_configure` with a plugin message starting with `prefix`.
+pub fn assert_refused_at_configure(host: &Host, config: &Value, prefix: &str) {
+    let err = host
+        .vm(config.to_string())
+        .unwrap_err()
+        .downcast::<txngate_harness::StartError>()
+        .unwrap();
+    assert_eq!(err.stage, "on_configure", "{config}");
+    assert!(
+        err.plugin_messages().iter().any(|m| m.starts_with(prefix)),
+        "{config}: {:?}",
+        err.plugin_messages()
+    );
+}
+
 /// A VM configured the way Istio's `WasmPlugin` configures Envoy: the policy as the plugin configuration and
 /// nothing else, no `allow_on_headers_stop_iteration`.
 pub fn hold_vm(host: &Host, policy: &Value) -> Vm {

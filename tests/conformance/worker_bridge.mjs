@@ -23,6 +23,21 @@ function reply(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
+/** `fetch`, sent once more on a new connection when workerd had closed the idle keep-alive connection it was
+ * written to (undici: UND_ERR_SOCKET, "other side closed"; the request never reached the Worker). Any other
+ * transport error is reported with its cause. */
+async function send(url, init) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fetch(url, init);
+    } catch (e) {
+      const code = e?.cause?.code;
+      if (attempt === 1 && code === "UND_ERR_SOCKET") continue;
+      throw new Error(`${e} (cause: ${code ?? e?.cause ?? "none"}, attempt ${attempt})`);
+    }
+  }
+}
+
 async function handle(msg) {
   switch (msg.op) {
     case "start": {
@@ -34,7 +49,7 @@ async function handle(msg) {
       if (!worker) throw new Error("no worker started");
       const init = { method: msg.method, headers: msg.headers, redirect: "manual" };
       if (msg.body_b64 !== null && msg.body_b64 !== undefined) init.body = Buffer.from(msg.body_b64, "base64");
-      const response = await fetch(worker.url + msg.path, init);
+      const response = await send(worker.url + msg.path, init);
       const body = await response.text();
       let audit = [];
       if (msg.audit_sha256 && (!msg.audit_if_header || response.headers.has(msg.audit_if_header))) {

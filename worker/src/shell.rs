@@ -312,18 +312,19 @@ fn webcrypto_params(alg: Algorithm) -> (Value, Value) {
 /// The signature the request waits on (empty if none).
 #[wasm_bindgen(js_name = txngateSignature)]
 pub fn signature(id: u32) -> Vec<u8> {
-    with_slot(id, |slot| match &slot.waiting {
-        Waiting::Signature(p) => p.signature().to_vec(),
-        _ => Vec::new(),
-    })
-    .unwrap_or_default()
+    awaited_bytes(id, |p| p.signature())
 }
 
 /// The signing input of the signature the request waits on (empty if none).
 #[wasm_bindgen(js_name = txngateSigningInput)]
 pub fn signing_input(id: u32) -> Vec<u8> {
+    awaited_bytes(id, |p| p.signing_input())
+}
+
+/// Bytes of the signature check the request waits on, copied out for WebCrypto; empty if it waits on none.
+fn awaited_bytes(id: u32, part: impl Fn(&PendingSignature) -> &[u8]) -> Vec<u8> {
     with_slot(id, |slot| match &slot.waiting {
-        Waiting::Signature(p) => p.signing_input().to_vec(),
+        Waiting::Signature(p) => part(p).to_vec(),
         _ => Vec::new(),
     })
     .unwrap_or_default()

@@ -260,6 +260,9 @@ class Scenario:
     samples: list[dict] = field(default_factory=list)
     #: Write Envoy's access log (the filter_state audit sink's records) to a file in the run directory.
     access_log: bool = False
+    #: Envoy's own log (and so txngate's audit line) to a file with `--log-path`: Envoy buffers it and its
+    #: flush thread writes it, instead of one synchronous write(2) to stderr per line on the worker.
+    log_path: bool = False
 
     @property
     def authorizes_tools(self) -> bool:
@@ -288,6 +291,9 @@ def scenarios(wasm: Path, pools: dict[str, list[str]], issuers: dict[str, Issuer
         Scenario("txngate_repeated_state_sink",
                  "(3') txngate, repeated token, audit_sink filter_state (the record in Envoy's file access log)",
                  [txngate_filter(txngate_policy(both), wasm, audit_sink="filter_state")], repeated, access_log=True),
+        Scenario("txngate_repeated_log_path",
+                 "(3'') txngate, repeated token, Envoy's log (the audit line) buffered by `--log-path`",
+                 [txngate_filter(txngate_policy(both), wasm)], repeated, log_path=True),
         Scenario("txngate_fresh_eddsa", "(4) txngate, fresh EdDSA token per request",
                  [txngate_filter(txngate_policy(both), wasm)], pools["EdDSA"]),
         Scenario("txngate_fresh_es256", "(4) txngate, fresh ES256 token per request",
@@ -326,6 +332,8 @@ def running(scenario: Scenario, directory: Path, log_level: str, timeout: float 
     path.write_text(json.dumps(bootstrap(scenario.filters, scenario.listener_port, scenario.admin_port, log), indent=1))
     argv = ["taskset", "-c", "0", str(ENVOY), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
             "-l", log_level, "--drain-time-s", "0"]
+    if scenario.log_path:
+        argv += ["--log-path", str(path.parent / f"{scenario.name}.envoy.log")]
     with Proc(argv, name=f"envoy-{scenario.name}", log_dir=directory) as proc:
         wait_envoy_live(proc, scenario.admin_port, timeout, label=f"envoy {scenario.name}", tail=40)
         proc.wait_port(scenario.listener_port)

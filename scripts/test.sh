@@ -42,7 +42,12 @@ stage() {
 
 bootstrap() { scripts/bootstrap.sh --all --apt redis-server; }
 
-core_tests() { cargo test --locked -p txngate-core -p txngate-cli; }
+# Then the core as a filter built without the ES384 and RSA verifiers (`--no-default-features`) links it:
+# its unit tests, among them the refusal of those keys at load.
+core_tests() {
+    cargo test --locked -p txngate-core -p txngate-cli &&
+        cargo test --locked -p txngate-core --lib --no-default-features --features rust-verify
+}
 
 core_wasm() {
     cargo build --locked -p txngate-core --target wasm32-wasip1 &&
@@ -62,6 +67,8 @@ lint() {
         cargo clippy --locked -p txngate-core --target wasm32-wasip1 -- -D warnings &&
         cargo clippy --locked -p txngate-core --target wasm32-unknown-unknown -- -D warnings &&
         cargo clippy --locked -p txngate-filter --target wasm32-wasip1 --all-targets -- -D warnings &&
+        cargo clippy --locked -p txngate-core --all-targets --no-default-features --features rust-verify -- -D warnings &&
+        cargo clippy --locked -p txngate-filter --target wasm32-wasip1 --no-default-features -- -D warnings &&
         cargo clippy --locked -p txngate-worker --target wasm32-unknown-unknown --all-targets -- -D warnings
 }
 

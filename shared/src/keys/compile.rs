@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-#[cfg(feature = "rust-verify")]
+#[cfg(feature = "rsa")]
 use jwt_compact::alg::StrongKey;
 use serde_json::{Map, Value};
 
@@ -91,6 +91,12 @@ pub enum KeyError {
         index: usize,
     },
     EmptySet,
+    /// The key's algorithm is valid but this build was made without its verifier (a cargo feature).
+    NotBuiltIn {
+        index: usize,
+        alg: Algorithm,
+        feature: &'static str,
+    },
 }
 
 impl fmt::Display for KeyError {
@@ -138,11 +144,29 @@ impl fmt::Display for KeyError {
                 write!(f, "key {index}: a key set of more than one key needs a \"kid\" on every key")
             }
             Self::EmptySet => f.write_str("the key set has no usable key"),
+            Self::NotBuiltIn { index, alg, feature } => write!(
+                f,
+                "key {index}: this build has no {alg} verifier (built without the `{feature}` feature); use the default build, which verifies every supported algorithm"
+            ),
         }
     }
 }
 
 impl std::error::Error for KeyError {}
+
+/// A key of an algorithm whose verifier this build left out (the core's `es384` or `rsa` feature): refused
+/// when it is loaded, so that no token signed with it is ever turned away as merely "bad signature".
+#[cfg(all(
+    feature = "rust-verify",
+    any(not(feature = "es384"), not(feature = "rsa"))
+))]
+fn not_built_in(index: usize, alg: Algorithm, feature: &'static str) -> Result<Material, KeyError> {
+    Err(KeyError::NotBuiltIn {
+        index,
+        alg,
+        feature,
+    })
+}
 
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
 
@@ -242,7 +266,9 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                 if x.len() != 48 || y.len() != 48 {
                     return Err(KeyError::InvalidPoint { index });
                 }
-                #[cfg(feature = "rust-verify")]
+                #[cfg(all(feature = "rust-verify", not(feature = "es384")))]
+                let material = not_built_in(index, Algorithm::ES384, "es384")?;
+                #[cfg(feature = "es384")]
                 let material = {
                     let mut sec1 = Vec::with_capacity(97);
                     sec1.push(0x04);
@@ -281,7 +307,9 @@ pub fn parse_jwk(index: usize, jwk: &Value, allowed: &[Algorithm]) -> Result<Pub
                 if n.last().is_none_or(|b| b & 1 == 0) {
                     return Err(KeyError::InvalidPoint { index });
                 }
-                #[cfg(feature = "rust-verify")]
+                #[cfg(all(feature = "rust-verify", not(feature = "rsa")))]
+                let material = not_built_in(index, declared.unwrap_or(Algorithm::RS256), "rsa")?;
+                #[cfg(feature = "rsa")]
                 let material = {
                     let n_big = rsa::BigUint::from_bytes_be(&n);
                     let e_big = rsa::BigUint::from_bytes_be(&e);

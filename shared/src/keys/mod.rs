@@ -18,9 +18,9 @@ pub use spec::{
 
 use core::fmt;
 
-#[cfg(feature = "rust-verify")]
+#[cfg(feature = "rsa")]
 use jwt_compact::alg::{Rsa, RsaSignature, StrongAlg, StrongKey};
-#[cfg(feature = "rust-verify")]
+#[cfg(feature = "rsa")]
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use serde_json::Value;
 
@@ -44,15 +44,15 @@ enum Material {
     /// A P-256 key (checked on the curve) in a build without the core's verifiers.
     #[cfg(not(feature = "rust-verify"))]
     P256,
-    /// A P-384 key, checked on the curve at load (`p384`).
-    #[cfg(feature = "rust-verify")]
+    /// A P-384 key, checked on the curve at load (`p384`, the `es384` feature).
+    #[cfg(feature = "es384")]
     P384(p384::ecdsa::VerifyingKey),
     /// A P-384 key in a build without the core's verifiers (the Worker): its coordinates have the right
     /// length; the point itself is checked by the host's WebCrypto import, and a key it refuses verifies
     /// nothing (fail closed). `p384` is not linked there, to keep the Worker small.
     #[cfg(not(feature = "rust-verify"))]
     P384,
-    #[cfg(feature = "rust-verify")]
+    #[cfg(feature = "rsa")]
     Rsa(StrongKey<rsa::RsaPublicKey>),
     /// An RSA key in a build without the core's verifiers: the host verifies with its JWK.
     #[cfg(not(feature = "rust-verify"))]
@@ -122,6 +122,7 @@ impl PublicKey {
                 es256::verify(table, signing_input, signature)
             }
             // ECDSA verification (SHA-384 digest, `r` and `s` in [1, n-1]); a high `s` is valid ECDSA.
+            #[cfg(feature = "es384")]
             (Material::P384(key), Algorithm::ES384) => {
                 use p384::ecdsa::signature::Verifier as _;
                 match p384::ecdsa::Signature::from_slice(signature) {
@@ -129,6 +130,7 @@ impl PublicKey {
                     Err(_) => false,
                 }
             }
+            #[cfg(feature = "rsa")]
             (Material::Rsa(key), Algorithm::RS256 | Algorithm::PS256) => {
                 let expected_len = rsa::traits::PublicKeyParts::size(key.as_ref());
                 if signature.len() != expected_len {
@@ -286,6 +288,43 @@ mod tests {
 
     const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
 
+    /// A filter built without the ES384 or RSA verifier (`--no-default-features`) refuses those keys when it
+    /// loads them, naming the feature, after the checks every build makes (so a weak RSA key is still weak).
+    #[cfg(all(feature = "rust-verify", not(feature = "es384"), not(feature = "rsa")))]
+    #[test]
+    fn keys_of_algorithms_left_out_of_the_build_are_refused_at_load() {
+        let b64 = crate::encoding::encode_b64url;
+        let p384 = json!({"kty":"EC","crv":"P-384","x":b64(&[1u8; 48]),"y":b64(&[2u8; 48])});
+        let err = parse_jwk(3, &p384, &Algorithm::ALL).unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::NotBuiltIn {
+                index: 3,
+                alg: Algorithm::ES384,
+                feature: "es384"
+            }
+        );
+        assert!(err.to_string().contains("no ES384 verifier"), "{err}");
+        let n2048 = b64(&[0xffu8; 256]);
+        let err = rsa_error(&n2048, "AQAB", Some("PS256"));
+        assert_eq!(
+            err,
+            KeyError::NotBuiltIn {
+                index: 0,
+                alg: Algorithm::PS256,
+                feature: "rsa"
+            }
+        );
+        let n1024 = b64(&[0xffu8; 128]);
+        assert!(matches!(
+            rsa_error(&n1024, "AQAB", Some("RS256")),
+            KeyError::WeakRsa { .. }
+        ));
+        // EdDSA and ES256 keys load as in every build.
+        let ed = json!({"kty":"OKP","crv":"Ed25519","x":ED_X});
+        assert!(parse_jwk(0, &ed, &Algorithm::ALL).is_ok());
+    }
+
     #[test]
     fn ed25519_key_loads_with_its_one_algorithm() {
         let key = parse_jwk(
@@ -338,7 +377,7 @@ mod tests {
 
     /// ES384: P-384 points are checked at load (with `rust-verify`), signatures are 96 bytes `r ‖ s` over
     /// SHA-384, and the key verifies nothing else.
-    #[cfg(feature = "rust-verify")]
+    #[cfg(feature = "es384")]
     #[test]
     fn es384_keys_and_signatures() {
         use p384::ecdsa::signature::Signer as _;
@@ -457,8 +496,12 @@ mod tests {
         let n2048 = crate::encoding::encode_b64url(&[0xffu8; 256]);
         let err = rsa_error(&n2048, "AQ", Some("RS256"));
         assert_eq!(err, KeyError::BadRsaExponent { index: 0 });
-        let err = rsa_error(&n2048, "AQAB", None);
-        assert_eq!(err, KeyError::AmbiguousAlgorithm { index: 0 });
+        // (A build without RSA refuses the key as not built in before its algorithm is settled.)
+        #[cfg(feature = "rsa")]
+        assert_eq!(
+            rsa_error(&n2048, "AQAB", None),
+            KeyError::AmbiguousAlgorithm { index: 0 }
+        );
     }
 
     #[test]

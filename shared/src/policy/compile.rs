@@ -256,6 +256,7 @@ fn compile_issuers(issuers: &[IssuerSpec]) -> Result<KeyRing, PolicyError> {
                             | KeyError::BadRsaExponent { index }
                             | KeyError::InvalidPoint { index }
                             | KeyError::SmallOrder { index }
+                            | KeyError::NotBuiltIn { index, .. }
                             | KeyError::MissingKid { index } => {
                                 format!("/issuers/{i}/jwks/keys/{index}")
                             }

@@ -473,6 +473,7 @@ impl KeySet {
                     err @ (KeyError::UnsupportedKeyType { .. }
                     | KeyError::UnsupportedAlgorithm { .. }
                     | KeyError::AlgorithmNotAllowed { .. }
+                    | KeyError::NotBuiltIn { .. }
                     | KeyError::NotForSignatures { .. }),
                 ) if strictness == Strictness::Fetched => {
                     let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_string);

@@ -321,8 +321,26 @@ mod tests {
             KeyError::WeakRsa { .. }
         ));
         // EdDSA and ES256 keys load as in every build.
-        let ed = json!({"kty":"OKP","crv":"Ed25519","x":ED_X});
+        let ed = json!({"kty":"OKP","crv":"Ed25519","x":ED_X,"kid":"ed"});
         assert!(parse_jwk(0, &ed, &Algorithm::ALL).is_ok());
+        // A fetched set (an issuer's JWKS) keeps the keys this build can use and says which it skipped; an
+        // inline set is refused as a whole.
+        let mut p384 = p384;
+        p384["kid"] = "ec".into();
+        let doc = json!({"keys": [p384, ed]});
+        let (set, skipped) =
+            KeySet::from_value(&doc, &Algorithm::ALL, Strictness::Fetched).unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!((skipped.len(), skipped[0].index), (1, 0));
+        assert!(
+            skipped[0].reason.contains("no ES384 verifier"),
+            "{}",
+            skipped[0].reason
+        );
+        assert!(matches!(
+            KeySet::from_value(&doc, &Algorithm::ALL, Strictness::Inline),
+            Err(KeyError::NotBuiltIn { index: 0, .. })
+        ));
     }
 
     #[test]

@@ -46,11 +46,11 @@ pub struct RateLimitServiceSpec {
     pub send_limit: bool,
 }
 
-fn default_timeout_ms() -> u32 {
+pub(crate) fn default_timeout_ms() -> u32 {
     100
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 

@@ -77,6 +77,14 @@ impl<'v, 'p> Cur<'v, 'p> {
         out
     }
 
+    #[cold]
+    #[inline(never)]
+    fn missing(&self, field: &str) -> PolicyError {
+        self.fault(format!("missing field `{field}`"))
+    }
+
+    #[cold]
+    #[inline(never)]
     fn fault(&self, message: String) -> PolicyError {
         PolicyError::Shape {
             path: self.pointer(),
@@ -84,6 +92,8 @@ impl<'v, 'p> Cur<'v, 'p> {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn invalid_type(&self, expected: &str) -> PolicyError {
         self.fault(format!(
             "invalid type: {}, expected {expected}",
@@ -91,6 +101,8 @@ impl<'v, 'p> Cur<'v, 'p> {
         ))
     }
 
+    #[cold]
+    #[inline(never)]
     fn unknown(&self, what: &str, name: &str, expected: &[&str]) -> PolicyError {
         let mut message = format!("unknown {what} `{name}`, expected ");
         match expected {
@@ -222,7 +234,7 @@ impl<'v, 'c> Obj<'v, 'c> {
     ) -> Result<()> {
         match self.get(field) {
             Some(c) => *slot = read(&c)?,
-            None => return Err(self.at.fault(format!("missing field `{field}`"))),
+            None => return Err(self.at.missing(field)),
         }
         Ok(())
     }
@@ -317,6 +329,40 @@ pub(crate) const ENTRY_NAMES: &[(&str, EntryName)] = &[
     ("sub", EntryName::Sub),
 ];
 
+// Plain functions (not closures) for the accessors, so each is one `Reader` whatever field it reads.
+fn string(c: &Cur<'_, '_>) -> Result<String> {
+    c.string()
+}
+
+fn strings(c: &Cur<'_, '_>) -> Result<Vec<String>> {
+    c.strings()
+}
+
+fn uint(c: &Cur<'_, '_>) -> Result<u32> {
+    c.u32()
+}
+
+fn boolean(c: &Cur<'_, '_>) -> Result<bool> {
+    c.boolean()
+}
+
+fn rules(c: &Cur<'_, '_>) -> Result<BTreeMap<String, RuleSpec>> {
+    c.entries(rule)
+}
+
+fn effect(c: &Cur<'_, '_>) -> Result<Effect> {
+    c.one_of(EFFECTS)
+}
+
+fn mode(c: &Cur<'_, '_>) -> Result<Mode> {
+    c.one_of(MODES)
+}
+
+/// Any JSON (an inline JWK set, checked when compiled).
+fn json(c: &Cur<'_, '_>) -> Result<Value> {
+    Ok(c.value().clone())
+}
+
 pub(crate) fn policy(c: &Cur<'_, '_>) -> Result<PolicySpec> {
     let o = c.object(
         "struct PolicySpec",
@@ -353,7 +399,7 @@ pub(crate) fn policy(c: &Cur<'_, '_>) -> Result<PolicySpec> {
         limits: LimitsSpec::default(),
         rate_limit_service: None,
     };
-    o.set_req("trust_domain", &mut p.trust_domain, |c| c.string())?;
+    o.set_req("trust_domain", &mut p.trust_domain, string)?;
     o.set_req("issuers", &mut p.issuers, |c| c.items(issuer))?;
     o.set("token", &mut p.token, token)?;
     o.set("agents", &mut p.agents, |c| c.entries(agent))?;
@@ -361,8 +407,8 @@ pub(crate) fn policy(c: &Cur<'_, '_>) -> Result<PolicySpec> {
     o.set("peer_binding", &mut p.peer_binding, peer_binding)?;
     o.set_opt("wimse", &mut p.wimse, wimse)?;
     o.set("mcp", &mut p.mcp, mcp)?;
-    o.set("tools", &mut p.tools, |c| c.entries(rule))?;
-    o.set_opt("prompts", &mut p.prompts, |c| c.entries(rule))?;
+    o.set("tools", &mut p.tools, rules)?;
+    o.set_opt("prompts", &mut p.prompts, rules)?;
     o.set_opt("resources", &mut p.resources, |c| c.entries(resource))?;
     o.set("audit", &mut p.audit, audit)?;
     o.set("limits", &mut p.limits, limits)?;
@@ -402,20 +448,18 @@ fn issuer(c: &Cur<'_, '_>) -> Result<IssuerSpec> {
         algorithms: defaults::algorithms(),
         typ: defaults::typ(),
     };
-    o.set_req("name", &mut i.name, |c| c.string())?;
-    o.set_opt("iss", &mut i.iss, |c| c.string())?;
-    o.set_opt("jwks", &mut i.jwks, |c| Ok(c.value().clone()))?;
-    o.set_opt("jwks_uri", &mut i.jwks_uri, |c| c.string())?;
-    o.set_opt("cluster", &mut i.cluster, |c| c.string())?;
-    o.set("refresh_seconds", &mut i.refresh_seconds, |c| c.u32())?;
-    o.set("max_stale_seconds", &mut i.max_stale_seconds, |c| c.u32())?;
-    o.set("min_refetch_seconds", &mut i.min_refetch_seconds, |c| {
-        c.u32()
-    })?;
+    o.set_req("name", &mut i.name, string)?;
+    o.set_opt("iss", &mut i.iss, string)?;
+    o.set_opt("jwks", &mut i.jwks, json)?;
+    o.set_opt("jwks_uri", &mut i.jwks_uri, string)?;
+    o.set_opt("cluster", &mut i.cluster, string)?;
+    o.set("refresh_seconds", &mut i.refresh_seconds, uint)?;
+    o.set("max_stale_seconds", &mut i.max_stale_seconds, uint)?;
+    o.set("min_refetch_seconds", &mut i.min_refetch_seconds, uint)?;
     o.set("algorithms", &mut i.algorithms, |c| {
         c.items(|c| c.one_of(ALGORITHMS))
     })?;
-    o.set("typ", &mut i.typ, |c| c.strings())?;
+    o.set("typ", &mut i.typ, strings)?;
     Ok(i)
 }
 
@@ -431,13 +475,11 @@ fn token(c: &Cur<'_, '_>) -> Result<TokenSpec> {
         ],
     )?;
     let mut t = TokenSpec::default();
-    o.set("header", &mut t.header, |c| c.string())?;
-    o.set("leeway_seconds", &mut t.leeway_seconds, |c| c.u32())?;
-    o.set("max_lifetime_seconds", &mut t.max_lifetime_seconds, |c| {
-        c.u32()
-    })?;
-    o.set("max_bytes", &mut t.max_bytes, |c| c.u32())?;
-    o.set("cache_entries", &mut t.cache_entries, |c| c.u32())?;
+    o.set("header", &mut t.header, string)?;
+    o.set("leeway_seconds", &mut t.leeway_seconds, uint)?;
+    o.set("max_lifetime_seconds", &mut t.max_lifetime_seconds, uint)?;
+    o.set("max_bytes", &mut t.max_bytes, uint)?;
+    o.set("cache_entries", &mut t.cache_entries, uint)?;
     Ok(t)
 }
 
@@ -446,14 +488,14 @@ fn agent(c: &Cur<'_, '_>) -> Result<AgentSpec> {
     let mut a = AgentSpec {
         max_scopes: Vec::new(),
     };
-    o.set_req("max_scopes", &mut a.max_scopes, |c| c.strings())?;
+    o.set_req("max_scopes", &mut a.max_scopes, strings)?;
     Ok(a)
 }
 
 fn delegation(c: &Cur<'_, '_>) -> Result<DelegationSpec> {
     let o = c.object("struct DelegationSpec", &["max_depth", "prior_actors"])?;
     let mut d = DelegationSpec::default();
-    o.set("max_depth", &mut d.max_depth, |c| c.u32())?;
+    o.set("max_depth", &mut d.max_depth, uint)?;
     o.set("prior_actors", &mut d.prior_actors, |c| {
         c.one_of(PRIOR_ACTORS)
     })?;
@@ -518,18 +560,16 @@ fn wimse(c: &Cur<'_, '_>) -> Result<WimseSpec> {
     o.set_req("trust_domains", &mut w.trust_domains, |c| {
         c.entries(trust_domain)
     })?;
-    o.set_req("audiences", &mut w.audiences, |c| c.strings())?;
+    o.set_req("audiences", &mut w.audiences, strings)?;
     o.set(
         "max_proof_lifetime_seconds",
         &mut w.max_proof_lifetime_seconds,
-        |c| c.u32(),
+        uint,
     )?;
-    o.set("replay_cache_entries", &mut w.replay_cache_entries, |c| {
-        c.u32()
-    })?;
-    o.set("leeway_seconds", &mut w.leeway_seconds, |c| c.u32())?;
-    o.set("max_token_bytes", &mut w.max_token_bytes, |c| c.u32())?;
-    o.set("proof_algorithms", &mut w.proof_algorithms, |c| c.strings())?;
+    o.set("replay_cache_entries", &mut w.replay_cache_entries, uint)?;
+    o.set("leeway_seconds", &mut w.leeway_seconds, uint)?;
+    o.set("max_token_bytes", &mut w.max_token_bytes, uint)?;
+    o.set("proof_algorithms", &mut w.proof_algorithms, strings)?;
     Ok(w)
 }
 
@@ -548,16 +588,14 @@ fn trust_domain(c: &Cur<'_, '_>) -> Result<TrustDomainSpec> {
         ],
     )?;
     let mut t = TrustDomainSpec::default();
-    o.set_opt("jwks", &mut t.jwks, |c| Ok(c.value().clone()))?;
-    o.set_opt("jwks_uri", &mut t.jwks_uri, |c| c.string())?;
-    o.set_opt("cluster", &mut t.cluster, |c| c.string())?;
-    o.set("refresh_seconds", &mut t.refresh_seconds, |c| c.u32())?;
-    o.set("max_stale_seconds", &mut t.max_stale_seconds, |c| c.u32())?;
-    o.set("min_refetch_seconds", &mut t.min_refetch_seconds, |c| {
-        c.u32()
-    })?;
-    o.set("algorithms", &mut t.algorithms, |c| c.strings())?;
-    o.set_opt("iss", &mut t.iss, |c| c.string())?;
+    o.set_opt("jwks", &mut t.jwks, json)?;
+    o.set_opt("jwks_uri", &mut t.jwks_uri, string)?;
+    o.set_opt("cluster", &mut t.cluster, string)?;
+    o.set("refresh_seconds", &mut t.refresh_seconds, uint)?;
+    o.set("max_stale_seconds", &mut t.max_stale_seconds, uint)?;
+    o.set("min_refetch_seconds", &mut t.min_refetch_seconds, uint)?;
+    o.set("algorithms", &mut t.algorithms, strings)?;
+    o.set_opt("iss", &mut t.iss, string)?;
     Ok(t)
 }
 
@@ -572,12 +610,10 @@ fn mcp(c: &Cur<'_, '_>) -> Result<McpSpec> {
         ],
     )?;
     let mut m = McpSpec::default();
-    o.set("path_prefix", &mut m.path_prefix, |c| c.string())?;
-    o.set("max_body_bytes", &mut m.max_body_bytes, |c| c.u32())?;
-    o.set("max_json_depth", &mut m.max_json_depth, |c| c.u32())?;
-    o.set_opt("resource_metadata", &mut m.resource_metadata, |c| {
-        c.string()
-    })?;
+    o.set("path_prefix", &mut m.path_prefix, string)?;
+    o.set("max_body_bytes", &mut m.max_body_bytes, uint)?;
+    o.set("max_json_depth", &mut m.max_json_depth, uint)?;
+    o.set_opt("resource_metadata", &mut m.resource_metadata, string)?;
     Ok(m)
 }
 
@@ -593,11 +629,11 @@ fn rule(c: &Cur<'_, '_>) -> Result<RuleSpec> {
         rate_limit: None,
         mode: Mode::default(),
     };
-    o.set("effect", &mut r.effect, |c| c.one_of(EFFECTS))?;
-    o.set("scopes", &mut r.scopes, |c| c.strings())?;
+    o.set("effect", &mut r.effect, effect)?;
+    o.set("scopes", &mut r.scopes, strings)?;
     o.set("constraints", &mut r.constraints, |c| c.items(constraint))?;
     o.set_opt("rate_limit", &mut r.rate_limit, rate_limit)?;
-    o.set("mode", &mut r.mode, |c| c.one_of(MODES))?;
+    o.set("mode", &mut r.mode, mode)?;
     Ok(r)
 }
 
@@ -613,11 +649,11 @@ fn resource(c: &Cur<'_, '_>) -> Result<ResourceSpec> {
         mode: Mode::default(),
         constraints: None,
     };
-    o.set("effect", &mut r.effect, |c| c.one_of(EFFECTS))?;
-    o.set("scopes", &mut r.scopes, |c| c.strings())?;
+    o.set("effect", &mut r.effect, effect)?;
+    o.set("scopes", &mut r.scopes, strings)?;
     o.set_opt("rate_limit", &mut r.rate_limit, rate_limit)?;
-    o.set("mode", &mut r.mode, |c| c.one_of(MODES))?;
-    o.set_opt("constraints", &mut r.constraints, |c| Ok(c.value().clone()))?;
+    o.set("mode", &mut r.mode, mode)?;
+    o.set_opt("constraints", &mut r.constraints, json)?;
     Ok(r)
 }
 
@@ -627,8 +663,8 @@ fn constraint(c: &Cur<'_, '_>) -> Result<ConstraintSpec> {
         argument: String::new(),
         claim: String::new(),
     };
-    o.set_req("argument", &mut k.argument, |c| c.string())?;
-    o.set_req("claim", &mut k.claim, |c| c.string())?;
+    o.set_req("argument", &mut k.argument, string)?;
+    o.set_req("claim", &mut k.claim, string)?;
     Ok(k)
 }
 
@@ -653,9 +689,9 @@ fn rate_limit(c: &Cur<'_, '_>) -> Result<RateLimitSpec> {
         remote: None,
     };
     o.set("key", &mut r.key, |c| c.one_of(LIMIT_KEYS))?;
-    o.set_req("limit", &mut r.limit, |c| c.u32())?;
-    o.set_req("period_seconds", &mut r.period_seconds, |c| c.u32())?;
-    o.set_opt("burst", &mut r.burst, |c| c.u32())?;
+    o.set_req("limit", &mut r.limit, uint)?;
+    o.set_req("period_seconds", &mut r.period_seconds, uint)?;
+    o.set_opt("burst", &mut r.burst, uint)?;
     o.set("on_store_error", &mut r.on_store_error, |c| {
         c.one_of(STORE_ERROR_POLICIES)
     })?;
@@ -669,7 +705,7 @@ fn remote_limit(c: &Cur<'_, '_>) -> Result<RemoteLimitSpec> {
     o.set_opt("entries", &mut r.entries, |c| {
         c.items(|c| c.one_of(ENTRY_NAMES))
     })?;
-    o.set("local_first", &mut r.local_first, |c| c.boolean())?;
+    o.set("local_first", &mut r.local_first, boolean)?;
     Ok(r)
 }
 
@@ -685,7 +721,7 @@ fn audit(c: &Cur<'_, '_>) -> Result<AuditSpec> {
 fn limits(c: &Cur<'_, '_>) -> Result<LimitsSpec> {
     let o = c.object("struct LimitsSpec", &["max_keys", "headers"])?;
     let mut l = LimitsSpec::default();
-    o.set("max_keys", &mut l.max_keys, |c| c.u32())?;
+    o.set("max_keys", &mut l.max_keys, uint)?;
     o.set("headers", &mut l.headers, |c| c.one_of(RATE_LIMIT_HEADERS))?;
     Ok(l)
 }
@@ -701,10 +737,10 @@ fn rate_limit_service(c: &Cur<'_, '_>) -> Result<RateLimitServiceSpec> {
         timeout_ms: crate::rls::default_timeout_ms(),
         send_limit: crate::rls::default_true(),
     };
-    o.set_req("cluster", &mut r.cluster, |c| c.string())?;
-    o.set_req("domain", &mut r.domain, |c| c.string())?;
-    o.set("timeout_ms", &mut r.timeout_ms, |c| c.u32())?;
-    o.set("send_limit", &mut r.send_limit, |c| c.boolean())?;
+    o.set_req("cluster", &mut r.cluster, string)?;
+    o.set_req("domain", &mut r.domain, string)?;
+    o.set("timeout_ms", &mut r.timeout_ms, uint)?;
+    o.set("send_limit", &mut r.send_limit, boolean)?;
     Ok(r)
 }
 

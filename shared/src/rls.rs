@@ -21,7 +21,9 @@
 //!   `local_first` gives it a meaning (the local bucket's burst).
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Deserialize;
+use serde::Serialize;
 
 use crate::mcp::Kind;
 pub use crate::ratelimit::RemoteFailure;
@@ -29,7 +31,8 @@ use crate::ratelimit::{LimitRule, LimitState, StoreError};
 use crate::rls_wire::{self, Code, Descriptor, RateLimitRequest, Unit};
 
 /// The rate limit service of remote rules (Envoy: the filter calls it with `dispatch_grpc_call`).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitServiceSpec {
     /// The Envoy cluster of the service (HTTP/2, i.e. `typed_extension_protocol_options` with
@@ -46,16 +49,17 @@ pub struct RateLimitServiceSpec {
     pub send_limit: bool,
 }
 
-fn default_timeout_ms() -> u32 {
+pub(crate) fn default_timeout_ms() -> u32 {
     100
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 
 /// A descriptor entry taken from the verified request. The entry's name is the descriptor key sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "snake_case")]
 pub enum EntryName {
     /// The tool name, exact (only in a `tools` rule).
@@ -102,7 +106,8 @@ impl EntryName {
 }
 
 /// `rate_limit.remote`: this rule's bucket is counted by the `rate_limit_service`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RemoteLimitSpec {
     /// The descriptor's entries, in order, each `(name, value from the verified request)`. Default: the

@@ -4,11 +4,11 @@
 //! field, so a bad policy never reaches traffic.
 
 mod compile;
+mod read;
 mod remote;
 mod spec;
 
 pub use crate::agents::Agents;
-use compile::pointer_from_path;
 pub use compile::{PolicyError, PolicyWarning};
 pub use spec::*;
 
@@ -68,13 +68,7 @@ impl Policy {
     /// Reads and compiles a policy document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, PolicyError> {
         let doc = parse_strict(bytes, 64).map_err(PolicyError::Json)?;
-        let spec: PolicySpec = serde_path_to_error::deserialize(&doc).map_err(|err| {
-            let path = pointer_from_path(err.path());
-            PolicyError::Shape {
-                path,
-                message: err.into_inner().to_string(),
-            }
-        })?;
+        let spec = read::policy(&read::Cur::root(&doc))?;
         Self::compile(spec)
     }
 

@@ -1,16 +1,23 @@
-//! The policy's wire form: the serde types of the JSON document and the published JSON Schema.
+//! The policy's wire form: the types of the JSON document and the published JSON Schema.
+//!
+//! The document is read by hand (`super::read`), not through serde: the `#[serde(...)]` attributes are
+//! here for the schema (schemars reads them: names, defaults, unknown fields refused) and for `Serialize`.
+//! `Deserialize` is derived in tests only, where the reader is checked against it.
 
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Deserialize;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::keys::Algorithm;
 use crate::rule::{Effect, LimitKey, Mode, StoreErrorPolicy};
 
 /// txngate policy: how Transaction Tokens are validated and which agent may call which MCP tool.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// The trust domain: every accepted token's `aud` must be (or contain) this value.
@@ -76,7 +83,8 @@ pub struct PolicySpec {
 }
 
 /// A Transaction Token Service whose signatures are trusted.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSpec {
     /// A label for logs and metrics.
@@ -120,7 +128,8 @@ pub struct IssuerSpec {
 }
 
 /// A supported JWS algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 pub enum AlgorithmName {
     /// Ed25519 under its polymorphic name (RFC 8037; deprecated by RFC 9864 in favour of `Ed25519`).
     EdDSA,
@@ -147,7 +156,8 @@ impl From<AlgorithmName> for Algorithm {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
     /// The request header carrying the token (exactly one occurrence).
@@ -179,7 +189,8 @@ impl Default for TokenSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
     /// The most this agent may be granted, as scopes or `prefix*` patterns. A delegated call's scope is the
@@ -187,7 +198,8 @@ pub struct AgentSpec {
     pub max_scopes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct DelegationSpec {
     /// Deepest accepted `act` nesting (0 forbids delegation).
@@ -217,7 +229,8 @@ impl Default for DelegationSpec {
 /// prior actors may be outside your policy (other trust domains, user agents you do not list). `max_depth`
 /// applies in both. RFC 8693 §4.1 says a consumer "MUST only consider" the current actor: `narrow` departs from
 /// it on the strict side only (it never allows what `informational` refuses); `informational` is that reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "snake_case")]
 pub enum PriorActors {
     Narrow,
@@ -227,7 +240,8 @@ pub enum PriorActors {
 
 /// `off`: the peer identity is recorded only. `require`: the host must know the peer (mTLS SPIFFE ID) and it
 /// must equal the acting agent. `when_present`: checked when the host knows the peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "snake_case")]
 pub enum PeerBinding {
     #[default]
@@ -266,8 +280,10 @@ impl PeerBindingField {
     }
 }
 
-// Read by hand so that a fault in the object form names its member (an untagged enum would only say that
-// nothing matched).
+// The serde form of the hand reader's `peer_binding` (super::read), kept for the tests that check the reader
+// against serde. Read by hand so that a fault in the object form names its member (an untagged enum would
+// only say that nothing matched).
+#[cfg(test)]
 impl<'de> Deserialize<'de> for PeerBindingField {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
@@ -289,7 +305,8 @@ impl<'de> Deserialize<'de> for PeerBindingField {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct McpSpec {
     /// Requests whose path is this prefix (or below it) are MCP JSON-RPC requests.
@@ -318,7 +335,8 @@ impl Default for McpSpec {
 }
 
 /// A tool or prompt rule.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     #[serde(default)]
@@ -339,7 +357,8 @@ pub struct RuleSpec {
 }
 
 /// A resource rule: a tool rule without constraints (`resources/read` has no arguments).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     #[serde(default)]
@@ -359,7 +378,8 @@ pub struct ResourceSpec {
     pub constraints: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct ConstraintSpec {
     /// JSON pointer into the tool call's `arguments`, e.g. `/to`.
@@ -368,7 +388,8 @@ pub struct ConstraintSpec {
     pub claim: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// What one bucket counts: per acting agent, per token subject (user), or the tool (prompt, resource rule)
@@ -391,7 +412,8 @@ pub struct RateLimitSpec {
     pub remote: Option<crate::rls::RemoteLimitSpec>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct AuditSpec {
     /// How tool arguments appear in audit records.
@@ -401,7 +423,8 @@ pub struct AuditSpec {
 
 /// `hash`: SHA-256 of the canonical JSON (keys sorted, no whitespace). `full`: the arguments themselves.
 /// `none`: nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "snake_case")]
 pub enum ArgumentsAudit {
     #[default]
@@ -410,7 +433,8 @@ pub enum ArgumentsAudit {
     None,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// Most rate-limit buckets kept at once by a host with a bounded store (Envoy shared data). When all are
@@ -435,7 +459,8 @@ impl Default for LimitsSpec {
 }
 
 /// See [`LimitsSpec::headers`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitHeaders {
     #[default]
@@ -443,7 +468,8 @@ pub enum RateLimitHeaders {
     Refusals,
 }
 
-mod defaults {
+/// The defaults of optional fields: the reader's (super::read) and the schema's.
+pub(super) mod defaults {
     use super::AlgorithmName;
     pub fn refresh_seconds() -> u32 {
         crate::keys::DEFAULT_REFRESH_SECONDS

@@ -4,13 +4,16 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Deserialize;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::keys::{Algorithm, KeyError, KeyRing, KeySet, KeySource, RemoteSpec, Strictness};
 
 /// Where the caller's proven identity comes from when `peer_binding` checks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "snake_case")]
 pub enum PeerSource {
     /// The host's verified mTLS peer (Envoy: the client certificate's SPIFFE URI SAN). Hosts without mTLS
@@ -26,7 +29,8 @@ pub enum PeerSource {
 }
 
 /// `peer_binding` in its object form: the mode and where the caller's identity comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct PeerBindingSpec<M> {
     pub mode: M,
@@ -35,7 +39,8 @@ pub struct PeerBindingSpec<M> {
 }
 
 /// The `wimse` section: which trust domains may vouch for calling workloads, and how proofs are bounded.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct WimseSpec {
     /// Trust domains whose Identity Server keys sign Workload Identity Tokens, by trust domain name (the
@@ -67,7 +72,8 @@ pub struct WimseSpec {
 
 /// One trust domain's Identity Server keys: inline, or fetched from `jwks_uri` exactly like a Txn-Token
 /// issuer's (same refresher, back-off, unknown-`kid` refetch and staleness bound).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(deny_unknown_fields)]
 pub struct TrustDomainSpec {
     /// The public keys, inline as a JWK set, checked like a Txn-Token issuer's (no private members, curve
@@ -99,6 +105,37 @@ pub struct TrustDomainSpec {
     /// §3.8); without it, a WIT carrying an `iss` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+}
+
+/// The optional fields' defaults; no trust domains or audiences (which `compile` refuses).
+impl Default for WimseSpec {
+    fn default() -> Self {
+        Self {
+            trust_domains: BTreeMap::new(),
+            audiences: Vec::new(),
+            max_proof_lifetime_seconds: defaults::max_proof_lifetime_seconds(),
+            replay_cache_entries: defaults::replay_cache_entries(),
+            leeway_seconds: defaults::leeway_seconds(),
+            max_token_bytes: defaults::max_token_bytes(),
+            proof_algorithms: defaults::algorithms(),
+        }
+    }
+}
+
+/// The optional fields' defaults; no keys (which `compile` refuses).
+impl Default for TrustDomainSpec {
+    fn default() -> Self {
+        Self {
+            jwks: None,
+            jwks_uri: None,
+            cluster: None,
+            refresh_seconds: defaults::refresh_seconds(),
+            max_stale_seconds: defaults::max_stale_seconds(),
+            min_refetch_seconds: defaults::min_refetch_seconds(),
+            algorithms: defaults::algorithms(),
+            iss: None,
+        }
+    }
 }
 
 mod defaults {

@@ -494,16 +494,20 @@ export function freePort() {
 /**
  * A plain JS Worker that forwards every request to `originUrl`, in the same Miniflare/workerd setup as
  * startWorker: the runtime's own floor, for benchmarks and floods. `requireToken`: answer 401 without a
- * `txn-token` header (the least an authorizer does).
+ * `txn-token` header (the least an authorizer does); `buffer`: read the body whole before forwarding it.
  */
-export async function startPassThrough(originUrl, { inspectorPort, requireToken = false } = {}) {
+export async function startPassThrough(originUrl, { inspectorPort, requireToken = false, buffer = false } = {}) {
   const gate = requireToken
     ? `if (!request.headers.has("txn-token")) return new Response('{"error":"invalid_token"}', { status: 401, headers: { "content-type": "application/json" } });`
     : "";
+  // `buffer`: the body is read whole (one arrayBuffer()) and sent on as that buffer, as txngate and the
+  // bench's peer do; streaming request.body to the origin stalls each request ≈ 40 ms on loopback here
+  // (workerd sends a chunked body in pieces: Nagle and delayed ACKs), which inflates workerd's CPU.
+  const body = buffer ? `request.method === "GET" || request.method === "HEAD" ? undefined : await request.arrayBuffer()` : "request.body";
   const script = `export default { async fetch(request, env) {
       ${gate}
       const url = new URL(request.url);
-      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: request.body });
+      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: ${body} });
     } };`;
   const mf = new Miniflare({ modules: true, script, compatibilityDate: COMPAT_DATE, bindings: { ORIGIN_URL: originUrl }, host: "127.0.0.1", port: 0, inspectorPort });
   const url = await mf.ready;

@@ -348,7 +348,7 @@ try {
   const colds = [];
   const peerColds = [];
   for (let i = 0; i < COLD_RUNS; i++) {
-    colds.push(await coldStart(() => startWorker({ vars }), cached[0]));
+    colds.push(await coldStart(() => startWorker({ vars, keepLogs: false }), cached[0]));
     peerColds.push(await coldStart(() => startPeer(peerConfig(false), origin.url), cached[0]));
   }
   const medianOf = (runs) => Object.fromEntries(Object.keys(runs[0]).map((k) => [k, Number(median(runs.map((c) => c[k])).toFixed(1))]));
@@ -360,11 +360,12 @@ try {
   // request.body stalled every request ≈ 40 ms, and workerd's CPU grows with a request's wall time).
   baseline = await startPassThrough(origin.url, { buffer: true });
   const inspectorPort = PROFILE ? await freePort() : null;
-  worker = await startWorker({ vars, ...(PROFILE ? { inspectorPort } : {}) });
+  // Logs read and dropped, as for the peer and the other build (collecting them costs this process per line).
+  worker = await startWorker({ vars, keepLogs: false, ...(PROFILE ? { inspectorPort } : {}) });
   // The same policy with a (never reached) rate limit on the tool: each call then also makes the Durable
   // Object round trip (the object runs in the same workerd process, so its CPU counts).
   const limitedTools = { ...tools, calendar_read: { ...tools.calendar_read, rate_limit: { key: "agent", limit: 1000000, period_seconds: 3600 } } };
-  limited = await startWorker({ vars: { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) } });
+  limited = await startWorker({ vars: { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) }, keepLogs: false });
   // Tokens live 240 s (the policy allows 300): minted right before each round (and warm-up) that uses them.
   // The fresh row's tokens are all distinct, its warm-up ones too (the fresh path, WebCrypto verify with
   // the imported key, is what must be warm).

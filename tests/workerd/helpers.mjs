@@ -387,8 +387,9 @@ export function cpuTicks(pid) {
  * Starts the built Worker in workerd. `vars` are the Worker's string bindings (TXNGATE_POLICY given as an
  * object is serialised). `persist` shares Durable Object state between instances; `workers` > 1 runs that
  * many separate Worker isolates ("edge-0", "edge-1", ...) bound to one Durable Object namespace.
+ * `keepLogs: false`: workerd's output is read and dropped (benches: no per-line work in this process).
  */
-export async function startWorker({ vars, persist, workers = 1, ratelimits, limiter, inspectorPort } = {}) {
+export async function startWorker({ vars, persist, workers = 1, ratelimits, limiter, inspectorPort, keepLogs = true } = {}) {
   if (!existsSync(WORKER_SCRIPT)) throw new Error(`${WORKER_SCRIPT} is missing: run scripts/test-worker.sh (it builds first)`);
   const bindings = { ...vars };
   if (bindings.TXNGATE_POLICY !== undefined && typeof bindings.TXNGATE_POLICY !== "string") {
@@ -438,6 +439,11 @@ export async function startWorker({ vars, persist, workers = 1, ratelimits, limi
     ...(inspectorPort ? { inspectorPort } : {}),
     ...(persist ? { durableObjectsPersist: persist, cachePersist: join(persist, "cache") } : {}),
     handleRuntimeStdio(stdout, stderr) {
+      if (!keepLogs) {
+        stdout.resume();
+        stderr.resume();
+        return;
+      }
       const collect = (d) => {
         for (const line of d.toString().split("\n")) if (line.trim()) logs.push(line);
       };

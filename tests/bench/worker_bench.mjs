@@ -70,7 +70,7 @@ const PROFILE = flag("--profile");
 // instead (--plain-origin, the old name of the default, is accepted). Every row fetches the same origin.
 const PLAIN_ORIGIN = !flag("--mcp-origin");
 const PROFILE_INTERVAL_US = 50;
-const COLD_RUNS = QUICK ? 1 : 3;
+const COLD_RUNS = Number(option("--cold-runs", QUICK ? 1 : 5));
 const TICK_US = 10_000; // USER_HZ 100
 
 function cpuNs(pid) {
@@ -257,7 +257,7 @@ async function coldStart(start, token) {
   const fresh = await start();
   try {
     const ready = performance.now() - t0;
-    const startupCpuMs = cpuTicks(fresh.pid) * (TICK_US / 1000);
+    const startupCpuMs = cpuNs(fresh.pid) / 1e6;
     const c0 = cpuNs(fresh.pid);
     const s = performance.now();
     const status = await once(fresh.url, token, toolCall(1, "calendar_read", { day: "mon" }));
@@ -347,14 +347,27 @@ try {
 
   const colds = [];
   const peerColds = [];
+  const otherColds = [];
+  // One request first, to a throwaway pass-through: this process's own first fetch (undici's start-up) is
+  // not charged to the first cold run.
+  {
+    const warmUp = await startPassThrough(origin.url, { buffer: true });
+    try {
+      await once(warmUp.url, cached[0], body(0));
+    } finally {
+      await warmUp.stop();
+    }
+  }
   for (let i = 0; i < COLD_RUNS; i++) {
     colds.push(await coldStart(() => startWorker({ vars, keepLogs: false }), cached[0]));
     peerColds.push(await coldStart(() => startPeer(peerConfig(false), origin.url), cached[0]));
+    if (COMPARE) otherColds.push(await coldStart(() => startOtherBuild(COMPARE, vars), cached[0]));
   }
   const medianOf = (runs) => Object.fromEntries(Object.keys(runs[0]).map((k) => [k, Number(median(runs.map((c) => c[k])).toFixed(1))]));
   const cold = medianOf(colds);
   const peerCold = medianOf(peerColds);
-  console.error(`  cold start: ${JSON.stringify(cold)}; peer: ${JSON.stringify(peerCold)}`);
+  const otherCold = COMPARE ? medianOf(otherColds) : null;
+  console.error(`  cold start: ${JSON.stringify(cold)}; peer: ${JSON.stringify(peerCold)}${otherCold ? `; other build: ${JSON.stringify(otherCold)}` : ""}`);
 
   // The pass-through reads the body whole and forwards that buffer, as txngate and the peer do (streaming
   // request.body stalled every request ≈ 40 ms, and workerd's CPU grows with a request's wall time).
@@ -427,7 +440,8 @@ try {
   const meta = {
     profile,
     requests_per_round: N, rounds: ROUNDS, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
-    peer_bundle: peerSize, peer_cold_start: peerCold,
+    peer_bundle: peerSize, peer_cold_start: peerCold, other_cold_start: otherCold,
+    cold_start_runs: { txngate: colds, peer: peerColds, other: otherColds },
     elapsed_s: Number(((performance.now() - started) / 1000).toFixed(1)),
   };
   mkdirSync(dirname(OUT), { recursive: true });
@@ -448,6 +462,7 @@ try {
     `Bundle: ${kib(size.bytes)} KiB (index.js + core.mjs + index_bg.wasm), **${kib(size.gzip_bytes)} KiB gzipped**` +
       (size.wrangler ? `; wrangler dry run: ${size.wrangler.upload_kib} KiB / gzip ${size.wrangler.gzip_kib} KiB` : "") + ".",
     `Cold start (median of ${COLD_RUNS}): workerd ready in ${cold.ready_ms} ms (${cold.startup_cpu_ms} ms CPU), first response ${cold.first_response_ms} ms (${cold.first_cpu_ms} ms CPU), second ${cold.second_response_ms} ms.`,
+    ...(otherCold ? [`Other build (${COMPARE}), cold start (same runs, interleaved): ready in ${otherCold.ready_ms} ms (${otherCold.startup_cpu_ms} ms CPU), first response ${otherCold.first_response_ms} ms (${otherCold.first_cpu_ms} ms CPU), second ${otherCold.second_response_ms} ms.`] : []),
     `Peer (tests/bench/peer/worker.mjs on jose, esbuild --minify): bundle ${kib(peerSize.bytes)} KiB, **${kib(peerSize.gzip_bytes)} KiB gzipped**; cold start first response ${peerCold.first_response_ms} ms (${peerCold.first_cpu_ms} ms CPU), second ${peerCold.second_response_ms} ms.`,
     "",
     "txngate against the peer, each over the pass-through (same request, same rounds):",

@@ -369,8 +369,7 @@ try {
   const otherCold = COMPARE ? medianOf(otherColds) : null;
   console.error(`  cold start: ${JSON.stringify(cold)}; peer: ${JSON.stringify(peerCold)}${otherCold ? `; other build: ${JSON.stringify(otherCold)}` : ""}`);
 
-  // The pass-through reads the body whole and forwards that buffer, as txngate and the peer do (streaming
-  // request.body stalled every request ≈ 40 ms, and workerd's CPU grows with a request's wall time).
+  // The pass-through reads the body whole and forwards that buffer, as txngate and the peer do.
   baseline = await startPassThrough(origin.url, { buffer: true });
   const inspectorPort = PROFILE ? await freePort() : null;
   // Logs read and dropped, as for the peer and the other build (collecting them costs this process per line).

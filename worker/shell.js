@@ -5,11 +5,29 @@
 // header rule and error text comes from the core; nothing here decides. Fail closed: any exception ends in
 // a 500 and nothing is forwarded.
 
+import { env as startupEnv } from "cloudflare:workers";
+
 import Core from "./core.mjs";
 
 // worker-build puts each #[wasm_bindgen] function on its entrypoint's prototype (the module's default
 // export, a class); called directly, they are plain synchronous Wasm calls.
 const core = Core.prototype;
+
+/**
+ * The policy is compiled once per isolate (`txngateConfigure`): here, at startup, when the runtime offers
+ * `env` to the module (workerd, Cloudflare), so the first request does not pay for it; else before the first
+ * request. Requests never pass `env` into Wasm.
+ */
+let configured = false;
+function configure(env) {
+  core.txngateConfigure(env);
+  configured = true;
+}
+try {
+  if (startupEnv) configure(startupEnv);
+} catch {
+  // Not configured: the first request tries again (and fails closed if it cannot).
+}
 
 /** WebCrypto keys by the core's fingerprint; null: WebCrypto refused the key (the core decides then). */
 const keys = new Map();
@@ -232,7 +250,8 @@ async function forward(id, request, step, body) {
 }
 
 async function handle(request, env, ctx) {
-  const go = JSON.parse(core.txngateBegin(env, request.method, request.url, Date.now()));
+  if (!configured) configure(env);
+  const go = JSON.parse(core.txngateBegin(request.method, request.url, Date.now()));
   if (go.k === "reply") return reply(go);
   const id = go.id;
   try {

@@ -1,7 +1,7 @@
 // The txngate Worker in workerd (issue #7): CPU per allowed MCP `tools/call`, bundle size, cold start.
 //
 //   node tests/bench/worker_bench.mjs --out target/bench/worker.md [--quick] [--build] [--n N] [--rounds R]
-//                                     [--compare DIR] [--profile]
+//                                     [--compare DIR] [--profile] [--rows NAME,...] [--mcp-origin]
 //
 // --profile: afterwards, a V8 CPU profile of the txngate isolate (workerd's inspector, loopback) over N cached
 // and N fresh requests: the top functions by self time (share of the isolate's busy samples) and busy
@@ -9,15 +9,18 @@
 // meaningful; it sees JS and Wasm in the isolate, not workerd's own C++ (sockets, HTTP, streams).
 // --compare DIR: another build of the Worker (a copy of an earlier worker/build/) measured in the same run,
 // interleaved with this one (rows "…, other build"): before/after figures for a change.
+// --rows a,b: only the rows whose names contain one of these (and the baseline), e.g. `--rows cached,other`.
 //
 // Writes the markdown fragment to --out and target/bench/worker.json next to it:
 // {"rows": [{"name", "cpu_us", "rps", "p50_ms", "p99_ms", ...}], "ratios": {name: cpu_us / baseline}, ...}.
 //
 // CPU: the workerd process's CPU time (all its threads, /proc/PID/task/*/schedstat, ns; /proc/PID/stat
-// utime+stime kept as a cross-check) over N sequential requests after a warm-up, divided by N. The workerd
+// utime+stime kept as a cross-check) over N sequential requests after a warm-up, divided by N; beside it the
+// main thread's alone (`cpu_us_main`, `over_baseline_main_us`: the thread whose event loop runs the isolates,
+// without V8's background compile / tier-up / GC threads, whose noise the whole-process figure carries). The workerd
 // process also runs Miniflare's entry worker (a proxy in front of ours), so every row includes it; the
-// baseline row is a plain JS pass-through Worker in the same setup, fetching the same origin. Allowed
-// requests go to a real MCP server (official Python SDK, tests/e2e/mcp_server.py) on 127.0.0.1.
+// baseline row is a plain JS pass-through Worker in the same setup, fetching the same origin, with the body
+// read whole and forwarded as a buffer (as txngate and the peer do). Allowed requests go to the origin below.
 // Every row's workerd runs side by side (started up front); the rows are measured interleaved, in rounds
 // with a rotating order (`--rounds`, N requests per row per round), and each row's figure is the median of
 // its rounds: a busy machine's load then weighs on every row alike, and the "− baseline" difference is
@@ -59,11 +62,15 @@ const ROUNDS = Number(option("--rounds", QUICK ? 3 : 5));
 const WARMUP = Number(option("--warmup", QUICK ? 300 : 800));
 const COMPARE = option("--compare", null);
 const PROFILE = flag("--profile");
-// --plain-origin: a fixed JSON-RPC answer from a node:http server in this process instead of the MCP SDK
-// server (for a machine whose venv lacks the SDK; every row fetches the same origin either way).
-const PLAIN_ORIGIN = flag("--plain-origin");
+// The origin: by default a node:http server in this process answering every call with the MCP SDK server's
+// own answer to this call (the same bytes), because the SDK server (uvicorn, h11) holds every request after
+// the first on a keep-alive connection ≈ 44 ms (measured with one-write requests and TCP_NODELAY too; a new
+// connection answers in 3–13 ms), and workerd's CPU per request grows ≈ 15 µs per ms of a request's wall
+// time: every row then sat at p50 ≈ 48 ms. --mcp-origin: the real MCP SDK server (tests/e2e/mcp_server.py)
+// instead (--plain-origin, the old name of the default, is accepted). Every row fetches the same origin.
+const PLAIN_ORIGIN = !flag("--mcp-origin");
 const PROFILE_INTERVAL_US = 50;
-const COLD_RUNS = QUICK ? 1 : 3;
+const COLD_RUNS = Number(option("--cold-runs", QUICK ? 1 : 5));
 const TICK_US = 10_000; // USER_HZ 100
 
 function cpuNs(pid) {
@@ -74,6 +81,12 @@ function cpuNs(pid) {
     } catch {} // a thread that just exited
   }
   return total;
+}
+
+/** CPU ns of workerd's main thread (tid = pid): its event loop runs the isolates (ours, Miniflare's entry
+ * worker, the Durable Object); the other threads are V8's platform workers (compile, tier-up, GC) and I/O. */
+function mainCpuNs(pid) {
+  return Number(readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").split(" ")[0]);
 }
 
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -145,9 +158,10 @@ async function startPeer(config, originUrl) {
   return { url: url.href.replace(/\/$/, ""), pid: workerdPid(), stop: () => mf.dispose() };
 }
 
-/** The --plain-origin origin: answers every request with one JSON-RPC result. */
+/** The default origin: answers every request with the MCP SDK server's answer to the bench's call. */
 async function startPlainOrigin() {
-  const answer = JSON.stringify({ jsonrpc: "2.0", id: 1, result: { content: [{ type: "text", text: "ok" }], isError: false } });
+  const result = { result: "mon: 09:00 standup; 14:00 review", "x-txngate-agent": null, txngate_headers: {}, txn_token_present: false };
+  const answer = JSON.stringify({ jsonrpc: "2.0", id: 1, result: { content: [{ text: JSON.stringify(result, null, 2), type: "text" }], isError: false, structuredContent: result } });
   const server = createServer((req, res) => {
     req.resume();
     req.on("end", () => res.writeHead(200, { "content-type": "application/json" }).end(answer));
@@ -193,15 +207,19 @@ async function warm(row) {
 async function round(row) {
   const tokens = row.tokens(N);
   const times = [];
-  const [t0, n0, w0] = [cpuTicks(row.target.pid), cpuNs(row.target.pid), performance.now()];
+  const pid = row.target.pid;
+  const [t0, n0, m0, w0] = [cpuTicks(pid), cpuNs(pid), mainCpuNs(pid), performance.now()];
   for (let i = 0; i < N; i++) {
     const s = performance.now();
     const status = await once(row.target.url, tokens[i % tokens.length], body(i));
     times.push(performance.now() - s);
     if (status !== 200) throw new Error(`${row.name}: request ${i} got ${status}`);
   }
-  const [t1, n1, w1] = [cpuTicks(row.target.pid), cpuNs(row.target.pid), performance.now()];
-  return { cpu_us: (n1 - n0) / N / 1000, cpu_us_stat: ((t1 - t0) * TICK_US) / N, rps: (N * 1000) / (w1 - w0), times };
+  const [t1, n1, m1, w1] = [cpuTicks(pid), cpuNs(pid), mainCpuNs(pid), performance.now()];
+  return {
+    cpu_us: (n1 - n0) / N / 1000, cpu_us_main: (m1 - m0) / N / 1000, cpu_us_stat: ((t1 - t0) * TICK_US) / N,
+    rps: (N * 1000) / (w1 - w0), times,
+  };
 }
 
 /** All rows interleaved: ROUNDS rounds, the order rotating each round; per row the median of its rounds. */
@@ -213,7 +231,8 @@ async function measureAll(rows) {
       const row = rows[(j + k) % rows.length];
       const r = await round(row);
       results.get(row.name).push(r);
-      console.error(`  round ${k + 1}/${ROUNDS} ${row.name}: ${r.cpu_us.toFixed(1)} µs CPU/request`);
+      const p50 = [...r.times].sort((a, b) => a - b)[Math.floor(r.times.length / 2)];
+      console.error(`  round ${k + 1}/${ROUNDS} ${row.name}: ${r.cpu_us.toFixed(1)} µs CPU/request (main thread ${r.cpu_us_main.toFixed(1)}), p50 ${p50.toFixed(2)} ms`);
     }
   }
   return rows.map((row) => {
@@ -223,6 +242,8 @@ async function measureAll(rows) {
       name: row.name, label: row.label, requests: N * ROUNDS, rounds: ROUNDS,
       cpu_us: Number(median(rs.map((r) => r.cpu_us)).toFixed(1)),
       cpu_us_rounds: rs.map((r) => Number(r.cpu_us.toFixed(1))),
+      cpu_us_main: Number(median(rs.map((r) => r.cpu_us_main)).toFixed(1)),
+      cpu_us_main_rounds: rs.map((r) => Number(r.cpu_us_main.toFixed(1))),
       cpu_us_stat: Number(median(rs.map((r) => r.cpu_us_stat)).toFixed(1)),
       rps: Math.round(median(rs.map((r) => r.rps))),
       p50_ms: Number(percentile(times, 50).toFixed(3)),
@@ -236,7 +257,7 @@ async function coldStart(start, token) {
   const fresh = await start();
   try {
     const ready = performance.now() - t0;
-    const startupCpuMs = cpuTicks(fresh.pid) * (TICK_US / 1000);
+    const startupCpuMs = cpuNs(fresh.pid) / 1e6;
     const c0 = cpuNs(fresh.pid);
     const s = performance.now();
     const status = await once(fresh.url, token, toolCall(1, "calendar_read", { day: "mon" }));
@@ -299,7 +320,9 @@ try {
   const size = bundle();
   const peerSize = buildPeer();
   // Without the MCP SDK (a venv that lacks it), the same fixed answer from node:http, said in the fragment.
-  let originNote = PLAIN_ORIGIN ? "origin: a fixed JSON-RPC answer from node:http (--plain-origin)" : "origin: the MCP SDK server (tests/e2e/mcp_server.py)";
+  let originNote = PLAIN_ORIGIN
+    ? "origin: node:http answering with the MCP SDK server's answer to this call (the SDK server stalls keep-alive requests ≈ 44 ms; --mcp-origin uses it)"
+    : "origin: the MCP SDK server (tests/e2e/mcp_server.py, --mcp-origin)";
   try {
     origin = PLAIN_ORIGIN ? await startPlainOrigin() : await startMcpServer({ json: true });
   } catch (e) {
@@ -324,22 +347,37 @@ try {
 
   const colds = [];
   const peerColds = [];
+  const otherColds = [];
+  // One request first, to a throwaway pass-through: this process's own first fetch (undici's start-up) is
+  // not charged to the first cold run.
+  {
+    const warmUp = await startPassThrough(origin.url, { buffer: true });
+    try {
+      await once(warmUp.url, cached[0], body(0));
+    } finally {
+      await warmUp.stop();
+    }
+  }
   for (let i = 0; i < COLD_RUNS; i++) {
-    colds.push(await coldStart(() => startWorker({ vars }), cached[0]));
+    colds.push(await coldStart(() => startWorker({ vars, keepLogs: false }), cached[0]));
     peerColds.push(await coldStart(() => startPeer(peerConfig(false), origin.url), cached[0]));
+    if (COMPARE) otherColds.push(await coldStart(() => startOtherBuild(COMPARE, vars), cached[0]));
   }
   const medianOf = (runs) => Object.fromEntries(Object.keys(runs[0]).map((k) => [k, Number(median(runs.map((c) => c[k])).toFixed(1))]));
   const cold = medianOf(colds);
   const peerCold = medianOf(peerColds);
-  console.error(`  cold start: ${JSON.stringify(cold)}; peer: ${JSON.stringify(peerCold)}`);
+  const otherCold = COMPARE ? medianOf(otherColds) : null;
+  console.error(`  cold start: ${JSON.stringify(cold)}; peer: ${JSON.stringify(peerCold)}${otherCold ? `; other build: ${JSON.stringify(otherCold)}` : ""}`);
 
-  baseline = await startPassThrough(origin.url);
+  // The pass-through reads the body whole and forwards that buffer, as txngate and the peer do.
+  baseline = await startPassThrough(origin.url, { buffer: true });
   const inspectorPort = PROFILE ? await freePort() : null;
-  worker = await startWorker({ vars, ...(PROFILE ? { inspectorPort } : {}) });
+  // Logs read and dropped, as for the peer and the other build (collecting them costs this process per line).
+  worker = await startWorker({ vars, keepLogs: false, ...(PROFILE ? { inspectorPort } : {}) });
   // The same policy with a (never reached) rate limit on the tool: each call then also makes the Durable
   // Object round trip (the object runs in the same workerd process, so its CPU counts).
   const limitedTools = { ...tools, calendar_read: { ...tools.calendar_read, rate_limit: { key: "agent", limit: 1000000, period_seconds: 3600 } } };
-  limited = await startWorker({ vars: { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) } });
+  limited = await startWorker({ vars: { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) }, keepLogs: false });
   // Tokens live 240 s (the policy allows 300): minted right before each round (and warm-up) that uses them.
   // The fresh row's tokens are all distinct, its warm-up ones too (the fresh path, WebCrypto verify with
   // the imported key, is what must be warm).
@@ -350,7 +388,7 @@ try {
     other = await startOtherBuild(COMPARE, vars);
     otherLimited = await startOtherBuild(COMPARE, { ...vars, TXNGATE_POLICY: policy({ jwks: { keys: [es.publicJwk] }, tools: limitedTools }) });
   }
-  const rows = await measureAll([
+  const allRows = [
     { name: "baseline_passthrough", label: "plain JS pass-through Worker (no auth)", target: baseline, tokens: one },
     { name: "txngate_cached", label: "txngate, cached token (repeated)", target: worker, tokens: one },
     { name: "txngate_fresh_es256", label: "txngate, fresh ES256 token per request (WebCrypto)", target: worker, tokens: fresh },
@@ -363,7 +401,10 @@ try {
       { name: "other_fresh_es256", label: `txngate, fresh ES256 token, other build (${COMPARE})`, target: other, tokens: fresh },
       { name: "other_cached_limited", label: `txngate, cached token, rate-limited tool, other build (${COMPARE})`, target: otherLimited, tokens: one },
     ] : []),
-  ]);
+  ];
+  // --rows a,b: only the rows whose names contain one of these (the baseline always runs), for a quick A/B.
+  const only = option("--rows", null)?.split(",");
+  const rows = await measureAll(allRows.filter((r, i) => i === 0 || !only || only.some((o) => r.name.includes(o))));
   let profile = null;
   if (PROFILE) {
     profile = {
@@ -377,12 +418,19 @@ try {
   }
   const base = rows[0].cpu_us;
   const ratios = Object.fromEntries(rows.map((r) => [r.name, Number((r.cpu_us / base).toFixed(3))]));
-  for (const r of rows) r.over_baseline_us = Number((r.cpu_us - base).toFixed(1));
+  const baseMain = rows[0].cpu_us_main;
+  for (const r of rows) {
+    r.over_baseline_us = Number((r.cpu_us - base).toFixed(1));
+    r.over_baseline_main_us = Number((r.cpu_us_main - baseMain).toFixed(1));
+  }
   // txngate against the peer, each over the pass-through (the Worker's own cost), per request kind.
   const over = (name) => rows.find((r) => r.name === name)?.over_baseline_us;
+  const overMain = (name) => rows.find((r) => r.name === name)?.over_baseline_main_us;
   const versusPeer = Object.fromEntries([["cached", "txngate_cached", "peer_cached"], ["fresh_es256", "txngate_fresh_es256", "peer_fresh_es256"],
     ["cached_limited", "txngate_cached_limited", "peer_cached_limited"]].map(([k, t, p]) => [k, {
     txngate_us: over(t), peer_us: over(p), ratio: over(p) > 0 ? Number((over(t) / over(p)).toFixed(2)) : null,
+    txngate_main_us: overMain(t), peer_main_us: overMain(p),
+    ratio_main: overMain(p) > 0 ? Number((overMain(t) / overMain(p)).toFixed(2)) : null,
   }]));
   versusPeer.cold_start_first_cpu = { txngate_ms: cold.first_cpu_ms, peer_ms: peerCold.first_cpu_ms,
     ratio: peerCold.first_cpu_ms > 0 ? Number((cold.first_cpu_ms / peerCold.first_cpu_ms).toFixed(2)) : null };
@@ -391,7 +439,8 @@ try {
   const meta = {
     profile,
     requests_per_round: N, rounds: ROUNDS, warmup: WARMUP, cold_runs: COLD_RUNS, bundle: size, cold_start: cold,
-    peer_bundle: peerSize, peer_cold_start: peerCold,
+    peer_bundle: peerSize, peer_cold_start: peerCold, other_cold_start: otherCold,
+    cold_start_runs: { txngate: colds, peer: peerColds, other: otherColds },
     elapsed_s: Number(((performance.now() - started) / 1000).toFixed(1)),
   };
   mkdirSync(dirname(OUT), { recursive: true });
@@ -405,21 +454,22 @@ try {
   const lines = [
     `workerd (wrangler's Miniflare), ${N} sequential requests per row per round, ${ROUNDS} interleaved rounds (median), after ${WARMUP} warm-up; CPU of the whole workerd process (includes Miniflare's entry worker: see the baseline); ${originNote}.`,
     "",
-    "| case | workerd CPU µs/request | − baseline (the Worker's own cost) | × baseline | req/s | p50 ms | p99 ms |",
-    "|---|---:|---:|---:|---:|---:|---:|",
-    ...rows.map((r) => `| ${r.label} | ${r.cpu_us} | ${(r.cpu_us - base).toFixed(1)} | ${ratios[r.name].toFixed(2)} | ${r.rps} | ${r.p50_ms.toFixed(2)} | ${r.p99_ms.toFixed(2)} |`),
+    "| case | workerd CPU µs/request | − baseline (the Worker's own cost) | × baseline | main thread µs/request | main − baseline | req/s | p50 ms | p99 ms |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ...rows.map((r) => `| ${r.label} | ${r.cpu_us} | ${(r.cpu_us - base).toFixed(1)} | ${ratios[r.name].toFixed(2)} | ${r.cpu_us_main} | ${r.over_baseline_main_us} | ${r.rps} | ${r.p50_ms.toFixed(2)} | ${r.p99_ms.toFixed(2)} |`),
     "",
     `Bundle: ${kib(size.bytes)} KiB (index.js + core.mjs + index_bg.wasm), **${kib(size.gzip_bytes)} KiB gzipped**` +
       (size.wrangler ? `; wrangler dry run: ${size.wrangler.upload_kib} KiB / gzip ${size.wrangler.gzip_kib} KiB` : "") + ".",
     `Cold start (median of ${COLD_RUNS}): workerd ready in ${cold.ready_ms} ms (${cold.startup_cpu_ms} ms CPU), first response ${cold.first_response_ms} ms (${cold.first_cpu_ms} ms CPU), second ${cold.second_response_ms} ms.`,
+    ...(otherCold ? [`Other build (${COMPARE}), cold start (same runs, interleaved): ready in ${otherCold.ready_ms} ms (${otherCold.startup_cpu_ms} ms CPU), first response ${otherCold.first_response_ms} ms (${otherCold.first_cpu_ms} ms CPU), second ${otherCold.second_response_ms} ms.`] : []),
     `Peer (tests/bench/peer/worker.mjs on jose, esbuild --minify): bundle ${kib(peerSize.bytes)} KiB, **${kib(peerSize.gzip_bytes)} KiB gzipped**; cold start first response ${peerCold.first_response_ms} ms (${peerCold.first_cpu_ms} ms CPU), second ${peerCold.second_response_ms} ms.`,
     "",
     "txngate against the peer, each over the pass-through (same request, same rounds):",
     "",
-    "| request | txngate − baseline µs | peer − baseline µs | txngate / peer |",
-    "|---|---:|---:|---:|",
+    "| request | txngate − baseline µs | peer − baseline µs | txngate / peer | main thread: txngate − baseline | peer − baseline | txngate / peer |",
+    "|---|---:|---:|---:|---:|---:|---:|",
     ...[["cached token", "cached"], ["fresh ES256 token", "fresh_es256"], ["cached token, rate-limited tool", "cached_limited"]].map(([label, k]) =>
-      `| ${label} | ${versusPeer[k].txngate_us} | ${versusPeer[k].peer_us} | ${versusPeer[k].ratio ?? "–"}× |`),
+      `| ${label} | ${versusPeer[k].txngate_us} | ${versusPeer[k].peer_us} | ${versusPeer[k].ratio ?? "–"}× | ${versusPeer[k].txngate_main_us} | ${versusPeer[k].peer_main_us} | ${versusPeer[k].ratio_main ?? "–"}× |`),
     `| cold start: CPU of the first response (ms) | ${cold.first_cpu_ms} | ${peerCold.first_cpu_ms} | ${versusPeer.cold_start_first_cpu.ratio ?? "–"}× |`,
     `| cold start: first response (ms) | ${cold.first_response_ms} | ${peerCold.first_response_ms} | ${versusPeer.cold_start_first_response.ratio ?? "–"}× |`,
     `| bundle, gzipped (KiB) | ${kib(size.gzip_bytes)} | ${kib(peerSize.gzip_bytes)} | ${(size.gzip_bytes / peerSize.gzip_bytes).toFixed(1)}× |`,

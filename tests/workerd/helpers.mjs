@@ -387,8 +387,9 @@ export function cpuTicks(pid) {
  * Starts the built Worker in workerd. `vars` are the Worker's string bindings (TXNGATE_POLICY given as an
  * object is serialised). `persist` shares Durable Object state between instances; `workers` > 1 runs that
  * many separate Worker isolates ("edge-0", "edge-1", ...) bound to one Durable Object namespace.
+ * `keepLogs: false`: workerd's output is read and dropped (benches: no per-line work in this process).
  */
-export async function startWorker({ vars, persist, workers = 1, ratelimits, limiter, inspectorPort } = {}) {
+export async function startWorker({ vars, persist, workers = 1, ratelimits, limiter, inspectorPort, keepLogs = true } = {}) {
   if (!existsSync(WORKER_SCRIPT)) throw new Error(`${WORKER_SCRIPT} is missing: run scripts/test-worker.sh (it builds first)`);
   const bindings = { ...vars };
   if (bindings.TXNGATE_POLICY !== undefined && typeof bindings.TXNGATE_POLICY !== "string") {
@@ -438,6 +439,11 @@ export async function startWorker({ vars, persist, workers = 1, ratelimits, limi
     ...(inspectorPort ? { inspectorPort } : {}),
     ...(persist ? { durableObjectsPersist: persist, cachePersist: join(persist, "cache") } : {}),
     handleRuntimeStdio(stdout, stderr) {
+      if (!keepLogs) {
+        stdout.resume();
+        stderr.resume();
+        return;
+      }
       const collect = (d) => {
         for (const line of d.toString().split("\n")) if (line.trim()) logs.push(line);
       };
@@ -494,16 +500,19 @@ export function freePort() {
 /**
  * A plain JS Worker that forwards every request to `originUrl`, in the same Miniflare/workerd setup as
  * startWorker: the runtime's own floor, for benchmarks and floods. `requireToken`: answer 401 without a
- * `txn-token` header (the least an authorizer does).
+ * `txn-token` header (the least an authorizer does); `buffer`: read the body whole before forwarding it.
  */
-export async function startPassThrough(originUrl, { inspectorPort, requireToken = false } = {}) {
+export async function startPassThrough(originUrl, { inspectorPort, requireToken = false, buffer = false } = {}) {
   const gate = requireToken
     ? `if (!request.headers.has("txn-token")) return new Response('{"error":"invalid_token"}', { status: 401, headers: { "content-type": "application/json" } });`
     : "";
+  // `buffer`: the body is read whole (one arrayBuffer()) and sent on as that buffer, as txngate and the
+  // bench's peer do (the same work as theirs; streaming request.body measured about the same here).
+  const body = buffer ? `request.method === "GET" || request.method === "HEAD" ? undefined : await request.arrayBuffer()` : "request.body";
   const script = `export default { async fetch(request, env) {
       ${gate}
       const url = new URL(request.url);
-      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: request.body });
+      return fetch(env.ORIGIN_URL + url.pathname + url.search, { method: request.method, headers: request.headers, body: ${body} });
     } };`;
   const mf = new Miniflare({ modules: true, script, compatibilityDate: COMPAT_DATE, bindings: { ORIGIN_URL: originUrl }, host: "127.0.0.1", port: 0, inspectorPort });
   const url = await mf.ready;

@@ -57,6 +57,11 @@ pub fn loaded() -> Option<Rc<Config>> {
     LOADED.with(|l| l.borrow().clone()?.ok())
 }
 
+/// What [`load`] kept (the configuration or its error), or `None` before the first load.
+pub fn current() -> Option<Result<Rc<Config>, Rc<str>>> {
+    LOADED.with(|l| l.borrow().clone())
+}
+
 /// The isolate's configuration, loading it on first use.
 pub fn load(env: &Env) -> Result<Rc<Config>, Rc<str>> {
     if let Some(loaded) = LOADED.with(|l| l.borrow().clone()) {

@@ -88,15 +88,30 @@ fn ms(now: f64) -> u64 {
     }
 }
 
+/// Loads the isolate's configuration from `env` (once: later calls change nothing). The shell calls it
+/// once per isolate, at startup when the runtime offers `env` there, else before its first request; requests
+/// then never hand `env` to Wasm (each `env` put in Wasm's reference table cost ≈ 60 µs of workerd CPU).
+#[wasm_bindgen(js_name = txngateConfigure)]
+pub fn configure(env: JsValue) {
+    // An error is kept (and logged once) by `load`; every request then fails closed with it.
+    let _ = config::load(&env.unchecked_into());
+}
+
 /// Starts a request: `{"k":"go","id","body":bool,"cap","keys":bool}` (`body`: read it, up to `cap` bytes;
-/// `keys`: call `txngateKeys` first), or `{"k":"reply",...}` when the configuration did not load.
+/// `keys`: call `txngateKeys` first), or `{"k":"reply",...}` when the configuration did not load (or was
+/// never loaded: `txngateConfigure` comes first).
 #[wasm_bindgen(js_name = txngateBegin)]
-pub fn begin(env: JsValue, method: String, url: String, now: f64) -> String {
+pub fn begin(method: String, url: String, now: f64) -> String {
     let path = crate::path_and_query(&url);
-    let config = match config::load(&env.unchecked_into()) {
-        Ok(config) => config,
-        Err(message) => {
+    let config = match config::current() {
+        Some(Ok(config)) => config,
+        Some(Err(message)) => {
             return reply_json(&crate::proxy::config_failure(&method, &path, &message));
+        }
+        None => {
+            return reply_json(&ReplyTo::plain().failure(Failure::Internal {
+                reason: "worker.state",
+            }))
         }
     };
     let keys = crate::jwks::needs_work(&config, ms(now));

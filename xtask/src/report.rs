@@ -297,7 +297,22 @@ fn targets(root: &Path) -> Vec<Target> {
         ) {
             (Some(o), Some(p)) if p > 0.0 => Target {
                 text,
-                measured: format!("{:.2}× ({o:.1} / {p:.1} ms)", o / p),
+                measured: format!(
+                    "{:.2}× ({o:.1} / {p:.1} ms){}",
+                    o / p,
+                    // txngate compiles its policy while the isolate starts: show that CPU too.
+                    match (
+                        metric(&worker, "startup_cpu_ms"),
+                        metric(&worker, "peer_startup_cpu_ms")
+                    ) {
+                        (Some(s), Some(ps)) => format!(
+                            "; workerd startup CPU {s:.1} / {ps:.1} ms; first response CPU {} / {} ms",
+                            metric(&worker, "cold_start_cpu_ms").map_or("—".into(), |v| format!("{v:.1}")),
+                            metric(&worker, "peer_cold_start_cpu_ms").map_or("—".into(), |v| format!("{v:.1}")),
+                        ),
+                        _ => String::new(),
+                    }
+                ),
                 met: Some(o <= 2.0 * p),
             },
             _ => Target {

@@ -902,6 +902,29 @@ impl<'a> Scan<'a> {
         self.nodes.get(value.0).map(|n| n.token) == Some(Token::Object)
     }
 
+    pub fn is_string(&self, value: ValueRef) -> bool {
+        matches!(
+            self.nodes.get(value.0).map(|n| n.token),
+            Some(Token::Str { .. })
+        )
+    }
+
+    pub fn is_number(&self, value: ValueRef) -> bool {
+        matches!(
+            self.nodes.get(value.0).map(|n| n.token),
+            Some(Token::Number { .. })
+        )
+    }
+
+    pub fn is_null(&self, value: ValueRef) -> bool {
+        self.view().bytes_of(value.0) == Some(b"null")
+    }
+
+    /// `value` as a tree, read from its bytes by [`parse_strict`] (so exactly the tree's value).
+    pub fn to_value(&self, value: ValueRef) -> Option<Value> {
+        parse_strict(self.view().bytes_of(value.0)?, SCAN_DEPTH_CAP + 1).ok()
+    }
+
     /// The decoded text when `value` is a string.
     pub fn as_str(&self, value: ValueRef) -> Option<Cow<'a, str>> {
         match decoded(self.bytes, self.nodes.get(value.0)?)? {

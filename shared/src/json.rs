@@ -86,6 +86,40 @@ fn strip_position(message: &str) -> String {
 }
 
 /// Escapes one reference token of a JSON pointer (RFC 6901).
+/// One reference token of a JSON pointer, unescaped (`~1` to `/`, then `~0` to `~`, as `Value::pointer`);
+/// borrowed when it has no `~`.
+pub fn unescape_pointer_token(token: &str) -> Cow<'_, str> {
+    if token.contains('~') {
+        Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(token)
+    }
+}
+
+/// `value.pointer(pointer)` (RFC 6901, exactly as serde_json reads it) without a `String` per token.
+pub fn pointer<'v>(value: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if pointer.is_empty() {
+        return Some(value);
+    }
+    let rest = pointer.strip_prefix('/')?;
+    rest.split('/').try_fold(value, |target, token| {
+        let token = unescape_pointer_token(token);
+        match target {
+            Value::Object(map) => map.get(token.as_ref()),
+            Value::Array(list) => array_index(&token).and_then(|i| list.get(i)),
+            _ => None,
+        }
+    })
+}
+
+/// An array index token as serde_json reads it: no sign, no leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
 pub fn escape_pointer_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
@@ -989,16 +1023,12 @@ impl RawJson {
         let mut at = 0;
         if !pointer.is_empty() {
             for token in pointer.strip_prefix('/')?.split('/') {
-                let token = token.replace("~1", "/").replace("~0", "~");
+                let token = unescape_pointer_token(token);
                 let node = view.nodes.get(at)?;
                 at = match node.token {
                     Token::Object => view.member(at, &token)?,
                     Token::Array => {
-                        // As serde_json: no sign, no leading zero.
-                        if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
-                            return None;
-                        }
-                        let wanted: usize = token.parse().ok()?;
+                        let wanted = array_index(&token)?;
                         let mut child = at + 1;
                         for _ in 0..wanted {
                             child = view.nodes.get(child)?.next;
@@ -1392,6 +1422,20 @@ mod tests {
             assert_eq!(
                 raw.pointer(pointer),
                 tree.pointer(pointer).cloned(),
+                "{pointer}"
+            );
+            assert_eq!(
+                super::pointer(&tree, pointer),
+                tree.pointer(pointer),
+                "{pointer}"
+            );
+        }
+        for pointer in ["/a~01", "/~1", "/~2", "/a~", "//", "/a//"] {
+            let odd =
+                serde_json::json!({"a~1": 1, "/": 2, "~2": 3, "a~": 4, "": {"": 5}, "a": {"": 6}});
+            assert_eq!(
+                super::pointer(&odd, pointer),
+                odd.pointer(pointer),
                 "{pointer}"
             );
         }

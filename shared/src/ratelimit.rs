@@ -190,10 +190,20 @@ pub const MAX_CAS_ATTEMPTS: u32 = 16;
 /// The store key of the bucket for `rule_name`, `dimension` and `id`. The rule's numbers are part of it
 /// because the stored TAT is in units that depend on `limit`.
 pub fn bucket_key(tool: &str, dimension: &str, id: &str, rule: &LimitRule) -> String {
-    format!(
-        "txngate:rl:{}:{}:{}:{}:{}:{}",
-        rule.limit, rule.period_ms, rule.burst, dimension, tool, id
-    )
+    // `txngate:rl:{limit}:{period_ms}:{burst}:{dimension}:{tool}:{id}`, written without `format!`.
+    use crate::encoding::push_decimal;
+    let mut key = String::with_capacity(48 + dimension.len() + tool.len() + id.len());
+    key.push_str("txngate:rl:");
+    push_decimal(&mut key, u64::from(rule.limit));
+    key.push(':');
+    push_decimal(&mut key, rule.period_ms);
+    key.push(':');
+    push_decimal(&mut key, u64::from(rule.burst));
+    for part in [dimension, tool, id] {
+        key.push(':');
+        key.push_str(part);
+    }
+    key
 }
 
 fn decode_tat(bytes: &[u8]) -> Option<Tat> {
@@ -296,7 +306,10 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
 
     /// The store key of slot `index`.
     pub fn slot_key(index: u32) -> String {
-        format!("txngate:rl:slot:{index}")
+        let mut key = String::with_capacity(26);
+        key.push_str("txngate:rl:slot:");
+        crate::encoding::push_decimal(&mut key, u64::from(index));
+        key
     }
 
     /// Like [`consume`], with `key` living in one of its candidate slots.
@@ -498,6 +511,21 @@ mod tests {
                 attempts: MAX_CAS_ATTEMPTS
             })
         );
+    }
+
+    #[test]
+    fn keys_are_written_as_before() {
+        let r = rule(7, 60, 3);
+        assert_eq!(
+            bucket_key("send:email", "agent", "spiffe://t/a", &r),
+            format!("txngate:rl:7:60000:3:agent:send:email:spiffe://t/a")
+        );
+        for index in [0, 9, 10, 262_143, u32::MAX] {
+            assert_eq!(
+                SlotTable::<MemoryStore>::slot_key(index),
+                format!("txngate:rl:slot:{index}")
+            );
+        }
     }
 
     #[test]

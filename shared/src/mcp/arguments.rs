@@ -44,7 +44,7 @@ impl Arguments {
     pub fn pointer(&self, pointer: &str) -> Option<Value> {
         match &self.0 {
             Repr::Raw(raw) => raw.pointer(pointer),
-            Repr::Tree(value) => value.pointer(pointer).cloned(),
+            Repr::Tree(value) => json::pointer(value, pointer).cloned(),
         }
     }
 

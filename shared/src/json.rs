@@ -412,16 +412,24 @@ const fn stops(non_ascii: bool) -> [bool; 256] {
     table
 }
 
-/// Whether none of the eight bytes in `word` ends a plain run ([`STOP_ASCII`] when `ascii`, else
-/// [`STOP_TEXT`]). The usual SWAR tests, exact for "some byte is": below 0x20, a quote, a backslash, ≥ 0x80.
-fn plain_word(word: u64, ascii: bool) -> bool {
+/// The bytes of `word` (read little-endian) that end a plain run ([`STOP_ASCII`] when `ascii`, else
+/// [`STOP_TEXT`]): the usual SWAR tests (below 0x20, a quote, a backslash, ≥ 0x80), a high bit per byte.
+/// Zero exactly when no byte does; otherwise its lowest set bit is in the first byte that does (a borrow only
+/// reaches bytes after a true one), so `trailing_zeros / 8` is that byte's index.
+fn stop_mask(word: u64, ascii: bool) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = ONES * 0x80;
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
     let quote = word ^ (ONES * u64::from(b'"'));
     let backslash = word ^ (ONES * u64::from(b'\\'));
     let high = if ascii { word } else { 0 };
-    (below(word, 0x20) | below(quote, 1) | below(backslash, 1) | high) & HIGHS == 0
+    (below(word, 0x20) | below(quote, 1) | below(backslash, 1) | high) & HIGHS
+}
+
+/// Whether none of the eight bytes in `word` ends a plain run.
+#[cfg(test)]
+fn plain_word(word: u64, ascii: bool) -> bool {
+    stop_mask(word, ascii) == 0
 }
 
 /// A document that passed the strict checks, as spans over the caller's bytes.
@@ -608,6 +616,11 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             return Some(true);
         }
+        // Unescaped keys in strictly increasing order (their bytes are their value) are unique and canonical:
+        // checked as they come, so such an object needs no second pass over its keys.
+        let mut sorted = true;
+        let mut previous: Option<&'a [u8]> = None;
+        let bytes = self.bytes;
         loop {
             self.skip_whitespace();
             if self.peek()? != b'"' {
@@ -616,6 +629,11 @@ impl<'a> Scanner<'a> {
             let start = self.pos;
             let escaped = self.string()?;
             self.leaf(start, Token::Str { escaped });
+            if sorted {
+                let key = bytes.get(start + 1..self.pos - 1)?;
+                sorted = !escaped && previous.is_none_or(|p| p < key);
+                previous = Some(key);
+            }
             self.expect(b':')?;
             self.value(depth + 1)?;
             self.skip_whitespace();
@@ -627,6 +645,9 @@ impl<'a> Scanner<'a> {
                 }
                 _ => return None,
             }
+        }
+        if sorted {
+            return Some(true);
         }
         // Duplicate keys: the decoded keys, sorted, must all differ.
         let mut keys = core::mem::take(&mut self.keys);
@@ -666,40 +687,51 @@ impl<'a> Scanner<'a> {
     /// A string at `pos` (its opening quote); whether it has escapes. Plain runs are skipped with a table
     /// (this loop is most of a big body's scan); UTF-8 is checked once per string that has non-ASCII bytes.
     fn string(&mut self) -> Option<bool> {
-        self.pos += 1;
-        let content = self.pos;
+        let bytes = self.bytes;
+        let content = self.pos + 1;
+        let mut pos = content;
         let mut escaped = false;
-        let mut stops = &STOP_ASCII;
+        // Until the first non-ASCII byte; then the string gets one UTF-8 check at its end.
+        let mut ascii = true;
         loop {
-            // Eight bytes at a time while none of them ends the run, then byte by byte to the one that does.
-            let ascii = core::ptr::eq(stops, &STOP_ASCII);
-            while let Some(word) = self.bytes.get(self.pos..self.pos + 8) {
-                let word = u64::from_le_bytes(word.try_into().ok()?);
-                if !plain_word(word, ascii) {
-                    break;
+            // Eight bytes at a time: the first byte that ends the run comes out of the word's mask. The last
+            // few bytes of the document go one by one.
+            let stop = match bytes.get(pos..pos + 8) {
+                Some(word) => {
+                    let mask = stop_mask(u64::from_le_bytes(word.try_into().ok()?), ascii);
+                    if mask == 0 {
+                        pos += 8;
+                        continue;
+                    }
+                    pos += (mask.trailing_zeros() / 8) as usize;
+                    *bytes.get(pos)?
                 }
-                self.pos += 8;
-            }
-            let rest = self.bytes.get(self.pos..)?;
-            let run = rest
-                .iter()
-                .position(|&b| stops.get(usize::from(b)).copied().unwrap_or(true))?;
-            self.pos += run;
-            match *rest.get(run)? {
+                None => {
+                    let stops = if ascii { &STOP_ASCII } else { &STOP_TEXT };
+                    let rest = bytes.get(pos..)?;
+                    let run = rest
+                        .iter()
+                        .position(|&b| stops.get(usize::from(b)).copied().unwrap_or(true))?;
+                    pos += run;
+                    *rest.get(run)?
+                }
+            };
+            match stop {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
-                    self.pos += 1;
+                    self.pos = pos + 1;
                     self.escape()?;
+                    pos = self.pos;
                 }
-                0x80.. => stops = &STOP_TEXT,
+                0x80.. => ascii = false,
                 _ => return None,
             }
         }
-        if core::ptr::eq(stops, &STOP_TEXT) {
-            core::str::from_utf8(self.bytes.get(content..self.pos)?).ok()?;
+        if !ascii {
+            core::str::from_utf8(bytes.get(content..pos)?).ok()?;
         }
-        self.pos += 1;
+        self.pos = pos + 1;
         Some(escaped)
     }
 
@@ -1456,6 +1488,10 @@ mod tests {
             let table = if ascii { &STOP_ASCII } else { &STOP_TEXT };
             let expected = bytes.iter().all(|&b| !table[usize::from(b)]);
             prop_assert_eq!(plain_word(u64::from_le_bytes(bytes), ascii), expected);
+            // The first stop byte is where the mask's lowest bit says.
+            let first = bytes.iter().position(|&b| table[usize::from(b)]);
+            let mask = stop_mask(u64::from_le_bytes(bytes), ascii);
+            prop_assert_eq!(first, (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize));
         }
 
         #[test]

@@ -814,18 +814,19 @@ impl<'a> Scanner<'a> {
             }
         }
         let text = self.bytes.get(start..self.pos)?;
-        if verbatim && int_digits <= 19 {
+        // At most 19 digits is below 10^19, within u64: a non-negative integer is written back as sent.
+        if int_digits > 19 {
+            verbatim = false;
+        } else if verbatim && negative {
             let magnitude = self
                 .bytes
                 .get(int_start..self.pos)?
                 .iter()
                 .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             // serde_json reads `-0` as the float -0.0, and below i64::MIN as a float.
-            if negative && !(1..=1u64 << 63).contains(&magnitude) {
+            if !(1..=1u64 << 63).contains(&magnitude) {
                 verbatim = false;
             }
-        } else {
-            verbatim = false;
         }
         if !verbatim {
             serde_json::from_slice::<serde_json::Number>(text).ok()?;

@@ -39,6 +39,7 @@ pub const CASES: &[&str] = &[
     "mcp/parse/8KiB",
     "mcp/parse/64KiB",
     "mcp/scan/8KiB",
+    "mcp/scan/8KiB_unsorted",
     "decision/allow/cached",
     "decision/allow/cached_8KiB",
     "decision/allow/cached_64KiB",
@@ -51,6 +52,7 @@ pub const CASES: &[&str] = &[
     "parts/claims_decode",
     "parts/arguments_hash",
     "parts/arguments_hash_8KiB",
+    "parts/arguments_hash_8KiB_unsorted",
     "gcra/step",
     "gcra/MemoryStore",
     "gcra/SlotTable",
@@ -254,9 +256,32 @@ fn tools_call(pad: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// [`tools_call`] as a client that keeps its own key order and spacing sends it: the same value, its keys
+/// out of order and a space after each `:` and `,` (so neither the sorted-key check nor the one-span hash
+/// applies).
+fn tools_call_unsorted(pad: usize) -> Vec<u8> {
+    let count = pad / 110 + 1;
+    let thread: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                r#"{{"id": {i}, "subject": "re: quarterly numbers", "from": "carol@example.com", "tags": ["finance", "q3"], "size": 2048, "read": false}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"jsonrpc": "2.0", "id": 42, "method": "tools/call", "params": {{"name": "send_email", "arguments": {{"to": "bob@example.com", "subject": "quarterly numbers", "body": "see attached", "thread": [{}]}}}}}}"#,
+        thread.join(", ")
+    )
+    .into_bytes()
+}
+
 /// The arguments of [`tools_call`] as the gate gets them (kept as bytes by the typed reader).
 fn arguments(pad: usize) -> Result<mcp::Arguments, String> {
-    let message = mcp::parse_message(&tools_call(pad), 131_072, 32).map_err(|e| e.to_string())?;
+    arguments_of(&tools_call(pad))
+}
+
+fn arguments_of(body: &[u8]) -> Result<mcp::Arguments, String> {
+    let message = mcp::parse_message(body, 131_072, 32).map_err(|e| e.to_string())?;
     message
         .tool_call()
         .map(|call| call.arguments.clone())
@@ -345,6 +370,12 @@ impl Case {
                     body: tools_call(8192),
                 },
             },
+            ["mcp", "scan", "8KiB_unsorted"] => Self {
+                now_ms: NOW_MS,
+                work: Work::Scan {
+                    body: tools_call_unsorted(8192),
+                },
+            },
             ["mcp", "parse", size] => Self {
                 now_ms: NOW_MS,
                 work: Work::Parse {
@@ -383,7 +414,9 @@ impl Case {
                     "token_sha256" => PartKind::TokenSha256,
                     "token_split" => PartKind::TokenSplit,
                     "claims_decode" => PartKind::ClaimsDecode,
-                    "arguments_hash" | "arguments_hash_8KiB" => PartKind::ArgumentsHash,
+                    "arguments_hash" | "arguments_hash_8KiB" | "arguments_hash_8KiB_unsorted" => {
+                        PartKind::ArgumentsHash
+                    }
                     _ => return Err(format!("unknown case {name}")),
                 };
                 let token = Signers::new(1, false)?.sign("ed-0", &claims())?;
@@ -392,7 +425,11 @@ impl Case {
                     work: Work::Part {
                         which,
                         token,
-                        arguments: arguments(if name.ends_with("8KiB") { 8192 } else { 0 })?,
+                        arguments: if name.ends_with("unsorted") {
+                            arguments_of(&tools_call_unsorted(8192))?
+                        } else {
+                            arguments(if name.ends_with("8KiB") { 8192 } else { 0 })?
+                        },
                     },
                 }
             }

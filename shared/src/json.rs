@@ -439,11 +439,14 @@ pub struct Scan<'a> {
     nodes: Vec<Node>,
 }
 
-/// One value that passed the strict checks, owned: its exact bytes and their spans.
+/// One value that passed the strict checks, owned: the document it was scanned in, its spans, and which of
+/// them is the value (kept whole, so taking a value out of a scan copies the bytes once and moves the
+/// spans instead of rebasing each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawJson {
-    text: Box<str>,
+    bytes: Box<[u8]>,
     nodes: Vec<Node>,
+    root: usize,
 }
 
 /// Reads `bytes` as one JSON value with [`parse_strict`]'s checks, without building a tree. `None` means
@@ -1007,23 +1010,21 @@ impl<'a> Scan<'a> {
 
     /// `value` on its own, owned.
     pub fn to_raw(&self, value: ValueRef) -> Option<RawJson> {
-        let root = self.nodes.get(value.0)?;
-        let text = core::str::from_utf8(self.bytes.get(root.start..root.end)?).ok()?;
-        let nodes = self
-            .nodes
-            .get(value.0..root.next)?
-            .iter()
-            .map(|n| Node {
-                start: n.start.saturating_sub(root.start),
-                end: n.end.saturating_sub(root.start),
-                next: n.next.saturating_sub(value.0),
-                token: n.token,
-                as_sent: n.as_sent,
-            })
-            .collect();
+        self.nodes.get(value.0)?;
         Some(RawJson {
-            text: text.into(),
-            nodes,
+            bytes: self.bytes.into(),
+            nodes: self.nodes.clone(),
+            root: value.0,
+        })
+    }
+
+    /// `value` on its own, owned, without copying the spans.
+    pub fn into_raw(self, value: ValueRef) -> Option<RawJson> {
+        self.nodes.get(value.0)?;
+        Some(RawJson {
+            bytes: self.bytes.into(),
+            nodes: self.nodes,
+            root: value.0,
         })
     }
 }
@@ -1035,25 +1036,28 @@ pub struct ValueRef(usize);
 impl RawJson {
     fn view(&self) -> View<'_> {
         View {
-            bytes: self.text.as_bytes(),
+            bytes: &self.bytes,
             nodes: &self.nodes,
         }
     }
 
-    /// The value's bytes as they were sent.
-    pub fn as_str(&self) -> &str {
-        &self.text
+    /// The value's bytes as they were sent (UTF-8: the scan checked every string, the rest is ASCII).
+    pub fn as_str(&self) -> Option<&str> {
+        core::str::from_utf8(self.view().bytes_of(self.root)?).ok()
     }
 
     /// The value as a tree (it was checked when scanned; this parses it again).
     pub fn to_value(&self) -> Result<Value, JsonError> {
-        parse_strict(self.text.as_bytes(), SCAN_DEPTH_CAP + 1)
+        parse_strict(
+            self.view().bytes_of(self.root).unwrap_or_default(),
+            SCAN_DEPTH_CAP + 1,
+        )
     }
 
     /// The value at the JSON pointer `pointer` (RFC 6901, read as `Value::pointer` reads it), as a tree.
     pub fn pointer(&self, pointer: &str) -> Option<Value> {
         let view = self.view();
-        let mut at = 0;
+        let mut at = self.root;
         if !pointer.is_empty() {
             for token in pointer.strip_prefix('/')?.split('/') {
                 let token = unescape_pointer_token(token);
@@ -1080,15 +1084,15 @@ impl RawJson {
 
     /// Its canonical form, as [`canonical`] writes the same value's tree.
     pub fn canonical(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.text.len());
-        let _ = self.view().write_canonical(0, &mut out);
+        let mut out = Vec::with_capacity(self.nodes.get(self.root).map_or(0, |n| n.end - n.start));
+        let _ = self.view().write_canonical(self.root, &mut out);
         out
     }
 
     /// The SHA-256 of its canonical form, streamed into the hash (no canonical copy).
     pub fn canonical_sha256(&self) -> [u8; 32] {
         let mut out = HashSink::default();
-        let _ = self.view().write_canonical(0, &mut out);
+        let _ = self.view().write_canonical(self.root, &mut out);
         out.finish()
     }
 }
@@ -1381,7 +1385,7 @@ mod tests {
             }
         };
         let raw = scanned.to_raw(scanned.root()).unwrap();
-        prop_assert_eq!(raw.as_str().as_bytes(), bytes.trim_ascii());
+        prop_assert_eq!(raw.as_str().map(str::as_bytes), Some(bytes.trim_ascii()));
         prop_assert_eq!(raw.to_value().unwrap(), tree.clone());
         let expected = canonical(&tree);
         let mine = raw.canonical();

@@ -51,7 +51,7 @@ impl Arguments {
     /// The bytes as the client sent them, when kept.
     pub fn raw(&self) -> Option<&str> {
         match &self.0 {
-            Repr::Raw(raw) => Some(raw.as_str()),
+            Repr::Raw(raw) => raw.as_str(),
             Repr::Tree(_) => None,
         }
     }

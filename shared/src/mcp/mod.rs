@@ -504,7 +504,7 @@ fn read_tool_call(body: &[u8], max_depth: usize) -> Option<McpMessage> {
     }
     let arguments = match scan.member(params, "arguments") {
         Some(arguments) if scan.is_object(arguments) => {
-            Arguments::from_raw(scan.to_raw(arguments)?)
+            Arguments::from_raw(scan.into_raw(arguments)?)
         }
         None => Arguments::from(Value::Object(Map::new())),
         Some(arguments) if scan.is_null(arguments) => Arguments::from(Value::Object(Map::new())),

@@ -371,10 +371,11 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
 /// the key again (two SHA-256 blocks, no hardware help in Wasm) cost about a tenth of a cached decision.
 const DIGEST_MEMO: usize = 8;
 
+/// (key, SHA-256 of key) pairs, matched on the key's exact bytes, and the next one to replace.
+type DigestMemo = (Vec<(Box<str>, [u8; 32])>, usize);
+
 std::thread_local! {
-    /// (key, SHA-256 of key), matched on the key's exact bytes; replaced in turn.
-    static DIGESTS: core::cell::RefCell<(Vec<(Box<str>, [u8; 32])>, usize)> =
-        const { core::cell::RefCell::new((Vec::new(), 0)) };
+    static DIGESTS: core::cell::RefCell<DigestMemo> = const { core::cell::RefCell::new((Vec::new(), 0)) };
 }
 
 /// SHA-256 of a bucket key, from the memo or computed (and remembered): a pure function of `key`.

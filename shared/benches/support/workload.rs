@@ -53,6 +53,7 @@ pub const CASES: &[&str] = &[
     "parts/arguments_hash",
     "parts/arguments_hash_8KiB",
     "parts/arguments_hash_8KiB_unsorted",
+    "parts/audit_json",
     "gcra/step",
     "gcra/MemoryStore",
     "gcra/SlotTable",
@@ -317,6 +318,10 @@ enum Work {
         token: String,
         arguments: mcp::Arguments,
     },
+    /// The audit line of an allowed cached `tools/call`, as every host writes one per decision.
+    AuditJson {
+        record: Box<txngate_core::AuditRecord>,
+    },
     GcraStep {
         rule: LimitRule,
         tat: u128,
@@ -408,6 +413,45 @@ impl Case {
                     },
                 };
                 decide_case(1, false, kid, &shape, true, pad, 0)?
+            }
+            ["parts", "audit_json"] => {
+                let shape = Shape {
+                    tools: 1,
+                    cache: true,
+                    agent_patterns: 0,
+                    audit: "hash",
+                };
+                let mut case = decide_case(1, false, "ed-0", &shape, true, 0, 0)?;
+                let Work::Decide {
+                    gate,
+                    headers,
+                    body,
+                    store,
+                    ..
+                } = &mut case.work
+                else {
+                    return Err("not a decision".into());
+                };
+                let request = Request {
+                    method: "POST",
+                    path: "/mcp",
+                    headers,
+                    body: Body::Complete(body),
+                    peer: None,
+                };
+                let mut limiter = SlotTable::new(store, SLOTS);
+                let outcome = gate.decide(
+                    &request,
+                    NOW_MS,
+                    txngate_core::Verification::Core,
+                    &mut limiter,
+                );
+                Self {
+                    now_ms: NOW_MS,
+                    work: Work::AuditJson {
+                        record: Box::new(outcome.audit),
+                    },
+                }
             }
             ["parts", which] => {
                 let which = match *which {
@@ -553,6 +597,8 @@ impl Case {
                     .is_ok_and(|p| parse_strict(&p, 32).is_ok()),
                 PartKind::ArgumentsHash => arguments.canonical_sha256().first() != Some(&0xff),
             },
+            // A cheap check (a substring search would cost as much as the line): its length, fixed here.
+            Work::AuditJson { record } => record.to_json().len() > 600,
             Work::GcraStep { rule, tat } => {
                 let (next, state) = ratelimit::gcra(rule, Some(*tat), now_ms);
                 if let Some(next) = next {

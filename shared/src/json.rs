@@ -320,6 +320,11 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends `text` as a JSON string, exactly as serde_json writes it.
+pub(crate) fn push_string(out: &mut Vec<u8>, text: &str) {
+    write_string(text, out);
+}
+
 /// A JSON string exactly as serde_json writes it: quote and backslash escaped, control characters as
 /// `\b \t \n \f \r` or `\u00xx`, everything else (non-ASCII included) as is. Plain runs are copied at once.
 fn write_string(text: &str, out: &mut impl Sink) {
@@ -327,7 +332,20 @@ fn write_string(text: &str, out: &mut impl Sink) {
     let bytes = text.as_bytes();
     out.put(b"\"");
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time to the next byte that needs escaping (the scan's stops once UTF-8 is known:
+        // control characters, the quote, the backslash), then that byte.
+        if let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            let mask = stop_mask(word, false);
+            if mask == 0 {
+                i += 8;
+                continue;
+            }
+            i += (mask.trailing_zeros() / 8) as usize;
+        }
+        let Some(&b) = bytes.get(i) else { break };
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -337,7 +355,10 @@ fn write_string(text: &str, out: &mut impl Sink) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             0x00..=0x1f => &[],
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.put(bytes.get(start..i).unwrap_or_default());
         if escape.is_empty() {
@@ -348,7 +369,8 @@ fn write_string(text: &str, out: &mut impl Sink) {
         } else {
             out.put(escape);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.put(bytes.get(start..).unwrap_or_default());
     out.put(b"\"");

@@ -872,6 +872,40 @@ fn decoded<'a>(bytes: &'a [u8], node: &Node) -> Option<Cow<'a, [u8]>> {
     }
 }
 
+/// The value at `index` as a tree: what [`parse_strict`] makes of its bytes. A plain string, an integer
+/// serde_json reads exactly and a literal are made directly (an id, a constrained argument); anything else is
+/// parsed.
+fn tree_at(view: &View<'_>, index: usize) -> Option<Value> {
+    let node = view.nodes.get(index)?;
+    let bytes = view.bytes_of(index)?;
+    match node.token {
+        Token::Str { escaped: false } => {
+            let text = core::str::from_utf8(bytes.get(1..bytes.len().checked_sub(1)?)?).ok()?;
+            return Some(Value::String(text.to_owned()));
+        }
+        // Verbatim integers are what serde_json reads as u64 (non-negative) or i64 (negative).
+        Token::Number { verbatim: true } => {
+            let text = core::str::from_utf8(bytes).ok()?;
+            let number = if bytes.first() == Some(&b'-') {
+                text.parse::<i64>().ok().map(Value::from)
+            } else {
+                text.parse::<u64>().ok().map(Value::from)
+            };
+            if number.is_some() {
+                return number;
+            }
+        }
+        Token::Literal => match bytes {
+            b"true" => return Some(Value::Bool(true)),
+            b"false" => return Some(Value::Bool(false)),
+            b"null" => return Some(Value::Null),
+            _ => {}
+        },
+        _ => {}
+    }
+    parse_strict(bytes, SCAN_DEPTH_CAP + 1).ok()
+}
+
 /// The spans of one document or value, borrowed.
 #[derive(Clone, Copy)]
 struct View<'a> {
@@ -1014,7 +1048,7 @@ impl<'a> Scan<'a> {
 
     /// `value` as a tree, read from its bytes by [`parse_strict`] (so exactly the tree's value).
     pub fn to_value(&self, value: ValueRef) -> Option<Value> {
-        parse_strict(self.view().bytes_of(value.0)?, SCAN_DEPTH_CAP + 1).ok()
+        tree_at(&self.view(), value.0)
     }
 
     /// The decoded text when `value` is a string.
@@ -1101,7 +1135,7 @@ impl RawJson {
                 };
             }
         }
-        parse_strict(view.bytes_of(at)?, SCAN_DEPTH_CAP + 1).ok()
+        tree_at(&view, at)
     }
 
     /// Its canonical form, as [`canonical`] writes the same value's tree.
@@ -1406,6 +1440,12 @@ mod tests {
                 )))
             }
         };
+        // Every value's tree, made directly or parsed, is parse_strict's reading of its bytes.
+        let view = scanned.view();
+        for index in 0..scanned.nodes.len() {
+            let expected = parse_strict(view.bytes_of(index).unwrap(), SCAN_DEPTH_CAP + 1).ok();
+            prop_assert_eq!(tree_at(&view, index), expected);
+        }
         let raw = scanned.to_raw(scanned.root()).unwrap();
         prop_assert_eq!(raw.as_str().map(str::as_bytes), Some(bytes.trim_ascii()));
         prop_assert_eq!(raw.to_value().unwrap(), tree.clone());

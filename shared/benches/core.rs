@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -47,4 +47,20 @@ criterion_group! {
     config = config();
     targets = cases
 }
-criterion_main!(benches);
+/// `TXNGATE_PROFILE_CASE=<case> [TXNGATE_PROFILE_RUNS=n]`: no criterion, just that case's loop (for a
+/// function-level profile, e.g. `valgrind --tool=callgrind` on the bench binary); otherwise criterion.
+fn main() {
+    if let Ok(name) = std::env::var("TXNGATE_PROFILE_CASE") {
+        let runs: u32 = std::env::var("TXNGATE_PROFILE_RUNS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        let mut case = workload::Case::build(&name).unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..runs {
+            assert!(black_box(case.run()), "{name} changed its verdict");
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -197,8 +197,8 @@ fn claim_at<'a>(claims: &'a Map<String, Value>, pointer: &str) -> Option<Cow<'a,
             .map(Cow::Owned);
     };
     let (first, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let first = first.replace("~1", "/").replace("~0", "~");
-    claims.get(&first)?.pointer(rest).map(Cow::Borrowed)
+    let first = crate::json::unescape_pointer_token(first);
+    crate::json::pointer(claims.get(first.as_ref())?, rest).map(Cow::Borrowed)
 }
 
 /// Checks a method that only refers to a prompt or resource against that prompt's or resource's rule:

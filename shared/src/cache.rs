@@ -54,7 +54,7 @@ impl TokenKey {
 }
 
 /// Equal bytes, compared eight at a time (Wasm's `memcmp` goes byte by byte; tokens are a few hundred).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     fn word(chunk: &[u8]) -> Option<u64> {
         chunk.try_into().ok().map(u64::from_ne_bytes)
     }

@@ -86,6 +86,40 @@ fn strip_position(message: &str) -> String {
 }
 
 /// Escapes one reference token of a JSON pointer (RFC 6901).
+/// One reference token of a JSON pointer, unescaped (`~1` to `/`, then `~0` to `~`, as `Value::pointer`);
+/// borrowed when it has no `~`.
+pub fn unescape_pointer_token(token: &str) -> Cow<'_, str> {
+    if token.contains('~') {
+        Cow::Owned(token.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(token)
+    }
+}
+
+/// `value.pointer(pointer)` (RFC 6901, exactly as serde_json reads it) without a `String` per token.
+pub fn pointer<'v>(value: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if pointer.is_empty() {
+        return Some(value);
+    }
+    let rest = pointer.strip_prefix('/')?;
+    rest.split('/').try_fold(value, |target, token| {
+        let token = unescape_pointer_token(token);
+        match target {
+            Value::Object(map) => map.get(token.as_ref()),
+            Value::Array(list) => array_index(&token).and_then(|i| list.get(i)),
+            _ => None,
+        }
+    })
+}
+
+/// An array index token as serde_json reads it: no sign, no leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
 pub fn escape_pointer_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
@@ -286,6 +320,11 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends `text` as a JSON string, exactly as serde_json writes it.
+pub(crate) fn push_string(out: &mut Vec<u8>, text: &str) {
+    write_string(text, out);
+}
+
 /// A JSON string exactly as serde_json writes it: quote and backslash escaped, control characters as
 /// `\b \t \n \f \r` or `\u00xx`, everything else (non-ASCII included) as is. Plain runs are copied at once.
 fn write_string(text: &str, out: &mut impl Sink) {
@@ -293,7 +332,20 @@ fn write_string(text: &str, out: &mut impl Sink) {
     let bytes = text.as_bytes();
     out.put(b"\"");
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time to the next byte that needs escaping (the scan's stops once UTF-8 is known:
+        // control characters, the quote, the backslash), then that byte.
+        if let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            let mask = stop_mask(word, false);
+            if mask == 0 {
+                i += 8;
+                continue;
+            }
+            i += (mask.trailing_zeros() / 8) as usize;
+        }
+        let Some(&b) = bytes.get(i) else { break };
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -303,7 +355,10 @@ fn write_string(text: &str, out: &mut impl Sink) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             0x00..=0x1f => &[],
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.put(bytes.get(start..i).unwrap_or_default());
         if escape.is_empty() {
@@ -314,7 +369,8 @@ fn write_string(text: &str, out: &mut impl Sink) {
         } else {
             out.put(escape);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.put(bytes.get(start..).unwrap_or_default());
     out.put(b"\"");
@@ -378,16 +434,24 @@ const fn stops(non_ascii: bool) -> [bool; 256] {
     table
 }
 
-/// Whether none of the eight bytes in `word` ends a plain run ([`STOP_ASCII`] when `ascii`, else
-/// [`STOP_TEXT`]). The usual SWAR tests, exact for "some byte is": below 0x20, a quote, a backslash, ≥ 0x80.
-fn plain_word(word: u64, ascii: bool) -> bool {
+/// The bytes of `word` (read little-endian) that end a plain run ([`STOP_ASCII`] when `ascii`, else
+/// [`STOP_TEXT`]): the usual SWAR tests (below 0x20, a quote, a backslash, ≥ 0x80), a high bit per byte.
+/// Zero exactly when no byte does; otherwise its lowest set bit is in the first byte that does (a borrow only
+/// reaches bytes after a true one), so `trailing_zeros / 8` is that byte's index.
+fn stop_mask(word: u64, ascii: bool) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = ONES * 0x80;
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
     let quote = word ^ (ONES * u64::from(b'"'));
     let backslash = word ^ (ONES * u64::from(b'\\'));
     let high = if ascii { word } else { 0 };
-    (below(word, 0x20) | below(quote, 1) | below(backslash, 1) | high) & HIGHS == 0
+    (below(word, 0x20) | below(quote, 1) | below(backslash, 1) | high) & HIGHS
+}
+
+/// Whether none of the eight bytes in `word` ends a plain run.
+#[cfg(test)]
+fn plain_word(word: u64, ascii: bool) -> bool {
+    stop_mask(word, ascii) == 0
 }
 
 /// A document that passed the strict checks, as spans over the caller's bytes.
@@ -397,11 +461,14 @@ pub struct Scan<'a> {
     nodes: Vec<Node>,
 }
 
-/// One value that passed the strict checks, owned: its exact bytes and their spans.
+/// One value that passed the strict checks, owned: the document it was scanned in, its spans, and which of
+/// them is the value (kept whole, so taking a value out of a scan copies the bytes once and moves the
+/// spans instead of rebasing each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawJson {
-    text: Box<str>,
+    bytes: Box<[u8]>,
     nodes: Vec<Node>,
+    root: usize,
 }
 
 /// Reads `bytes` as one JSON value with [`parse_strict`]'s checks, without building a tree. `None` means
@@ -574,6 +641,11 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             return Some(true);
         }
+        // Unescaped keys in strictly increasing order (their bytes are their value) are unique and canonical:
+        // checked as they come, so such an object needs no second pass over its keys.
+        let mut sorted = true;
+        let mut previous: Option<&'a [u8]> = None;
+        let bytes = self.bytes;
         loop {
             self.skip_whitespace();
             if self.peek()? != b'"' {
@@ -582,6 +654,11 @@ impl<'a> Scanner<'a> {
             let start = self.pos;
             let escaped = self.string()?;
             self.leaf(start, Token::Str { escaped });
+            if sorted {
+                let key = bytes.get(start + 1..self.pos - 1)?;
+                sorted = !escaped && previous.is_none_or(|p| p < key);
+                previous = Some(key);
+            }
             self.expect(b':')?;
             self.value(depth + 1)?;
             self.skip_whitespace();
@@ -593,6 +670,9 @@ impl<'a> Scanner<'a> {
                 }
                 _ => return None,
             }
+        }
+        if sorted {
+            return Some(true);
         }
         // Duplicate keys: the decoded keys, sorted, must all differ.
         let mut keys = core::mem::take(&mut self.keys);
@@ -632,40 +712,51 @@ impl<'a> Scanner<'a> {
     /// A string at `pos` (its opening quote); whether it has escapes. Plain runs are skipped with a table
     /// (this loop is most of a big body's scan); UTF-8 is checked once per string that has non-ASCII bytes.
     fn string(&mut self) -> Option<bool> {
-        self.pos += 1;
-        let content = self.pos;
+        let bytes = self.bytes;
+        let content = self.pos + 1;
+        let mut pos = content;
         let mut escaped = false;
-        let mut stops = &STOP_ASCII;
+        // Until the first non-ASCII byte; then the string gets one UTF-8 check at its end.
+        let mut ascii = true;
         loop {
-            // Eight bytes at a time while none of them ends the run, then byte by byte to the one that does.
-            let ascii = core::ptr::eq(stops, &STOP_ASCII);
-            while let Some(word) = self.bytes.get(self.pos..self.pos + 8) {
-                let word = u64::from_le_bytes(word.try_into().ok()?);
-                if !plain_word(word, ascii) {
-                    break;
+            // Eight bytes at a time: the first byte that ends the run comes out of the word's mask. The last
+            // few bytes of the document go one by one.
+            let stop = match bytes.get(pos..pos + 8) {
+                Some(word) => {
+                    let mask = stop_mask(u64::from_le_bytes(word.try_into().ok()?), ascii);
+                    if mask == 0 {
+                        pos += 8;
+                        continue;
+                    }
+                    pos += (mask.trailing_zeros() / 8) as usize;
+                    *bytes.get(pos)?
                 }
-                self.pos += 8;
-            }
-            let rest = self.bytes.get(self.pos..)?;
-            let run = rest
-                .iter()
-                .position(|&b| stops.get(usize::from(b)).copied().unwrap_or(true))?;
-            self.pos += run;
-            match *rest.get(run)? {
+                None => {
+                    let stops = if ascii { &STOP_ASCII } else { &STOP_TEXT };
+                    let rest = bytes.get(pos..)?;
+                    let run = rest
+                        .iter()
+                        .position(|&b| stops.get(usize::from(b)).copied().unwrap_or(true))?;
+                    pos += run;
+                    *rest.get(run)?
+                }
+            };
+            match stop {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
-                    self.pos += 1;
+                    self.pos = pos + 1;
                     self.escape()?;
+                    pos = self.pos;
                 }
-                0x80.. => stops = &STOP_TEXT,
+                0x80.. => ascii = false,
                 _ => return None,
             }
         }
-        if core::ptr::eq(stops, &STOP_TEXT) {
-            core::str::from_utf8(self.bytes.get(content..self.pos)?).ok()?;
+        if !ascii {
+            core::str::from_utf8(bytes.get(content..pos)?).ok()?;
         }
-        self.pos += 1;
+        self.pos = pos + 1;
         Some(escaped)
     }
 
@@ -748,18 +839,19 @@ impl<'a> Scanner<'a> {
             }
         }
         let text = self.bytes.get(start..self.pos)?;
-        if verbatim && int_digits <= 19 {
+        // At most 19 digits is below 10^19, within u64: a non-negative integer is written back as sent.
+        if int_digits > 19 {
+            verbatim = false;
+        } else if verbatim && negative {
             let magnitude = self
                 .bytes
                 .get(int_start..self.pos)?
                 .iter()
                 .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             // serde_json reads `-0` as the float -0.0, and below i64::MIN as a float.
-            if negative && !(1..=1u64 << 63).contains(&magnitude) {
+            if !(1..=1u64 << 63).contains(&magnitude) {
                 verbatim = false;
             }
-        } else {
-            verbatim = false;
         }
         if !verbatim {
             serde_json::from_slice::<serde_json::Number>(text).ok()?;
@@ -778,6 +870,40 @@ fn decoded<'a>(bytes: &'a [u8], node: &Node) -> Option<Cow<'a, [u8]>> {
             .map(|s| Cow::Owned(s.into_bytes())),
         _ => None,
     }
+}
+
+/// The value at `index` as a tree: what [`parse_strict`] makes of its bytes. A plain string, an integer
+/// serde_json reads exactly and a literal are made directly (an id, a constrained argument); anything else is
+/// parsed.
+fn tree_at(view: &View<'_>, index: usize) -> Option<Value> {
+    let node = view.nodes.get(index)?;
+    let bytes = view.bytes_of(index)?;
+    match node.token {
+        Token::Str { escaped: false } => {
+            let text = core::str::from_utf8(bytes.get(1..bytes.len().checked_sub(1)?)?).ok()?;
+            return Some(Value::String(text.to_owned()));
+        }
+        // Verbatim integers are what serde_json reads as u64 (non-negative) or i64 (negative).
+        Token::Number { verbatim: true } => {
+            let text = core::str::from_utf8(bytes).ok()?;
+            let number = if bytes.first() == Some(&b'-') {
+                text.parse::<i64>().ok().map(Value::from)
+            } else {
+                text.parse::<u64>().ok().map(Value::from)
+            };
+            if number.is_some() {
+                return number;
+            }
+        }
+        Token::Literal => match bytes {
+            b"true" => return Some(Value::Bool(true)),
+            b"false" => return Some(Value::Bool(false)),
+            b"null" => return Some(Value::Null),
+            _ => {}
+        },
+        _ => {}
+    }
+    parse_strict(bytes, SCAN_DEPTH_CAP + 1).ok()
 }
 
 /// The spans of one document or value, borrowed.
@@ -902,6 +1028,29 @@ impl<'a> Scan<'a> {
         self.nodes.get(value.0).map(|n| n.token) == Some(Token::Object)
     }
 
+    pub fn is_string(&self, value: ValueRef) -> bool {
+        matches!(
+            self.nodes.get(value.0).map(|n| n.token),
+            Some(Token::Str { .. })
+        )
+    }
+
+    pub fn is_number(&self, value: ValueRef) -> bool {
+        matches!(
+            self.nodes.get(value.0).map(|n| n.token),
+            Some(Token::Number { .. })
+        )
+    }
+
+    pub fn is_null(&self, value: ValueRef) -> bool {
+        self.view().bytes_of(value.0) == Some(b"null")
+    }
+
+    /// `value` as a tree, read from its bytes by [`parse_strict`] (so exactly the tree's value).
+    pub fn to_value(&self, value: ValueRef) -> Option<Value> {
+        tree_at(&self.view(), value.0)
+    }
+
     /// The decoded text when `value` is a string.
     pub fn as_str(&self, value: ValueRef) -> Option<Cow<'a, str>> {
         match decoded(self.bytes, self.nodes.get(value.0)?)? {
@@ -917,23 +1066,21 @@ impl<'a> Scan<'a> {
 
     /// `value` on its own, owned.
     pub fn to_raw(&self, value: ValueRef) -> Option<RawJson> {
-        let root = self.nodes.get(value.0)?;
-        let text = core::str::from_utf8(self.bytes.get(root.start..root.end)?).ok()?;
-        let nodes = self
-            .nodes
-            .get(value.0..root.next)?
-            .iter()
-            .map(|n| Node {
-                start: n.start.saturating_sub(root.start),
-                end: n.end.saturating_sub(root.start),
-                next: n.next.saturating_sub(value.0),
-                token: n.token,
-                as_sent: n.as_sent,
-            })
-            .collect();
+        self.nodes.get(value.0)?;
         Some(RawJson {
-            text: text.into(),
-            nodes,
+            bytes: self.bytes.into(),
+            nodes: self.nodes.clone(),
+            root: value.0,
+        })
+    }
+
+    /// `value` on its own, owned, without copying the spans.
+    pub fn into_raw(self, value: ValueRef) -> Option<RawJson> {
+        self.nodes.get(value.0)?;
+        Some(RawJson {
+            bytes: self.bytes.into(),
+            nodes: self.nodes,
+            root: value.0,
         })
     }
 }
@@ -945,37 +1092,36 @@ pub struct ValueRef(usize);
 impl RawJson {
     fn view(&self) -> View<'_> {
         View {
-            bytes: self.text.as_bytes(),
+            bytes: &self.bytes,
             nodes: &self.nodes,
         }
     }
 
-    /// The value's bytes as they were sent.
-    pub fn as_str(&self) -> &str {
-        &self.text
+    /// The value's bytes as they were sent (UTF-8: the scan checked every string, the rest is ASCII).
+    pub fn as_str(&self) -> Option<&str> {
+        core::str::from_utf8(self.view().bytes_of(self.root)?).ok()
     }
 
     /// The value as a tree (it was checked when scanned; this parses it again).
     pub fn to_value(&self) -> Result<Value, JsonError> {
-        parse_strict(self.text.as_bytes(), SCAN_DEPTH_CAP + 1)
+        parse_strict(
+            self.view().bytes_of(self.root).unwrap_or_default(),
+            SCAN_DEPTH_CAP + 1,
+        )
     }
 
     /// The value at the JSON pointer `pointer` (RFC 6901, read as `Value::pointer` reads it), as a tree.
     pub fn pointer(&self, pointer: &str) -> Option<Value> {
         let view = self.view();
-        let mut at = 0;
+        let mut at = self.root;
         if !pointer.is_empty() {
             for token in pointer.strip_prefix('/')?.split('/') {
-                let token = token.replace("~1", "/").replace("~0", "~");
+                let token = unescape_pointer_token(token);
                 let node = view.nodes.get(at)?;
                 at = match node.token {
                     Token::Object => view.member(at, &token)?,
                     Token::Array => {
-                        // As serde_json: no sign, no leading zero.
-                        if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
-                            return None;
-                        }
-                        let wanted: usize = token.parse().ok()?;
+                        let wanted = array_index(&token)?;
                         let mut child = at + 1;
                         for _ in 0..wanted {
                             child = view.nodes.get(child)?.next;
@@ -989,20 +1135,20 @@ impl RawJson {
                 };
             }
         }
-        parse_strict(view.bytes_of(at)?, SCAN_DEPTH_CAP + 1).ok()
+        tree_at(&view, at)
     }
 
     /// Its canonical form, as [`canonical`] writes the same value's tree.
     pub fn canonical(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.text.len());
-        let _ = self.view().write_canonical(0, &mut out);
+        let mut out = Vec::with_capacity(self.nodes.get(self.root).map_or(0, |n| n.end - n.start));
+        let _ = self.view().write_canonical(self.root, &mut out);
         out
     }
 
     /// The SHA-256 of its canonical form, streamed into the hash (no canonical copy).
     pub fn canonical_sha256(&self) -> [u8; 32] {
         let mut out = HashSink::default();
-        let _ = self.view().write_canonical(0, &mut out);
+        let _ = self.view().write_canonical(self.root, &mut out);
         out.finish()
     }
 }
@@ -1294,8 +1440,14 @@ mod tests {
                 )))
             }
         };
+        // Every value's tree, made directly or parsed, is parse_strict's reading of its bytes.
+        let view = scanned.view();
+        for index in 0..scanned.nodes.len() {
+            let expected = parse_strict(view.bytes_of(index).unwrap(), SCAN_DEPTH_CAP + 1).ok();
+            prop_assert_eq!(tree_at(&view, index), expected);
+        }
         let raw = scanned.to_raw(scanned.root()).unwrap();
-        prop_assert_eq!(raw.as_str().as_bytes(), bytes.trim_ascii());
+        prop_assert_eq!(raw.as_str().map(str::as_bytes), Some(bytes.trim_ascii()));
         prop_assert_eq!(raw.to_value().unwrap(), tree.clone());
         let expected = canonical(&tree);
         let mine = raw.canonical();
@@ -1371,6 +1523,20 @@ mod tests {
                 tree.pointer(pointer).cloned(),
                 "{pointer}"
             );
+            assert_eq!(
+                super::pointer(&tree, pointer),
+                tree.pointer(pointer),
+                "{pointer}"
+            );
+        }
+        for pointer in ["/a~01", "/~1", "/~2", "/a~", "//", "/a//"] {
+            let odd =
+                serde_json::json!({"a~1": 1, "/": 2, "~2": 3, "a~": 4, "": {"": 5}, "a": {"": 6}});
+            assert_eq!(
+                super::pointer(&odd, pointer),
+                odd.pointer(pointer),
+                "{pointer}"
+            );
         }
     }
 
@@ -1389,6 +1555,10 @@ mod tests {
             let table = if ascii { &STOP_ASCII } else { &STOP_TEXT };
             let expected = bytes.iter().all(|&b| !table[usize::from(b)]);
             prop_assert_eq!(plain_word(u64::from_le_bytes(bytes), ascii), expected);
+            // The first stop byte is where the mask's lowest bit says.
+            let first = bytes.iter().position(|&b| table[usize::from(b)]);
+            let mask = stop_mask(u64::from_le_bytes(bytes), ascii);
+            prop_assert_eq!(first, (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize));
         }
 
         #[test]

@@ -190,10 +190,20 @@ pub const MAX_CAS_ATTEMPTS: u32 = 16;
 /// The store key of the bucket for `rule_name`, `dimension` and `id`. The rule's numbers are part of it
 /// because the stored TAT is in units that depend on `limit`.
 pub fn bucket_key(tool: &str, dimension: &str, id: &str, rule: &LimitRule) -> String {
-    format!(
-        "txngate:rl:{}:{}:{}:{}:{}:{}",
-        rule.limit, rule.period_ms, rule.burst, dimension, tool, id
-    )
+    // `txngate:rl:{limit}:{period_ms}:{burst}:{dimension}:{tool}:{id}`, written without `format!`.
+    use crate::encoding::push_decimal;
+    let mut key = String::with_capacity(48 + dimension.len() + tool.len() + id.len());
+    key.push_str("txngate:rl:");
+    push_decimal(&mut key, u64::from(rule.limit));
+    key.push(':');
+    push_decimal(&mut key, rule.period_ms);
+    key.push(':');
+    push_decimal(&mut key, u64::from(rule.burst));
+    for part in [dimension, tool, id] {
+        key.push(':');
+        key.push_str(part);
+    }
+    key
 }
 
 fn decode_tat(bytes: &[u8]) -> Option<Tat> {
@@ -296,7 +306,10 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
 
     /// The store key of slot `index`.
     pub fn slot_key(index: u32) -> String {
-        format!("txngate:rl:slot:{index}")
+        let mut key = String::with_capacity(26);
+        key.push_str("txngate:rl:slot:");
+        crate::encoding::push_decimal(&mut key, u64::from(index));
+        key
     }
 
     /// Like [`consume`], with `key` living in one of its candidate slots.
@@ -306,7 +319,7 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
         rule: &LimitRule,
         now_ms: u64,
     ) -> Result<LimitState, StoreError> {
-        let digest = crate::encoding::sha256(key.as_bytes());
+        let digest = slot_digest(key);
         let mut fingerprint = [0u8; 16];
         fingerprint.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
         let start = u32::from_le_bytes([digest[16], digest[17], digest[18], digest[19]]);
@@ -352,6 +365,37 @@ impl<'s, S: RateLimitStore + ?Sized> SlotTable<'s, S> {
             attempts: MAX_CAS_ATTEMPTS,
         })
     }
+}
+
+/// Bucket keys whose SHA-256 is remembered: a worker sees the same few buckets call after call, and hashing
+/// the key again (two SHA-256 blocks, no hardware help in Wasm) cost about a tenth of a cached decision.
+const DIGEST_MEMO: usize = 8;
+
+/// (key, SHA-256 of key) pairs, matched on the key's exact bytes, and the next one to replace.
+type DigestMemo = (Vec<(Box<str>, [u8; 32])>, usize);
+
+std::thread_local! {
+    static DIGESTS: core::cell::RefCell<DigestMemo> = const { core::cell::RefCell::new((Vec::new(), 0)) };
+}
+
+/// SHA-256 of a bucket key, from the memo or computed (and remembered): a pure function of `key`.
+fn slot_digest(key: &str) -> [u8; 32] {
+    DIGESTS.with_borrow_mut(|(entries, next)| {
+        if let Some((_, digest)) = entries
+            .iter()
+            .find(|(k, _)| crate::cache::same_bytes(k.as_bytes(), key.as_bytes()))
+        {
+            return *digest;
+        }
+        let digest = crate::encoding::sha256(key.as_bytes());
+        if entries.len() < DIGEST_MEMO {
+            entries.push((key.into(), digest));
+        } else if let Some(slot) = entries.get_mut(*next) {
+            *slot = (key.into(), digest);
+        }
+        *next = (*next + 1) % DIGEST_MEMO;
+        digest
+    })
 }
 
 fn encode_slot(owner: &[u8; 16], tat: Tat) -> Vec<u8> {
@@ -468,6 +512,32 @@ mod tests {
                 attempts: MAX_CAS_ATTEMPTS
             })
         );
+    }
+
+    #[test]
+    fn keys_are_written_as_before() {
+        let r = rule(7, 60, 3);
+        assert_eq!(
+            bucket_key("send:email", "agent", "spiffe://t/a", &r),
+            format!("txngate:rl:7:60000:3:agent:send:email:spiffe://t/a")
+        );
+        for index in [0, 9, 10, 262_143, u32::MAX] {
+            assert_eq!(
+                SlotTable::<MemoryStore>::slot_key(index),
+                format!("txngate:rl:slot:{index}")
+            );
+        }
+    }
+
+    #[test]
+    fn slot_digests_are_sha256_of_the_key_memo_or_not() {
+        let keys: Vec<String> = (0..3 * DIGEST_MEMO).map(|i| format!("k{i}")).collect();
+        for round in 0..3 {
+            for k in keys.iter().take(DIGEST_MEMO / 2 + round * DIGEST_MEMO) {
+                assert_eq!(slot_digest(k), crate::encoding::sha256(k.as_bytes()));
+            }
+        }
+        assert_eq!(slot_digest(""), crate::encoding::sha256(b""));
     }
 
     #[test]

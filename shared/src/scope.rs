@@ -61,6 +61,15 @@ impl ScopePattern {
         Ok(Self::Exact(text.to_string()))
     }
 
+    /// The bytes of its written form (`Display`), without writing it.
+    fn written(&self) -> impl Iterator<Item = u8> + '_ {
+        let (text, star) = match self {
+            Self::Exact(s) => (s, None),
+            Self::Prefix(p) => (p, Some(b'*')),
+        };
+        text.bytes().chain(star)
+    }
+
     pub fn matches(&self, scope: &str) -> bool {
         match self {
             Self::Exact(s) => s == scope,
@@ -163,11 +172,24 @@ impl ScopeSet {
     }
 
     fn normalize(&mut self) {
-        self.patterns.sort_by_cached_key(ToString::to_string);
+        if self.patterns.len() < 2 {
+            return;
+        }
+        // Ordered by their written form (`calendar:*` as those bytes), stably: no string per pattern.
+        self.patterns.sort_by(|a, b| a.written().cmp(b.written()));
         self.patterns.dedup();
-        let all = self.patterns.clone();
-        self.patterns
-            .retain(|p| !all.iter().any(|q| q != p && p.covered_by(q)));
+        let mut i = 0;
+        while i < self.patterns.len() {
+            let covered = self
+                .patterns
+                .get(i)
+                .is_some_and(|p| self.patterns.iter().any(|q| q != p && p.covered_by(q)));
+            if covered {
+                self.patterns.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     pub fn allows(&self, scope: &str) -> bool {
@@ -196,8 +218,20 @@ impl ScopeSet {
 
     /// The space-delimited form, as a `scope` claim would carry it.
     pub fn to_claim(&self) -> String {
-        let parts: Vec<String> = self.patterns.iter().map(ToString::to_string).collect();
-        parts.join(" ")
+        let mut out = String::new();
+        for (i, pattern) in self.patterns.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            match pattern {
+                ScopePattern::Exact(s) => out.push_str(s),
+                ScopePattern::Prefix(p) => {
+                    out.push_str(p);
+                    out.push('*');
+                }
+            }
+        }
+        out
     }
 }
 
@@ -271,6 +305,11 @@ mod tests {
         ]
     }
 
+    /// Patterns and token scopes (opaque: `a*` written like the pattern `a*`).
+    fn arb_opaque_or_pattern() -> impl Strategy<Value = ScopePattern> {
+        prop_oneof![arb_pattern(), "[a*]{1,3}".prop_map(ScopePattern::Exact),]
+    }
+
     fn arb_set() -> impl Strategy<Value = ScopeSet> {
         prop::collection::vec(arb_pattern(), 0..5).prop_map(ScopeSet::from_patterns)
     }
@@ -293,6 +332,21 @@ mod tests {
         fn normalization_keeps_meaning(ps in prop::collection::vec(arb_pattern(), 0..6), scope in "[ab:]{1,5}") {
             let raw = ps.iter().any(|p| p.matches(&scope));
             prop_assert_eq!(ScopeSet::from_patterns(ps).allows(&scope), raw);
+        }
+
+        /// The same set, in the same order, as the first normalisation wrote it (sorted by each pattern's
+        /// string, stably; covered patterns dropped against the whole sorted list): `to_claim` is audited.
+        #[test]
+        fn normalization_is_the_string_sorted_one(ps in prop::collection::vec(arb_opaque_or_pattern(), 0..7)) {
+            let mut reference = ps.clone();
+            reference.sort_by_cached_key(ToString::to_string);
+            reference.dedup();
+            let all = reference.clone();
+            reference.retain(|p| !all.iter().any(|q| q != p && p.covered_by(q)));
+            let set = ScopeSet::from_patterns(ps);
+            prop_assert_eq!(set.patterns(), &reference[..]);
+            let written: Vec<String> = reference.iter().map(ToString::to_string).collect();
+            prop_assert_eq!(set.to_claim(), written.join(" "));
         }
 
         #[test]

@@ -39,6 +39,7 @@ pub const CASES: &[&str] = &[
     "mcp/parse/8KiB",
     "mcp/parse/64KiB",
     "mcp/scan/8KiB",
+    "mcp/scan/8KiB_unsorted",
     "decision/allow/cached",
     "decision/allow/cached_8KiB",
     "decision/allow/cached_64KiB",
@@ -51,6 +52,8 @@ pub const CASES: &[&str] = &[
     "parts/claims_decode",
     "parts/arguments_hash",
     "parts/arguments_hash_8KiB",
+    "parts/arguments_hash_8KiB_unsorted",
+    "parts/audit_json",
     "gcra/step",
     "gcra/MemoryStore",
     "gcra/SlotTable",
@@ -254,9 +257,32 @@ fn tools_call(pad: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// [`tools_call`] as a client that keeps its own key order and spacing sends it: the same value, its keys
+/// out of order and a space after each `:` and `,` (so neither the sorted-key check nor the one-span hash
+/// applies).
+fn tools_call_unsorted(pad: usize) -> Vec<u8> {
+    let count = pad / 110 + 1;
+    let thread: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                r#"{{"id": {i}, "subject": "re: quarterly numbers", "from": "carol@example.com", "tags": ["finance", "q3"], "size": 2048, "read": false}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"jsonrpc": "2.0", "id": 42, "method": "tools/call", "params": {{"name": "send_email", "arguments": {{"to": "bob@example.com", "subject": "quarterly numbers", "body": "see attached", "thread": [{}]}}}}}}"#,
+        thread.join(", ")
+    )
+    .into_bytes()
+}
+
 /// The arguments of [`tools_call`] as the gate gets them (kept as bytes by the typed reader).
 fn arguments(pad: usize) -> Result<mcp::Arguments, String> {
-    let message = mcp::parse_message(&tools_call(pad), 131_072, 32).map_err(|e| e.to_string())?;
+    arguments_of(&tools_call(pad))
+}
+
+fn arguments_of(body: &[u8]) -> Result<mcp::Arguments, String> {
+    let message = mcp::parse_message(body, 131_072, 32).map_err(|e| e.to_string())?;
     message
         .tool_call()
         .map(|call| call.arguments.clone())
@@ -291,6 +317,10 @@ enum Work {
         which: PartKind,
         token: String,
         arguments: mcp::Arguments,
+    },
+    /// The audit line of an allowed cached `tools/call`, as every host writes one per decision.
+    AuditJson {
+        record: Box<txngate_core::AuditRecord>,
     },
     GcraStep {
         rule: LimitRule,
@@ -345,6 +375,12 @@ impl Case {
                     body: tools_call(8192),
                 },
             },
+            ["mcp", "scan", "8KiB_unsorted"] => Self {
+                now_ms: NOW_MS,
+                work: Work::Scan {
+                    body: tools_call_unsorted(8192),
+                },
+            },
             ["mcp", "parse", size] => Self {
                 now_ms: NOW_MS,
                 work: Work::Parse {
@@ -378,12 +414,53 @@ impl Case {
                 };
                 decide_case(1, false, kid, &shape, true, pad, 0)?
             }
+            ["parts", "audit_json"] => {
+                let shape = Shape {
+                    tools: 1,
+                    cache: true,
+                    agent_patterns: 0,
+                    audit: "hash",
+                };
+                let mut case = decide_case(1, false, "ed-0", &shape, true, 0, 0)?;
+                let Work::Decide {
+                    gate,
+                    headers,
+                    body,
+                    store,
+                    ..
+                } = &mut case.work
+                else {
+                    return Err("not a decision".into());
+                };
+                let request = Request {
+                    method: "POST",
+                    path: "/mcp",
+                    headers,
+                    body: Body::Complete(body),
+                    peer: None,
+                };
+                let mut limiter = SlotTable::new(store, SLOTS);
+                let outcome = gate.decide(
+                    &request,
+                    NOW_MS,
+                    txngate_core::Verification::Core,
+                    &mut limiter,
+                );
+                Self {
+                    now_ms: NOW_MS,
+                    work: Work::AuditJson {
+                        record: Box::new(outcome.audit),
+                    },
+                }
+            }
             ["parts", which] => {
                 let which = match *which {
                     "token_sha256" => PartKind::TokenSha256,
                     "token_split" => PartKind::TokenSplit,
                     "claims_decode" => PartKind::ClaimsDecode,
-                    "arguments_hash" | "arguments_hash_8KiB" => PartKind::ArgumentsHash,
+                    "arguments_hash" | "arguments_hash_8KiB" | "arguments_hash_8KiB_unsorted" => {
+                        PartKind::ArgumentsHash
+                    }
                     _ => return Err(format!("unknown case {name}")),
                 };
                 let token = Signers::new(1, false)?.sign("ed-0", &claims())?;
@@ -392,7 +469,11 @@ impl Case {
                     work: Work::Part {
                         which,
                         token,
-                        arguments: arguments(if name.ends_with("8KiB") { 8192 } else { 0 })?,
+                        arguments: if name.ends_with("unsorted") {
+                            arguments_of(&tools_call_unsorted(8192))?
+                        } else {
+                            arguments(if name.ends_with("8KiB") { 8192 } else { 0 })?
+                        },
                     },
                 }
             }
@@ -516,6 +597,8 @@ impl Case {
                     .is_ok_and(|p| parse_strict(&p, 32).is_ok()),
                 PartKind::ArgumentsHash => arguments.canonical_sha256().first() != Some(&0xff),
             },
+            // A cheap check (a substring search would cost as much as the line): its length, fixed here.
+            Work::AuditJson { record } => record.to_json().len() > 600,
             Work::GcraStep { rule, tat } => {
                 let (next, state) = ratelimit::gcra(rule, Some(*tat), now_ms);
                 if let Some(next) = next {

@@ -474,18 +474,30 @@ fn sf_string(text: &str) -> String {
 
 /// IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers) plus `Retry-After`.
 pub(super) fn rate_limit_headers(policy_name: &str, state: &LimitState) -> Vec<(String, String)> {
+    use crate::encoding::push_decimal;
     let name = sf_string(policy_name);
+    // `{name};q={limit};w={period}` and `{name};r={remaining};t={reset}`, written without `format!`.
+    let field = |a: &str, x: u64, b: &str, y: u64| {
+        let mut out = String::with_capacity(name.len() + 32);
+        out.push_str(&name);
+        out.push_str(a);
+        push_decimal(&mut out, x);
+        out.push_str(b);
+        push_decimal(&mut out, y);
+        out
+    };
     let mut headers = vec![
         (
             "ratelimit-policy".to_string(),
-            format!("{name};q={};w={}", state.limit, state.period_seconds),
+            field(";q=", u64::from(state.limit), ";w=", state.period_seconds),
         ),
         (
             "ratelimit".to_string(),
-            format!(
-                "{name};r={};t={}",
-                state.remaining,
-                state.reset_ms.div_ceil(1000)
+            field(
+                ";r=",
+                u64::from(state.remaining),
+                ";t=",
+                state.reset_ms.div_ceil(1000),
             ),
         ),
     ];

@@ -44,14 +44,14 @@ impl Arguments {
     pub fn pointer(&self, pointer: &str) -> Option<Value> {
         match &self.0 {
             Repr::Raw(raw) => raw.pointer(pointer),
-            Repr::Tree(value) => value.pointer(pointer).cloned(),
+            Repr::Tree(value) => json::pointer(value, pointer).cloned(),
         }
     }
 
     /// The bytes as the client sent them, when kept.
     pub fn raw(&self) -> Option<&str> {
         match &self.0 {
-            Repr::Raw(raw) => Some(raw.as_str()),
+            Repr::Raw(raw) => raw.as_str(),
             Repr::Tree(_) => None,
         }
     }

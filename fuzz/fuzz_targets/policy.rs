@@ -1,4 +1,4 @@
-//! Policy documents through `Policy::from_json`: strict JSON, the serde shape with JSON-pointer errors, inline
+//! Policy documents through `Policy::from_json`: strict JSON, the hand-written reader with JSON-pointer errors, inline
 //! JWKS validation and every compile step. A policy that compiles must also build a `Gate` and decide a
 //! request (no token: the cheapest full path) without panicking.
 #![no_main]

@@ -278,20 +278,9 @@ impl Line {
     }
 
     fn decimal(&mut self, n: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = n;
-        loop {
-            at -= 1;
-            if let Some(d) = digits.get_mut(at) {
-                *d = b'0' + (rest % 10) as u8;
-            }
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.raw(digits.get(at..).unwrap_or_default());
+        let mut buffer = [0u8; 20];
+        self.0
+            .extend_from_slice(crate::encoding::decimal_digits(n, &mut buffer));
     }
 
     /// `,"name":` (field names are plain ASCII, written as they are).

@@ -27,12 +27,19 @@ pub fn encode_b64url(bytes: &[u8]) -> String {
 /// Appends `n` in decimal, as `Display` writes it (without the formatting machinery: this runs for every
 /// rate-limited decision, and `format!` cost more in Wasm than the rest of the key).
 pub fn push_decimal(out: &mut String, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+    let mut buffer = [0u8; 20];
+    for &d in decimal_digits(n, &mut buffer) {
+        out.push(char::from(d));
+    }
+}
+
+/// `n`'s decimal digits, written at the end of `buffer` (20 bytes hold every `u64`).
+pub(crate) fn decimal_digits(n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut at = buffer.len();
     let mut rest = n;
     loop {
         at -= 1;
-        if let Some(d) = digits.get_mut(at) {
+        if let Some(d) = buffer.get_mut(at) {
             *d = b'0' + (rest % 10) as u8;
         }
         rest /= 10;
@@ -40,9 +47,7 @@ pub fn push_decimal(out: &mut String, n: u64) {
             break;
         }
     }
-    for &d in digits.get(at..).unwrap_or_default() {
-        out.push(char::from(d));
-    }
+    buffer.get(at..).unwrap_or_default()
 }
 
 /// Lower-case hex SHA-256.
